@@ -1,0 +1,9 @@
+"""segshap: efficient, exact KernelSHAP over supervoxels for 3D medical segmentation models."""
+
+from .engine import DEFAULT_CACHE_BYTES, PatchEngine
+from .tiling import Tiling, monai_tiling
+from .values import VALUE_NAMES, segment_values
+
+__version__ = "0.1.0"
+
+__all__ = ["PatchEngine", "DEFAULT_CACHE_BYTES", "Tiling", "monai_tiling", "VALUE_NAMES", "segment_values", "__version__"]

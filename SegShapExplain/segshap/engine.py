@@ -1,0 +1,473 @@
+"""Exact, ROI-restricted, memoised evaluation of coalitions of features.
+
+A coalition switches features on (their voxels keep the image's intensities) or off (their voxels take the
+baseline's). Its value is what a sliding-window inference of the whole perturbed volume says about the target
+segment, read on the region of interest (ROI). :class:`PatchEngine` computes exactly that value while running only
+what can change it:
+
+* only windows whose output overlaps the ROI are run, and only features inside those windows' input can change a
+  value: they are the engine's features (:attr:`PatchEngine.feature_ids`); every other feature has a Shapley value
+  of exactly 0;
+* a window's input depends only on the on/off states of the features it intersects, so its logits are cached under
+  the key (window, those states) and each distinct key is run once (within the cache budget);
+* cached and fresh windows are blended in the inference's own order with its own weights, so the blended logits
+  on the ROI equal those of full-volume inference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .cache import PatchCache
+from .inputs import (
+    as_baseline,
+    as_features,
+    as_image,
+    as_roi_mask,
+    as_targets,
+    bounding_box,
+    reference_masks,
+    resolve_device,
+)
+from .tiling import Box, monai_tiling
+from .values import VALUE_NAMES, class_probabilities, segment_values
+
+__all__ = ["PatchEngine", "DEFAULT_CACHE_BYTES"]
+
+DEFAULT_CACHE_BYTES = 2 * 1024**3
+"""Default budget for cached window outputs beyond the pinned all-on and all-off states."""
+
+_BLEND_BYTES = 256 * 1024**2
+"""Bound on the blending buffer of one chunk of coalitions."""
+
+
+def _slices(box: Box) -> tuple[slice, ...]:
+    return tuple(slice(a, b) for a, b in box)
+
+
+def _shift(box: Box, origin: Sequence[int]) -> Box:
+    return tuple((a - o, b - o) for (a, b), o in zip(box, origin))
+
+
+def _intersect(first: Box, second: Box) -> Box:
+    return tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(first, second))
+
+
+def _mode_dependent(module: torch.nn.Module) -> bool:
+    """Whether a layer computes something else in training mode than in eval mode."""
+    if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    return isinstance(module, torch.nn.modules.batchnorm._NormBase) and module.track_running_stats
+
+
+class PatchEngine:
+    """Values of coalitions of features, exactly as full-volume sliding-window inference gives them.
+
+    Parameters
+    ----------
+    model : torch.nn.Module or callable
+        Maps a ``(B, C, *patch_size)`` float tensor to ``(B, K, *patch_size)`` logits. A module must be in eval
+        mode; it is moved to ``device``.
+    image : np.ndarray
+        ``(X, Y, Z)`` or ``(C, X, Y, Z)`` image, already preprocessed for the model.
+    features : np.ndarray
+        ``(X, Y, Z)`` integer map: 0 for voxels never perturbed, ``1..N`` for the features.
+    reference : np.ndarray, optional
+        The target segment: a bool ``(X, Y, Z)`` mask, or an integer label map whose value ``t`` marks the segment
+        of target ``t`` (needed for several targets). ``None``: the model's unperturbed prediction of each target.
+    target : int or sequence of int
+        Class index to explain, or several, all evaluated from the same forward passes.
+    value : str
+        ``"soft_dice"``, ``"dice"``, ``"tp"``, ``"fp"`` or ``"mean_prob"`` (see :mod:`segshap.values`).
+    roi : np.ndarray or box, optional
+        The voxels values are read on: a bool ``(X, Y, Z)`` mask or a box ``((x0, x1), (y0, y1), (z0, z1))``.
+        ``None``: the bounding box of each target's reference grown by ``margin`` voxels (their union when several).
+    margin : int
+        Voxels added around the reference's bounding box when ``roi`` is ``None``.
+    patch_size, overlap, blend
+        Window size, overlap and blending mode with the meaning of MONAI's ``sliding_window_inference``
+        (``roi_size``, ``overlap``, ``mode``).
+    baseline : float or np.ndarray
+        What replaces a feature's voxels when it is off: a number, or an array shaped like ``image``.
+    device : str or torch.device
+        Where the model runs and windows are blended (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+    batch_size : int
+        Windows per forward pass.
+    sigma_scale : float or sequence of float
+        MONAI's ``sigma_scale`` for Gaussian blending.
+    cache_bytes : int
+        Budget for cached window outputs; the all-on and all-off states are kept beyond it. Within the budget a
+        window input is never run twice.
+    autocast_dtype : torch.dtype, optional
+        Run the model under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``). Faster, not exact.
+
+    Attributes
+    ----------
+    feature_ids : np.ndarray
+        ``(M,)`` ids of the features that can change a value; coalitions are bool arrays over these columns.
+    targets : tuple of int
+        The target classes, in the order of the columns of multi-target values.
+    tiling : segshap.tiling.Tiling
+        The windows of the inference.
+    windows : np.ndarray
+        Indices into ``tiling`` of the windows whose output overlaps the ROI: the only ones ever run.
+    roi_box : tuple
+        Bounding box of the ROI in image coordinates.
+
+    Notes
+    -----
+    ``evaluate(c)`` equals: build the image with every feature in ``feature_ids`` that ``c`` leaves off replaced
+    by ``baseline``, run ``monai.inferers.sliding_window_inference(x[None], patch_size, batch_size, model,
+    overlap=overlap, mode=blend)``, apply softmax over classes (sigmoid when ``K == 1``) and compute the value on
+    the ROI voxels. Window outputs are identical whether run fresh or fetched from the cache; they can differ from
+    a full inference in the last bits only where the model's own numerics depend on batch composition.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor],
+        image: np.ndarray,
+        features: np.ndarray,
+        reference: np.ndarray | None = None,
+        target: int | Sequence[int] = 1,
+        value: str = "soft_dice",
+        roi: np.ndarray | Sequence[tuple[int, int]] | None = None,
+        margin: int = 8,
+        patch_size: Sequence[int] | int = (64, 64, 64),
+        overlap: Sequence[float] | float = 0.5,
+        blend: str = "gaussian",
+        baseline: float | np.ndarray = 0.0,
+        device: str | torch.device = "cpu",
+        batch_size: int = 4,
+        *,
+        sigma_scale: Sequence[float] | float = 0.125,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        started = time.perf_counter()
+        self._stats = {
+            "coalitions": 0,
+            "patch_forwards": 0,
+            "cache_hits": 0,
+            "forward_seconds": 0.0,
+            "total_seconds": 0.0,
+            "reference_forwards": 0,
+        }
+        self._device = resolve_device(device)
+        self._model = self._prepare_model(model)
+        if value not in VALUE_NAMES:
+            raise ValueError(f"value must be one of {VALUE_NAMES}, got {value!r}.")
+        self.value = value
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if not isinstance(margin, int) or margin < 0:
+            raise ValueError(f"margin must be a non-negative integer, got {margin!r}.")
+        self.batch_size = batch_size
+        self._autocast_dtype = autocast_dtype
+        self._n_classes: int | None = None
+        self._cache = PatchCache(cache_bytes)
+
+        given_ndim = np.ndim(image)
+        image = as_image(image)
+        spatial = image.shape[1:]
+        features = as_features(features, spatial)
+        self.targets, self._single_target = as_targets(target)
+        baseline = as_baseline(baseline, image.shape, given_ndim)
+        self.tiling = monai_tiling(spatial, patch_size, overlap, blend, sigma_scale)
+        self._importance = self.tiling.importance_map(self._device)
+
+        masks = None
+        if reference is not None:
+            masks = reference_masks(reference, spatial, self.targets)
+        elif roi is None:
+            masks = self._predicted_masks(image)
+        if roi is None:
+            roi_mask = np.zeros(spatial, dtype=bool)
+            for mask in masks:
+                roi_mask[_slices(bounding_box(mask, margin))] = True
+        else:
+            roi_mask = as_roi_mask(roi, spatial)
+
+        self._setup_roi(roi_mask, image, features, baseline)
+        all_on = np.ones((1, self.n_features), dtype=bool)
+        all_off = np.zeros((1, self.n_features), dtype=bool)
+        self._fetch(np.concatenate([all_on, all_off]), pin=True)
+        self._check_targets()
+        if masks is None:
+            predicted = class_probabilities(self._blend(all_on)).argmax(dim=1)[0]
+            reference_roi = torch.stack([predicted == t for t in self.targets])
+        else:
+            padded = torch.from_numpy(self.tiling.pad(masks, False)[(slice(None), *_slices(self._region))])
+            reference_roi = padded.reshape(len(self.targets), -1)[:, self._roi_index.cpu()].to(self._device)
+        self._reference = reference_roi
+        for t, segment in zip(self.targets, reference_roi):
+            if not segment.any():
+                source = "the reference" if masks is not None else "the model's unperturbed prediction"
+                raise ValueError(
+                    f"Inside the ROI, {source} has no voxel of target {t}: there is nothing to explain. "
+                    "Pass a reference mask of the segment, widen the roi, or choose another target."
+                )
+        self._stats["total_seconds"] += time.perf_counter() - started
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def n_features(self) -> int:
+        """``M``: the number of features that can change a value."""
+        return int(self.feature_ids.size)
+
+    @property
+    def n_classes(self) -> int:
+        """``K``: the number of output channels of the model."""
+        return int(self._n_classes)
+
+    @property
+    def stats(self) -> dict:
+        """Counters: coalitions evaluated, patch forwards, cache hits, seconds in the model and in total, and more."""
+        return {
+            **self._stats,
+            "windows": int(self.windows.size),
+            "features": self.n_features,
+            "cache_entries": len(self._cache),
+            "cache_bytes": self._cache.nbytes,
+            "cache_evictions": self._cache.evictions,
+        }
+
+    def evaluate(self, coalitions: np.ndarray) -> np.ndarray:
+        """Values of a batch of coalitions.
+
+        Parameters
+        ----------
+        coalitions : np.ndarray
+            ``(n, M)`` bool over :attr:`feature_ids`: True keeps a feature, False replaces it by the baseline.
+
+        Returns
+        -------
+        np.ndarray
+            ``(n,)`` float64 for a single target, ``(n, T)`` when ``target`` was a sequence.
+        """
+        started = time.perf_counter()
+        coalitions = np.asarray(coalitions)
+        if coalitions.dtype != bool:
+            raise ValueError(
+                f"coalitions must be a bool array (True = feature kept), got dtype {coalitions.dtype}; "
+                "convert with .astype(bool)."
+            )
+        if coalitions.ndim != 2 or coalitions.shape[1] != self.n_features:
+            raise ValueError(
+                f"coalitions must have shape (n, {self.n_features}) (one column per engine.feature_ids), "
+                f"got {coalitions.shape}."
+            )
+        values = np.empty((len(coalitions), len(self.targets)), dtype=np.float64)
+        chunk = max(1, _BLEND_BYTES // (2 * 4 * self.n_classes * int(np.prod(self._region_shape))))
+        for first in range(0, len(coalitions), chunk):
+            part = coalitions[first : first + chunk]
+            values[first : first + len(part)] = self._values(part).cpu().numpy()
+        self._stats["coalitions"] += len(coalitions)
+        self._stats["total_seconds"] += time.perf_counter() - started
+        return values[:, 0] if self._single_target else values
+
+    # ------------------------------------------------------------------ set-up
+
+    def _prepare_model(self, model):
+        if not callable(model):
+            raise ValueError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}.")
+        if isinstance(model, torch.nn.Module):
+            training = [name for name, module in model.named_modules() if module.training and _mode_dependent(module)]
+            if training:
+                raise ValueError(
+                    f"The model is in training mode (layer {training[0]!r}), where dropout and batch statistics "
+                    "change outputs from call to call; call model.eval() first."
+                )
+            model = model.to(self._device)
+        return model
+
+    def _check_targets(self) -> None:
+        classes = max(self.n_classes, 2)
+        outside = [t for t in self.targets if t >= classes]
+        if outside:
+            raise ValueError(
+                f"target {outside} is outside the model's classes 0..{classes - 1} "
+                f"(the model outputs {self.n_classes} channel(s))."
+            )
+
+    @torch.inference_mode()
+    def _predicted_masks(self, image: np.ndarray) -> np.ndarray:
+        """The model's unperturbed prediction of each target, from one full sliding-window pass."""
+        padded = torch.from_numpy(self.tiling.pad(image)).to(self._device)
+        logits = None
+        weight = torch.zeros(self.tiling.padded_shape, device=self._device)
+        for first in range(0, self.tiling.n_windows, self.batch_size):
+            boxes = [self.tiling.window_box(w) for w in range(first, min(first + self.batch_size, self.tiling.n_windows))]
+            batch = torch.stack([padded[(slice(None), *_slices(box))] for box in boxes])
+            out = self._forward(batch) * self._importance
+            if logits is None:
+                logits = torch.zeros((self.n_classes, *self.tiling.padded_shape), device=self._device)
+            for window_out, box in zip(out, boxes):
+                logits[(slice(None), *_slices(box))] += window_out
+                weight[_slices(box)] += self._importance
+        self._stats["reference_forwards"] += self.tiling.n_windows
+        self._check_targets()
+        unpadded = tuple(slice(b, b + s) for b, s in zip(self.tiling.pad_before, self.tiling.image_shape))
+        label = class_probabilities((logits / weight)[None])[0].argmax(dim=0)[unpadded].cpu().numpy()
+        masks = np.stack([label == t for t in self.targets])
+        for t, mask in zip(self.targets, masks):
+            if not mask.any():
+                raise ValueError(
+                    f"The model predicts no voxel of class {t} on this image, so there is no segment to explain. "
+                    "Pass reference= with a mask of the segment, or choose another target."
+                )
+        return masks
+
+    def _setup_roi(self, roi_mask: np.ndarray, image: np.ndarray, features: np.ndarray, baseline) -> None:
+        tiling = self.tiling
+        self.roi_box = bounding_box(roi_mask)
+        roi_padded = tiling.pad(roi_mask, False)
+        region = bounding_box(roi_padded)
+        windows = [
+            w
+            for w in tiling.windows_touching(region)
+            if roi_padded[_slices(_intersect(tiling.window_box(w), region))].any()
+        ]
+        self.windows = np.asarray(windows, dtype=np.int64)
+        boxes = [tiling.window_box(w) for w in windows]
+        support = tuple(
+            (min(b[axis][0] for b in boxes), max(b[axis][1] for b in boxes)) for axis in range(len(region))
+        )
+        origin = [a for a, _ in support]
+
+        # Everything below works inside the support of the windows that are run: nothing else is ever read.
+        features_support = tiling.pad(features, 0)[_slices(support)]
+        self._window_boxes = [_shift(b, origin) for b in boxes]
+        window_ids = [np.unique(features_support[_slices(b)]) for b in self._window_boxes]
+        window_ids = [ids[ids > 0] for ids in window_ids]
+        self.feature_ids = np.unique(np.concatenate([np.zeros(0, np.int64), *window_ids]))
+        self._window_columns = [np.searchsorted(self.feature_ids, ids) for ids in window_ids]
+        column_of = np.full(int(features.max()) + 1, self.n_features, dtype=np.int64)
+        column_of[self.feature_ids] = np.arange(self.n_features)
+        self._columns = torch.from_numpy(column_of[features_support]).to(self._device)
+
+        self._image = torch.from_numpy(tiling.pad(image)[(slice(None), *_slices(support))]).to(self._device)
+        if isinstance(baseline, float):
+            self._baseline = torch.tensor(baseline, dtype=torch.float32, device=self._device)
+        else:
+            self._baseline = torch.from_numpy(tiling.pad(baseline)[(slice(None), *_slices(support))]).to(self._device)
+
+        # Where each window's output lands in the ROI's bounding box (the region blended), and which part of it.
+        self._region = region
+        self._region_shape = tuple(b - a for a, b in region)
+        self._window_in_region = []
+        for box in boxes:
+            overlap = _intersect(box, region)
+            self._window_in_region.append((_slices(_shift(overlap, [a for a, _ in region])), _slices(_shift(overlap, [a for a, _ in box]))))
+        weight = torch.zeros(self._region_shape, device=self._device)
+        for w in tiling.windows_touching(region):
+            box = tiling.window_box(w)
+            overlap = _intersect(box, region)
+            weight[_slices(_shift(overlap, [a for a, _ in region]))] += self._importance[_slices(_shift(overlap, [a for a, _ in box]))]
+        roi_index = np.flatnonzero(roi_padded[_slices(region)])
+        self._roi_index = torch.from_numpy(roi_index).to(self._device)
+        self._roi_weight = weight.reshape(-1)[self._roi_index]
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.inference_mode()
+    def _values(self, coalitions: np.ndarray) -> torch.Tensor:
+        return segment_values(self._blend(coalitions), self.targets, self._reference, self.value)
+
+    @torch.inference_mode()
+    def _blend(self, coalitions: np.ndarray) -> torch.Tensor:
+        """``(n, K, V)`` blended logits at the ROI voxels, window by window in the inference's order."""
+        entries, inverses = self._fetch(coalitions)
+        blended = torch.zeros((len(coalitions), self.n_classes, *self._region_shape), device=self._device)
+        for (in_region, _), window_entries, inverse in zip(self._window_in_region, entries, inverses):
+            stacked = torch.stack(window_entries)
+            blended[(slice(None), slice(None), *in_region)] += stacked[torch.from_numpy(inverse).to(self._device)]
+        at_roi = blended.reshape(len(coalitions), self.n_classes, -1)[:, :, self._roi_index]
+        return at_roi / self._roi_weight
+
+    def _fetch(self, coalitions: np.ndarray, pin: bool = False):
+        """For each window, the cached outputs its distinct keys need (running the misses) and each row's key."""
+        entries, inverses, misses = [], [], {}
+        for window, columns in enumerate(self._window_columns):
+            if columns.size:
+                packed = np.packbits(coalitions[:, columns], axis=1)
+                unique, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
+                keys = [(window, row.tobytes()) for row in unique]
+            else:
+                first, inverse, keys = np.zeros(1, np.int64), np.zeros(len(coalitions), np.int64), [(window, b"")]
+            found = []
+            for key, row in zip(keys, first):
+                entry = self._cache.get(key)
+                if entry is None:
+                    misses.setdefault(key, (window, int(row), len(entries), len(found)))
+                found.append(entry)
+            entries.append(found)
+            inverses.append(inverse.reshape(-1))
+            if not pin:
+                self._stats["cache_hits"] += len(coalitions) - sum(1 for key in keys if key in misses)
+        if misses:
+            self._run(coalitions, list(misses.items()), entries, pin)
+        return entries, inverses
+
+    def _run(self, coalitions: np.ndarray, misses: list, entries: list, pin: bool) -> None:
+        keep = torch.ones((len(coalitions), self.n_features + 1), dtype=torch.bool, device=self._device)
+        keep[:, : self.n_features] = torch.from_numpy(coalitions).to(self._device)
+        for first in range(0, len(misses), self.batch_size):
+            batch = misses[first : first + self.batch_size]
+            inputs = []
+            for _, (window, row, _, _) in batch:
+                box = (slice(None), *_slices(self._window_boxes[window]))
+                kept = keep[row][self._columns[box[1:]]]
+                inputs.append(torch.where(kept, self._image[box], self._baseline if self._baseline.ndim == 0 else self._baseline[box]))
+            out = self._forward(torch.stack(inputs))
+            self._stats["patch_forwards"] += len(batch)
+            for window_out, (key, (window, _, slot, position)) in zip(out, batch):
+                in_window = self._window_in_region[window][1]
+                entry = (window_out[(slice(None), *in_window)] * self._importance[in_window]).contiguous()
+                self._cache.put(key, entry, pinned=pin)
+                entries[slot][position] = entry
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Run the model on a batch of windows; the first call also checks what the model returns."""
+        autocast = (
+            torch.autocast(device_type=self._device.type, dtype=self._autocast_dtype)
+            if self._autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        started = time.perf_counter()
+        with torch.inference_mode(), autocast:
+            if self._n_classes is None:
+                try:
+                    out = self._model(batch)
+                except Exception as error:  # the probe turns any model failure into an actionable message
+                    raise ValueError(
+                        f"The model failed on a batch of windows of shape {tuple(batch.shape)}: {error}. Check that "
+                        "the image has the channels the model expects and that patch_size is one the model accepts "
+                        "(e.g. a multiple of 32 per axis for SwinUNETR)."
+                    ) from error
+                self._check_output(out, batch)
+            else:
+                out = self._model(batch)
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        self._stats["forward_seconds"] += time.perf_counter() - started
+        return out.float()
+
+    def _check_output(self, out, batch: torch.Tensor) -> None:
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(
+                f"The model returned a {type(out).__name__}, not a tensor; wrap it so that it returns only the "
+                "full-resolution logits (B, K, *patch_size)."
+            )
+        if out.ndim != batch.ndim or out.shape[0] != batch.shape[0] or out.shape[2:] != batch.shape[2:]:
+            raise ValueError(
+                f"The model maps windows of shape {tuple(batch.shape)} to {tuple(out.shape)}; the engine needs "
+                f"logits of shape (B, K, {', '.join(map(str, batch.shape[2:]))})."
+            )
+        self._n_classes = int(out.shape[1])

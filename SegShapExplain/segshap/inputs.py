@@ -1,0 +1,182 @@
+"""Checking and normalising what users hand to the engine.
+
+Each function either returns the input in the engine's canonical form or raises ``ValueError`` saying what is
+wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .tiling import Box
+
+__all__ = [
+    "as_image",
+    "as_features",
+    "as_baseline",
+    "as_targets",
+    "reference_masks",
+    "as_roi_mask",
+    "bounding_box",
+    "resolve_device",
+]
+
+
+def as_image(image) -> np.ndarray:
+    """``(C, X, Y, Z)`` float32 from an ``(X, Y, Z)`` or ``(C, X, Y, Z)`` array of finite numbers."""
+    array = np.asarray(image)
+    if array.ndim not in (3, 4):
+        raise ValueError(
+            f"image must be (X, Y, Z) or (C, X, Y, Z), got an array of shape {array.shape}. "
+            "Drop batch or time axes, and put channels first."
+        )
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise ValueError(f"image must hold numbers, got dtype {array.dtype}.")
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 3:
+        array = array[None]
+    bad = ~np.isfinite(array)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0][1:])
+        raise ValueError(
+            f"image contains {int(bad.sum())} NaN or infinite voxels (first at {where}). "
+            "Replace them (e.g. np.nan_to_num) before explaining."
+        )
+    return array
+
+
+def as_features(features, spatial_shape: tuple[int, ...]) -> np.ndarray:
+    """An int64 feature map with ids ``1..N`` (0: never perturbed) matching the image's spatial shape."""
+    array = np.asarray(features)
+    if array.shape != spatial_shape:
+        raise ValueError(f"features has shape {array.shape} but the image's spatial shape is {spatial_shape}.")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"features must be an integer label map, got dtype {array.dtype}.")
+    array = array.astype(np.int64, copy=False)
+    if array.min() < 0:
+        raise ValueError("features contains negative ids; use 0 for voxels that are never perturbed and 1..N for features.")
+    largest = int(array.max())
+    if largest > array.size:
+        raise ValueError(
+            f"feature ids must run 1..N without gaps, but the largest id is {largest} in a map of {array.size} voxels. "
+            "Relabel them, e.g. with skimage.segmentation.relabel_sequential."
+        )
+    present = np.bincount(array.ravel(), minlength=largest + 1)[1:] > 0
+    missing = np.flatnonzero(~present) + 1
+    if missing.size:
+        shown = ", ".join(str(i) for i in missing[:5]) + (", ..." if missing.size > 5 else "")
+        raise ValueError(
+            f"feature ids must run 1..N without gaps; {missing.size} of 1..{largest} are missing ({shown}). "
+            "Relabel them, e.g. with skimage.segmentation.relabel_sequential."
+        )
+    return array
+
+
+def as_baseline(baseline, image_shape: tuple[int, ...], given_ndim: int) -> np.ndarray | float:
+    """A finite float, or a float32 array shaped like the ``(C, X, Y, Z)`` image."""
+    if isinstance(baseline, numbers.Real) and not isinstance(baseline, bool):
+        if not np.isfinite(baseline):
+            raise ValueError(f"baseline must be finite, got {baseline}.")
+        return float(baseline)
+    array = np.asarray(baseline, dtype=np.float32)
+    if array.ndim == 3 and given_ndim == 3:
+        array = array[None]
+    if array.shape != image_shape:
+        raise ValueError(
+            f"baseline must be a number or an array shaped like the image; got shape {np.shape(baseline)} "
+            f"for an image of shape {image_shape[1:] if given_ndim == 3 else image_shape}."
+        )
+    if not np.isfinite(array).all():
+        raise ValueError("baseline contains NaN or infinite values.")
+    return array
+
+
+def as_targets(target) -> tuple[tuple[int, ...], bool]:
+    """Target class indices and whether a single target (not a sequence) was given."""
+    single = isinstance(target, numbers.Integral) and not isinstance(target, bool)
+    values = (target,) if single else target
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence | np.ndarray):
+        raise ValueError(f"target must be a class index or a sequence of class indices, got {target!r}.")
+    values = list(values)
+    if not values or any(isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0 for t in values):
+        raise ValueError(f"target must be non-negative class indices, got {target!r}.")
+    if len(set(values)) != len(values):
+        raise ValueError(f"target lists a class twice: {target!r}.")
+    return tuple(int(t) for t in values), single
+
+
+def reference_masks(reference, spatial_shape: tuple[int, ...], targets: tuple[int, ...]) -> np.ndarray:
+    """``(T, X, Y, Z)`` bool masks from a bool mask (one target) or an integer label map (``== target``)."""
+    array = np.asarray(reference)
+    if array.shape != spatial_shape:
+        raise ValueError(f"reference has shape {array.shape} but the image's spatial shape is {spatial_shape}.")
+    if array.dtype == bool:
+        if len(targets) > 1:
+            raise ValueError(
+                "A bool reference describes one segment but several targets were given; pass an integer label map "
+                "whose value t marks the reference of target t."
+            )
+        masks = array[None]
+    elif np.issubdtype(array.dtype, np.integer):
+        masks = np.stack([array == t for t in targets])
+    else:
+        raise ValueError(f"reference must be a bool mask or an integer label map, got dtype {array.dtype}.")
+    for t, mask in zip(targets, masks):
+        if not mask.any():
+            hint = " (a bool mask marks the segment itself)" if array.dtype != bool else ""
+            raise ValueError(f"The reference of target {t} is empty{hint}: there is no segment to explain.")
+    return masks
+
+
+def bounding_box(mask: np.ndarray, margin: int = 0) -> Box:
+    """The box around the true voxels of ``mask``, grown by ``margin`` and clipped to the array."""
+    box = []
+    for axis, size in enumerate(mask.shape):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        box.append((max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, size)))
+    return tuple(box)
+
+
+def as_roi_mask(roi, spatial_shape: tuple[int, ...]) -> np.ndarray:
+    """A bool ROI mask from a mask of the image's shape or a box ``((x0, x1), (y0, y1), (z0, z1))``."""
+    if isinstance(roi, np.ndarray) and roi.ndim == len(spatial_shape):
+        if roi.shape != spatial_shape:
+            raise ValueError(f"roi mask has shape {roi.shape} but the image's spatial shape is {spatial_shape}.")
+        if roi.dtype != bool:
+            raise ValueError(f"roi mask must be bool, got dtype {roi.dtype}.")
+        if not roi.any():
+            raise ValueError("roi is empty: it selects no voxel to read values from.")
+        return roi
+    try:
+        box = [(int(start), int(stop)) for start, stop in roi]
+    except (TypeError, ValueError):
+        box = []
+    if len(box) != len(spatial_shape):
+        raise ValueError(
+            f"roi must be a bool mask of the image's spatial shape {spatial_shape} or a box "
+            f"((x0, x1), (y0, y1), (z0, z1)); got {roi!r}."
+        )
+    if any(start < 0 or stop > size or start >= stop for (start, stop), size in zip(box, spatial_shape)):
+        raise ValueError(
+            f"roi box {box} is empty or reaches outside the volume of shape {spatial_shape}; "
+            "each (start, stop) must satisfy 0 <= start < stop <= size."
+        )
+    mask = np.zeros(spatial_shape, dtype=bool)
+    mask[tuple(slice(start, stop) for start, stop in box)] = True
+    return mask
+
+
+def resolve_device(device) -> torch.device:
+    """A ``torch.device``, refusing CUDA where none is available."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}.") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but torch sees no CUDA device; use device='cpu'.")
+    return resolved
