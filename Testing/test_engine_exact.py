@@ -145,3 +145,28 @@ def test_reference_defaults_to_the_unperturbed_prediction(mni_t1, roi_given):
         x = perturbed(image, features, engine.feature_ids, coalition, 0.0)
         want = reference_values(model, x, roi_mask, [predicted], [2], "dice", PATCH, 0.5, "gaussian")
         assert abs(value - want[0]) <= 1e-5
+
+
+@pytest.mark.slow
+def test_windowed_attention_model_swinunetr(mni_t1):
+    """SwinUNETR spreads any change inside a window across it; whole-window caching stays exact."""
+    import torch
+    from monai.networks.nets import SwinUNETR
+
+    torch.manual_seed(0)
+    model = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    model = model.eval()
+    image = np.ascontiguousarray(mni_t1[10:90, 20:90, 15:79])
+    reference = np.zeros(image.shape, dtype=bool)
+    reference[30:50, 28:44, 24:40] = True
+    features = grid_features(image.shape, 16)
+    patch = (64, 64, 64)
+    engine = segshap.PatchEngine(model, image, features, reference=reference, patch_size=patch, batch_size=2)
+    coalitions = _coalitions(np.random.default_rng(5), engine.n_features, 3)
+    values = engine.evaluate(coalitions)
+    roi_mask = np.zeros(image.shape, dtype=bool)
+    roi_mask[tuple(slice(a, b) for a, b in engine.roi_box)] = True
+    for coalition, value in zip(coalitions, values):
+        x = perturbed(image, features, engine.feature_ids, coalition, 0.0)
+        want = reference_values(model, x, roi_mask, [reference], [1], "soft_dice", patch, 0.5, "gaussian", 2)
+        assert abs(value - want[0]) <= 1e-5

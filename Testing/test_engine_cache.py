@@ -1,0 +1,135 @@
+"""Only what can matter is computed, and each distinct window input is computed once."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from monai.inferers import sliding_window_inference
+
+import segshap
+from conftest import CountingModel, PerSample, grid_features, perturbed, reference_values, small_unet
+
+PATCH = (16, 16, 16)
+
+
+@pytest.fixture()
+def setting(mni_t1):
+    image = mni_t1[::2, ::2, ::2][5:45, 8:50, 4:40]
+    reference = np.zeros(image.shape, dtype=bool)
+    reference[6:14, 5:12, 7:15] = True
+    features = grid_features(image.shape, 6)
+    return image, reference, features
+
+
+def _window_columns(engine, features):
+    """For each window the engine runs, the columns of the features inside it (worked out independently)."""
+    padded = engine.tiling.pad(features, 0)
+    columns = {}
+    for w in engine.windows:
+        inside = np.unique(padded[tuple(slice(a, b) for a, b in engine.tiling.window_box(w))])
+        columns[int(w)] = np.flatnonzero(np.isin(engine.feature_ids, inside))
+    return columns
+
+
+def _distinct_keys(columns, coalitions):
+    return {(w, tuple(row[cols])) for w, cols in columns.items() for row in coalitions}
+
+
+def test_patch_forwards_equal_distinct_keys(setting):
+    image, reference, features = setting
+    model = CountingModel(small_unet())
+    engine = segshap.PatchEngine(model, image, features, reference=reference, patch_size=PATCH, batch_size=4)
+    columns = _window_columns(engine, features)
+    m = engine.n_features
+    extremes = np.array([np.ones(m, bool), np.zeros(m, bool)])
+    assert engine.stats["patch_forwards"] == len(_distinct_keys(columns, extremes)) == sum(model.batches)
+
+    rng = np.random.default_rng(0)
+    seen = [extremes]
+    for n, p in [(20, 0.5), (30, 0.9), (25, 0.2)]:
+        coalitions = rng.random((n, m)) < p
+        repeats = min(n // 3, len(seen[-1]))
+        coalitions[:repeats] = seen[-1][:repeats]  # coalitions already evaluated come again
+        calls_before, forwards_before = len(model.batches), engine.stats["patch_forwards"]
+        engine.evaluate(coalitions)
+        seen.append(coalitions)
+        expected = len(_distinct_keys(columns, np.concatenate(seen)))
+        assert engine.stats["patch_forwards"] == expected == sum(model.batches)
+        # Distinct misses of all coalitions of a call are pooled and run batch_size at a time.
+        new = engine.stats["patch_forwards"] - forwards_before
+        assert len(model.batches) - calls_before == math.ceil(new / 4)
+        assert max(model.batches) <= 4
+    lookups = sum(len(c) for c in seen[1:]) * len(columns)
+    forwards_for_coalitions = engine.stats["patch_forwards"] - len(_distinct_keys(columns, extremes))
+    assert engine.stats["cache_hits"] == lookups - forwards_for_coalitions
+    assert engine.stats["coalitions"] == 75
+
+
+def test_seen_keys_are_never_run_again(setting):
+    image, reference, features = setting
+    engine = segshap.PatchEngine(small_unet(), image, features, reference=reference, patch_size=PATCH)
+    coalitions = np.random.default_rng(1).random((16, engine.n_features)) < 0.5
+    first = engine.evaluate(coalitions)
+    forwards = engine.stats["patch_forwards"]
+    again = engine.evaluate(coalitions[::-1])
+    assert engine.stats["patch_forwards"] == forwards
+    np.testing.assert_array_equal(again[::-1], first)
+    extremes = np.array([np.ones(engine.n_features, bool), np.zeros(engine.n_features, bool)])
+    engine.evaluate(extremes)
+    assert engine.stats["patch_forwards"] == forwards
+
+
+def test_values_do_not_depend_on_batching_or_the_cache_budget(setting):
+    image, reference, features = setting
+    model = PerSample(small_unet())
+    options = dict(reference=reference, patch_size=PATCH, value="soft_dice")
+    together = segshap.PatchEngine(model, image, features, **options)
+    coalitions = np.random.default_rng(2).random((12, together.n_features)) < 0.5
+    all_at_once = together.evaluate(coalitions)
+    one_by_one = segshap.PatchEngine(model, image, features, batch_size=1, **options)
+    singles = np.concatenate([one_by_one.evaluate(c[None]) for c in coalitions])
+    starved = segshap.PatchEngine(model, image, features, cache_bytes=0, **options)
+    starved_values = np.concatenate([starved.evaluate(coalitions[:6]), starved.evaluate(coalitions[6:])])
+    starved_values = np.concatenate([starved_values, starved.evaluate(coalitions)])
+    # Window outputs are bitwise the same; only the float64 reductions of the value may round differently.
+    np.testing.assert_allclose(singles, all_at_once, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(starved_values, np.concatenate([all_at_once, all_at_once]), rtol=0, atol=1e-12)
+    assert starved.stats["cache_evictions"] > 0
+    assert starved.stats["patch_forwards"] > together.stats["patch_forwards"]
+
+
+def test_only_windows_touching_the_roi_run_and_only_their_features_count(setting):
+    image, reference, features = setting
+    model = CountingModel(PerSample(small_unet()))
+    roi = ((2, 10), (30, 40), (0, 6))
+    engine = segshap.PatchEngine(model, image, features, reference=np.ones(image.shape, bool), roi=roi,
+                                 patch_size=PATCH, overlap=0.5)
+    roi_mask = np.zeros(image.shape, dtype=bool)
+    roi_mask[tuple(slice(a, b) for a, b in roi)] = True
+    padded_roi = engine.tiling.pad(roi_mask, False)
+    touching = [
+        w for w in range(engine.tiling.n_windows)
+        if padded_roi[tuple(slice(a, b) for a, b in engine.tiling.window_box(w))].any()
+    ]
+    assert engine.windows.tolist() == touching
+    assert len(touching) < engine.tiling.n_windows
+    support = np.zeros(engine.tiling.padded_shape, dtype=bool)
+    for w in touching:
+        support[tuple(slice(a, b) for a, b in engine.tiling.window_box(w))] = True
+    expected_ids = np.unique(engine.tiling.pad(features, 0)[support])
+    np.testing.assert_array_equal(engine.feature_ids, expected_ids[expected_ids > 0])
+
+    # A feature outside the support cannot change the value of full-volume inference.
+    outside = np.setdiff1d(np.unique(features), engine.feature_ids)
+    assert outside.size > 0
+    everything = np.ones((1, engine.n_features), dtype=bool)
+    x = perturbed(image, features, outside, np.zeros(outside.size, bool), 5.0)
+    with torch.no_grad():
+        full = sliding_window_inference(torch.from_numpy(x)[None], PATCH, 4, model, overlap=0.5, mode="gaussian")
+    assert not torch.equal(full, sliding_window_inference(
+        torch.from_numpy(image)[None, None], PATCH, 4, model, overlap=0.5, mode="gaussian"))
+    want = reference_values(model, x, roi_mask, [np.ones(image.shape, bool)], [1], "soft_dice", PATCH, 0.5, "gaussian")
+    assert abs(engine.evaluate(everything)[0] - want[0]) <= 1e-5
