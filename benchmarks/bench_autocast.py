@@ -1,0 +1,50 @@
+"""How far bf16 autocast moves the engine's values, and how much time it saves, on the engine benchmark's case.
+
+Usage::
+
+    bash scripts/bench.sh --autocast [--coalitions 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from monai.networks.nets import UNet
+
+import segshap
+from bench_engine import (
+    OVERLAP, PATCH, load_volume, machine, organ_units, sample_coalitions, supervoxels, white_matter_segment,
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--coalitions", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    image, white, head = load_volume()
+    reference = white_matter_segment(white, (104, 104, 72))
+    torch.manual_seed(args.seed)
+    model = UNet(3, 1, 3, (16, 32, 64, 128), (2, 2, 2), num_res_units=2).eval()
+    for name, features in [("organ-like units", organ_units(head)), ("supervoxels", supervoxels(head))]:
+        for value in ("soft_dice", "dice"):
+            results = {}
+            for dtype in (None, torch.bfloat16):
+                engine = segshap.PatchEngine(model, image, features, reference=reference, value=value,
+                                             patch_size=PATCH, overlap=OVERLAP, autocast_dtype=dtype)
+                coalitions = sample_coalitions(engine.n_features, args.coalitions, "kernel",
+                                               np.random.default_rng(args.seed))
+                started = time.perf_counter()
+                results[dtype] = engine.evaluate(coalitions), time.perf_counter() - started
+            (exact, exact_s), (fast, fast_s) = results[None], results[torch.bfloat16]
+            difference = np.abs(fast - exact)
+            print(f"{name}, {value}: bf16 - fp32 max |diff| {difference.max():.2e}, mean {difference.mean():.2e} "
+                  f"(values {exact.min():.3f}..{exact.max():.3f}); time bf16/fp32 {fast_s / exact_s:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
