@@ -163,7 +163,8 @@ def run_feature_set(name, model, image, features, reference, coalitions, args) -
     print(f"\n== {name}: {features.max()} features in the volume", flush=True)
     options = dict(reference=reference, value="soft_dice", patch_size=PATCH, overlap=OVERLAP, blend="gaussian",
                    baseline=args.baseline, batch_size=args.batch_size)
-    engine, setup = timed(lambda: segshap.PatchEngine(model, image, features, **options))
+    engine_options = dict(options, cache_bytes=int(args.cache_gib * 2**30))
+    engine, setup = timed(lambda: segshap.PatchEngine(model, image, features, **engine_options))
     m = engine.n_features
     per_window = features_per_window(engine, features)
     print(f"   engine: {m} features can change the value, {engine.stats['windows']} of "
@@ -190,9 +191,11 @@ def run_feature_set(name, model, image, features, reference, coalitions, args) -
         "engine_outside_model_share": 1 - stats["forward_seconds"] / stats["total_seconds"],
         "engine_setup_forwards": setup_forwards, "engine_setup_forward_s": setup_forward_s,
         "cache_hits": stats["cache_hits"], "cache_bytes": stats["cache_bytes"],
+        "cache_evictions": stats["cache_evictions"],
     }
     print(f"   engine: {result['engine_s_per_coalition']:.3f} s/coalition, {stats['patch_forwards']} forwards "
-          f"({distinct} distinct keys), {100 * result['engine_outside_model_share']:.1f}% outside the model", flush=True)
+          f"({distinct} distinct keys, {stats['cache_evictions']} evictions, {stats['cache_bytes'] / 2**30:.1f} GiB cached), "
+          f"{100 * result['engine_outside_model_share']:.1f}% outside the model", flush=True)
 
     # The paper's scheme: ROI windows, all-on (and all-off) outputs reused, nothing else remembered.
     k = min(args.roi_all_on, len(chosen))
@@ -233,6 +236,7 @@ def main() -> None:
     parser.add_argument("--roi-all-on", type=int, default=64, help="coalitions run by the paper's scheme")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--baseline", type=float, default=0.0)
+    parser.add_argument("--cache-gib", type=float, default=8.0, help="the engine's cache budget")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sampling", choices=("kernel", "uniform"), default="kernel",
                         help="how coalitions are drawn: as KernelSHAP does (default) or each feature on with p=1/2")

@@ -58,6 +58,12 @@ def _intersect(first: Box, second: Box) -> Box:
     return tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(first, second))
 
 
+def _overlap_slices(window: Box, region: Box) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Where a window's output lands in a region, and which part of the window's output that is."""
+    overlap = _intersect(window, region)
+    return _slices(_shift(overlap, [a for a, _ in region])), _slices(_shift(overlap, [a for a, _ in window]))
+
+
 def _mode_dependent(module: torch.nn.Module) -> bool:
     """Whether a layer computes something else in training mode than in eval mode."""
     if isinstance(module, torch.nn.modules.dropout._DropoutNd):
@@ -302,8 +308,9 @@ class PatchEngine:
         padded = torch.from_numpy(self.tiling.pad(image)).to(self._device)
         logits = None
         weight = torch.zeros(self.tiling.padded_shape, device=self._device)
-        for first in range(0, self.tiling.n_windows, self.batch_size):
-            boxes = [self.tiling.window_box(w) for w in range(first, min(first + self.batch_size, self.tiling.n_windows))]
+        windows = range(self.tiling.n_windows)
+        for first in range(0, len(windows), self.batch_size):
+            boxes = [self.tiling.window_box(w) for w in windows[first : first + self.batch_size]]
             batch = torch.stack([padded[(slice(None), *_slices(box))] for box in boxes])
             out = self._forward(batch) * self._importance
             if logits is None:
@@ -361,15 +368,13 @@ class PatchEngine:
         # Where each window's output lands in the ROI's bounding box (the region blended), and which part of it.
         self._region = region
         self._region_shape = tuple(b - a for a, b in region)
-        self._window_in_region = []
-        for box in boxes:
-            overlap = _intersect(box, region)
-            self._window_in_region.append((_slices(_shift(overlap, [a for a, _ in region])), _slices(_shift(overlap, [a for a, _ in box]))))
+        self._window_in_region = [_overlap_slices(box, region) for box in boxes]
+        # Every window covering an ROI voxel is among those run, but the normaliser is accumulated over all
+        # windows touching the region so that no voxel of the blended box divides by zero.
         weight = torch.zeros(self._region_shape, device=self._device)
         for w in tiling.windows_touching(region):
-            box = tiling.window_box(w)
-            overlap = _intersect(box, region)
-            weight[_slices(_shift(overlap, [a for a, _ in region]))] += self._importance[_slices(_shift(overlap, [a for a, _ in box]))]
+            in_region, in_window = _overlap_slices(tiling.window_box(w), region)
+            weight[in_region] += self._importance[in_window]
         roi_index = np.flatnonzero(roi_padded[_slices(region)])
         self._roi_index = torch.from_numpy(roi_index).to(self._device)
         self._roi_weight = weight.reshape(-1)[self._roi_index]
@@ -424,7 +429,8 @@ class PatchEngine:
             for _, (window, row, _, _) in batch:
                 box = (slice(None), *_slices(self._window_boxes[window]))
                 kept = keep[row][self._columns[box[1:]]]
-                inputs.append(torch.where(kept, self._image[box], self._baseline if self._baseline.ndim == 0 else self._baseline[box]))
+                baseline = self._baseline if self._baseline.ndim == 0 else self._baseline[box]
+                inputs.append(torch.where(kept, self._image[box], baseline))
             out = self._forward(torch.stack(inputs))
             self._stats["patch_forwards"] += len(batch)
             for window_out, (key, (window, _, slot, position)) in zip(out, batch):
