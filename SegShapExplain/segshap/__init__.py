@@ -6,4 +6,12 @@ from .values import VALUE_NAMES, segment_values
 
 __version__ = "0.1.0"
 
-__all__ = ["PatchEngine", "DEFAULT_CACHE_BYTES", "Tiling", "monai_tiling", "VALUE_NAMES", "segment_values", "__version__"]
+__all__ = [
+    "PatchEngine",
+    "DEFAULT_CACHE_BYTES",
+    "Tiling",
+    "monai_tiling",
+    "VALUE_NAMES",
+    "segment_values",
+    "__version__",
+]

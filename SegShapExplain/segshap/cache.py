@@ -54,7 +54,7 @@ class PatchCache:
 
     def put(self, key: Hashable, tensor: torch.Tensor, pinned: bool = False) -> None:
         """Store ``tensor`` under ``key``, evicting least recently used entries beyond the budget."""
-        size = tensor.element_size() * tensor.nelement()
+        size = self._nbytes(tensor)
         if pinned:
             if key in self._entries:
                 self.unpinned_bytes -= self._nbytes(self._entries.pop(key))

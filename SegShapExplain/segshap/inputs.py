@@ -58,7 +58,9 @@ def as_features(features, spatial_shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"features must be an integer label map, got dtype {array.dtype}.")
     array = array.astype(np.int64, copy=False)
     if array.min() < 0:
-        raise ValueError("features contains negative ids; use 0 for voxels that are never perturbed and 1..N for features.")
+        raise ValueError(
+            "features contains negative ids; use 0 for voxels that are never perturbed and 1..N for features."
+        )
     largest = int(array.max())
     if largest > array.size:
         raise ValueError(
