@@ -24,12 +24,14 @@ def setting(mni_t1):
     return image, reference, features
 
 
-def _window_columns(engine, features):
-    """For each window the engine runs, the columns of the features inside it (worked out independently)."""
+def _window_columns(engine, image, features, baseline=0.0):
+    """For each window the engine runs, the columns of the features that change its input (worked out here)."""
     padded = engine.tiling.pad(features, 0)
+    changed = engine.tiling.pad(image) != baseline
     columns = {}
     for w in engine.windows:
-        inside = np.unique(padded[tuple(slice(a, b) for a, b in engine.tiling.window_box(w))])
+        box = tuple(slice(a, b) for a, b in engine.tiling.window_box(w))
+        inside = np.unique(padded[box][changed[box]])
         columns[int(w)] = np.flatnonzero(np.isin(engine.feature_ids, inside))
     return columns
 
@@ -42,7 +44,7 @@ def test_patch_forwards_equal_distinct_keys(setting):
     image, reference, features = setting
     model = CountingModel(small_unet())
     engine = segshap.PatchEngine(model, image, features, reference=reference, patch_size=PATCH, batch_size=4)
-    columns = _window_columns(engine, features)
+    columns = _window_columns(engine, image, features)
     m = engine.n_features
     extremes = np.array([np.ones(m, bool), np.zeros(m, bool)])
     assert engine.stats["patch_forwards"] == len(_distinct_keys(columns, extremes)) == sum(model.batches)
@@ -133,3 +135,27 @@ def test_only_windows_touching_the_roi_run_and_only_their_features_count(setting
         torch.from_numpy(image)[None, None], PATCH, 4, model, overlap=0.5, mode="gaussian"))
     want = reference_values(model, x, roi_mask, [np.ones(image.shape, bool)], [1], "soft_dice", PATCH, 0.5, "gaussian")
     assert abs(engine.evaluate(everything)[0] - want[0]) <= 1e-5
+
+
+def test_features_that_equal_the_baseline_change_nothing(setting):
+    """Voxels already at the baseline (air at 0, say) do not change a window's input when switched off."""
+    image, reference, features = setting
+    image = image.copy()
+    image[:, 20:, :] = 0.0
+    model = CountingModel(PerSample(small_unet()))
+    engine = segshap.PatchEngine(model, image, features, reference=reference, patch_size=PATCH, baseline=0.0)
+    columns = _window_columns(engine, image, features)
+    air_only = np.setdiff1d(np.unique(features[:, 20:, :]), np.unique(features[:, :20, :]))
+    assert air_only.size and not np.isin(air_only, engine.feature_ids).any()
+    assert any(c.size < np.unique(engine.tiling.pad(features, 0)[tuple(
+        slice(a, b) for a, b in engine.tiling.window_box(w))]).size - 1 for w, c in columns.items())
+    coalitions = np.random.default_rng(3).random((10, engine.n_features)) < 0.5
+    values = engine.evaluate(coalitions)
+    extremes = np.array([np.ones(engine.n_features, bool), np.zeros(engine.n_features, bool)])
+    assert engine.stats["patch_forwards"] == len(_distinct_keys(columns, np.concatenate([extremes, coalitions])))
+    roi = np.zeros(image.shape, dtype=bool)
+    roi[tuple(slice(a, b) for a, b in engine.roi_box)] = True
+    for coalition, value in zip(coalitions, values):
+        x = perturbed(image, features, engine.feature_ids, coalition, 0.0)
+        want = reference_values(model, x, roi, [reference], [1], "soft_dice", PATCH, 0.5, "gaussian")
+        assert abs(value - want[0]) <= 1e-5

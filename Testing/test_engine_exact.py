@@ -37,6 +37,18 @@ def _coalitions(rng, n_features, n):
     return np.array(rows)
 
 
+def _assert_soft_dice_matches_monai(engine, model, image, features, reference, rng, n):
+    """Random coalitions of a single-target soft-Dice engine (baseline 0, overlap 0.5, Gaussian) against MONAI."""
+    coalitions = _coalitions(rng, engine.n_features, n)
+    roi_mask = np.zeros(image.shape, dtype=bool)
+    roi_mask[tuple(slice(a, b) for a, b in engine.roi_box)] = True
+    for coalition, value in zip(coalitions, engine.evaluate(coalitions)):
+        x = perturbed(image, features, engine.feature_ids, coalition, 0.0)
+        want = reference_values(model, x, roi_mask, [reference], [1], "soft_dice", engine.tiling.patch_size, 0.5,
+                                "gaussian", engine.batch_size)
+        assert abs(value - want[0]) <= 1e-5
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("blend", ["gaussian", "constant"])
 @pytest.mark.parametrize("overlap", [0.25, 0.5])
@@ -74,14 +86,7 @@ def test_batched_model_matches_within_tolerance(mni_t1):
     engine = segshap.PatchEngine(
         model, image, features, reference=reference, value="soft_dice", patch_size=PATCH, batch_size=3
     )
-    coalitions = _coalitions(np.random.default_rng(1), engine.n_features, 6)
-    values = engine.evaluate(coalitions)
-    roi_mask = np.zeros(image.shape, dtype=bool)
-    roi_mask[tuple(slice(a, b) for a, b in engine.roi_box)] = True
-    for coalition, value in zip(coalitions, values):
-        x = perturbed(image, features, engine.feature_ids, coalition, 0.0)
-        want = reference_values(model, x, roi_mask, [reference], [1], "soft_dice", PATCH, 0.5, "gaussian")
-        assert abs(value - want[0]) <= 1e-5
+    _assert_soft_dice_matches_monai(engine, model, image, features, reference, np.random.default_rng(1), 6)
 
 
 def test_several_targets_from_one_pass_with_channels_and_baseline_image(mni_t1):
@@ -160,13 +165,5 @@ def test_windowed_attention_model_swinunetr(mni_t1):
     reference = np.zeros(image.shape, dtype=bool)
     reference[30:50, 28:44, 24:40] = True
     features = grid_features(image.shape, 16)
-    patch = (64, 64, 64)
-    engine = segshap.PatchEngine(model, image, features, reference=reference, patch_size=patch, batch_size=2)
-    coalitions = _coalitions(np.random.default_rng(5), engine.n_features, 3)
-    values = engine.evaluate(coalitions)
-    roi_mask = np.zeros(image.shape, dtype=bool)
-    roi_mask[tuple(slice(a, b) for a, b in engine.roi_box)] = True
-    for coalition, value in zip(coalitions, values):
-        x = perturbed(image, features, engine.feature_ids, coalition, 0.0)
-        want = reference_values(model, x, roi_mask, [reference], [1], "soft_dice", patch, 0.5, "gaussian", 2)
-        assert abs(value - want[0]) <= 1e-5
+    engine = segshap.PatchEngine(model, image, features, reference=reference, patch_size=(64, 64, 64), batch_size=2)
+    _assert_soft_dice_matches_monai(engine, model, image, features, reference, np.random.default_rng(5), 3)

@@ -53,13 +53,13 @@ def load_volume() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return image, white, head
 
 
-def nearest_seed(mask: np.ndarray, seeds: np.ndarray, radius: float = np.inf) -> np.ndarray:
-    """Label each voxel of ``mask`` within ``radius`` of a seed with its nearest seed (ids 1..N), else 0."""
+def nearest_seed(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Label each voxel of ``mask`` with its nearest seed (ids 1..N); 0 outside the mask."""
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(seeds.T)] = np.arange(1, len(seeds) + 1)
-    distance, nearest = ndimage.distance_transform_edt(markers == 0, return_indices=True)
+    _, nearest = ndimage.distance_transform_edt(markers == 0, return_indices=True)
     labels = markers[tuple(nearest)]
-    labels[~mask | (distance > radius)] = 0
+    labels[~mask] = 0
     present = np.unique(labels[labels > 0])
     lookup = np.zeros(labels.max() + 1, np.int64)
     lookup[present] = np.arange(1, len(present) + 1)
@@ -74,10 +74,15 @@ def lattice(head: np.ndarray, n: int) -> np.ndarray:
     return seeds[head[tuple(seeds.T)]]
 
 
-def organ_units(head: np.ndarray, radius: float = 36) -> np.ndarray:
-    """About 12 compact organ-like units: the head's voxels within ``radius`` of 12 lattice seeds, split between
-    the seeds like Voronoi cells; tissue between them belongs to no unit, as tissue outside segmented organs."""
-    return nearest_seed(head, lattice(head, 12), radius)
+def organ_units(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """12 organ-like units of about 100^3 voxels: Voronoi cells of a 3 x 2 x 2 lattice of seeds over the volume,
+    each seed moved by up to a fifth of its cell, so that the units tile the volume as organs tile a body."""
+    counts = (3, 2, 2)
+    cell = np.array(shape) / np.array(counts)
+    axes = [(np.arange(n) + 0.5) * c for n, c in zip(counts, cell)]
+    centres = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    seeds = centres + np.random.default_rng(seed).uniform(-0.2, 0.2, centres.shape) * cell
+    return nearest_seed(np.ones(shape, bool), np.clip(np.round(seeds), 0, np.array(shape) - 1).astype(int))
 
 
 def supervoxels(head: np.ndarray, n: int = 150) -> np.ndarray:
@@ -261,7 +266,7 @@ def main() -> None:
     results = {
         "machine": machine(),
         "settings": vars(args),
-        "organ_units": run_feature_set("organ-like units", model, image, organ_units(head), reference,
+        "organ_units": run_feature_set("organ-like units", model, image, organ_units(image.shape, args.seed), reference,
                                        coalitions, args),
         "supervoxels": run_feature_set("supervoxels", model, image, supervoxels(head), reference, coalitions, args),
     }

@@ -5,11 +5,11 @@ baseline's). Its value is what a sliding-window inference of the whole perturbed
 segment, read on the region of interest (ROI). :class:`PatchEngine` computes exactly that value while running only
 what can change it:
 
-* only windows whose output overlaps the ROI are run, and only features inside those windows' input can change a
-  value: they are the engine's features (:attr:`PatchEngine.feature_ids`); every other feature has a Shapley value
-  of exactly 0;
-* a window's input depends only on the on/off states of the features it intersects, so its logits are cached under
-  the key (window, those states) and each distinct key is run once (within the cache budget);
+* only windows whose output overlaps the ROI are run, and only features that change those windows' input (some
+  voxel of the feature inside them differs from the baseline) can change a value: they are the engine's features
+  (:attr:`PatchEngine.feature_ids`); every other feature has a Shapley value of exactly 0;
+* a window's input depends only on the on/off states of the features that change it, so its logits are cached
+  under the key (window, those states) and each distinct key is run once (within the cache budget);
 * cached and fresh windows are blended in the inference's own order with its own weights, so the blended logits
   on the ROI equal those of full-volume inference.
 """
@@ -349,21 +349,26 @@ class PatchEngine:
         origin = [a for a, _ in support]
 
         # Everything below works inside the support of the windows that are run: nothing else is ever read.
-        features_support = tiling.pad(features, 0)[_slices(support)]
+        crop = (slice(None), *_slices(support))
+        image_support = tiling.pad(image)[crop]
+        baseline_support = baseline if isinstance(baseline, float) else tiling.pad(baseline)[crop]
+        features_support = tiling.pad(features, 0)[crop[1:]]
+        # Switching a feature off changes a window's input only where the image differs from the baseline, so
+        # a window's key holds just those features, and a feature that changes no window is no feature at all.
+        changes = np.any(image_support != baseline_support, axis=0)
         self._window_boxes = [_shift(b, origin) for b in boxes]
-        window_ids = [np.unique(features_support[_slices(b)]) for b in self._window_boxes]
-        window_ids = [ids[ids > 0] for ids in window_ids]
+        window_ids = []
+        for box in self._window_boxes:
+            inside = _slices(box)
+            ids = np.unique(features_support[inside][changes[inside]])
+            window_ids.append(ids[ids > 0])
         self.feature_ids = np.unique(np.concatenate([np.zeros(0, np.int64), *window_ids]))
         self._window_columns = [np.searchsorted(self.feature_ids, ids) for ids in window_ids]
         column_of = np.full(int(features.max()) + 1, self.n_features, dtype=np.int64)
         column_of[self.feature_ids] = np.arange(self.n_features)
         self._columns = torch.from_numpy(column_of[features_support]).to(self._device)
-
-        self._image = torch.from_numpy(tiling.pad(image)[(slice(None), *_slices(support))]).to(self._device)
-        if isinstance(baseline, float):
-            self._baseline = torch.tensor(baseline, dtype=torch.float32, device=self._device)
-        else:
-            self._baseline = torch.from_numpy(tiling.pad(baseline)[(slice(None), *_slices(support))]).to(self._device)
+        self._image = torch.from_numpy(image_support).to(self._device)
+        self._baseline = torch.as_tensor(baseline_support, dtype=torch.float32, device=self._device)
 
         # Where each window's output lands in the ROI's bounding box (the region blended), and which part of it.
         self._region = region
@@ -391,8 +396,9 @@ class PatchEngine:
         entries, inverses = self._fetch(coalitions)
         blended = torch.zeros((len(coalitions), self.n_classes, *self._region_shape), device=self._device)
         for (in_region, _), window_entries, inverse in zip(self._window_in_region, entries, inverses):
-            stacked = torch.stack(window_entries)
-            blended[(slice(None), slice(None), *in_region)] += stacked[torch.from_numpy(inverse).to(self._device)]
+            # In place, row by row: gathering the rows' entries into one tensor first would copy them all twice.
+            for row, key in enumerate(inverse.tolist()):
+                blended[(row, slice(None), *in_region)] += window_entries[key]
         at_roi = blended.reshape(len(coalitions), self.n_classes, -1)[:, :, self._roi_index]
         return at_roi / self._roi_weight
 
