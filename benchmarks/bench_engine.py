@@ -98,12 +98,16 @@ def white_matter_segment(white: np.ndarray, corner: tuple[int, int, int]) -> np.
     return segment
 
 
-def features_per_window(engine, features) -> list[int]:
+def window_features(engine, image, features, baseline) -> list[np.ndarray]:
+    """For each window the engine runs, the ids of the features that change its input (worked out here)."""
     padded = engine.tiling.pad(features, 0)
-    return [
-        int(np.count_nonzero(np.unique(padded[tuple(slice(a, b) for a, b in engine.tiling.window_box(w))])))
-        for w in engine.windows
-    ]
+    changed = engine.tiling.pad(image) != baseline
+    out = []
+    for w in engine.windows:
+        box = tuple(slice(a, b) for a, b in engine.tiling.window_box(w))
+        ids = np.unique(padded[box][changed[box]])
+        out.append(ids[ids > 0])
+    return out
 
 
 def sample_coalitions(m: int, n: int, sampling: str, rng: np.random.Generator) -> np.ndarray:
@@ -171,7 +175,7 @@ def run_feature_set(name, model, image, features, reference, coalitions, args) -
     engine_options = dict(options, cache_bytes=int(args.cache_gib * 2**30))
     engine, setup = timed(lambda: segshap.PatchEngine(model, image, features, **engine_options))
     m = engine.n_features
-    per_window = features_per_window(engine, features)
+    per_window = [ids.size for ids in window_features(engine, image, features, args.baseline)]
     print(f"   engine: {m} features can change the value, {engine.stats['windows']} of "
           f"{engine.tiling.n_windows} windows touch the ROI, {np.mean(per_window):.1f} features per window "
           f"(max {max(per_window)}); set-up {setup:.1f} s", flush=True)
@@ -179,10 +183,9 @@ def run_feature_set(name, model, image, features, reference, coalitions, args) -
     setup_forwards, setup_forward_s = engine.stats["patch_forwards"], engine.stats["forward_seconds"]
     values, evaluate = timed(lambda: engine.evaluate(chosen))
     stats = engine.stats
-    padded = engine.tiling.pad(features, 0)
     columns = [
-        np.flatnonzero(np.isin(engine.feature_ids, np.unique(padded[tuple(slice(a, b) for a, b in engine.tiling.window_box(w))])))
-        for w in engine.windows
+        np.flatnonzero(np.isin(engine.feature_ids, ids))
+        for ids in window_features(engine, image, features, args.baseline)
     ]
     extremes = np.array([np.ones(m, bool), np.zeros(m, bool)])
     distinct = len({(i, tuple(row[c])) for i, c in enumerate(columns) for row in np.concatenate([extremes, chosen])})

@@ -17,6 +17,7 @@ what can change it:
 from __future__ import annotations
 
 import contextlib
+import numbers
 import time
 from collections.abc import Callable, Sequence
 
@@ -62,6 +63,10 @@ def _overlap_slices(window: Box, region: Box) -> tuple[tuple[slice, ...], tuple[
     """Where a window's output lands in a region, and which part of the window's output that is."""
     overlap = _intersect(window, region)
     return _slices(_shift(overlap, [a for a, _ in region])), _slices(_shift(overlap, [a for a, _ in window]))
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _mode_dependent(module: torch.nn.Module) -> bool:
@@ -169,11 +174,12 @@ class PatchEngine:
         if value not in VALUE_NAMES:
             raise ValueError(f"value must be one of {VALUE_NAMES}, got {value!r}.")
         self.value = value
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not _is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        if not isinstance(margin, int) or margin < 0:
+        if not _is_integer(margin) or margin < 0:
             raise ValueError(f"margin must be a non-negative integer, got {margin!r}.")
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
+        margin = int(margin)
         self._autocast_dtype = autocast_dtype
         self._n_classes: int | None = None
         self._cache = PatchCache(cache_bytes)
@@ -416,7 +422,7 @@ class PatchEngine:
             for key, row in zip(keys, first):
                 entry = self._cache.get(key)
                 if entry is None:
-                    misses.setdefault(key, (window, int(row), len(entries), len(found)))
+                    misses.setdefault(key, (int(row), len(found)))
                 found.append(entry)
             entries.append(found)
             inverses.append(inverse.reshape(-1))
@@ -427,23 +433,29 @@ class PatchEngine:
         return entries, inverses
 
     def _run(self, coalitions: np.ndarray, misses: list, entries: list, pin: bool) -> None:
+        """Run the missing windows ``batch_size`` at a time; cache their weighted outputs and fill ``entries``.
+
+        ``misses`` holds ``((window, states), (row, position))``: a coalition row that needs the key, and the
+        key's position among its window's entries.
+        """
         keep = torch.ones((len(coalitions), self.n_features + 1), dtype=torch.bool, device=self._device)
         keep[:, : self.n_features] = torch.from_numpy(coalitions).to(self._device)
         for first in range(0, len(misses), self.batch_size):
             batch = misses[first : first + self.batch_size]
             inputs = []
-            for _, (window, row, _, _) in batch:
+            for (window, _), (row, _) in batch:
                 box = (slice(None), *_slices(self._window_boxes[window]))
                 kept = keep[row][self._columns[box[1:]]]
                 baseline = self._baseline if self._baseline.ndim == 0 else self._baseline[box]
                 inputs.append(torch.where(kept, self._image[box], baseline))
             out = self._forward(torch.stack(inputs))
             self._stats["patch_forwards"] += len(batch)
-            for window_out, (key, (window, _, slot, position)) in zip(out, batch):
+            for window_out, (key, (_, position)) in zip(out, batch):
+                window = key[0]
                 in_window = self._window_in_region[window][1]
                 entry = (window_out[(slice(None), *in_window)] * self._importance[in_window]).contiguous()
                 self._cache.put(key, entry, pinned=pin)
-                entries[slot][position] = entry
+                entries[window][position] = entry
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Run the model on a batch of windows; the first call also checks what the model returns."""
