@@ -370,7 +370,7 @@ class PatchEngine:
             window_ids.append(ids[ids > 0])
         self.feature_ids = np.unique(np.concatenate([np.zeros(0, np.int64), *window_ids]))
         self._window_columns = [np.searchsorted(self.feature_ids, ids) for ids in window_ids]
-        column_of = np.full(int(features.max()) + 1, self.n_features, dtype=np.int64)
+        column_of = np.full(int(features.max()) + 1, self.n_features, dtype=np.int32)
         column_of[self.feature_ids] = np.arange(self.n_features)
         self._columns = torch.from_numpy(column_of[features_support]).to(self._device)
         self._image = torch.from_numpy(image_support).to(self._device)
