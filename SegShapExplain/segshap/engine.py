@@ -356,8 +356,8 @@ class PatchEngine:
 
         # Everything below works inside the support of the windows that are run: nothing else is ever read.
         crop = (slice(None), *_slices(support))
-        image_support = tiling.pad(image)[crop]
-        baseline_support = baseline if isinstance(baseline, float) else tiling.pad(baseline)[crop]
+        image_support = np.ascontiguousarray(tiling.pad(image)[crop])
+        baseline_support = baseline if isinstance(baseline, float) else np.ascontiguousarray(tiling.pad(baseline)[crop])
         features_support = tiling.pad(features, 0)[crop[1:]]
         # Switching a feature off changes a window's input only where the image differs from the baseline, so
         # a window's key holds just those features, and a feature that changes no window is no feature at all.
@@ -380,11 +380,10 @@ class PatchEngine:
         self._region = region
         self._region_shape = tuple(b - a for a, b in region)
         self._window_in_region = [_overlap_slices(box, region) for box in boxes]
-        # Every window covering an ROI voxel is among those run, but the normaliser is accumulated over all
-        # windows touching the region so that no voxel of the blended box divides by zero.
+        # MONAI's normaliser: the summed weights of the windows covering a voxel, which at ROI voxels are
+        # exactly the windows that are run, added in the same order.
         weight = torch.zeros(self._region_shape, device=self._device)
-        for w in tiling.windows_touching(region):
-            in_region, in_window = _overlap_slices(tiling.window_box(w), region)
+        for in_region, in_window in self._window_in_region:
             weight[in_region] += self._importance[in_window]
         roi_index = np.flatnonzero(roi_padded[_slices(region)])
         self._roi_index = torch.from_numpy(roi_index).to(self._device)
