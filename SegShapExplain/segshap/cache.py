@@ -35,9 +35,6 @@ class PatchCache:
     def __len__(self) -> int:
         return len(self._entries) + len(self._pinned)
 
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._pinned or key in self._entries
-
     @property
     def nbytes(self) -> int:
         return self.unpinned_bytes + self.pinned_bytes
