@@ -16,7 +16,8 @@ from monai.networks.nets import UNet
 
 import segshap
 from bench_engine import (
-    OVERLAP, PATCH, load_volume, machine, organ_units, sample_coalitions, supervoxels, white_matter_segment,
+    OVERLAP, PATCH, TARGET_CORNER, load_volume, machine, organ_tiling, sample_coalitions, supervoxels,
+    white_matter_segment,
 )
 
 
@@ -27,10 +28,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}")
     image, white, head = load_volume()
-    reference = white_matter_segment(white, (104, 104, 72))
+    reference = white_matter_segment(white, TARGET_CORNER)
     torch.manual_seed(args.seed)
     model = UNet(3, 1, 3, (16, 32, 64, 128), (2, 2, 2), num_res_units=2).eval()
-    for name, features in [("organ-like units", organ_units(image.shape, args.seed)), ("supervoxels", supervoxels(head))]:
+    for name, features in [("organ-like units", organ_tiling(image.shape, args.seed)), ("supervoxels", supervoxels(head))]:
         for value in ("soft_dice", "dice"):
             results = {}
             for dtype in (None, torch.bfloat16):

@@ -32,6 +32,7 @@ from scipy import ndimage
 import segshap
 
 SHAPE = (256, 256, 192)
+TARGET_CORNER = (104, 104, 72)
 PATCH = (64, 64, 64)
 OVERLAP = 0.5
 
@@ -53,13 +54,13 @@ def load_volume() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return image, white, head
 
 
-def nearest_seed(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """Label each voxel of ``mask`` with its nearest seed (ids 1..N); 0 outside the mask."""
+def nearest_seed(mask: np.ndarray, seeds: np.ndarray, radius: float = np.inf) -> np.ndarray:
+    """Label each voxel of ``mask`` within ``radius`` of a seed with its nearest seed (ids 1..N); 0 elsewhere."""
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(seeds.T)] = np.arange(1, len(seeds) + 1)
-    _, nearest = ndimage.distance_transform_edt(markers == 0, return_indices=True)
+    distance, nearest = ndimage.distance_transform_edt(markers == 0, return_indices=True)
     labels = markers[tuple(nearest)]
-    labels[~mask] = 0
+    labels[~mask | (distance > radius)] = 0
     present = np.unique(labels[labels > 0])
     lookup = np.zeros(labels.max() + 1, np.int64)
     lookup[present] = np.arange(1, len(present) + 1)
@@ -74,15 +75,28 @@ def lattice(head: np.ndarray, n: int) -> np.ndarray:
     return seeds[head[tuple(seeds.T)]]
 
 
-def organ_units(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    """12 organ-like units of about 100^3 voxels: Voronoi cells of a 3 x 2 x 2 lattice of seeds over the volume,
-    each seed moved by up to a fifth of its cell, so that the units tile the volume as organs tile a body."""
+def _organ_seeds(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A 3 x 2 x 2 lattice of seeds over the volume, each moved by up to a fifth of its cell."""
     counts = (3, 2, 2)
     cell = np.array(shape) / np.array(counts)
     axes = [(np.arange(n) + 0.5) * c for n, c in zip(counts, cell)]
     centres = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     seeds = centres + np.random.default_rng(seed).uniform(-0.2, 0.2, centres.shape) * cell
-    return nearest_seed(np.ones(shape, bool), np.clip(np.round(seeds), 0, np.array(shape) - 1).astype(int))
+    return np.clip(np.round(seeds), 0, np.array(shape) - 1).astype(int)
+
+
+def organ_tiling(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """12 units of about 100^3 voxels tiling the whole volume: the Voronoi cells of the organ seeds."""
+    return nearest_seed(np.ones(shape, bool), _organ_seeds(shape, seed))
+
+
+def organs(shape: tuple[int, ...], target_centre: np.ndarray, seed: int = 0, radius: float = 40) -> np.ndarray:
+    """12 compact organs with unlabelled tissue between them, as in an organ label map: the target's own organ,
+    centred on the target, and 11 others on the organ seeds (the one nearest the target gives way to it); each
+    organ is the voxels within ``radius`` of its seed that lie nearer to it than to any other seed."""
+    seeds = _organ_seeds(shape, seed)
+    seeds[np.argmin(np.linalg.norm(seeds - target_centre, axis=1))] = target_centre
+    return nearest_seed(np.ones(shape, bool), seeds, radius)
 
 
 def supervoxels(head: np.ndarray, n: int = 150) -> np.ndarray:
@@ -251,13 +265,15 @@ def main() -> None:
     parser.add_argument("--shift", type=int, default=0,
                         help="move the target by this many voxels along every axis (0: its ROI touches 3 windows "
                              "per axis; 16: 4 per axis, the most a 56-voxel ROI can touch)")
+    parser.add_argument("--features", nargs="+", choices=("organs", "organ-tiling", "supervoxels"),
+                        default=["organs", "organ-tiling", "supervoxels"], help="the feature sets to run")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
     print(f"machine: {machine()}")
     print(f"settings: {vars(args)}")
     image, white, head = load_volume()
-    reference = white_matter_segment(white, tuple(c + args.shift for c in (104, 104, 72)))
+    reference = white_matter_segment(white, tuple(c + args.shift for c in TARGET_CORNER))
     print(f"volume {image.shape}, target segment of {reference.sum()} voxels "
           f"(bounding box {[int(s.stop - s.start) for s in ndimage.find_objects(reference.astype(int))[0]]})")
     torch.manual_seed(args.seed)
@@ -266,13 +282,16 @@ def main() -> None:
     def coalitions(m: int) -> np.ndarray:
         return sample_coalitions(m, args.coalitions, args.sampling, np.random.default_rng(args.seed + m))
 
-    results = {
-        "machine": machine(),
-        "settings": vars(args),
-        "organ_units": run_feature_set("organ-like units", model, image, organ_units(image.shape, args.seed), reference,
-                                       coalitions, args),
-        "supervoxels": run_feature_set("supervoxels", model, image, supervoxels(head), reference, coalitions, args),
+    centre = np.array([c + args.shift + 20 for c in TARGET_CORNER])
+    feature_sets = {
+        "organs": ("12 organs with unlabelled tissue between them", lambda: organs(image.shape, centre, args.seed)),
+        "organ-tiling": ("12 organ-like units tiling the volume", lambda: organ_tiling(image.shape, args.seed)),
+        "supervoxels": ("about 150 supervoxels", lambda: supervoxels(head)),
     }
+    results = {"machine": machine(), "settings": vars(args)}
+    for key in args.features:
+        name, build = feature_sets[key]
+        results[key] = run_feature_set(name, model, image, build(), reference, coalitions, args)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

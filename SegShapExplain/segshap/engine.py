@@ -215,7 +215,7 @@ class PatchEngine:
             reference_roi = torch.stack([predicted == t for t in self.targets])
         else:
             padded = torch.from_numpy(self.tiling.pad(masks, False)[(slice(None), *_slices(self._region))])
-            reference_roi = padded.reshape(len(self.targets), -1)[:, self._roi_index.cpu()].to(self._device)
+            reference_roi = self._at_roi(padded.reshape(len(self.targets), -1).to(self._device))
         self._reference = reference_roi
         for t, segment in zip(self.targets, reference_roi):
             if not segment.any():
@@ -385,9 +385,16 @@ class PatchEngine:
         weight = torch.zeros(self._region_shape, device=self._device)
         for in_region, in_window in self._window_in_region:
             weight[in_region] += self._importance[in_window]
-        roi_index = np.flatnonzero(roi_padded[_slices(region)])
-        self._roi_index = torch.from_numpy(roi_index).to(self._device)
-        self._roi_weight = weight.reshape(-1)[self._roi_index]
+        roi_in_region = roi_padded[_slices(region)].reshape(-1)
+        # None: the ROI fills its bounding box (the default ROI does), so no voxel needs picking out.
+        self._roi_index = None
+        if not roi_in_region.all():
+            self._roi_index = torch.from_numpy(np.flatnonzero(roi_in_region)).to(self._device)
+        self._roi_weight = self._at_roi(weight.reshape(-1))
+
+    def _at_roi(self, flat: torch.Tensor) -> torch.Tensor:
+        """The ROI voxels of a tensor whose last axis runs over the flattened ROI bounding box."""
+        return flat if self._roi_index is None else flat[..., self._roi_index]
 
     # ------------------------------------------------------------------ evaluation
 
@@ -404,8 +411,7 @@ class PatchEngine:
             # In place, row by row: gathering the rows' entries into one tensor first would copy them all twice.
             for row, key in enumerate(inverse.tolist()):
                 blended[(row, slice(None), *in_region)] += window_entries[key]
-        at_roi = blended.reshape(len(coalitions), self.n_classes, -1)[:, :, self._roi_index]
-        return at_roi / self._roi_weight
+        return self._at_roi(blended.reshape(len(coalitions), self.n_classes, -1)).div_(self._roi_weight)
 
     def _fetch(self, coalitions: np.ndarray, pin: bool = False):
         """For each window, the cached outputs its distinct keys need (running the misses) and each row's key."""

@@ -63,14 +63,14 @@ def segment_values(
         raise ValueError(f"value must be one of {VALUE_NAMES}, got {value!r}.")
     probabilities = class_probabilities(logits)
     target_index = torch.as_tensor(list(targets), device=logits.device)
-    ref = reference.to(torch.float64)
-    ref_size = ref.sum(dim=1)
+    ref_size = reference.sum(dim=1, dtype=torch.float64)
     if value in ("soft_dice", "mean_prob"):
-        p = probabilities[:, target_index].to(torch.float64)
-        overlap = (p * ref).sum(dim=2)
+        p = probabilities[:, target_index]
+        # p·R is exact in float32 (R is 0 or 1); the sums accumulate in float64.
+        overlap = (p * reference).sum(dim=2, dtype=torch.float64)
         if value == "mean_prob":
             return overlap / ref_size
-        return 2 * overlap / (p.sum(dim=2) + ref_size)
+        return 2 * overlap / (p.sum(dim=2, dtype=torch.float64) + ref_size)
     predicted = probabilities.argmax(dim=1, keepdim=True) == target_index[None, :, None]
     hits = (predicted & reference).sum(dim=2).to(torch.float64)
     if value == "tp":
