@@ -96,9 +96,10 @@ def test_values_do_not_depend_on_batching_or_the_cache_budget(setting):
     starved = segshap.PatchEngine(model, image, features, cache_bytes=0, **options)
     starved_values = np.concatenate([starved.evaluate(coalitions[:6]), starved.evaluate(coalitions[6:])])
     starved_values = np.concatenate([starved_values, starved.evaluate(coalitions)])
-    # Window outputs are bitwise the same; only the float64 reductions of the value may round differently.
-    np.testing.assert_allclose(singles, all_at_once, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(starved_values, np.concatenate([all_at_once, all_at_once]), rtol=0, atol=1e-12)
+    # Window outputs are bitwise the same; only the float64 sums behind a value may round differently (torch
+    # splits a reduction differently when it has fewer rows to reduce).
+    np.testing.assert_allclose(singles, all_at_once, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(starved_values, np.concatenate([all_at_once, all_at_once]), rtol=0, atol=1e-10)
     assert starved.stats["cache_evictions"] > 0
     assert starved.stats["patch_forwards"] > together.stats["patch_forwards"]
 

@@ -17,8 +17,10 @@ what can change it:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import numbers
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -36,7 +38,7 @@ from .inputs import (
     resolve_device,
 )
 from .tiling import Box, monai_tiling
-from .values import VALUE_NAMES, class_probabilities, segment_values
+from .values import VALUE_NAMES, class_probabilities, segment_statistics, values_from_statistics
 
 __all__ = ["PatchEngine", "DEFAULT_CACHE_BYTES"]
 
@@ -45,6 +47,9 @@ DEFAULT_CACHE_BYTES = 2 * 1024**3
 
 _BLEND_BYTES = 256 * 1024**2
 """Bound on the blending buffer of one chunk of coalitions."""
+
+_CELL_MEMO_ENTRIES = 2**18
+"""Cells whose value statistics are remembered (least recently used forgotten first); a few hundred MB at most."""
 
 
 def _slices(box: Box) -> tuple[slice, ...]:
@@ -63,6 +68,52 @@ def _overlap_slices(window: Box, region: Box) -> tuple[tuple[slice, ...], tuple[
     """Where a window's output lands in a region, and which part of the window's output that is."""
     overlap = _intersect(window, region)
     return _slices(_shift(overlap, [a for a, _ in region])), _slices(_shift(overlap, [a for a, _ in window]))
+
+
+class _Cell:
+    """A box of the region covered by the same windows throughout: the unit whose value statistics are cached.
+
+    Attributes: ``box`` (padded coordinates), ``shape``, ``windows`` (indices among the run windows, in blending
+    order), ``in_entry`` (the cell inside each window's cached output), ``index`` (its ROI voxels in the
+    flattened cell, ``None`` when it is all ROI), ``weight`` (the summed window weights there) and ``reference``
+    (``(T, V)`` bool, set once the reference is known).
+    """
+
+    def __init__(self, box: Box, windows: list[int], in_entry: list, index, weight: torch.Tensor) -> None:
+        self.box, self.windows, self.in_entry, self.index = box, windows, in_entry, index
+        self.shape = tuple(b - a for a, b in box)
+        self.weight = self.at_roi(weight.flatten())
+        self.reference: torch.Tensor | None = None
+
+    def at_roi(self, flat: torch.Tensor) -> torch.Tensor:
+        """The ROI voxels of a tensor whose last axis runs over the flattened cell."""
+        return flat if self.index is None else flat[..., self.index]
+
+
+def _cells(region: Box, boxes: list[Box], roi_padded: np.ndarray, importance: torch.Tensor) -> list[_Cell]:
+    """Cut the region at every window boundary; keep the cells that hold ROI voxels.
+
+    A cell lies wholly inside or wholly outside each window, so its blended logits depend only on the inputs of
+    the windows covering it, and its weights are MONAI's: the covering windows' importance, summed in order.
+    """
+    cuts = []
+    for axis, (low, high) in enumerate(region):
+        inner = {p for box in boxes for p in box[axis] if low < p < high}
+        cuts.append(sorted({low, high} | inner))
+    cells = []
+    for corner in itertools.product(*(range(len(c) - 1) for c in cuts)):
+        box = tuple((cuts[axis][i], cuts[axis][i + 1]) for axis, i in enumerate(corner))
+        roi = roi_padded[_slices(box)]
+        if not roi.any():
+            continue
+        windows = [w for w, window in enumerate(boxes) if all(a <= c and d <= b for (a, b), (c, d) in zip(window, box))]
+        in_entry = [_slices(_shift(box, [a for a, _ in _intersect(boxes[w], region)])) for w in windows]
+        weight = torch.zeros(tuple(b - a for a, b in box), device=importance.device)
+        for w in windows:
+            weight += importance[_slices(_shift(box, [a for a, _ in boxes[w]]))]
+        index = None if roi.all() else torch.from_numpy(np.flatnonzero(roi)).to(importance.device)
+        cells.append(_Cell(box, windows, in_entry, index, weight))
+    return cells
 
 
 def _is_integer(value) -> bool:
@@ -211,14 +262,19 @@ class PatchEngine:
         self._fetch(np.concatenate([all_on, all_off]), pin=True)
         self._check_targets()
         if masks is None:
-            predicted = class_probabilities(self._blend(all_on)).argmax(dim=1)[0]
-            reference_roi = torch.stack([predicted == t for t in self.targets])
+            entries, inverses, _ = self._fetch(all_on)
+            for cell in self._cells:
+                local = [tuple(int(inverses[w][0]) for w in cell.windows)]
+                predicted = class_probabilities(self._cell_logits(cell, local, entries)).argmax(dim=1)[0]
+                cell.reference = torch.stack([predicted == t for t in self.targets])
         else:
-            padded = torch.from_numpy(self.tiling.pad(masks, False)[(slice(None), *_slices(self._region))])
-            reference_roi = self._at_roi(padded.reshape(len(self.targets), -1).to(self._device))
-        self._reference = reference_roi
-        for t, segment in zip(self.targets, reference_roi):
-            if not segment.any():
+            padded_masks = torch.from_numpy(self.tiling.pad(masks, False)).to(self._device)
+            for cell in self._cells:
+                cell.reference = cell.at_roi(padded_masks[(slice(None), *_slices(cell.box))].flatten(1))
+        self._reference_size = sum(cell.reference.sum(dim=1).cpu() for cell in self._cells)
+        self._roi_size = sum(cell.reference.shape[1] for cell in self._cells)
+        for t, size in zip(self.targets, self._reference_size.tolist()):
+            if not size:
                 source = "the reference" if masks is not None else "the model's unperturbed prediction"
                 raise ValueError(
                     f"Inside the ROI, {source} has no voxel of target {t}: there is nothing to explain. "
@@ -276,7 +332,7 @@ class PatchEngine:
                 f"got {coalitions.shape}."
             )
         values = np.empty((len(coalitions), len(self.targets)), dtype=np.float64)
-        chunk = max(1, _BLEND_BYTES // (2 * 4 * self.n_classes * int(np.prod(self._region_shape))))
+        chunk = max(1, _BLEND_BYTES // (4 * self.n_classes * int(np.prod(self._region_shape))))
         for first in range(0, len(coalitions), chunk):
             part = coalitions[first : first + chunk]
             values[first : first + len(part)] = self._values(part).cpu().numpy()
@@ -376,46 +432,48 @@ class PatchEngine:
         self._image = torch.from_numpy(image_support).to(self._device)
         self._baseline = torch.as_tensor(baseline_support, dtype=torch.float32, device=self._device)
 
-        # Where each window's output lands in the ROI's bounding box (the region blended), and which part of it.
-        self._region = region
+        # Each window's output is kept only where it overlaps the ROI's bounding box (the region).
         self._region_shape = tuple(b - a for a, b in region)
-        self._window_in_region = [_overlap_slices(box, region) for box in boxes]
-        # MONAI's normaliser: the summed weights of the windows covering a voxel, which at ROI voxels are
-        # exactly the windows that are run, added in the same order.
-        weight = torch.zeros(self._region_shape, device=self._device)
-        for in_region, in_window in self._window_in_region:
-            weight[in_region] += self._importance[in_window]
-        roi_in_region = roi_padded[_slices(region)].reshape(-1)
-        # None: the ROI fills its bounding box (the default ROI does), so no voxel needs picking out.
-        self._roi_index = None
-        if not roi_in_region.all():
-            self._roi_index = torch.from_numpy(np.flatnonzero(roi_in_region)).to(self._device)
-        self._roi_weight = self._at_roi(weight.reshape(-1))
+        self._in_window = [_overlap_slices(box, region)[1] for box in boxes]
+        self._cells = _cells(region, boxes, roi_padded, self._importance)
+        self._cell_statistics: OrderedDict = OrderedDict()
 
-    def _at_roi(self, flat: torch.Tensor) -> torch.Tensor:
-        """The ROI voxels of a tensor whose last axis runs over the flattened ROI bounding box."""
-        return flat if self._roi_index is None else flat[..., self._roi_index]
+    def _cell_logits(self, cell: _Cell, local_keys: list, entries: list) -> torch.Tensor:
+        """``(u, K, V)`` blended logits at a cell's ROI voxels, one row per tuple of its windows' local keys."""
+        blended = torch.zeros((len(local_keys), self.n_classes, *cell.shape), device=self._device)
+        for row, keys in enumerate(local_keys):
+            for window, in_entry, key in zip(cell.windows, cell.in_entry, keys):
+                blended[row] += entries[window][key][(slice(None), *in_entry)]
+        return cell.at_roi(blended.flatten(2)).div_(cell.weight)
 
     # ------------------------------------------------------------------ evaluation
 
     @torch.inference_mode()
     def _values(self, coalitions: np.ndarray) -> torch.Tensor:
-        return segment_values(self._blend(coalitions), self.targets, self._reference, self.value)
-
-    @torch.inference_mode()
-    def _blend(self, coalitions: np.ndarray) -> torch.Tensor:
-        """``(n, K, V)`` blended logits at the ROI voxels, window by window in the inference's order."""
-        entries, inverses = self._fetch(coalitions)
-        blended = torch.zeros((len(coalitions), self.n_classes, *self._region_shape), device=self._device)
-        for (in_region, _), window_entries, inverse in zip(self._window_in_region, entries, inverses):
-            # In place, row by row: gathering the rows' entries into one tensor first would copy them all twice.
-            for row, key in enumerate(inverse.tolist()):
-                blended[(row, slice(None), *in_region)] += window_entries[key]
-        return self._at_roi(blended.reshape(len(coalitions), self.n_classes, -1)).div_(self._roi_weight)
+        """``(n, T)`` values: per cell, statistics of each distinct combination of its windows' inputs, summed."""
+        entries, inverses, keys = self._fetch(coalitions)
+        statistics = torch.zeros((len(coalitions), len(self.targets), 4), dtype=torch.float64)
+        for index, cell in enumerate(self._cells):
+            local_keys = list(zip(*(inverses[w].tolist() for w in cell.windows))) or [()] * len(coalitions)
+            cell_keys = [(index, *(keys[w][k] for w, k in zip(cell.windows, local))) for local in local_keys]
+            memo, missing = self._cell_statistics, {}
+            for cell_key, local in zip(cell_keys, local_keys):
+                if cell_key in memo:
+                    memo.move_to_end(cell_key)
+                else:
+                    missing.setdefault(cell_key, local)
+            if missing:
+                logits = self._cell_logits(cell, list(missing.values()), entries)
+                memo.update(zip(missing, segment_statistics(logits, self.targets, cell.reference).cpu()))
+            statistics += torch.stack([memo[cell_key] for cell_key in cell_keys])
+            while len(memo) > _CELL_MEMO_ENTRIES:
+                memo.popitem(last=False)
+        return values_from_statistics(statistics, self._reference_size, self._roi_size, self.value)
 
     def _fetch(self, coalitions: np.ndarray, pin: bool = False):
-        """For each window, the cached outputs its distinct keys need (running the misses) and each row's key."""
-        entries, inverses, misses = [], [], {}
+        """Per window: the outputs its distinct keys need (running the misses), each row's key among them, and
+        the keys' feature states."""
+        entries, inverses, window_keys, misses = [], [], [], {}
         for window, columns in enumerate(self._window_columns):
             if columns.size:
                 packed = np.packbits(coalitions[:, columns], axis=1)
@@ -431,11 +489,12 @@ class PatchEngine:
                 found.append(entry)
             entries.append(found)
             inverses.append(inverse.reshape(-1))
+            window_keys.append([state for _, state in keys])
             if not pin:
                 self._stats["cache_hits"] += len(coalitions) - sum(1 for key in keys if key in misses)
         if misses:
             self._run(coalitions, list(misses.items()), entries, pin)
-        return entries, inverses
+        return entries, inverses, window_keys
 
     def _run(self, coalitions: np.ndarray, misses: list, entries: list, pin: bool) -> None:
         """Run the missing windows ``batch_size`` at a time; cache their weighted outputs and fill ``entries``.
@@ -457,7 +516,7 @@ class PatchEngine:
             self._stats["patch_forwards"] += len(batch)
             for window_out, (key, (_, position)) in zip(out, batch):
                 window = key[0]
-                in_window = self._window_in_region[window][1]
+                in_window = self._in_window[window]
                 entry = (window_out[(slice(None), *in_window)] * self._importance[in_window]).contiguous()
                 self._cache.put(key, entry, pinned=pin)
                 entries[window][position] = entry

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["VALUE_NAMES", "class_probabilities", "segment_values"]
+__all__ = ["VALUE_NAMES", "class_probabilities", "segment_statistics", "values_from_statistics", "segment_values"]
 
 VALUE_NAMES = ("soft_dice", "dice", "tp", "fp", "mean_prob")
 
@@ -36,6 +36,59 @@ def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
         foreground = torch.sigmoid(logits)
         return torch.cat([1 - foreground, foreground], dim=1)
     return torch.softmax(logits, dim=1)
+
+
+def segment_statistics(logits: torch.Tensor, targets: Sequence[int], reference: torch.Tensor) -> torch.Tensor:
+    """The additive sums every value is made of, for a stack of predictions.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(n, K, V)`` blended logits at ``V`` voxels of the region of interest.
+    targets : sequence of int
+        Class index of each of the ``T`` targets.
+    reference : torch.Tensor
+        ``(T, V)`` bool: each target's reference segment at those voxels.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, T, 4)`` float64: ``Σ p·R``, ``Σ p``, ``|A ∩ R|`` and ``|A|`` per prediction and target. Sums over
+        disjoint sets of voxels add up, so a region's statistics are the sum of its parts'.
+    """
+    probabilities = class_probabilities(logits)
+    target_index = torch.as_tensor(list(targets), device=logits.device)
+    p = probabilities[:, target_index]
+    predicted = probabilities.argmax(dim=1, keepdim=True) == target_index[None, :, None]
+    # p·R is exact in float32 (R is 0 or 1); the sums accumulate in float64.
+    return torch.stack(
+        [
+            (p * reference).sum(dim=2, dtype=torch.float64),
+            p.sum(dim=2, dtype=torch.float64),
+            (predicted & reference).sum(dim=2, dtype=torch.float64),
+            predicted.sum(dim=2, dtype=torch.float64),
+        ],
+        dim=2,
+    )
+
+
+def values_from_statistics(
+    statistics: torch.Tensor, reference_size: torch.Tensor, roi_size: int, value: str
+) -> torch.Tensor:
+    """``(n, T)`` values from ``(n, T, 4)`` statistics, the ``(T,)`` reference sizes and the ROI's voxel count."""
+    if value not in VALUE_NAMES:
+        raise ValueError(f"value must be one of {VALUE_NAMES}, got {value!r}.")
+    overlap, mass, hits, predicted = statistics.unbind(dim=2)
+    reference_size = reference_size.to(torch.float64)
+    if value == "soft_dice":
+        return 2 * overlap / (mass + reference_size)
+    if value == "mean_prob":
+        return overlap / reference_size
+    if value == "dice":
+        return 2 * hits / (predicted + reference_size)
+    if value == "tp":
+        return hits / reference_size
+    return (predicted - hits) / roi_size
 
 
 def segment_values(
@@ -61,20 +114,5 @@ def segment_values(
     """
     if value not in VALUE_NAMES:
         raise ValueError(f"value must be one of {VALUE_NAMES}, got {value!r}.")
-    probabilities = class_probabilities(logits)
-    target_index = torch.as_tensor(list(targets), device=logits.device)
-    ref_size = reference.sum(dim=1, dtype=torch.float64)
-    if value in ("soft_dice", "mean_prob"):
-        p = probabilities[:, target_index]
-        # p·R is exact in float32 (R is 0 or 1); the sums accumulate in float64.
-        overlap = (p * reference).sum(dim=2, dtype=torch.float64)
-        if value == "mean_prob":
-            return overlap / ref_size
-        return 2 * overlap / (p.sum(dim=2, dtype=torch.float64) + ref_size)
-    predicted = probabilities.argmax(dim=1, keepdim=True) == target_index[None, :, None]
-    hits = (predicted & reference).sum(dim=2).to(torch.float64)
-    if value == "tp":
-        return hits / ref_size
-    if value == "fp":
-        return (predicted & ~reference).sum(dim=2).to(torch.float64) / reference.shape[1]
-    return 2 * hits / (predicted.sum(dim=2).to(torch.float64) + ref_size)
+    statistics = segment_statistics(logits, targets, reference)
+    return values_from_statistics(statistics, reference.sum(dim=1), reference.shape[1], value)
