@@ -186,8 +186,9 @@ class PatchEngine:
     ``evaluate(c)`` equals: build the image with every feature in ``feature_ids`` that ``c`` leaves off replaced
     by ``baseline``, run ``monai.inferers.sliding_window_inference(x[None], patch_size, batch_size, model,
     overlap=overlap, mode=blend)``, apply softmax over classes (sigmoid when ``K == 1``) and compute the value on
-    the ROI voxels. Window outputs are identical whether run fresh or fetched from the cache; they can differ from
-    a full inference in the last bits only where the model's own numerics depend on batch composition.
+    the ROI voxels. Window outputs are identical whether run fresh or fetched from the cache, and blended in
+    MONAI's order with MONAI's weights; values differ from a full inference only by the float64 rounding of their
+    sums, and where the model's own numerics depend on batch composition.
     """
 
     def __init__(
