@@ -11,7 +11,9 @@ what can change it:
 * a window's input depends only on the on/off states of the features that change it, so its logits are cached
   under the key (window, those states) and each distinct key is run once (within the cache budget);
 * cached and fresh windows are blended in the inference's own order with its own weights, so the blended logits
-  on the ROI equal those of full-volume inference.
+  on the ROI equal those of full-volume inference;
+* the ROI's box is cut into cells covered by the same windows throughout, and the additive sums a value is made
+  of are remembered per cell and combination of its windows' inputs, so blending runs once per distinct cell input.
 """
 
 from __future__ import annotations
