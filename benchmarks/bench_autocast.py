@@ -31,7 +31,7 @@ def main() -> None:
     reference = white_matter_segment(white, TARGET_CORNER)
     torch.manual_seed(args.seed)
     model = UNet(3, 1, 3, (16, 32, 64, 128), (2, 2, 2), num_res_units=2).eval()
-    for name, features in [("organ-like units", organ_tiling(image.shape, args.seed)), ("supervoxels", supervoxels(head))]:
+    for name, features in [("organ tiling", organ_tiling(image.shape, args.seed)), ("supervoxels", supervoxels(head))]:
         for value in ("soft_dice", "dice"):
             results = {}
             for dtype in (None, torch.bfloat16):

@@ -66,12 +66,6 @@ def _intersect(first: Box, second: Box) -> Box:
     return tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(first, second))
 
 
-def _overlap_slices(window: Box, region: Box) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """Where a window's output lands in a region, and which part of the window's output that is."""
-    overlap = _intersect(window, region)
-    return _slices(_shift(overlap, [a for a, _ in region])), _slices(_shift(overlap, [a for a, _ in window]))
-
-
 class _Cell:
     """A box of the region covered by the same windows throughout: the unit whose value statistics are cached.
 
@@ -437,7 +431,7 @@ class PatchEngine:
 
         # Each window's output is kept only where it overlaps the ROI's bounding box (the region).
         self._region_shape = tuple(b - a for a, b in region)
-        self._in_window = [_overlap_slices(box, region)[1] for box in boxes]
+        self._in_window = [_slices(_shift(_intersect(box, region), [a for a, _ in box])) for box in boxes]
         self._cells = _cells(region, boxes, roi_padded, self._importance)
         self._cell_statistics: OrderedDict = OrderedDict()
 
