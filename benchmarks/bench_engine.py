@@ -205,7 +205,9 @@ def run_feature_set(name, model, image, features, reference, coalitions, args) -
     distinct = len({(i, tuple(row[c])) for i, c in enumerate(columns) for row in np.concatenate([extremes, chosen])})
     engine_total = setup + evaluate
     result = {
-        "features": m, "features_per_window_mean": float(np.mean(per_window)), "features_per_window_max": max(per_window), "windows_run": stats["windows"], "windows_total": engine.tiling.n_windows,
+        "features": m, "features_per_window_mean": float(np.mean(per_window)),
+        "features_per_window_max": max(per_window), "windows_run": stats["windows"],
+        "windows_total": engine.tiling.n_windows,
         "coalitions": len(chosen), "engine_s_per_coalition": engine_total / len(chosen),
         "engine_setup_s": setup, "engine_evaluate_s": evaluate,
         "engine_patch_forwards": stats["patch_forwards"], "distinct_keys": distinct,
@@ -216,7 +218,8 @@ def run_feature_set(name, model, image, features, reference, coalitions, args) -
         "cache_evictions": stats["cache_evictions"],
     }
     print(f"   engine: {result['engine_s_per_coalition']:.3f} s/coalition, {stats['patch_forwards']} forwards "
-          f"({distinct} distinct keys, {stats['cache_evictions']} evictions, {stats['cache_bytes'] / 2**30:.1f} GiB cached), "
+          f"({distinct} distinct keys, {stats['cache_evictions']} evictions, "
+          f"{stats['cache_bytes'] / 2**30:.1f} GiB cached), "
           f"{100 * result['engine_outside_model_share']:.1f}% outside the model", flush=True)
 
     # The paper's scheme: ROI windows, all-on (and all-off) outputs reused, nothing else remembered.
