@@ -112,7 +112,5 @@ def segment_values(
     torch.Tensor
         ``(n, T)`` float64.
     """
-    if value not in VALUE_NAMES:
-        raise ValueError(f"value must be one of {VALUE_NAMES}, got {value!r}.")
     statistics = segment_statistics(logits, targets, reference)
     return values_from_statistics(statistics, reference.sum(dim=1), reference.shape[1], value)
