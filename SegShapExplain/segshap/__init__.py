@@ -1,6 +1,7 @@
 """segshap: efficient, exact KernelSHAP over supervoxels for 3D medical segmentation models."""
 
 from .engine import DEFAULT_CACHE_BYTES, PatchEngine
+from .estimator import ShapleyResult, kernel_shap
 from .tiling import Tiling, monai_tiling
 from .values import VALUE_NAMES, segment_values
 
@@ -8,6 +9,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PatchEngine",
+    "ShapleyResult",
+    "kernel_shap",
     "DEFAULT_CACHE_BYTES",
     "Tiling",
     "monai_tiling",
