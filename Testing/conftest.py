@@ -92,3 +92,38 @@ def reference_values(model, image, roi, reference_masks, targets, value, patch_s
             }[value]
         )
     return np.array(out)
+
+
+@pytest.fixture(scope="session")
+def mni_nifti(tmp_path_factory) -> tuple:
+    """The raw MNI152 T1 2 mm template written as a NIfTI file: its path, voxels and affine."""
+    import nibabel
+    from nilearn.datasets import load_mni152_template
+
+    image = load_mni152_template(resolution=2)
+    path = tmp_path_factory.mktemp("images") / "mni_t1.nii.gz"
+    data = np.asarray(image.get_fdata(), dtype=np.float32)
+    nibabel.save(nibabel.Nifti1Image(data, image.affine), str(path))
+    return path, data, np.asarray(image.affine)
+
+
+TEST_SIDECAR = {
+    "format": "segshap-torchscript/1",
+    "in_channels": 1,
+    "classes": {"0": "background", "1": "tissue_a", "2": "tissue_b"},
+    "patch_size": [32, 32, 32],
+    "overlap": 0.25,
+    "blend": "gaussian",
+    "preprocessing": {"spacing": [2.0, 2.0, 2.0], "normalize": "zscore", "nonzero": True},
+}
+
+
+@pytest.fixture(scope="session")
+def scripted_model(tmp_path_factory) -> "Path":
+    """A small seeded MONAI UNet saved as TorchScript with its JSON sidecar (model.pt + model.json)."""
+    import json
+
+    folder = tmp_path_factory.mktemp("model")
+    torch.jit.save(torch.jit.script(small_unet(1, 3)), str(folder / "model.pt"))
+    (folder / "model.json").write_text(json.dumps(TEST_SIDECAR))
+    return folder / "model.pt"

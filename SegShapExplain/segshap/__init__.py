@@ -1,16 +1,25 @@
 """segshap: efficient, exact KernelSHAP over supervoxels for 3D medical segmentation models."""
 
+from . import features
 from .engine import DEFAULT_CACHE_BYTES, PatchEngine
 from .estimator import ShapleyResult, kernel_shap
+from .explain import Explanation, explain, predict
+from .models import LoadedModel, load_model
 from .tiling import Tiling, monai_tiling
 from .values import VALUE_NAMES, segment_values
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "explain",
+    "predict",
+    "Explanation",
+    "load_model",
+    "LoadedModel",
     "PatchEngine",
     "ShapleyResult",
     "kernel_shap",
+    "features",
     "DEFAULT_CACHE_BYTES",
     "Tiling",
     "monai_tiling",

@@ -395,16 +395,9 @@ class PatchEngine:
         self.roi_box = bounding_box(roi_mask)
         roi_padded = tiling.pad(roi_mask, False)
         region = bounding_box(roi_padded)
-        windows = [
-            w
-            for w in tiling.windows_touching(region)
-            if roi_padded[_slices(_intersect(tiling.window_box(w), region))].any()
-        ]
-        self.windows = np.asarray(windows, dtype=np.int64)
+        windows, support = tiling.windows_reading(roi_padded)
+        self.windows = windows
         boxes = [tiling.window_box(w) for w in windows]
-        support = tuple(
-            (min(b[axis][0] for b in boxes), max(b[axis][1] for b in boxes)) for axis in range(len(region))
-        )
         origin = [a for a, _ in support]
 
         # Everything below works inside the support of the windows that are run: nothing else is ever read.

@@ -174,11 +174,13 @@ def as_roi_mask(roi, spatial_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def resolve_device(device) -> torch.device:
-    """A ``torch.device``, refusing CUDA where none is available."""
+    """A ``torch.device``, refusing CUDA where none is available; ``"auto"`` is CUDA when there is one, else the CPU."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}.") from error
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.") from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but torch sees no CUDA device; use device='cpu'.")
     return resolved

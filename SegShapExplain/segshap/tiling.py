@@ -72,6 +72,38 @@ class Tiling:
         hit = np.all((self.starts < hi) & (ends > lo), axis=1)
         return np.flatnonzero(hit)
 
+    def windows_reading(self, roi_padded: np.ndarray) -> tuple[np.ndarray, Box]:
+        """The windows whose output covers a voxel of the ROI, and the box their inputs span.
+
+        Parameters
+        ----------
+        roi_padded : np.ndarray
+            Bool ROI mask in padded coordinates (see :meth:`pad`).
+
+        Returns
+        -------
+        windows : np.ndarray
+            Their indices, in blending order: the only windows a value on the ROI depends on.
+        support : Box
+            The bounding box of their inputs, in padded coordinates: only voxels inside it can change a value.
+        """
+        region = tuple((int(hit[0]), int(hit[-1]) + 1) for hit in _true_along_axes(roi_padded))
+        windows = [
+            w
+            for w in self.windows_touching(region)
+            if roi_padded[tuple(slice(max(a, c), min(b, d)) for (a, b), (c, d) in zip(self.window_box(w), region))].any()
+        ]
+        boxes = [self.window_box(w) for w in windows]
+        support = tuple((min(b[axis][0] for b in boxes), max(b[axis][1] for b in boxes)) for axis in range(len(region)))
+        return np.asarray(windows, dtype=np.int64), support
+
+    def unpad_box(self, box: Box) -> Box:
+        """A padded-coordinates box clipped to the image, in image coordinates."""
+        return tuple(
+            (max(a - before, 0), min(b - before, size))
+            for (a, b), before, size in zip(box, self.pad_before, self.image_shape)
+        )
+
     def importance_map(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """The per-window weight map, float32, of shape ``patch_size``.
 
@@ -91,6 +123,13 @@ class Tiling:
         lead = [(0, 0)] * (array.ndim - len(self.image_shape))
         widths = lead + list(zip(self.pad_before, self.pad_after))
         return np.pad(array, widths, mode="constant", constant_values=value)
+
+
+def _true_along_axes(mask: np.ndarray) -> list[np.ndarray]:
+    """Per axis, the indices where ``mask`` has a true voxel in that slice."""
+    if not mask.any():
+        raise ValueError("The ROI holds no voxel.")
+    return [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis))) for axis in range(mask.ndim)]
 
 
 def _as_triple(value, name: str, ndim: int, kind: type) -> tuple:

@@ -1,0 +1,413 @@
+"""The ``segshap`` command line: ``explain``, ``worker`` (the protocol of the Slicer module) and ``demo``.
+
+Every command computes in a background thread while the main thread waits for it, so SIGINT and SIGTERM are
+handled within a fraction of a second even while the model runs; outputs are written through
+:class:`segshap.io.StagedOutput`, so an interrupted or failed run leaves the output folder as it was. Bad input
+(a missing file, an unreadable image, an unknown target, a bad option) ends with one ``segshap: error: ...`` line
+(the worker: one ``error`` event) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "REQUEST_KEYS", "OPTION_KEYS"]
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 1
+
+REQUEST_KEYS = ("image", "model", "model_config", "target", "reference", "roi", "out", "options")
+OPTION_KEYS = (
+    "features",
+    "n_features",
+    "value",
+    "nsamples",
+    "tolerance",
+    "baseline",
+    "device",
+    "seed",
+    "batch_size",
+    "margin",
+)
+DEMO_TARGET = "white_matter"
+DEMO_ROI = ((36, 56), (56, 76), (46, 66))
+"""Demo ROI (voxels of the 2 mm MNI152 grid): white matter of the left centrum semiovale and the cortex around it."""
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line and exit code 2."""
+
+
+class _Cancelled(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# ---------------------------------------------------------------------------------------------------- the job
+
+
+def _resources() -> Path:
+    """``Resources/`` beside the module (Slicer install) or at the repository's top (source checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "Resources", here.parent.parent / "Resources"):
+        if (candidate / "Models").is_dir():
+            return candidate
+    raise UsageError(f"The demo's model and image were not found in a Resources folder near {here}.")
+
+
+def _parse_roi(text):
+    """A box ``x0:x1,y0:y1,z0:z1``, a list of pairs, or a NIfTI mask file."""
+    from .io import read_image
+
+    if text is None:
+        return None
+    if isinstance(text, (list, tuple)):
+        return tuple(tuple(int(v) for v in pair) for pair in text)
+    if ":" in text and not Path(text).exists():
+        try:
+            return tuple(tuple(int(v) for v in part.split(":")) for part in text.split(","))
+        except ValueError:
+            raise UsageError(f"--roi {text!r} is not a box x0:x1,y0:y1,z0:z1 nor an existing mask file.") from None
+    mask, _ = read_image(text)
+    return mask > 0
+
+
+def _read_reference(path, single_target: bool):
+    from .io import read_image
+
+    if path is None:
+        return None
+    data, _ = read_image(path)
+    if not np.array_equal(data, np.round(data)) or data.min() < 0:
+        raise UsageError(f"The reference {path} must be a segmentation (non-negative integer labels).")
+    labels = data.astype(np.int64)
+    # A 0/1 file is the segment itself, whatever the target's index; other label maps mark target t with t.
+    return labels > 0 if single_target and labels.max() <= 1 else labels
+
+
+def _run(job: dict, progress: Callable[[int, int], None] | None) -> object:
+    """Load everything and explain: the part that runs in the background thread. Returns the explanation."""
+    from .explain import explain
+    from .io import read_image
+    from .models import load_model
+
+    options = dict(job.get("options") or {})
+    unknown = set(options) - set(OPTION_KEYS)
+    if unknown:
+        raise UsageError(f"Unknown option(s) {sorted(unknown)}; known: {', '.join(OPTION_KEYS)}.")
+    device = options.pop("device", "auto")
+    image, affine = read_image(job["image"])
+    model = load_model(job["model"], config=job.get("model_config"), device=device)
+    target = job["target"]
+    if isinstance(target, str) and "," in target:
+        target = target.split(",")
+    single = not isinstance(target, (list, tuple))
+    reference = _read_reference(job.get("reference"), single)
+    roi = _parse_roi(job.get("roi"))
+    return explain(
+        model, image, target=target, reference=reference, roi=roi, device=device, affine=affine, progress=progress,
+        **options,
+    )
+
+
+def _compute_in_background(work: Callable[[], object]) -> object:
+    """Run ``work`` in a thread; the main thread stays free to take signals."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # handed to the main thread, which reports it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="segshap-compute", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+# ---------------------------------------------------------------------------------------------------- reporting
+
+
+class _ProgressBar:
+    """A one-line bar with percentage and ETA on a terminal; a line per 10 % otherwise."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.started, self.last_tenth = stream, None, -1
+        self.terminal = stream.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        self.started = self.started or now
+        eta = _eta(now - self.started, done, total)
+        percent = 100.0 * done / max(total, 1)
+        text = f"{percent:5.1f}% {done}/{total} coalitions, ETA {_duration(eta)}"
+        if self.terminal:
+            filled = int(percent / 4)
+            self.stream.write(f"\r|{'#' * filled}{' ' * (25 - filled)}| {text}   ")
+            if done >= total:
+                self.stream.write("\n")
+        elif int(percent // 10) > self.last_tenth:
+            self.last_tenth = int(percent // 10)
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _eta(elapsed: float, done: int, total: int) -> float:
+    return 0.0 if done >= total or done == 0 else elapsed / done * (total - done)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class _EventWriter:
+    """The worker protocol: one JSON object per line on the real stdout."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.lock, self.started = stream, threading.Lock(), None
+
+    def emit(self, event: str, **fields) -> None:
+        with self.lock:
+            self.stream.write(json.dumps({"event": event, **fields}) + "\n")
+            self.stream.flush()
+
+    def progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        self.started = self.started or now
+        self.emit("progress", done=done, total=total, eta_s=round(_eta(now - self.started, done, total), 1))
+
+
+class _EventLogHandler(logging.Handler):
+    def __init__(self, events: _EventWriter) -> None:
+        super().__init__(logging.INFO)
+        self.events = events
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.events.emit("log", level=record.levelname.lower(), message=record.getMessage())
+
+
+def _summary(explanation) -> str:
+    stats = explanation.stats
+    return (
+        f"{len(explanation.feature_ids)} features, {stats['evaluations']} coalitions "
+        f"({'exact' if explanation.exact else 'sampled'}), {stats['patch_forwards']} patch forwards, "
+        f"{stats['seconds']:.1f} s"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+
+
+def _explain_job(args: argparse.Namespace) -> dict:
+    options = {key: getattr(args, key) for key in OPTION_KEYS if getattr(args, key) is not None}
+    return {
+        "image": args.image,
+        "model": args.model,
+        "model_config": args.model_config,
+        "target": args.target,
+        "reference": args.reference,
+        "roi": args.roi,
+        "out": args.out,
+        "options": options,
+    }
+
+
+def _demo_job(args: argparse.Namespace) -> dict:
+    resources = _resources()
+    options = {"device": args.device}
+    if args.n_features is not None:
+        options["n_features"] = args.n_features
+    return {
+        "image": str(resources / "Demo" / "mni152_t1_2mm.nii.gz"),
+        "model": str(resources / "Models" / "demo_gmwm.pt"),
+        "model_config": None,
+        "target": DEMO_TARGET,
+        "reference": None,
+        "roi": [list(pair) for pair in DEMO_ROI],
+        "out": args.out,
+        "options": options,
+    }
+
+
+def _explain_and_save(job: dict, progress, log: logging.Logger) -> tuple[object, dict]:
+    explanation = _compute_in_background(lambda: _run(job, progress))
+    log.info("Writing outputs to %s", job["out"])
+    outputs = explanation.save(job["out"])
+    return explanation, {name: str(path.absolute()) for name, path in outputs.items()}
+
+
+def _command_explain(job: dict, quiet: bool) -> int:
+    log = logging.getLogger("segshap")
+    if not quiet:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("segshap: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    explanation, outputs = _explain_and_save(job, None if quiet else _ProgressBar(sys.stderr), log)
+    print(f"Explained {', '.join(explanation.target_names)}: {_summary(explanation)}")
+    print(f"Outputs in {Path(job['out']).absolute()}:")
+    for name, path in outputs.items():
+        print(f"  {name:9s} {path}")
+    return 0
+
+
+def _read_request(path: str) -> dict:
+    request_path = Path(path)
+    if not request_path.is_file():
+        raise UsageError(f"No such request file: {request_path}.")
+    try:
+        job = json.loads(request_path.read_text())
+    except json.JSONDecodeError as error:
+        raise UsageError(f"The request {request_path} is not valid JSON: {error}.") from None
+    if not isinstance(job, dict):
+        raise UsageError(f"The request {request_path} must hold a JSON object.")
+    unknown = set(job) - set(REQUEST_KEYS)
+    missing = {"image", "model", "target", "out"} - set(job)
+    if unknown or missing:
+        raise UsageError(
+            f"The request {request_path} has unknown keys {sorted(unknown)} or misses {sorted(missing)}; "
+            f"keys: {', '.join(REQUEST_KEYS)} (image, model, target and out are required)."
+        )
+    return job
+
+
+def _command_worker(request: str, events: _EventWriter) -> int:
+    log = logging.getLogger("segshap")
+    log.addHandler(_EventLogHandler(events))
+    log.setLevel(logging.INFO)
+    job = _read_request(request)
+    events.emit("log", level="info", message=f"segshap worker, pid {os.getpid()}")
+    explanation, outputs = _explain_and_save(job, events.progress, log)
+    events.emit("done", outputs=outputs, summary=_summary(explanation))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .explain import BASELINES, FEATURE_KINDS
+    from .values import VALUE_NAMES
+
+    parser = _Parser(prog="segshap", description="Explain 3D segmentation models with exact, efficient KernelSHAP.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    explain = commands.add_parser("explain", help="explain a model's segmentation of a target")
+    explain.add_argument("--image", required=True, help="input image (NIfTI)")
+    explain.add_argument("--model", required=True, help="TorchScript model (.pt/.ts) with a JSON sidecar")
+    explain.add_argument("--model-config", help="the model's JSON sidecar, if not beside the model")
+    explain.add_argument("--target", required=True, help="class index or name (several: comma-separated)")
+    explain.add_argument("--reference", help="segmentation of the target (NIfTI); default: the model's prediction")
+    explain.add_argument("--roi", help="region values are read on: x0:x1,y0:y1,z0:z1 (voxels) or a mask file")
+    explain.add_argument("--out", required=True, help="output folder")
+    explain.add_argument("--features", choices=FEATURE_KINDS, default="slic")
+    explain.add_argument("--n-features", dest="n_features", type=int, help="about how many features (default 100)")
+    explain.add_argument("--value", choices=VALUE_NAMES, help="value function (default soft_dice)")
+    explain.add_argument("--nsamples", type=_nsamples, help="coalitions to evaluate, or 'auto' (default)")
+    explain.add_argument("--tolerance", type=float, help="stop once max stderr / value spread falls below this")
+    explain.add_argument("--baseline", type=_baseline, help=f"{', '.join(BASELINES)} or a number (default mean)")
+    explain.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    explain.add_argument("--seed", type=int)
+    explain.add_argument("--batch-size", dest="batch_size", type=int, help="windows per forward pass")
+    explain.add_argument("--margin", type=int, help="voxels around the target's box when no --roi is given")
+    explain.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+    worker = commands.add_parser("worker", help="run a request file, reporting JSON events on stdout")
+    worker.add_argument("--request", required=True, help="request JSON (see README: worker protocol)")
+
+    demo = commands.add_parser("demo", help="explain the embedded demo model on the embedded MRI")
+    demo.add_argument("--out", default="segshap-demo", help="output folder (default ./segshap-demo)")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    demo.add_argument("--n-features", dest="n_features", type=int, help="about how many supervoxels (default 100)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    return parser
+
+
+def _nsamples(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+
+
+def _baseline(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``segshap`` command; returns the exit code."""
+    real_stdout = sys.stdout
+    arguments = sys.argv[1:] if argv is None else argv
+    is_worker = bool(arguments) and arguments[0] == "worker"
+    events = _EventWriter(real_stdout) if is_worker else None
+    if is_worker:
+        sys.stdout = sys.stderr  # the protocol owns stdout: anything else printed goes to stderr
+
+    def interrupt(signum, frame):
+        raise _Cancelled(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    debug = "--debug" in arguments
+    try:
+        args = _parser().parse_args(arguments)
+        if args.command == "explain":
+            return _command_explain(_explain_job(args), args.quiet)
+        if args.command == "demo":
+            return _command_explain(_demo_job(args), args.quiet)
+        return _command_worker(args.request, events)
+    except _Cancelled as cancelled:
+        sys.stderr.write(f"segshap: cancelled ({cancelled}); no outputs were written\n")
+        sys.stderr.flush()
+        # The compute thread may be inside the model; end the process without waiting for it.
+        os._exit(128 + cancelled.signum)
+    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        return _fail(events, str(error), EXIT_USAGE, debug)
+    except Exception as error:  # anything else is a bug: still one line, the traceback only with --debug
+        message = f"internal error: {error.__class__.__name__}: {error} (run with --debug for the traceback)"
+        return _fail(events, message, EXIT_INTERNAL, debug)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sys.stdout = real_stdout
+
+
+def _fail(events: _EventWriter | None, message: str, code: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    if events is not None:
+        events.emit("error", message=message)
+    else:
+        sys.stderr.write(f"segshap: error: {message}\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,518 @@
+"""The explanation pipeline: from a model, an image and a target class to Shapley values per supervoxel.
+
+:func:`explain` runs the steps in order: preprocess the image for the model, find the target segment (the model's
+own prediction unless a reference is given), choose the region of interest around it, build the features only
+where they can change a value (the input support of the windows that cover the ROI), evaluate coalitions with the
+exact :class:`~segshap.engine.PatchEngine` and estimate Shapley values with :func:`~segshap.estimator.kernel_shap`.
+The result, an :class:`Explanation`, saves itself as NIfTI volumes, a JSON report and an overview figure.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import features as feature_maps
+from .engine import PatchEngine
+from .estimator import kernel_shap
+from .inputs import as_image, bounding_box, reference_masks, resolve_device
+from .io import StagedOutput, write_nifti
+from .models import LoadedModel, load_model
+from .tiling import monai_tiling
+from .values import class_probabilities
+
+__all__ = ["explain", "predict", "Explanation", "FEATURE_KINDS", "BASELINES", "OUTPUT_FILES"]
+
+FEATURE_KINDS = ("slic", "fcc", "grid", "organs", "organ_aware")
+BASELINES = ("mean", "min", "zero")
+OUTPUT_FILES = {
+    "heatmap": "heatmap.nii.gz",
+    "features": "features.nii.gz",
+    "report": "explanation.json",
+    "overview": "overview.png",
+}
+AUTO_TOLERANCE = 0.01
+"""Early-stopping tolerance of ``nsamples="auto"`` (max stderr relative to the spread of the values)."""
+
+_log = logging.getLogger("segshap")
+_ENGINE_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(PatchEngine).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+
+
+@dataclass
+class Explanation:
+    """Shapley values of supervoxels for one or several target classes.
+
+    Attributes
+    ----------
+    values, stderr : np.ndarray
+        ``(M,)`` (or ``(M, T)`` for several targets): value and standard error of each feature.
+    feature_ids : np.ndarray
+        ``(M,)`` the feature ids, in the order of ``values``.
+    feature_map : np.ndarray
+        ``(X, Y, Z)`` int32: each voxel's feature id, 0 where no feature can change the value.
+    base_value, full_value : float or np.ndarray
+        The value with every feature replaced by the baseline, and on the unperturbed image.
+    stats : dict
+        Evaluations, patch forwards, cache hits, seconds and more.
+    targets : tuple of int
+        Target classes; ``target_names`` their names.
+    settings : dict
+        Everything that determined the result.
+    image : np.ndarray
+        ``(X, Y, Z)`` the first channel of the image as given (for display).
+    reference : np.ndarray
+        ``(T, X, Y, Z)`` bool: the target segments the values refer to.
+    organ_labels : np.ndarray, optional
+        ``(M,)`` the label map's label of each feature (organ features only).
+    affine : np.ndarray, optional
+        The image's voxel-to-RAS affine, used by :meth:`save` when none is passed.
+    exact : bool
+        Whether every coalition was evaluated.
+    """
+
+    values: np.ndarray
+    stderr: np.ndarray
+    feature_ids: np.ndarray
+    feature_map: np.ndarray
+    base_value: float | np.ndarray
+    full_value: float | np.ndarray
+    stats: dict
+    targets: tuple[int, ...]
+    target_names: tuple[str, ...]
+    settings: dict
+    image: np.ndarray
+    reference: np.ndarray
+    organ_labels: np.ndarray | None = None
+    affine: np.ndarray | None = None
+    exact: bool = False
+    versions: dict = field(default_factory=dict)
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        """float32 volume, each voxel the value of its feature and 0 elsewhere; ``(T, X, Y, Z)`` for T targets."""
+        lookup = np.zeros((int(self.feature_map.max()) + 1,) + self.values.shape[1:], dtype=np.float32)
+        lookup[self.feature_ids] = self.values
+        heat = lookup[self.feature_map]
+        return np.moveaxis(heat, -1, 0) if heat.ndim == 4 else heat
+
+    @property
+    def efficiency_error(self) -> float:
+        gap = np.sum(self.values, axis=0) - (np.asarray(self.full_value) - np.asarray(self.base_value))
+        return float(np.max(np.abs(gap)))
+
+    def to_dict(self) -> dict:
+        """The content of ``explanation.json``."""
+        counts = np.bincount(self.feature_map.ravel(), minlength=int(self.feature_map.max()) + 1)
+        centroids = _centroids(self.feature_map, self.feature_ids)
+        rows = []
+        for i, feature in enumerate(self.feature_ids.tolist()):
+            row = {
+                "id": feature,
+                "value": _plain(self.values[i]),
+                "stderr": _plain(self.stderr[i]),
+                "voxels": int(counts[feature]),
+                "centroid_voxel": [round(c, 2) for c in centroids[i].tolist()],
+            }
+            if self.affine is not None:
+                world = self.affine @ np.append(centroids[i], 1.0)
+                row["centroid_ras_mm"] = [round(c, 2) for c in world[:3].tolist()]
+            if self.organ_labels is not None:
+                row["organ_label"] = int(self.organ_labels[i])
+            rows.append(row)
+        return {
+            "targets": [{"index": t, "name": n} for t, n in zip(self.targets, self.target_names)],
+            "settings": self.settings,
+            "versions": self.versions,
+            "base_value": _plain(self.base_value),
+            "full_value": _plain(self.full_value),
+            "efficiency_error": self.efficiency_error,
+            "exact": self.exact,
+            "stats": self.stats,
+            "features": rows,
+        }
+
+    def save(self, out_dir: str | os.PathLike, affine: np.ndarray | None = None) -> dict[str, Path]:
+        """Write ``heatmap.nii.gz``, ``features.nii.gz``, ``explanation.json`` and ``overview.png``.
+
+        Files are written to a staging folder and moved into ``out_dir`` together at the end, so an error or an
+        interruption leaves ``out_dir`` as it was.
+
+        Parameters
+        ----------
+        out_dir : str or path-like
+            The output folder (created if needed).
+        affine : np.ndarray, optional
+            Voxel-to-RAS affine of the outputs; default the image's (:attr:`affine`), else identity.
+
+        Returns
+        -------
+        dict
+            Output name (``heatmap``, ``features``, ``report``, ``overview``) to its final path.
+        """
+        from .report import overview_figure
+
+        affine = np.asarray(affine if affine is not None else self.affine if self.affine is not None else np.eye(4))
+        with StagedOutput(out_dir) as staging:
+            write_nifti(staging / OUTPUT_FILES["heatmap"], self.heatmap, affine)
+            write_nifti(staging / OUTPUT_FILES["features"], self.feature_map.astype(np.int32), affine)
+            report = self.to_dict()
+            (staging / OUTPUT_FILES["report"]).write_text(json.dumps(report, indent=1))
+            overview_figure(self, staging / OUTPUT_FILES["overview"])
+        return {name: Path(out_dir) / file for name, file in OUTPUT_FILES.items()}
+
+
+def _plain(value):
+    array = np.asarray(value, dtype=np.float64)
+    return float(array) if array.ndim == 0 else [float(v) for v in array.ravel()]
+
+
+def _centroids(feature_map: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``(M, 3)`` mean voxel index of each feature."""
+    flat = feature_map.ravel()
+    counts = np.bincount(flat, minlength=int(flat.max()) + 1).astype(np.float64)
+    coordinates = np.indices(feature_map.shape).reshape(3, -1)
+    sums = np.stack([np.bincount(flat, weights=c, minlength=len(counts)) for c in coordinates], axis=1)
+    return sums[ids] / np.maximum(counts[ids], 1)[:, None]
+
+
+def predict(
+    model: LoadedModel | torch.nn.Module,
+    image: np.ndarray,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 4,
+    affine: np.ndarray | None = None,
+    **tiling,
+) -> np.ndarray:
+    """The model's segmentation of an image: full sliding-window inference, then argmax over classes.
+
+    Parameters
+    ----------
+    model : LoadedModel or torch.nn.Module
+        With a :class:`LoadedModel` the image is preprocessed as it says and its tiling is used; a bare network
+        takes the image as it is and ``patch_size`` (and optionally ``overlap``, ``blend``, ``sigma_scale``).
+    image : np.ndarray
+        The image (see :meth:`LoadedModel.preprocess`, or ``(X, Y, Z)``/``(C, X, Y, Z)`` for a bare network).
+    device, batch_size
+        Where and how many windows at a time the network runs.
+    affine : np.ndarray, optional
+        The image's affine, to check its spacing against the model's.
+
+    Returns
+    -------
+    np.ndarray
+        ``(X, Y, Z)`` int16 label map.
+    """
+    network, x, settings = _prepared(model, image, affine, tiling)
+    return _predict_labels(network, x, settings, resolve_device(device), batch_size)
+
+
+def _prepared(model, image, affine, options: dict) -> tuple:
+    """The network, its input ``(C, X, Y, Z)`` and the tiling settings (``options`` win over the model's)."""
+    if isinstance(model, LoadedModel):
+        settings = {"patch_size": model.patch_size, "overlap": model.overlap, "blend": model.blend}
+        x = model.preprocess(image, affine)
+        network = model.network
+    else:
+        if not callable(model):
+            raise ValueError(f"model must be a path, a LoadedModel or a torch.nn.Module, got {type(model).__name__}.")
+        settings = {}
+        x = as_image(image)
+        network = model
+    for name in ("patch_size", "overlap", "blend", "sigma_scale"):
+        settings[name] = options.pop(name, settings.get(name, _ENGINE_DEFAULTS[name]))
+    return network, x, settings
+
+
+@torch.inference_mode()
+def _predict_labels(network, x: np.ndarray, settings: dict, device: torch.device, batch_size: int) -> np.ndarray:
+    from monai.inferers import sliding_window_inference
+
+    if isinstance(network, torch.nn.Module):
+        network = network.to(device)
+    logits = sliding_window_inference(
+        torch.from_numpy(x)[None].to(device),
+        settings["patch_size"],
+        batch_size,
+        network,
+        overlap=settings["overlap"],
+        mode=settings["blend"],
+        sigma_scale=settings["sigma_scale"],
+    )
+    return class_probabilities(logits.float()).argmax(dim=1)[0].cpu().numpy().astype(np.int16)
+
+
+def _targets(model, target) -> tuple[tuple[int, ...], tuple[str, ...], bool]:
+    single = isinstance(target, (int, np.integer, str)) and not isinstance(target, bool)
+    requested = [target] if single else list(target)
+    if isinstance(model, LoadedModel):
+        indices = [model.class_index(t) for t in requested]
+        names = [model.classes[i] for i in indices]
+    else:
+        if any(isinstance(t, str) for t in requested):
+            raise ValueError("Targets by name need a model with class names (a path or LoadedModel); pass indices.")
+        indices = [int(t) for t in requested]
+        names = [f"class {i}" for i in indices]
+    return tuple(indices), tuple(names), single
+
+
+def _baseline(baseline, x: np.ndarray):
+    if isinstance(baseline, str):
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be a number, an array or one of {BASELINES}, got {baseline!r}.")
+        if baseline == "zero":
+            return 0.0
+        per_channel = [float(c.mean() if baseline == "mean" else c.min()) for c in x]
+        if len(per_channel) == 1:
+            return per_channel[0]
+        return np.broadcast_to(np.asarray(per_channel, np.float32)[:, None, None, None], x.shape).copy()
+    return baseline
+
+
+def _features(kind, n_features: int, x: np.ndarray, labelmap, support) -> np.ndarray:
+    if not isinstance(kind, str):
+        return np.asarray(kind)
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"features must be one of {FEATURE_KINDS} or an integer map, got {kind!r}.")
+    if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 1:
+        raise ValueError(f"n_features must be a positive integer, got {n_features!r}.")
+    spatial = x.shape[1:]
+    volume = math.prod(b - a for a, b in support)
+    if kind == "slic":
+        return feature_maps.slic(x if len(x) > 1 else x[0], n_segments=n_features, support=support)
+    if kind == "fcc":
+        spacing = (math.sqrt(2) * volume / n_features) ** (1 / 3)
+        return feature_maps.fcc(spatial, spacing, support=support)
+    if kind == "grid":
+        return feature_maps.grid(spatial, max(1, round((volume / n_features) ** (1 / 3))), support=support)
+    if kind == "organs":
+        return feature_maps.organs(labelmap, support=support)
+    inside = labelmap[tuple(slice(a, b) for a, b in support)]
+    regions = len(np.unique(inside))
+    return feature_maps.organ_aware(labelmap, x[0], max(1, round(n_features / regions)), support=support)
+
+
+def explain(
+    model: LoadedModel | torch.nn.Module | str | os.PathLike,
+    image: np.ndarray,
+    *,
+    target: int | str | Sequence[int | str],
+    reference: np.ndarray | None = None,
+    roi: np.ndarray | Sequence[tuple[int, int]] | None = None,
+    features: str | np.ndarray = "slic",
+    n_features: int = 100,
+    value: str = "soft_dice",
+    nsamples: int | str = "auto",
+    baseline: str | float | np.ndarray = "mean",
+    device: str = "auto",
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    tolerance: float | None = None,
+    labelmap: np.ndarray | None = None,
+    affine: np.ndarray | None = None,
+    **engine_options,
+) -> Explanation:
+    """Explain a model's segmentation of a target class with Shapley values of supervoxels.
+
+    Parameters
+    ----------
+    model : path, LoadedModel or torch.nn.Module
+        A TorchScript file with its sidecar (see :func:`segshap.load_model`), a loaded model, or a bare network
+        taking the image as it is (give ``patch_size`` etc. in ``engine_options``).
+    image : np.ndarray
+        The image as read from disk (``(X, Y, Z)`` or channels last) for a model with preprocessing, or the
+        network's ``(X, Y, Z)``/``(C, X, Y, Z)`` input for a bare network.
+    target : int, str or sequence
+        Class index or name, or several (all explained from the same model evaluations).
+    reference : np.ndarray, optional
+        The segment to explain (bool mask, or label map whose value ``t`` marks target ``t``). Default: the model's
+        prediction on the unperturbed image.
+    roi : np.ndarray or box, optional
+        Where values are read (bool mask or ``((x0, x1), (y0, y1), (z0, z1))``). Default: the reference's bounding
+        box grown by ``margin`` (an engine option, 8 voxels).
+    features : str or np.ndarray
+        ``"slic"``, ``"fcc"``, ``"grid"``, ``"organs"``, ``"organ_aware"`` (built only where they can matter), or
+        your own integer map (ids ``1..N``, 0 = never perturbed).
+    n_features : int
+        About how many features to build inside the support (per organ for ``"organ_aware"``: divided among the
+        regions; ignored for ``"organs"``).
+    value : str
+        ``"soft_dice"``, ``"dice"``, ``"tp"``, ``"fp"`` or ``"mean_prob"``.
+    nsamples : int or "auto"
+        Coalitions to evaluate. ``"auto"``: ``2 M + 2048`` (all ``2**M`` when fewer), stopping early at
+        ``tolerance`` (default 0.01).
+    baseline : str, number or np.ndarray
+        What a removed feature's voxels become, in the network's input space: ``"mean"`` (of each channel),
+        ``"min"``, ``"zero"``, a number, or an array like the network's input.
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    seed : int
+        Seed of the coalition sampler.
+    progress : callable, optional
+        ``progress(done, total)`` in coalitions.
+    tolerance : float, optional
+        Early-stopping tolerance (see :func:`segshap.kernel_shap`).
+    labelmap : np.ndarray, optional
+        Organ label map for ``"organs"``/``"organ_aware"`` features; default the model's prediction.
+    affine : np.ndarray, optional
+        The image's voxel-to-RAS affine: checked against the model's spacing and kept for :meth:`Explanation.save`.
+    **engine_options
+        Passed to :class:`segshap.PatchEngine` (``patch_size``, ``overlap``, ``blend``, ``margin``, ``batch_size``,
+        ``cache_bytes``, ``autocast_dtype``, ...).
+
+    Returns
+    -------
+    Explanation
+    """
+    started = time.perf_counter()
+    device = resolve_device(device)
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model, device=str(device))
+    targets, names, single = _targets(model, target)
+    network, x, tiling_settings = _prepared(model, image, affine, engine_options)
+    spatial = x.shape[1:]
+    margin = engine_options.pop("margin", _ENGINE_DEFAULTS["margin"])
+    batch_size = engine_options.get("batch_size", _ENGINE_DEFAULTS["batch_size"])
+    if isinstance(nsamples, str) and nsamples != "auto" or not isinstance(nsamples, (str, int, np.integer)):
+        raise ValueError(f"nsamples must be a positive integer or 'auto', got {nsamples!r}.")
+
+    prediction = None
+    needs_labelmap = isinstance(features, str) and features in ("organs", "organ_aware") and labelmap is None
+    if reference is None or needs_labelmap:
+        _log.info("Segmenting the image with the model")
+        prediction = _predict_labels(network, x, tiling_settings, device, batch_size)
+    if reference is None:
+        for t, name in zip(targets, names):
+            if not (prediction == t).any():
+                raise ValueError(
+                    f"The model predicts no voxel of {name} (class {t}) on this image, so there is nothing to "
+                    "explain; pass a reference segmentation or choose another target."
+                )
+        reference = prediction
+    masks = reference_masks(reference, spatial, targets)
+    if labelmap is None:
+        labelmap = prediction
+
+    tiling = monai_tiling(spatial, **tiling_settings)
+    if roi is None:
+        roi = np.zeros(spatial, dtype=bool)
+        for mask in masks:
+            roi[tuple(slice(a, b) for a, b in bounding_box(mask, margin))] = True
+    engine_roi = roi
+    if not isinstance(roi, np.ndarray):
+        from .inputs import as_roi_mask
+
+        roi = as_roi_mask(roi, spatial)
+    _, padded_support = tiling.windows_reading(tiling.pad(roi, False))
+    support = tiling.unpad_box(padded_support)
+    _log.info("Building %s features inside the support %s", features if isinstance(features, str) else "given", support)
+    feature_map = _features(features, n_features, x, labelmap, support)
+
+    engine = PatchEngine(
+        network,
+        x,
+        feature_map,
+        reference=reference,
+        target=list(targets),
+        value=value,
+        roi=engine_roi,
+        baseline=_baseline(baseline, x),
+        device=device,
+        **tiling_settings,
+        **engine_options,
+    )
+    m = engine.n_features
+    if m == 0:
+        raise ValueError(
+            "No feature can change the value: inside the windows that cover the ROI the image equals the baseline. "
+            "Choose another baseline."
+        )
+    exact_count = 2**m if m < 62 else None
+    if nsamples == "auto":
+        budget = 2 * m + 2048 if exact_count is None else min(exact_count, 2 * m + 2048)
+        tolerance = AUTO_TOLERANCE if tolerance is None else tolerance
+    else:
+        budget = int(nsamples)
+    _log.info("Estimating Shapley values of %d features from up to %d coalitions", m, budget)
+    result = kernel_shap(engine.evaluate, m, budget, seed=seed, tolerance=tolerance, batch_size=64, progress=progress)
+
+    kept = np.isin(feature_map, engine.feature_ids)
+    feature_map = np.where(kept, feature_map, 0).astype(np.int32)
+    organ_labels = None
+    if isinstance(features, str) and features in ("organs", "organ_aware"):
+        organ_labels = feature_maps.feature_organs(feature_map, labelmap)[engine.feature_ids]
+    values, stderr = result.values, result.stderr
+    base, full = result.base_value, result.full_value
+    if single:
+        values, stderr, base, full = values[:, 0], stderr[:, 0], float(base[0]), float(full[0])
+    stats = {
+        **engine.stats,
+        "evaluations": result.n_evaluations,
+        "budget": budget,
+        "seconds": time.perf_counter() - started,
+    }
+    settings = {
+        "target": list(targets),
+        "features": features if isinstance(features, str) else "given",
+        "n_features": n_features,
+        "value": value,
+        "nsamples": nsamples,
+        "tolerance": tolerance,
+        "baseline": baseline if isinstance(baseline, (str, int, float)) else "array",
+        "device": str(device),
+        "seed": seed,
+        "roi_box": [list(b) for b in engine.roi_box],
+        "support_box": [list(b) for b in support],
+        "margin": margin,
+        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in tiling_settings.items()},
+        **{k: v for k, v in engine_options.items() if isinstance(v, (int, float, str, bool))},
+    }
+    display = np.asarray(image, dtype=np.float32)
+    display = display if display.ndim == 3 else (display[..., 0] if isinstance(model, LoadedModel) else display[0])
+    return Explanation(
+        values=values,
+        stderr=stderr,
+        feature_ids=engine.feature_ids.copy(),
+        feature_map=feature_map,
+        base_value=base,
+        full_value=full,
+        stats=stats,
+        targets=targets,
+        target_names=names,
+        settings=settings,
+        image=display,
+        reference=masks,
+        organ_labels=organ_labels,
+        affine=None if affine is None else np.asarray(affine, dtype=np.float64),
+        exact=result.exact,
+        versions=_versions(),
+    )
+
+
+def _versions() -> dict:
+    import monai
+
+    from . import __version__
+
+    return {
+        "segshap": __version__,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }

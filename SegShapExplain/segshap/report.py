@@ -1,0 +1,102 @@
+"""The overview figure of an explanation: where the important supervoxels are, and how important they are."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["overview_figure"]
+
+TOP_FEATURES = 15
+ZOOM_MARGIN = 6
+"""Voxels shown around the features' support."""
+
+
+def _box_mask(shape: tuple[int, ...], box: tuple[slice, ...]) -> np.ndarray:
+    mask = np.zeros(shape, dtype=np.float32)
+    mask[box] = 1.0
+    return mask
+
+
+def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0) -> None:
+    """Save a PNG with three orthogonal slices through the target and a bar chart of the top features.
+
+    The slices, zoomed on the features' support, show the image in grey, the heatmap over it in a diverging colour
+    map centred at 0 (red: the feature supports the segmentation, blue: it works against it), the target segment's
+    outline in black and the ROI's in dashed gold, and a colour bar. The bar chart shows the features with the largest absolute values, with ±1 standard error bars.
+
+    Parameters
+    ----------
+    explanation : segshap.Explanation
+    path : str or path-like
+        Where to write the PNG.
+    target_index : int
+        Which target to show when the explanation has several.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    heat = explanation.heatmap
+    values, stderr = explanation.values, explanation.stderr
+    if heat.ndim == 4:
+        heat, values, stderr = heat[target_index], values[:, target_index], stderr[:, target_index]
+    # Values are read on the ROI only: outline the target there, and zoom on the support of the features.
+    roi = tuple(slice(a, b) for a, b in explanation.settings["roi_box"])
+    reference = np.zeros_like(explanation.reference[target_index])
+    reference[roi] = explanation.reference[target_index][roi]
+    center = np.round(np.argwhere(reference).mean(axis=0)).astype(int) if reference.any() else None
+    if center is None:
+        center = np.array([(a + b) // 2 for a, b in explanation.settings["roi_box"]])
+    zoom = [
+        slice(max(a - ZOOM_MARGIN, 0), min(b + ZOOM_MARGIN, size))
+        for (a, b), size in zip(explanation.settings["support_box"], reference.shape)
+    ]
+    limit = float(np.abs(heat).max()) or 1.0
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
+
+    figure = plt.figure(figsize=(13, 8.5), layout="constrained")
+    grid = figure.add_gridspec(2, 3, height_ratios=[1.15, 1])
+    image = explanation.image
+    low, high = np.percentile(image, [1, 99])
+    views = (("sagittal", 0), ("coronal", 1), ("axial", 2))
+    overlay = None
+    for column, (name, axis) in enumerate(views):
+        ax = figure.add_subplot(grid[0, column])
+        # Slices are shown with the first remaining axis horizontal and the second pointing up.
+        crop = tuple(slice(None) if a == axis else zoom[a] for a in range(3))
+        take = lambda volume: np.take(volume[crop], center[axis], axis=axis).T  # noqa: E731
+        ax.imshow(take(image), cmap="gray", vmin=low, vmax=high, origin="lower")
+        shown = np.ma.masked_where(take(explanation.feature_map) == 0, take(heat))
+        overlay = ax.imshow(shown, cmap="RdBu_r", norm=norm, alpha=0.75, origin="lower")
+        ax.contour(take(reference.astype(np.float32)), levels=[0.5], colors="black", linewidths=0.8)
+        ax.contour(take(_box_mask(reference.shape, roi)), levels=[0.5], colors="gold", linewidths=1.0,
+                   linestyles="dashed")
+        ax.set_title(f"{name} slice {center[axis]}")
+        ax.set_axis_off()
+    figure.colorbar(overlay, ax=figure.axes, shrink=0.8, label="Shapley value")
+
+    ax = figure.add_subplot(grid[1, :])
+    order = np.argsort(-np.abs(values))[:TOP_FEATURES]
+    colours = np.where(values[order] >= 0, "#c0392b", "#2e6da4")
+    positions = np.arange(len(order))
+    errors = np.nan_to_num(stderr[order])
+    ax.bar(positions, values[order], yerr=errors, color=colours, capsize=3)
+    labels = [f"#{explanation.feature_ids[i]}" for i in order]
+    if explanation.organ_labels is not None:
+        labels = [f"{label}\n(label {explanation.organ_labels[i]})" for label, i in zip(labels, order)]
+    ax.set_xticks(positions, labels, fontsize=8)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_ylabel("Shapley value ± s.e.")
+    settings = explanation.settings
+    ax.set_title(
+        f"Top {len(order)} of {len(values)} features for {explanation.target_names[target_index]}: "
+        f"{settings['value']}, baseline {settings['baseline']}; "
+        f"v(all) = {np.ravel(explanation.full_value)[target_index]:.3f}, "
+        f"v(none) = {np.ravel(explanation.base_value)[target_index]:.3f}"
+    )
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,188 @@
+"""The explain pipeline on a real MRI and a real (small, seeded) network: wiring, exactness of the end points,
+features only where they matter, outputs on disk, and errors."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel
+import numpy as np
+import pytest
+from conftest import TEST_SIDECAR, perturbed, reference_values, small_unet
+
+import segshap
+from segshap.io import read_image
+
+ROI = ((40, 52), (50, 62), (40, 52))
+TILING = {"patch_size": (32, 32, 32), "overlap": 0.25, "blend": "gaussian"}
+
+
+@pytest.fixture(scope="module")
+def explained(mni_t1):
+    net = small_unet(1, 3)
+    explanation = segshap.explain(
+        net, mni_t1, target=1, roi=ROI, features="grid", n_features=8, nsamples=200, device="cpu", affine=np.diag([2, 2, 2, 1.0]),
+        **TILING,
+    )
+    return net, explanation
+
+
+def test_values_are_exact_and_the_end_points_are_full_inference(mni_t1, explained):
+    net, ex = explained
+    assert ex.values.shape == ex.stderr.shape == ex.feature_ids.shape and ex.feature_ids.size > 8
+    assert abs(ex.values.sum() - (ex.full_value - ex.base_value)) < 1e-9
+    roi = np.zeros(mni_t1.shape, bool)
+    roi[tuple(slice(a, b) for a, b in ROI)] = True
+    prediction = segshap.predict(net, mni_t1, device="cpu", **TILING)
+    masks = [prediction == 1]
+    baseline = float(mni_t1.mean())
+    for coalition, expected in ((np.ones(ex.feature_ids.size, bool), ex.full_value),
+                                (np.zeros(ex.feature_ids.size, bool), ex.base_value)):
+        image = perturbed(mni_t1, ex.feature_map, ex.feature_ids, coalition, baseline)
+        value = reference_values(net, image, roi, masks, [1], "soft_dice", **TILING)[0]
+        assert value == pytest.approx(expected, abs=1e-5)
+
+
+def test_features_exist_only_inside_the_support(mni_t1, explained):
+    _, ex = explained
+    support = tuple(slice(a, b) for a, b in ex.settings["support_box"])
+    outside = ex.feature_map.copy()
+    outside[support] = 0
+    assert not outside.any() and ex.feature_map[support].any()
+    # The support is the union of the inputs of the windows that cover the ROI: wider than the ROI, not the image.
+    assert all(a <= r0 and r1 <= b for (a, b), (r0, r1) in zip(ex.settings["support_box"], ROI))
+    assert np.prod([b - a for a, b in ex.settings["support_box"]]) < mni_t1.size / 4
+    heat = ex.heatmap
+    for feature, value in zip(ex.feature_ids, ex.values):
+        assert np.all(heat[ex.feature_map == feature] == np.float32(value))
+    assert np.all(heat[ex.feature_map == 0] == 0)
+
+
+def test_save_writes_all_outputs_with_the_geometry(tmp_path, explained):
+    _, ex = explained
+    keep = tmp_path / "out" / "notes.txt"
+    keep.parent.mkdir()
+    keep.write_text("mine")
+    outputs = ex.save(tmp_path / "out")
+    assert set(outputs) == {"heatmap", "features", "report", "overview"}
+    assert keep.read_text() == "mine"
+    heat, affine = read_image(outputs["heatmap"])
+    np.testing.assert_allclose(heat, ex.heatmap)
+    np.testing.assert_allclose(affine, np.diag([2, 2, 2, 1.0]))
+    features, _ = read_image(outputs["features"])
+    np.testing.assert_array_equal(features, ex.feature_map)
+    report = json.loads(outputs["report"].read_text())
+    assert [row["id"] for row in report["features"]] == ex.feature_ids.tolist()
+    np.testing.assert_allclose([row["value"] for row in report["features"]], ex.values)
+    assert report["efficiency_error"] < 1e-9 and report["exact"] is False
+    assert report["stats"]["evaluations"] == 200
+    assert {"segshap", "torch", "monai"} <= set(report["versions"])
+    assert sum(row["voxels"] for row in report["features"]) == int((ex.feature_map > 0).sum())
+    assert report["features"][0]["centroid_ras_mm"] == [2 * c for c in report["features"][0]["centroid_voxel"]]
+    assert outputs["overview"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
+
+
+def test_a_failed_save_leaves_the_folder_as_it_was(tmp_path, explained, monkeypatch):
+    _, ex = explained
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "heatmap.nii.gz").write_text("previous run")
+    import segshap.report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(segshap.report, "overview_figure", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ex.save(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in out.iterdir()] == ["heatmap.nii.gz"]
+    assert (out / "heatmap.nii.gz").read_text() == "previous run"
+
+
+def test_loaded_model_preprocesses_and_takes_class_names(mni_nifti, scripted_model):
+    _, data, affine = mni_nifti
+    model = segshap.load_model(scripted_model, device="cpu")
+    assert model.classes == {0: "background", 1: "tissue_a", 2: "tissue_b"} and model.patch_size == (32, 32, 32)
+    x = model.preprocess(data, affine)
+    brain = data > 0
+    assert abs(x[0][brain].mean()) < 1e-4 and abs(x[0][brain].std() - 1) < 1e-4
+    by_name = segshap.explain(
+        scripted_model, data, target=["tissue_a", "tissue_b"], roi=ROI, features="fcc", n_features=6,
+        nsamples=40, device="cpu", affine=affine,
+    )
+    assert by_name.target_names == ("tissue_a", "tissue_b") and by_name.targets == (1, 2)
+    assert by_name.values.shape == (by_name.feature_ids.size, 2) and not by_name.exact
+    np.testing.assert_allclose(by_name.values.sum(0), by_name.full_value - by_name.base_value, atol=1e-9)
+    assert by_name.stats["evaluations"] == 40
+
+
+def test_organ_features_carry_their_labels(mni_t1):
+    labelmap = np.zeros(mni_t1.shape, np.int16)
+    labelmap[30:50] = 3
+    labelmap[50:70] = 7
+    ex = segshap.explain(
+        small_unet(1, 3), mni_t1, target=1, roi=((44, 56), (50, 62), (40, 52)), features="organs", labelmap=labelmap,
+        device="cpu", **TILING,
+    )
+    assert ex.exact and sorted(ex.organ_labels.tolist()) == [3, 7]
+    for feature, label in zip(ex.feature_ids, ex.organ_labels):
+        assert set(np.unique(labelmap[ex.feature_map == feature])) == {label}
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"features": "voronoi"}, "features must be one of"),
+        ({"n_features": 0}, "n_features must be a positive integer"),
+        ({"nsamples": "many"}, "nsamples must be a positive integer or 'auto'"),
+        ({"baseline": "median"}, "baseline must be a number, an array or one of"),
+        ({"target": "liver"}, "Targets by name need a model with class names"),
+        ({"reference": "empty"}, "reference of target 1 is empty"),
+    ],
+)
+def test_bad_arguments_are_refused(mni_t1, kwargs, fragment):
+    arguments = {"target": 1, "roi": ROI, "device": "cpu", **TILING, **kwargs}
+    if arguments.get("reference") == "empty":
+        arguments["reference"] = np.zeros(mni_t1.shape, bool)
+    with pytest.raises(ValueError, match=fragment):
+        segshap.explain(small_unet(1, 3), mni_t1, **arguments)
+
+
+def test_a_target_the_model_does_not_predict_is_refused(mni_nifti, scripted_model, tmp_path):
+    _, data, affine = mni_nifti
+    with pytest.raises(ValueError, match="Unknown target 'liver'; the model's classes are 0 \\(background\\)"):
+        segshap.explain(scripted_model, data, target="liver", device="cpu", affine=affine)
+    with pytest.raises(ValueError, match="spacing"):
+        segshap.explain(scripted_model, data, target=1, device="cpu", affine=np.diag([1.0, 1, 1, 1]))
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda c: c.pop("patch_size"), "misses patch_size"),
+        (lambda c: c.update(classes={"0": "a", "1": "b"}), "lists 2 classes but the network outputs 3 channels"),
+        (lambda c: c["preprocessing"].update(normalize="percentile"), "preprocessing.normalize must be one of"),
+        (lambda c: c.update(format="other/2"), "has format 'other/2'"),
+    ],
+)
+def test_bad_sidecars_are_refused(scripted_model, tmp_path, change, fragment):
+    config = json.loads(json.dumps(TEST_SIDECAR))
+    change(config)
+    with pytest.raises(ValueError, match=fragment):
+        segshap.load_model(scripted_model, config=config, device="cpu")
+
+
+def test_missing_or_foreign_model_files_are_refused(tmp_path, scripted_model):
+    with pytest.raises(FileNotFoundError, match="No such model"):
+        segshap.load_model(tmp_path / "absent.pt")
+    lone = tmp_path / "lone.pt"
+    lone.write_bytes(scripted_model.read_bytes())
+    with pytest.raises(ValueError, match="No JSON sidecar for"):
+        segshap.load_model(lone)
+    fake = tmp_path / "fake.pt"
+    fake.write_text("not a model")
+    (tmp_path / "fake.json").write_text(json.dumps(TEST_SIDECAR))
+    with pytest.raises(ValueError, match="is not a TorchScript model"):
+        segshap.load_model(fake)
