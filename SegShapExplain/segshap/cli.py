@@ -156,15 +156,13 @@ class _ProgressBar:
     """A one-line bar with percentage and ETA on a terminal; a line per 10 % otherwise."""
 
     def __init__(self, stream) -> None:
-        self.stream, self.started, self.last_tenth = stream, None, -1
+        self.stream, self.rate, self.last_tenth = stream, _Rate(), -1
         self.terminal = stream.isatty()
 
     def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        self.started = self.started or now
-        eta = _eta(now - self.started, done, total)
+        eta = self.rate.eta(done, total)
         percent = 100.0 * done / max(total, 1)
-        text = f"{percent:5.1f}% {done}/{total} coalitions, ETA {_duration(eta)}"
+        text = f"{percent:5.1f}% {done}/{total} coalitions, ETA {'...' if eta is None else _duration(eta)}"
         if self.terminal:
             filled = int(percent / 4)
             self.stream.write(f"\r|{'#' * filled}{' ' * (25 - filled)}| {text}   ")
@@ -176,8 +174,22 @@ class _ProgressBar:
         self.stream.flush()
 
 
-def _eta(elapsed: float, done: int, total: int) -> float:
-    return 0.0 if done >= total or done == 0 else elapsed / done * (total - done)
+class _Rate:
+    """Seconds left, from the pace since the first report (set-up before it does not count)."""
+
+    def __init__(self) -> None:
+        self.first: tuple[float, int] | None = None
+
+    def eta(self, done: int, total: int) -> float | None:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (now, done)
+        started, done_then = self.first
+        if done >= total:
+            return 0.0
+        if done <= done_then:
+            return None
+        return (now - started) / (done - done_then) * (total - done)
 
 
 def _duration(seconds: float) -> str:
@@ -189,7 +201,7 @@ class _EventWriter:
     """The worker protocol: one JSON object per line on the real stdout."""
 
     def __init__(self, stream) -> None:
-        self.stream, self.lock, self.started = stream, threading.Lock(), None
+        self.stream, self.lock, self.rate = stream, threading.Lock(), _Rate()
 
     def emit(self, event: str, **fields) -> None:
         with self.lock:
@@ -197,9 +209,8 @@ class _EventWriter:
             self.stream.flush()
 
     def progress(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        self.started = self.started or now
-        self.emit("progress", done=done, total=total, eta_s=round(_eta(now - self.started, done, total), 1))
+        eta = self.rate.eta(done, total)
+        self.emit("progress", done=done, total=total, eta_s=None if eta is None else round(eta, 1))
 
 
 class _EventLogHandler(logging.Handler):

@@ -100,7 +100,8 @@ def kernel_shap(
         Seed of the coalition sampler.
     tolerance : float, optional
         Stop early once every target's ``max(stderr) / (max(values) - min(values))`` is below this (0.01-0.02 is
-        usual). ``None`` spends the whole budget.
+        usual), checked after every batch from ``4 M`` evaluations on (before, the standard errors rest on too few
+        residual degrees of freedom to be trusted). ``None`` spends the whole budget.
     batch_size : int
         Coalitions per call of ``value_fn`` (at least 2).
     progress : callable, optional
@@ -319,7 +320,7 @@ def _sampled(evaluator: _Evaluator, budget: int, rng: np.random.Generator, toler
             break
         evaluator(batch)
         spent = evaluator.done
-        if tolerance is not None:
+        if tolerance is not None and spent >= min(budget, 4 * m):
             solution = _solve(evaluator, strata)
             if _converged(*solution, tolerance):
                 break

@@ -9,6 +9,8 @@ import numpy as np
 __all__ = ["overview_figure"]
 
 TOP_FEATURES = 15
+FAINT = 0.01
+"""Values below this fraction of the largest absolute value are not painted."""
 ZOOM_MARGIN = 6
 """Voxels shown around the features' support."""
 
@@ -70,7 +72,8 @@ def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0)
         crop = tuple(slice(None) if a == axis else zoom[a] for a in range(3))
         take = lambda volume: np.take(volume[crop], center[axis], axis=axis).T  # noqa: E731
         ax.imshow(take(image), cmap="gray", vmin=low, vmax=high, origin="lower")
-        shown = np.ma.masked_where(take(explanation.feature_map) == 0, take(heat))
+        # Features with values near 0 stay transparent so that the anatomy under them shows.
+        shown = np.ma.masked_where(np.abs(take(heat)) < FAINT * limit, take(heat))
         overlay = ax.imshow(shown, cmap="RdBu_r", norm=norm, alpha=0.75, origin="lower")
         ax.contour(take(reference.astype(np.float32)), levels=[0.5], colors="black", linewidths=0.8)
         ax.contour(take(_box_mask(reference.shape, roi)), levels=[0.5], colors="gold", linewidths=1.0,

@@ -1,0 +1,139 @@
+"""The segshap command line, run as users run it: a real process, real files, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROI = "40:52,50:62,40:52"
+
+
+def segshap(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "segshap.cli", *args], capture_output=True, text=True, timeout=600, **kwargs
+    )
+
+
+@pytest.fixture
+def job(mni_nifti, scripted_model, tmp_path):
+    image, _, _ = mni_nifti
+    return ["--image", str(image), "--model", str(scripted_model), "--roi", ROI, "--out", str(tmp_path / "out")]
+
+
+def test_explain_writes_the_outputs_and_says_where(job, tmp_path):
+    done = segshap("explain", *job, "--target", "tissue_a", "--features", "grid", "--n-features", "8",
+                   "--nsamples", "120", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert f"Outputs in {tmp_path / 'out'}" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "explanation.json", "features.nii.gz", "heatmap.nii.gz", "overview.png"]
+    report = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    assert report["targets"] == [{"index": 1, "name": "tissue_a"}] and report["stats"]["evaluations"] == 120
+    assert "coalitions" in done.stderr  # the progress lines
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda a, tmp: a.__setitem__(1, str(tmp / "missing.nii.gz")), "No such image file"),
+        (lambda a, tmp: a.__setitem__(1, str(tmp / "broken.nii.gz")), "as a NIfTI image"),
+        (lambda a, tmp: a.extend(["--target", "liver"]), "Unknown target 'liver'"),
+        (lambda a, tmp: a.extend(["--target", "1", "--nsamples", "lots"]), "expected a positive integer or 'auto'"),
+        (lambda a, tmp: a.extend(["--target", "1", "--value", "auc"]), "invalid choice: 'auc'"),
+        (lambda a, tmp: a.extend(["--target", "1", "--roi", "1:2:3"]), "roi must be a bool mask of the image"),
+        (lambda a, tmp: a.__setitem__(3, str(tmp / "none.pt")), "No such model"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_code_2(job, tmp_path, change, fragment):
+    (tmp_path / "broken.nii.gz").write_text("this is not an image")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    args = list(job)
+    change(args, tmp_path)
+    if "--target" not in args:
+        args += ["--target", "1"]
+    done = segshap("explain", *args, "--device", "cpu", "--quiet")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("segshap: error: ") and fragment in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+def _request(tmp_path, job_args, **extra) -> Path:
+    arguments = dict(zip(job_args[::2], job_args[1::2]))
+    request = {
+        "image": arguments["--image"], "model": arguments["--model"], "target": "tissue_b",
+        "roi": [[40, 52], [50, 62], [40, 52]], "out": arguments["--out"],
+        "options": {"features": "grid", "n_features": 8, "nsamples": 200, "device": "cpu"},
+    }
+    request.update(extra)
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(request))
+    return path
+
+
+def test_worker_reports_json_events_and_the_outputs(job, tmp_path):
+    done = segshap("worker", "--request", str(_request(tmp_path, job)))
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {e["event"] for e in events} <= {"progress", "log", "done"}
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress[-1]["done"] == progress[-1]["total"] == 200
+    assert [e["done"] for e in progress] == sorted(e["done"] for e in progress)
+    assert all(e["eta_s"] is None or e["eta_s"] >= 0 for e in progress)
+    assert events[-1]["event"] == "done"
+    outputs = events[-1]["outputs"]
+    assert set(outputs) == {"heatmap", "features", "report", "overview"} and all(Path(p).is_file() for p in outputs.values())
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        ({"target": "nerve"}, "Unknown target 'nerve'"),
+        ({"options": {"colour": "red"}}, "Unknown option(s) ['colour']"),
+        ({"oops": 1}, "has unknown keys ['oops']"),
+    ],
+)
+def test_worker_errors_are_one_event_and_exit_code_2(job, tmp_path, extra, fragment):
+    done = segshap("worker", "--request", str(_request(tmp_path, job, **extra)))
+    assert done.returncode == 2
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert events[-1]["event"] == "error" and fragment in events[-1]["message"]
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_run_within_2_seconds_and_writes_nothing(job, tmp_path, signum):
+    request = _request(tmp_path, job, options={"features": "grid", "n_features": 30, "nsamples": 100000,
+                                               "device": "cpu"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segshap.cli", "worker", "--request", str(request)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    for line in process.stdout:  # wait until the estimation runs
+        if json.loads(line)["event"] == "progress":
+            break
+    sent = time.monotonic()
+    process.send_signal(signum)
+    process.wait(timeout=10)
+    assert time.monotonic() - sent < 2.0
+    assert process.returncode == 128 + signum
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["request.json"]
+
+
+@pytest.mark.slow
+def test_demo_runs_on_the_embedded_model_and_image(tmp_path):
+    done = segshap("demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--n-features", "40")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "demo" / "explanation.json").read_text())
+    assert report["targets"] == [{"index": 2, "name": "white_matter"}]
+    assert report["full_value"] > 0.8  # the trained model segments white matter well in the demo ROI
+    assert str(tmp_path / "demo") in done.stdout
