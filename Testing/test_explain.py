@@ -99,6 +99,10 @@ def test_a_failed_save_leaves_the_folder_as_it_was(tmp_path, explained, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert [p.name for p in out.iterdir()] == ["heatmap.nii.gz"]
     assert (out / "heatmap.nii.gz").read_text() == "previous run"
+    # A destination whose parents are missing: none of them is created by a failed save.
+    with pytest.raises(RuntimeError, match="disk full"):
+        ex.save(tmp_path / "new" / "nested" / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_loaded_model_preprocesses_and_takes_class_names(mni_nifti, scripted_model):
@@ -136,7 +140,8 @@ def test_organ_features_carry_their_labels(mni_t1):
     [
         ({"features": "voronoi"}, "features must be one of"),
         ({"n_features": 0}, "n_features must be a positive integer"),
-        ({"nsamples": "many"}, "nsamples must be a positive integer or 'auto'"),
+        ({"nsamples": "many"}, "nsamples must be 'auto' or an integer >= 2"),
+        ({"nsamples": 1}, "nsamples must be 'auto' or an integer >= 2"),
         ({"baseline": "median"}, "baseline must be a number, an array or one of"),
         ({"target": "liver"}, "Targets by name need a model with class names"),
         ({"reference": "empty"}, "reference of target 1 is empty"),

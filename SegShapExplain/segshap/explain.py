@@ -219,6 +219,8 @@ def predict(
         ``(X, Y, Z)`` int16 label map.
     """
     network, x, settings = _prepared(model, image, affine, tiling)
+    if tiling:
+        raise ValueError(f"Unknown option(s) {sorted(tiling)}; predict takes patch_size, overlap, blend, sigma_scale.")
     return _predict_labels(network, x, settings, resolve_device(device), batch_size)
 
 
@@ -388,8 +390,10 @@ def explain(
     spatial = x.shape[1:]
     margin = engine_options.pop("margin", _ENGINE_DEFAULTS["margin"])
     batch_size = engine_options.get("batch_size", _ENGINE_DEFAULTS["batch_size"])
-    if isinstance(nsamples, str) and nsamples != "auto" or not isinstance(nsamples, (str, int, np.integer)):
-        raise ValueError(f"nsamples must be a positive integer or 'auto', got {nsamples!r}.")
+    if nsamples != "auto" and (
+        isinstance(nsamples, bool) or not isinstance(nsamples, (int, np.integer)) or nsamples < 2
+    ):
+        raise ValueError(f"nsamples must be 'auto' or an integer >= 2 (coalitions to evaluate), got {nsamples!r}.")
 
     prediction = None
     needs_labelmap = isinstance(features, str) and features in ("organs", "organ_aware") and labelmap is None

@@ -115,9 +115,12 @@ class StagedOutput:
         self.staging: Path | None = None
 
     def __enter__(self) -> Path:
+        # Stage in the nearest folder that exists (same file system, so the final moves are renames); missing
+        # parents of the destination are created only when committing.
         parent = self.destination.absolute().parent
+        while not parent.is_dir():
+            parent = parent.parent
         try:
-            parent.mkdir(parents=True, exist_ok=True)
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.partial-", dir=parent))
         except OSError as error:
             raise ValueError(f"Cannot write outputs next to {self.destination}: {error}. Choose another --out.") from error
