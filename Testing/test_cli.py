@@ -137,3 +137,24 @@ def test_demo_runs_on_the_embedded_model_and_image(tmp_path):
     assert report["targets"] == [{"index": 2, "name": "white_matter"}]
     assert report["full_value"] > 0.8  # the trained model segments white matter well in the demo ROI
     assert str(tmp_path / "demo") in done.stdout
+
+
+def test_reference_and_roi_files_are_read(mni_nifti, scripted_model, tmp_path):
+    import nibabel
+    import numpy as np
+
+    image, data, affine = mni_nifti
+    segment = np.zeros(data.shape, np.uint8)
+    segment[44:50, 54:60, 44:50] = 1
+    roi = np.zeros(data.shape, np.uint8)
+    roi[42:52, 52:62, 42:52] = 1
+    nibabel.save(nibabel.Nifti1Image(segment, affine), str(tmp_path / "segment.nii.gz"))
+    nibabel.save(nibabel.Nifti1Image(roi, affine), str(tmp_path / "roi.nii.gz"))
+    done = segshap("explain", "--image", str(image), "--model", str(scripted_model), "--target", "tissue_b",
+                   "--reference", str(tmp_path / "segment.nii.gz"), "--roi", str(tmp_path / "roi.nii.gz"),
+                   "--features", "fcc", "--n-features", "6", "--nsamples", "60", "--out", str(tmp_path / "out"),
+                   "--device", "cpu", "--quiet")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    assert report["settings"]["roi_box"] == [[42, 52], [52, 62], [42, 52]]
+    assert report["targets"] == [{"index": 2, "name": "tissue_b"}]
