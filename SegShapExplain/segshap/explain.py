@@ -26,7 +26,7 @@ import torch
 from . import features as feature_maps
 from .engine import PatchEngine
 from .estimator import kernel_shap
-from .inputs import as_image, bounding_box, reference_masks, resolve_device
+from .inputs import as_image, as_roi_mask, bounding_box, reference_masks, resolve_device
 from .io import StagedOutput, write_nifti
 from .models import LoadedModel, load_model
 from .tiling import monai_tiling
@@ -417,11 +417,7 @@ def explain(
         roi = np.zeros(spatial, dtype=bool)
         for mask in masks:
             roi[tuple(slice(a, b) for a, b in bounding_box(mask, margin))] = True
-    engine_roi = roi
-    if not isinstance(roi, np.ndarray):
-        from .inputs import as_roi_mask
-
-        roi = as_roi_mask(roi, spatial)
+    roi = as_roi_mask(roi, spatial)
     _, padded_support = tiling.windows_reading(tiling.pad(roi, False))
     support = tiling.unpad_box(padded_support)
     _log.info("Building %s features inside the support %s", features if isinstance(features, str) else "given", support)
@@ -434,7 +430,7 @@ def explain(
         reference=reference,
         target=list(targets),
         value=value,
-        roi=engine_roi,
+        roi=roi,
         baseline=_baseline(baseline, x),
         device=device,
         **tiling_settings,
