@@ -10,6 +10,7 @@ handled within a fraction of a second even while the model runs; outputs are wri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from .explain import BASELINES, FEATURE_KINDS, explain
+from .io import read_image
+from .models import load_model
+from .values import VALUE_NAMES
 
 __all__ = ["main", "REQUEST_KEYS", "OPTION_KEYS"]
 
@@ -77,8 +83,6 @@ def _resources() -> Path:
 
 def _parse_roi(text):
     """A box ``x0:x1,y0:y1,z0:z1``, a list of pairs, or a NIfTI mask file."""
-    from .io import read_image
-
     if text is None:
         return None
     if isinstance(text, (list, tuple)):
@@ -93,8 +97,6 @@ def _parse_roi(text):
 
 
 def _read_reference(path, single_target: bool):
-    from .io import read_image
-
     if path is None:
         return None
     data, _ = read_image(path)
@@ -107,10 +109,6 @@ def _read_reference(path, single_target: bool):
 
 def _run(job: dict, progress: Callable[[int, int], None] | None) -> object:
     """Load everything and explain: the part that runs in the background thread. Returns the explanation."""
-    from .explain import explain
-    from .io import read_image
-    from .models import load_model
-
     options = dict(job.get("options") or {})
     unknown = set(options) - set(OPTION_KEYS)
     if unknown:
@@ -272,14 +270,30 @@ def _explain_and_save(job: dict, progress, log: logging.Logger) -> tuple[object,
     return explanation, {name: str(path.absolute()) for name, path in outputs.items()}
 
 
-def _command_explain(job: dict, quiet: bool) -> int:
+@contextlib.contextmanager
+def _logging_to(handler: logging.Handler | None):
+    """Send the engine's stage messages to ``handler`` for the duration of one command."""
     log = logging.getLogger("segshap")
+    if handler is None:
+        yield log
+        return
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield log
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def _command_explain(job: dict, quiet: bool) -> int:
+    handler = None
     if not quiet:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("segshap: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-    explanation, outputs = _explain_and_save(job, None if quiet else _ProgressBar(sys.stderr), log)
+    with _logging_to(handler) as log:
+        explanation, outputs = _explain_and_save(job, None if quiet else _ProgressBar(sys.stderr), log)
     print(f"Explained {', '.join(explanation.target_names)}: {_summary(explanation)}")
     print(f"Outputs in {Path(job['out']).absolute()}:")
     for name, path in outputs.items():
@@ -308,43 +322,38 @@ def _read_request(path: str) -> dict:
 
 
 def _command_worker(request: str, events: _EventWriter) -> int:
-    log = logging.getLogger("segshap")
-    log.addHandler(_EventLogHandler(events))
-    log.setLevel(logging.INFO)
     job = _read_request(request)
     events.emit("log", level="info", message=f"segshap worker, pid {os.getpid()}")
-    explanation, outputs = _explain_and_save(job, events.progress, log)
+    with _logging_to(_EventLogHandler(events)) as log:
+        explanation, outputs = _explain_and_save(job, events.progress, log)
     events.emit("done", outputs=outputs, summary=_summary(explanation))
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .explain import BASELINES, FEATURE_KINDS
-    from .values import VALUE_NAMES
-
     parser = _Parser(prog="segshap", description="Explain 3D segmentation models with exact, efficient KernelSHAP.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    explain = commands.add_parser("explain", help="explain a model's segmentation of a target")
-    explain.add_argument("--image", required=True, help="input image (NIfTI)")
-    explain.add_argument("--model", required=True, help="TorchScript model (.pt/.ts) with a JSON sidecar")
-    explain.add_argument("--model-config", help="the model's JSON sidecar, if not beside the model")
-    explain.add_argument("--target", required=True, help="class index or name (several: comma-separated)")
-    explain.add_argument("--reference", help="segmentation of the target (NIfTI); default: the model's prediction")
-    explain.add_argument("--roi", help="region values are read on: x0:x1,y0:y1,z0:z1 (voxels) or a mask file")
-    explain.add_argument("--out", required=True, help="output folder")
-    explain.add_argument("--features", choices=FEATURE_KINDS, default="slic")
-    explain.add_argument("--n-features", dest="n_features", type=int, help="about how many features (default 100)")
-    explain.add_argument("--value", choices=VALUE_NAMES, help="value function (default soft_dice)")
-    explain.add_argument("--nsamples", type=_nsamples, help="coalitions to evaluate, or 'auto' (default)")
-    explain.add_argument("--tolerance", type=float, help="stop once max stderr / value spread falls below this")
-    explain.add_argument("--baseline", type=_baseline, help=f"{', '.join(BASELINES)} or a number (default mean)")
-    explain.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    explain.add_argument("--seed", type=int)
-    explain.add_argument("--batch-size", dest="batch_size", type=int, help="windows per forward pass")
-    explain.add_argument("--margin", type=int, help="voxels around the target's box when no --roi is given")
-    explain.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    command = commands.add_parser("explain", help="explain a model's segmentation of a target")
+    command.add_argument("--image", required=True, help="input image (NIfTI)")
+    command.add_argument("--model", required=True, help="TorchScript model (.pt/.ts) with a JSON sidecar")
+    command.add_argument("--model-config", help="the model's JSON sidecar, if not beside the model")
+    command.add_argument("--target", required=True, help="class index or name (several: comma-separated)")
+    command.add_argument("--reference", help="segmentation of the target (NIfTI); default: the model's prediction")
+    command.add_argument("--roi", help="region values are read on: x0:x1,y0:y1,z0:z1 (voxels) or a mask file")
+    command.add_argument("--out", required=True, help="output folder")
+    command.add_argument("--features", choices=FEATURE_KINDS, default="slic")
+    command.add_argument("--n-features", dest="n_features", type=int, help="about how many features (default 100)")
+    command.add_argument("--value", choices=VALUE_NAMES, help="value function (default soft_dice)")
+    command.add_argument("--nsamples", type=_nsamples, help="coalitions to evaluate, or 'auto' (default)")
+    command.add_argument("--tolerance", type=float, help="stop once max stderr / value spread falls below this")
+    command.add_argument("--baseline", type=_baseline, help=f"{', '.join(BASELINES)} or a number (default mean)")
+    command.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    command.add_argument("--seed", type=int)
+    command.add_argument("--batch-size", dest="batch_size", type=int, help="windows per forward pass")
+    command.add_argument("--margin", type=int, help="voxels around the target's box when no --roi is given")
+    command.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
     worker = commands.add_parser("worker", help="run a request file, reporting JSON events on stdout")
     worker.add_argument("--request", required=True, help="request JSON (see README: worker protocol)")

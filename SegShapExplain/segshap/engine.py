@@ -39,10 +39,10 @@ from .inputs import (
     reference_masks,
     resolve_device,
 )
-from .tiling import Box, monai_tiling
+from .tiling import Box, Tiling, monai_tiling
 from .values import VALUE_NAMES, class_probabilities, segment_statistics, values_from_statistics
 
-__all__ = ["PatchEngine", "DEFAULT_CACHE_BYTES"]
+__all__ = ["PatchEngine", "DEFAULT_CACHE_BYTES", "predict_labels"]
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 """Default budget for cached window outputs beyond the pinned all-on and all-off states."""
@@ -121,6 +121,36 @@ def _mode_dependent(module: torch.nn.Module) -> bool:
     if isinstance(module, torch.nn.modules.dropout._DropoutNd):
         return module.p > 0
     return isinstance(module, torch.nn.modules.batchnorm._NormBase) and module.track_running_stats
+
+
+@torch.inference_mode()
+def predict_labels(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    image: np.ndarray,
+    tiling: Tiling,
+    device: torch.device,
+    batch_size: int,
+) -> np.ndarray:
+    """Full sliding-window inference of ``image`` (``(C, X, Y, Z)``), then the most probable class of each voxel.
+
+    Windows are blended in ``tiling``'s order with its weights, as ``sliding_window_inference`` does; ``forward``
+    maps a batch of windows to float logits. Returns an ``(X, Y, Z)`` int16 label map.
+    """
+    importance = tiling.importance_map(device)
+    padded = torch.from_numpy(tiling.pad(image)).to(device)
+    logits = None
+    weight = torch.zeros(tiling.padded_shape, device=device)
+    for first in range(0, tiling.n_windows, batch_size):
+        boxes = [tiling.window_box(w) for w in range(first, min(first + batch_size, tiling.n_windows))]
+        out = forward(torch.stack([padded[(slice(None), *_slices(box))] for box in boxes])) * importance
+        if logits is None:
+            logits = torch.zeros((out.shape[1], *tiling.padded_shape), device=device)
+        for window_out, box in zip(out, boxes):
+            logits[(slice(None), *_slices(box))] += window_out
+            weight[_slices(box)] += importance
+    unpadded = tuple(slice(b, b + s) for b, s in zip(tiling.pad_before, tiling.image_shape))
+    label = class_probabilities((logits / weight)[None])[0].argmax(dim=0)[unpadded]
+    return label.cpu().numpy().astype(np.int16)
 
 
 class PatchEngine:
@@ -361,26 +391,11 @@ class PatchEngine:
                 f"(the model outputs {self.n_classes} channel(s))."
             )
 
-    @torch.inference_mode()
     def _predicted_masks(self, image: np.ndarray) -> np.ndarray:
         """The model's unperturbed prediction of each target, from one full sliding-window pass."""
-        padded = torch.from_numpy(self.tiling.pad(image)).to(self._device)
-        logits = None
-        weight = torch.zeros(self.tiling.padded_shape, device=self._device)
-        windows = range(self.tiling.n_windows)
-        for first in range(0, len(windows), self.batch_size):
-            boxes = [self.tiling.window_box(w) for w in windows[first : first + self.batch_size]]
-            batch = torch.stack([padded[(slice(None), *_slices(box))] for box in boxes])
-            out = self._forward(batch) * self._importance
-            if logits is None:
-                logits = torch.zeros((self.n_classes, *self.tiling.padded_shape), device=self._device)
-            for window_out, box in zip(out, boxes):
-                logits[(slice(None), *_slices(box))] += window_out
-                weight[_slices(box)] += self._importance
+        label = predict_labels(self._forward, image, self.tiling, self._device, self.batch_size)
         self._stats["reference_forwards"] += self.tiling.n_windows
         self._check_targets()
-        unpadded = tuple(slice(b, b + s) for b, s in zip(self.tiling.pad_before, self.tiling.image_shape))
-        label = class_probabilities((logits / weight)[None])[0].argmax(dim=0)[unpadded].cpu().numpy()
         masks = np.stack([label == t for t in self.targets])
         for t, mask in zip(self.targets, masks):
             if not mask.any():

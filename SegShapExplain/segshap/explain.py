@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import features as feature_maps
-from .engine import PatchEngine
+from .engine import PatchEngine, predict_labels
 from .estimator import kernel_shap
 from .inputs import as_image, as_roi_mask, bounding_box, reference_masks, resolve_device
 from .io import StagedOutput, write_nifti
@@ -241,22 +241,11 @@ def _prepared(model, image, affine, options: dict) -> tuple:
     return network, x, settings
 
 
-@torch.inference_mode()
 def _predict_labels(network, x: np.ndarray, settings: dict, device: torch.device, batch_size: int) -> np.ndarray:
-    from monai.inferers import sliding_window_inference
-
     if isinstance(network, torch.nn.Module):
         network = network.to(device)
-    logits = sliding_window_inference(
-        torch.from_numpy(x)[None].to(device),
-        settings["patch_size"],
-        batch_size,
-        network,
-        overlap=settings["overlap"],
-        mode=settings["blend"],
-        sigma_scale=settings["sigma_scale"],
-    )
-    return class_probabilities(logits.float()).argmax(dim=1)[0].cpu().numpy().astype(np.int16)
+    tiling = monai_tiling(x.shape[1:], **settings)
+    return predict_labels(lambda batch: network(batch).float(), x, tiling, device, batch_size)
 
 
 def _targets(model, target) -> tuple[tuple[int, ...], tuple[str, ...], bool]:
