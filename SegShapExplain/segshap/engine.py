@@ -39,7 +39,7 @@ from .inputs import (
     reference_masks,
     resolve_device,
 )
-from .tiling import Box, Tiling, monai_tiling
+from .tiling import Box, Tiling, make_tiling
 from .values import VALUE_NAMES, class_probabilities, segment_statistics, values_from_statistics
 
 __all__ = ["PatchEngine", "DEFAULT_CACHE_BYTES", "predict_labels"]
@@ -193,6 +193,10 @@ class PatchEngine:
         window input is never run twice.
     autocast_dtype : torch.dtype, optional
         Run the model under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``). Faster, not exact.
+    tiling : str
+        ``"monai"`` (the default) or ``"nnunet"``: nnU-Net v2's window grid (``tile_step_size = 1 - overlap``) and
+        its Gaussian fusion, as its predictor runs a preprocessed image. ``blend`` and ``sigma_scale`` are then
+        unused.
 
     Attributes
     ----------
@@ -212,9 +216,11 @@ class PatchEngine:
     ``evaluate(c)`` equals: build the image with every feature in ``feature_ids`` that ``c`` leaves off replaced
     by ``baseline``, run ``monai.inferers.sliding_window_inference(x[None], patch_size, batch_size, model,
     overlap=overlap, mode=blend)``, apply softmax over classes (sigmoid when ``K == 1``) and compute the value on
-    the ROI voxels. Window outputs are identical whether run fresh or fetched from the cache, and blended in
-    MONAI's order with MONAI's weights; values differ from a full inference only by the float64 rounding of their
-    sums, and where the model's own numerics depend on batch composition.
+    the ROI voxels (with ``tiling="nnunet"``: nnU-Net's ``predict_sliding_window_return_logits``). Window outputs
+    are identical whether run fresh or fetched from the cache, and blended in the inference's order with its
+    weights; values differ from a full inference only by the float64 rounding of their sums, where the model's own
+    numerics depend on batch composition, and, for nnU-Net, by its float16 accumulation (the engine sums in
+    float32).
     """
 
     def __init__(
@@ -237,6 +243,7 @@ class PatchEngine:
         sigma_scale: Sequence[float] | float = 0.125,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         autocast_dtype: torch.dtype | None = None,
+        tiling: str = "monai",
     ) -> None:
         started = time.perf_counter()
         self._stats = {
@@ -268,7 +275,7 @@ class PatchEngine:
         features = as_features(features, spatial)
         self.targets, self._single_target = as_targets(target)
         baseline = as_baseline(baseline, image.shape, given_ndim)
-        self.tiling = monai_tiling(spatial, patch_size, overlap, blend, sigma_scale)
+        self.tiling = make_tiling(tiling, spatial, patch_size, overlap, blend, sigma_scale)
         self._importance = self.tiling.importance_map(self._device)
 
         masks = None

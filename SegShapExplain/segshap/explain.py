@@ -27,12 +27,13 @@ from . import features as feature_maps
 from .engine import PatchEngine, predict_labels
 from .estimator import kernel_shap
 from .inputs import as_image, as_roi_mask, bounding_box, reference_masks, resolve_device
-from .io import StagedOutput, write_nifti
+from .geometry import Grid, ModelInput
+from .io import StagedOutput, write_image
 from .models import LoadedModel, load_model
-from .tiling import monai_tiling
+from .tiling import make_tiling
 from .values import class_probabilities
 
-__all__ = ["explain", "predict", "Explanation", "FEATURE_KINDS", "BASELINES", "OUTPUT_FILES"]
+__all__ = ["explain", "predict", "Explanation", "FEATURE_KINDS", "BASELINES", "OUTPUT_FILES", "VOLUME_FORMATS", "output_files"]
 
 FEATURE_KINDS = ("slic", "fcc", "grid", "organs", "organ_aware")
 BASELINES = ("mean", "min", "zero")
@@ -42,6 +43,7 @@ OUTPUT_FILES = {
     "report": "explanation.json",
     "overview": "overview.png",
 }
+VOLUME_FORMATS = (".nii.gz", ".nii", ".nrrd")
 AUTO_TOLERANCE = 0.01
 """Early-stopping tolerance of ``nsamples="auto"`` (max stderr relative to the spread of the values)."""
 
@@ -64,7 +66,7 @@ class Explanation:
     feature_ids : np.ndarray
         ``(M,)`` the feature ids, in the order of ``values``.
     feature_map : np.ndarray
-        ``(X, Y, Z)`` int32: each voxel's feature id, 0 where no feature can change the value.
+        ``(X, Y, Z)`` int32 on the image's grid: each voxel's feature id, 0 where no feature can change the value.
     base_value, full_value : float or np.ndarray
         The value with every feature replaced by the baseline, and on the unperturbed image.
     stats : dict
@@ -76,13 +78,21 @@ class Explanation:
     image : np.ndarray
         ``(X, Y, Z)`` the first channel of the image as given (for display).
     reference : np.ndarray
-        ``(T, X, Y, Z)`` bool: the target segments the values refer to.
+        ``(T, X, Y, Z)`` bool on the image's grid: the target segments the values refer to.
+    roi : np.ndarray
+        ``(X, Y, Z)`` bool on the image's grid: where the values are read.
     organ_labels : np.ndarray, optional
         ``(M,)`` the label map's label of each feature (organ features only).
     affine : np.ndarray, optional
         The image's voxel-to-RAS affine, used by :meth:`save` when none is passed.
     exact : bool
         Whether every coalition was evaluated.
+    model_feature_map : np.ndarray, optional
+        The features on the model's grid, as the engine perturbed them (``feature_map`` is this map carried to the
+        image's grid, each image voxel taking the feature its centre falls in).
+    model_affine : np.ndarray, optional
+        The model grid's voxel-to-RAS affine. ``settings["roi_box"]`` and ``settings["support_box"]`` are voxel
+        boxes on that grid.
     """
 
     values: np.ndarray
@@ -97,10 +107,13 @@ class Explanation:
     settings: dict
     image: np.ndarray
     reference: np.ndarray
+    roi: np.ndarray
     organ_labels: np.ndarray | None = None
     affine: np.ndarray | None = None
     exact: bool = False
     versions: dict = field(default_factory=dict)
+    model_feature_map: np.ndarray | None = None
+    model_affine: np.ndarray | None = None
 
     @property
     def heatmap(self) -> np.ndarray:
@@ -146,7 +159,9 @@ class Explanation:
             "features": rows,
         }
 
-    def save(self, out_dir: str | os.PathLike, affine: np.ndarray | None = None) -> dict[str, Path]:
+    def save(
+        self, out_dir: str | os.PathLike, affine: np.ndarray | None = None, *, volume_format: str = ".nii.gz"
+    ) -> dict[str, Path]:
         """Write ``heatmap.nii.gz``, ``features.nii.gz``, ``explanation.json`` and ``overview.png``.
 
         Files are written to a staging folder and moved into ``out_dir`` together at the end, so an error or an
@@ -158,6 +173,9 @@ class Explanation:
             The output folder (created if needed).
         affine : np.ndarray, optional
             Voxel-to-RAS affine of the outputs; default the image's (:attr:`affine`), else identity.
+        volume_format : str
+            ``".nii.gz"``, ``".nii"`` or ``".nrrd"`` (full-precision geometry, as 3D Slicer writes): the format of
+            the heatmap and the feature map.
 
         Returns
         -------
@@ -167,13 +185,21 @@ class Explanation:
         from .report import overview_figure
 
         affine = np.asarray(affine if affine is not None else self.affine if self.affine is not None else np.eye(4))
+        files = output_files(volume_format)
         with StagedOutput(out_dir) as staging:
-            write_nifti(staging / OUTPUT_FILES["heatmap"], self.heatmap, affine)
-            write_nifti(staging / OUTPUT_FILES["features"], self.feature_map.astype(np.int32), affine)
+            write_image(staging / files["heatmap"], self.heatmap, affine)
+            write_image(staging / files["features"], self.feature_map.astype(np.int32), affine)
             report = self.to_dict()
-            (staging / OUTPUT_FILES["report"]).write_text(json.dumps(report, indent=1))
-            overview_figure(self, staging / OUTPUT_FILES["overview"])
-        return {name: Path(out_dir) / file for name, file in OUTPUT_FILES.items()}
+            (staging / files["report"]).write_text(json.dumps(report, indent=1))
+            overview_figure(self, staging / files["overview"])
+        return {name: Path(out_dir) / file for name, file in files.items()}
+
+
+def output_files(volume_format: str = ".nii.gz") -> dict[str, str]:
+    """The names :meth:`Explanation.save` writes, with volumes in ``volume_format``."""
+    if volume_format not in VOLUME_FORMATS:
+        raise ValueError(f"volume_format must be one of {VOLUME_FORMATS}, got {volume_format!r}.")
+    return {name: file.replace(".nii.gz", volume_format) for name, file in OUTPUT_FILES.items()}
 
 
 def _plain(value):
@@ -205,46 +231,53 @@ def predict(
     ----------
     model : LoadedModel or torch.nn.Module
         With a :class:`LoadedModel` the image is preprocessed as it says and its tiling is used; a bare network
-        takes the image as it is and ``patch_size`` (and optionally ``overlap``, ``blend``, ``sigma_scale``).
+        takes the image as it is and ``patch_size`` (and optionally ``overlap``, ``blend``, ``sigma_scale``,
+        ``tiling``).
     image : np.ndarray
         The image (see :meth:`LoadedModel.preprocess`, or ``(X, Y, Z)``/``(C, X, Y, Z)`` for a bare network).
     device, batch_size
         Where and how many windows at a time the network runs.
     affine : np.ndarray, optional
-        The image's affine, to check its spacing against the model's.
+        The image's voxel-to-RAS affine, for a model that reorients or resamples.
 
     Returns
     -------
     np.ndarray
-        ``(X, Y, Z)`` int16 label map.
+        ``(X, Y, Z)`` int16 label map on the image's grid.
     """
-    network, x, settings = _prepared(model, image, affine, tiling)
+    network, prepared, settings = _prepared(model, image, affine, tiling)
     if tiling:
-        raise ValueError(f"Unknown option(s) {sorted(tiling)}; predict takes patch_size, overlap, blend, sigma_scale.")
-    return _predict_labels(network, x, settings, resolve_device(device), batch_size)
+        raise ValueError(
+            f"Unknown option(s) {sorted(tiling)}; predict takes patch_size, overlap, blend, sigma_scale, tiling."
+        )
+    labels = _predict_labels(network, prepared.image, settings, resolve_device(device), batch_size)
+    return prepared.to_image_grid(labels)
+
+
+_TILING_KEYS = ("tiling", "patch_size", "overlap", "blend", "sigma_scale")
 
 
 def _prepared(model, image, affine, options: dict) -> tuple:
-    """The network, its input ``(C, X, Y, Z)`` and the tiling settings (``options`` win over the model's)."""
+    """The network, its :class:`ModelInput` and the tiling settings (``options`` win over the model's)."""
     if isinstance(model, LoadedModel):
-        settings = {"patch_size": model.patch_size, "overlap": model.overlap, "blend": model.blend}
-        x = model.preprocess(image, affine)
+        settings = model.tiling_options
+        prepared = model.preprocess(image, affine)
         network = model.network
     else:
         if not callable(model):
             raise ValueError(f"model must be a path, a LoadedModel or a torch.nn.Module, got {type(model).__name__}.")
         settings = {}
-        x = as_image(image)
+        prepared = ModelInput.unchanged(as_image(image), affine)
         network = model
-    for name in ("patch_size", "overlap", "blend", "sigma_scale"):
+    for name in _TILING_KEYS:
         settings[name] = options.pop(name, settings.get(name, _ENGINE_DEFAULTS[name]))
-    return network, x, settings
+    return network, prepared, settings
 
 
 def _predict_labels(network, x: np.ndarray, settings: dict, device: torch.device, batch_size: int) -> np.ndarray:
     if isinstance(network, torch.nn.Module):
         network = network.to(device)
-    tiling = monai_tiling(x.shape[1:], **settings)
+    tiling = make_tiling(settings["tiling"], x.shape[1:], **{k: v for k, v in settings.items() if k != "tiling"})
     return predict_labels(lambda batch: network(batch).float(), x, tiling, device, batch_size)
 
 
@@ -361,7 +394,10 @@ def explain(
     labelmap : np.ndarray, optional
         Organ label map for ``"organs"``/``"organ_aware"`` features; default the model's prediction.
     affine : np.ndarray, optional
-        The image's voxel-to-RAS affine: checked against the model's spacing and kept for :meth:`Explanation.save`.
+        The image's voxel-to-RAS affine. A model that works in another orientation or spacing gets the image
+        reoriented and resampled onto its grid (perturbations happen there); ``reference``, ``roi``, ``labelmap``
+        and a given feature map are on the image's grid and carried to the model's by nearest neighbour, and the
+        outputs come back onto the image's grid. Without it the image is taken to lie on the model's grid.
     **engine_options
         Passed to :class:`segshap.PatchEngine` (``patch_size``, ``overlap``, ``blend``, ``margin``, ``batch_size``,
         ``cache_bytes``, ``autocast_dtype``, ...).
@@ -375,7 +411,8 @@ def explain(
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model, device=str(device))
     targets, names, single = _targets(model, target)
-    network, x, tiling_settings = _prepared(model, image, affine, engine_options)
+    network, prepared, tiling_settings = _prepared(model, image, affine, engine_options)
+    x = prepared.image
     spatial = x.shape[1:]
     margin = engine_options.pop("margin", _ENGINE_DEFAULTS["margin"])
     batch_size = engine_options.get("batch_size", _ENGINE_DEFAULTS["batch_size"])
@@ -397,15 +434,22 @@ def explain(
                     "explain; pass a reference segmentation or choose another target."
                 )
         reference = prediction
+    else:
+        reference = prepared.to_model_grid(np.asarray(reference))
     masks = reference_masks(reference, spatial, targets)
-    if labelmap is None:
-        labelmap = prediction
+    labelmap = prediction if labelmap is None else prepared.to_model_grid(np.asarray(labelmap))
+    if not isinstance(features, str):
+        features = prepared.to_model_grid(np.asarray(features))
 
-    tiling = monai_tiling(spatial, **tiling_settings)
+    tiling = make_tiling(tiling_settings["tiling"], spatial, **{k: v for k, v in tiling_settings.items() if k != "tiling"})
     if roi is None:
         roi = np.zeros(spatial, dtype=bool)
         for mask in masks:
             roi[tuple(slice(a, b) for a, b in bounding_box(mask, margin))] = True
+    else:
+        roi = prepared.to_model_grid(as_roi_mask(roi, prepared.source.shape))
+        if not roi.any():
+            raise ValueError("The ROI covers no voxel of the model's grid; give a larger ROI.")
     roi = as_roi_mask(roi, spatial)
     _, padded_support = tiling.windows_reading(tiling.pad(roi, False))
     support = tiling.unpad_box(padded_support)
@@ -468,6 +512,7 @@ def explain(
         "roi_box": [list(b) for b in engine.roi_box],
         "support_box": [list(b) for b in support],
         "margin": margin,
+        "model_format": model.format if isinstance(model, LoadedModel) else "network",
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in tiling_settings.items()},
         **{k: v for k, v in engine_options.items() if isinstance(v, (int, float, str, bool))},
     }
@@ -477,7 +522,7 @@ def explain(
         values=values,
         stderr=stderr,
         feature_ids=engine.feature_ids.copy(),
-        feature_map=feature_map,
+        feature_map=prepared.to_image_grid(feature_map),
         base_value=base,
         full_value=full,
         stats=stats,
@@ -485,11 +530,14 @@ def explain(
         target_names=names,
         settings=settings,
         image=display,
-        reference=masks,
+        reference=prepared.to_image_grid(masks),
+        roi=prepared.to_image_grid(roi),
         organ_labels=organ_labels,
         affine=None if affine is None else np.asarray(affine, dtype=np.float64),
         exact=result.exact,
         versions=_versions(),
+        model_feature_map=feature_map,
+        model_affine=prepared.grid.affine,
     )
 
 

@@ -17,13 +17,82 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_image", "write_nifti", "StagedOutput", "NIFTI_SUFFIXES"]
+__all__ = [
+    "read_image",
+    "read_segmentation",
+    "write_image",
+    "volume_suffix",
+    "StagedOutput",
+    "NIFTI_SUFFIXES",
+    "NRRD_SUFFIXES",
+]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+_RAS_AXIS = {"right": 0, "left": 0, "anterior": 1, "posterior": 1, "superior": 2, "inferior": 2}
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
+def volume_suffix(path: str | os.PathLike) -> str:
+    """``".nii.gz"``, ``".nii"``, ``".seg.nrrd"``, ``".nrrd"`` or ``".nhdr"``: the format part of a file name."""
+    name = Path(path).name.lower()
+    for suffix in (".nii.gz", ".seg.nrrd", ".nii", ".nrrd", ".nhdr"):
+        if name.endswith(suffix):
+            return suffix
+    raise ValueError(
+        f"Cannot read {path}: images are read from NIfTI (.nii, .nii.gz) or NRRD (.nrrd, .nhdr, .seg.nrrd) files; "
+        "convert it, e.g. in 3D Slicer (Save as NRRD)."
+    )
+
+
+def _checked(path: str | os.PathLike) -> tuple[Path, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No such image file: {path}. Check the path.")
+    return path, volume_suffix(path)
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel
+
+    image = nibabel.load(str(path))
+    return np.asarray(image.dataobj), np.asarray(image.affine, dtype=np.float64)
+
+
+def _nrrd_affine(header: dict, spatial: list[int], path: Path) -> np.ndarray:
+    """Voxel to RAS affine from the header's space, directions and origin."""
+    space = str(header.get("space", "")).lower()
+    names = space.split("-")
+    axes = [_RAS_AXIS.get(name) for name in names]
+    if len(names) != 3 or sorted(a for a in axes if a is not None) != [0, 1, 2]:
+        raise ValueError(
+            f"{path} has space {space!r}; only anatomical 3D spaces (e.g. left-posterior-superior) are read."
+        )
+    to_ras = np.zeros((3, 3))
+    for column, (name, axis) in enumerate(zip(names, axes)):
+        to_ras[axis, column] = 1.0 if name in ("right", "anterior", "superior") else -1.0
+    affine = np.eye(4)
+    affine[:3, :3] = to_ras @ np.asarray(header["space directions"], dtype=np.float64)[spatial].T
+    affine[:3, 3] = to_ras @ np.asarray(header.get("space origin", np.zeros(3)), dtype=np.float64)
+    return affine
+
+
+def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    import nrrd
+
+    data, header = nrrd.read(str(path))
+    if header.get("space directions") is None:
+        raise ValueError(f"{path} has no 'space directions': its voxels cannot be placed in world space.")
+    directions = np.asarray(header["space directions"], dtype=np.float64)
+    spatial = [axis for axis in range(data.ndim) if np.isfinite(directions[axis]).all()]
+    if len(spatial) != 3 or data.ndim > 4:
+        raise ValueError(
+            f"{path} has {data.ndim} axes of which {len(spatial)} are spatial; a 3D image (with at most one "
+            "channel or layer axis) is needed."
+        )
+    affine = _nrrd_affine(header, spatial, path)
+    if data.ndim == 4:
+        data = np.moveaxis(data, [a for a in range(4) if a not in spatial][0], -1)
+    return data, affine, header
 
 
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -32,50 +101,112 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     Parameters
     ----------
     path : str or path-like
-        A NIfTI file (``.nii`` or ``.nii.gz``).
+        A NIfTI (``.nii``, ``.nii.gz``) or NRRD (``.nrrd``, ``.nhdr``) file.
 
     Returns
     -------
     data : np.ndarray
-        The voxels as stored (scaling applied), ``(X, Y, Z)`` or ``(X, Y, Z, C)``.
+        The voxels as stored (NIfTI scaling applied), ``(X, Y, Z)`` or, with channels, ``(X, Y, Z, C)``; a
+        single channel is dropped.
     affine : np.ndarray
-        Voxel indices to RAS millimetres.
+        Voxel indices to RAS millimetres (NRRD's LPS directions are converted).
 
     Raises
     ------
     FileNotFoundError
         When the file does not exist.
     ValueError
-        When it is not a NIfTI file or cannot be read as one.
+        When it is neither NIfTI nor NRRD, cannot be read, or has no 3D geometry.
     """
-    import nibabel
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No such image file: {path}. Check the path.")
-    if not _is_nifti(path):
-        raise ValueError(f"Cannot read {path}: only NIfTI images (.nii, .nii.gz) are read; convert it, e.g. in 3D Slicer.")
+    path, suffix = _checked(path)
     try:
-        image = nibabel.load(str(path))
-        data = np.asanyarray(image.dataobj)
-    except Exception as error:  # nibabel raises many types for damaged files; all mean the same to a user
-        raise ValueError(f"Cannot read {path} as a NIfTI image: {error}.") from error
+        if suffix in NIFTI_SUFFIXES:
+            data, affine = _read_nifti(path)
+        else:
+            data, affine, _ = _read_nrrd(path)
+    except ValueError:
+        raise
+    except Exception as error:  # readers raise many types for damaged files; all mean the same to a user
+        kind = "a NIfTI" if suffix in NIFTI_SUFFIXES else "an NRRD"
+        raise ValueError(f"Cannot read {path} as {kind} image: {error}.") from error
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
-    return np.asarray(data), np.asarray(image.affine, dtype=np.float64)
+    if data.ndim not in (3, 4):
+        raise ValueError(f"{path} has shape {data.shape}; a 3D image, or 3D with channels, is needed.")
+    return np.asarray(data), affine
 
 
-def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> None:
-    """Write ``array`` (``(X, Y, Z)``, or ``(T, X, Y, Z)`` stored as ``(X, Y, Z, T)``) with ``affine``."""
-    import nibabel
+def read_segmentation(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The segments of a segmentation file, by name, and its affine.
 
+    Parameters
+    ----------
+    path : str or path-like
+        A 3D Slicer ``.seg.nrrd`` (segments named in its header, one or several layers), or a label map in NIfTI
+        or NRRD, whose non-zero labels become segments named ``"1"``, ``"2"``, ...
+
+    Returns
+    -------
+    segments : dict of str to np.ndarray
+        Segment name to its ``(X, Y, Z)`` bool mask, in file order.
+    affine : np.ndarray
+        Voxel indices to RAS millimetres (the segmentation's own grid, which may be a crop of its image's).
+    """
+    path, suffix = _checked(path)
+    if suffix != ".seg.nrrd":
+        labels, affine = read_image(path)
+        if labels.ndim != 3 or not np.array_equal(labels, np.round(labels)) or labels.min() < 0:
+            raise ValueError(f"The segmentation {path} must be a 3D label map of non-negative integers.")
+        labels = labels.astype(np.int64)
+        return {str(v): labels == v for v in np.unique(labels) if v > 0}, affine
+    try:
+        data, affine, header = _read_nrrd(path)
+    except ValueError:
+        raise
+    except Exception as error:  # as in read_image
+        raise ValueError(f"Cannot read {path} as a segmentation: {error}.") from error
+    layers = data if data.ndim == 4 else data[..., None]
+    segments = {}
+    index = 0
+    while f"Segment{index}_ID" in header or f"Segment{index}_Name" in header:
+        name = str(header.get(f"Segment{index}_Name", header.get(f"Segment{index}_ID")))
+        layer = int(header.get(f"Segment{index}_Layer", index if layers.shape[3] > 1 else 0))
+        label = int(header.get(f"Segment{index}_LabelValue", 1))
+        if layer >= layers.shape[3]:
+            raise ValueError(f"{path}: segment {name!r} is on layer {layer}, but the file has {layers.shape[3]}.")
+        segments[name] = layers[..., layer] == label
+        index += 1
+    if not segments:
+        raise ValueError(f"{path} names no segment (no Segment0_Name in its header); save it from 3D Slicer.")
+    return segments, affine
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> None:
+    """Write ``array`` (``(X, Y, Z)``, or ``(T, X, Y, Z)`` stored with T last) with ``affine``, as NIfTI or NRRD.
+
+    The format follows the suffix. NRRD keeps the affine in double precision (in LPS, as 3D Slicer writes it);
+    NIfTI stores it in its header's single-precision sform and qform.
+    """
     data = np.asarray(array)
+    suffix = volume_suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        import nibabel
+
+        image = nibabel.Nifti1Image(np.moveaxis(data, 0, -1) if data.ndim == 4 else data, np.asarray(affine, float))
+        image.set_qform(image.affine, code=1)
+        image.set_sform(image.affine, code=1)
+        nibabel.save(image, str(path))
+        return
+    import nrrd
+
+    lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)[:3]
+    directions = lps[:, :3].T
+    kinds = ["domain"] * 3
     if data.ndim == 4:
-        data = np.moveaxis(data, 0, -1)
-    image = nibabel.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
-    image.set_qform(image.affine, code=1)
-    image.set_sform(image.affine, code=1)
-    nibabel.save(image, str(path))
+        directions = np.vstack([np.full((1, 3), np.nan), directions])
+        kinds = ["list"] + kinds
+    header = {"space": "left-posterior-superior", "space directions": directions, "space origin": lps[:, 3], "kinds": kinds}
+    nrrd.write(str(path), np.ascontiguousarray(data), header, compression_level=1)
 
 
 @contextlib.contextmanager

@@ -1,41 +1,57 @@
-"""Models as their authors run them: the network plus its tiling settings and preprocessing.
+"""Models as their authors run them: the network, its sliding-window settings and its preprocessing.
 
-A TorchScript file (``.pt``/``.ts``) comes with a JSON sidecar (``<name>.json`` or ``model.json`` beside it, or
-``config=``) that says what the network expects::
+:func:`load_model` recognises three formats:
+
+* **TorchScript** (a ``.pt``/``.ts`` file) with a JSON sidecar (``<name>.json`` or ``model.json`` beside it, or
+  ``config=``) that says what the network expects::
 
     {
       "format": "segshap-torchscript/1",
       "in_channels": 1,
       "classes": {"0": "background", "1": "gray_matter", "2": "white_matter"},
       "patch_size": [32, 32, 32], "overlap": 0.25, "blend": "gaussian",
-      "preprocessing": {"spacing": [2.0, 2.0, 2.0], "orientation": "RAS",
+      "preprocessing": {"orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "interpolation": "linear",
                         "clip": null, "normalize": "zscore", "nonzero": true}
     }
 
-``normalize`` is ``"zscore"`` (mean and std over all voxels, or over voxels > 0 with ``"nonzero": true``),
-``"scale"`` (``(x - offset) / factor`` with ``"offset"`` and ``"factor"``) or ``"none"``; ``clip`` is ``null``
-or ``[low, high]`` applied first. ``spacing`` (mm) and ``orientation`` describe the grid the network was trained
-on: images must already be on it.
+  ``orientation`` (axis codes) and ``spacing`` (mm) describe the grid the network was trained on: images are
+  reoriented (exactly: flips and transposes) and resampled (``interpolation``: ``"linear"``, ``"nearest"`` or
+  ``"cubic"``) onto it; leave them out for a network that takes images as they come. Then ``clip`` (``null`` or
+  ``[low, high]``) and ``normalize``: ``"zscore"`` (mean and std over all voxels, or over voxels > 0 with
+  ``"nonzero": true``), ``"scale"`` (``(x - offset) / factor``) or ``"none"``.
+* **MONAI bundle** folders (``configs/inference.json`` or ``.yaml``, ``models/model.pt`` or ``model.ts``): see
+  :mod:`segshap.bundle`. Their configs can run code, so they load only with ``trust=True``.
+* **nnU-Net v2** trained-model folders (``dataset.json``, ``plans.json``, ``fold_*/checkpoint_final.pth``): see
+  :mod:`segshap.nnunet` (needs the ``nnunet`` extra).
+
+Checkpoints are read with ``torch.load(..., weights_only=True)``: a file that needs arbitrary unpickling is refused.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .geometry import INTERPOLATION_ORDERS, Grid, ModelInput, reorient, resample
 from .inputs import resolve_device
 
-__all__ = ["LoadedModel", "load_model"]
+__all__ = ["LoadedModel", "load_model", "model_format", "load_checkpoint", "MODEL_FORMATS"]
 
-_FORMAT = "segshap-torchscript/1"
+MODEL_FORMATS = ("torchscript", "monai_bundle", "nnunet")
+_SIDECAR_FORMAT = "segshap-torchscript/1"
 _REQUIRED = ("in_channels", "classes", "patch_size")
 _NORMALIZATIONS = ("zscore", "scale", "none")
+_BUNDLE_CONFIGS = ("inference.json", "inference.yaml", "inference.yml")
+
+Preprocessor = Callable[[np.ndarray, "np.ndarray | None"], ModelInput]
 
 
 @dataclass
@@ -44,32 +60,57 @@ class LoadedModel:
 
     Attributes
     ----------
-    network : torch.nn.Module
-        Maps ``(B, in_channels, *patch_size)`` to ``(B, len(classes), *patch_size)`` logits; in eval mode.
+    network : callable
+        Maps ``(B, in_channels, *patch_size)`` to ``(B, len(classes), *patch_size)`` logits (a module in eval
+        mode, or for nnU-Net the average over folds and mirrorings).
     classes : dict of int to str
         Output channel index to class name.
     in_channels : int
     patch_size : tuple of int
     overlap : float
+        Overlap of neighbouring windows (for nnU-Net: ``1 - tile_step_size``).
     blend : str
-        ``"gaussian"`` or ``"constant"``.
+        ``"gaussian"`` or ``"constant"`` (MONAI tiling; nnU-Net always blends with its own Gaussian).
     preprocessing : dict
-        The sidecar's ``preprocessing`` block.
+        What the preprocessing does, as the model's files state it.
     path : pathlib.Path
-        Where the network was loaded from.
+        Where the model was loaded from.
     config : dict
-        The whole sidecar.
+        The sidecar, or the settings read from the bundle or nnU-Net folder.
+    format : str
+        One of :data:`MODEL_FORMATS`.
+    tiling : str
+        ``"monai"`` or ``"nnunet"``: whose sliding-window grid and fusion the model is run with.
+    sigma_scale : float
+        MONAI's Gaussian ``sigma_scale``.
+    preprocessor : callable, optional
+        ``(image (C, X, Y, Z), affine) -> ModelInput``; ``None`` for a network that takes images as they come.
     """
 
-    network: torch.nn.Module
+    network: Callable[[torch.Tensor], torch.Tensor]
     classes: dict[int, str]
     in_channels: int
     patch_size: tuple[int, ...]
-    overlap: float = 0.5
+    overlap: float | tuple[float, ...] = 0.5
     blend: str = "gaussian"
     preprocessing: dict = field(default_factory=dict)
     path: Path | None = None
     config: dict = field(default_factory=dict)
+    format: str = "torchscript"
+    tiling: str = "monai"
+    sigma_scale: float | tuple[float, ...] = 0.125
+    preprocessor: Preprocessor | None = field(default=None, repr=False)
+
+    @property
+    def tiling_options(self) -> dict:
+        """The sliding-window settings, as keyword arguments of :class:`segshap.PatchEngine`."""
+        return {
+            "tiling": self.tiling,
+            "patch_size": self.patch_size,
+            "overlap": self.overlap,
+            "blend": self.blend,
+            "sigma_scale": self.sigma_scale,
+        }
 
     def class_index(self, target: int | str) -> int:
         """The output channel of a class given by index or by name."""
@@ -86,13 +127,22 @@ class LoadedModel:
     def _listing(self) -> str:
         return ", ".join(f"{i} ({name})" for i, name in sorted(self.classes.items()))
 
-    def preprocess(self, image: np.ndarray, affine: np.ndarray | None = None) -> np.ndarray:
-        """The network's input, ``(C, X, Y, Z)`` float32, from an image as read from disk.
+    def preprocess(self, image: np.ndarray, affine: np.ndarray | None = None) -> ModelInput:
+        """The network's input on the model's grid, from an image as read from disk.
 
-        ``image`` is ``(X, Y, Z)``, or ``(X, Y, Z, C)`` as NIfTI stores channels. With an ``affine`` the voxel
-        spacing is checked against the model's.
+        Parameters
+        ----------
+        image : np.ndarray
+            ``(X, Y, Z)``, or ``(X, Y, Z, C)`` as NIfTI stores channels. It is not modified.
+        affine : np.ndarray, optional
+            The image's voxel-to-RAS affine. Without it the image is taken to lie on the model's grid already.
+
+        Returns
+        -------
+        ModelInput
+            ``image`` (``(C, X', Y', Z')`` float32), the model grid and the image's own grid.
         """
-        data = np.array(image, dtype=np.float32)  # a copy: the caller's image stays as it was
+        data = np.asarray(image)
         if data.ndim == 3:
             data = data[None]
         elif data.ndim == 4:
@@ -102,32 +152,87 @@ class LoadedModel:
         if data.shape[0] != self.in_channels:
             raise ValueError(
                 f"The model expects {self.in_channels} channel(s) but the image has {data.shape[0]} "
-                f"(shape {tuple(image.shape)}); pass an image with {self.in_channels} channel(s)."
+                f"(shape {tuple(np.shape(image))}); pass an image with {self.in_channels} channel(s)."
             )
+        data = data.astype(np.float32)  # a copy: the caller's image stays as it was
         if not np.isfinite(data).all():
             raise ValueError("The image contains NaN or infinite voxels; replace them before explaining.")
-        spacing = self.preprocessing.get("spacing")
-        if affine is not None and spacing is not None:
-            found = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-            if not np.allclose(found, spacing, rtol=0.01):
-                raise ValueError(
-                    f"The image has voxel spacing {tuple(np.round(found, 3))} mm but the model works at "
-                    f"{tuple(spacing)} mm; resample the image to that spacing first."
-                )
-        clip = self.preprocessing.get("clip")
-        if clip is not None:
-            data = np.clip(data, clip[0], clip[1])
-        method = self.preprocessing.get("normalize", "none")
-        if method == "zscore":
-            for channel in data:
-                inside = channel[channel > 0] if self.preprocessing.get("nonzero") else channel
-                if inside.size == 0 or inside.std() == 0:
-                    raise ValueError("The image is constant (or has no voxel > 0): it cannot be z-scored.")
-                channel -= inside.mean()
-                channel /= inside.std()
-        elif method == "scale":
-            data = (data - float(self.preprocessing.get("offset", 0.0))) / float(self.preprocessing.get("factor", 1.0))
-        return np.ascontiguousarray(data, dtype=np.float32)
+        if self.preprocessor is None:
+            return ModelInput.unchanged(data, affine)
+        return self.preprocessor(data, affine)
+
+
+def sidecar_preprocess(data: np.ndarray, affine: np.ndarray | None, settings: dict) -> ModelInput:
+    """A sidecar's preprocessing: reorient, resample, clip, normalise (see the module's docstring)."""
+    source = Grid(data.shape[1:], np.eye(4) if affine is None else affine)
+    grid_affine = source.affine
+    if affine is not None and settings.get("orientation"):
+        data, grid_affine = reorient(data, grid_affine, settings["orientation"])
+    if affine is not None and settings.get("spacing"):
+        data, grid_affine = resample(data, grid_affine, settings["spacing"], settings.get("interpolation", "linear"))
+    data = np.array(data, dtype=np.float32)  # owned and contiguous: normalised in place below
+    clip = settings.get("clip")
+    if clip is not None:
+        np.clip(data, clip[0], clip[1], out=data)
+    method = settings.get("normalize", "none")
+    if method == "zscore":
+        for channel in data:
+            inside = channel[channel > 0] if settings.get("nonzero") else channel
+            if inside.size == 0 or inside.std() == 0:
+                raise ValueError("The image is constant (or has no voxel > 0): it cannot be z-scored.")
+            mean, std = inside.mean(), inside.std()
+            channel -= mean
+            channel /= std
+    elif method == "scale":
+        data -= float(settings.get("offset", 0.0))
+        data /= float(settings.get("factor", 1.0))
+    return ModelInput(data, Grid(data.shape[1:], grid_affine), source)
+
+
+def model_format(path: str | os.PathLike) -> str:
+    """Which of :data:`MODEL_FORMATS` ``path`` holds, from its files alone (nothing is loaded or run).
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist.
+    ValueError
+        When it is none of the formats; the message lists what each needs.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No such model: {path}.")
+    if path.is_file():
+        if path.suffix.lower() in (".pt", ".ts", ".pth", ".jit"):
+            return "torchscript"
+    elif any((path / "configs" / name).is_file() for name in _BUNDLE_CONFIGS):
+        return "monai_bundle"
+    elif (path / "plans.json").is_file() and (path / "dataset.json").is_file():
+        return "nnunet"
+    raise ValueError(
+        f"{path} is not a model segshap knows. Pass a TorchScript file (.pt/.ts) with its JSON sidecar, a MONAI "
+        "bundle folder (configs/inference.json or .yaml, models/model.pt or model.ts) or an nnU-Net v2 "
+        "trained-model folder (dataset.json, plans.json, fold_N/checkpoint_final.pth)."
+    )
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint read with ``torch.load(weights_only=True)``: tensors, containers, numbers and strings only.
+
+    NumPy scalars and dtypes, which training loops often store in their logs, are allowed too; nothing that
+    would run code while unpickling is.
+    """
+    numpy_types = [np.dtype, *{type(np.dtype(c)) for c in "?bhilqBHILQefdgFDG"}]
+    numpy_scalar = getattr(getattr(np, "_core", np.core), "multiarray").scalar
+    try:
+        with torch.serialization.safe_globals([numpy_scalar, *numpy_types]):
+            return torch.load(str(path), map_location=device, weights_only=True)
+    except Exception as error:  # UnpicklingError for refused content, RuntimeError/EOFError for damaged files
+        raise ValueError(
+            f"Cannot load the checkpoint {path} safely: {str(error).splitlines()[0]}. segshap reads checkpoints "
+            "with torch.load(weights_only=True) (tensors, dicts, lists, numbers, strings); re-save it as a plain "
+            "state dict (torch.save(model.state_dict(), path))."
+        ) from error
 
 
 def _sidecar_for(path: Path) -> Path:
@@ -156,26 +261,71 @@ def _validate(config: dict, source: str) -> None:
     missing = [key for key in _REQUIRED if key not in config]
     if missing:
         raise ValueError(f"{source} misses {', '.join(missing)}; a model sidecar needs {', '.join(_REQUIRED)}.")
-    if config.get("format", _FORMAT) != _FORMAT:
-        raise ValueError(f"{source} has format {config['format']!r}; this version reads {_FORMAT!r}.")
+    if config.get("format", _SIDECAR_FORMAT) != _SIDECAR_FORMAT:
+        raise ValueError(f"{source} has format {config['format']!r}; this version reads {_SIDECAR_FORMAT!r}.")
     if not isinstance(config["classes"], dict) or not config["classes"]:
         raise ValueError(f"{source}: classes must map output channel indices to names, e.g. {{\"0\": \"background\"}}.")
-    method = config.get("preprocessing", {}).get("normalize", "none")
+    preprocessing = config.get("preprocessing") or {}
+    method = preprocessing.get("normalize", "none")
     if method not in _NORMALIZATIONS:
         raise ValueError(f"{source}: preprocessing.normalize must be one of {_NORMALIZATIONS}, got {method!r}.")
+    interpolation = preprocessing.get("interpolation", "linear")
+    if interpolation not in INTERPOLATION_ORDERS:
+        raise ValueError(
+            f"{source}: preprocessing.interpolation must be one of {tuple(INTERPOLATION_ORDERS)}, got {interpolation!r}."
+        )
+
+
+def load_torchscript(path: Path, *, device: torch.device) -> torch.nn.Module:
+    """A TorchScript network from ``path``, in eval mode on ``device``; a clear error for anything else."""
+    try:
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates TorchScript in favour of torch.export, but loading it stays supported.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit")
+            network = torch.jit.load(str(path), map_location=device)
+    except Exception as error:  # torch raises RuntimeError or others for anything that is not TorchScript
+        raise ValueError(
+            f"{path} is not a TorchScript model ({error.__class__.__name__}); export the network with "
+            "torch.jit.script or torch.jit.trace and save it with torch.jit.save (a state dict needs the "
+            "network's code: package it as a MONAI bundle)."
+        ) from error
+    return network.eval()
+
+
+def output_channels(network, in_channels: int, patch_size: tuple[int, ...], device: torch.device) -> int:
+    """How many channels ``network`` outputs, from one run on a window of zeros."""
+    with torch.inference_mode():
+        return int(network(torch.zeros((1, in_channels, *patch_size), device=device)).shape[1])
+
+
+def check_classes(classes: dict[int, str], channels: int, source: str) -> None:
+    """Refuse class names that do not match the network's output channels (one channel: sigmoid, two classes)."""
+    if channels != max(len(classes), 2) and not (len(classes) == 2 and channels == 1):
+        raise ValueError(
+            f"{source} lists {len(classes)} classes but the network outputs {channels} channels; make the classes "
+            "match the network's output channels."
+        )
 
 
 def load_model(
-    path: str | os.PathLike, *, config: dict | str | os.PathLike | None = None, device: str = "auto"
+    path: str | os.PathLike,
+    *,
+    config: dict | str | os.PathLike | None = None,
+    trust: bool = False,
+    device: str = "auto",
 ) -> LoadedModel:
-    """Load a TorchScript model and its sidecar, and check the network against it.
+    """Load a model in any of :data:`MODEL_FORMATS`, detected from its files.
 
     Parameters
     ----------
     path : str or path-like
-        The TorchScript file.
+        A TorchScript file (with its JSON sidecar), a MONAI bundle folder or an nnU-Net v2 trained-model folder.
     config : dict or path, optional
-        The sidecar, when it is not beside the model as ``<name>.json`` or ``model.json``.
+        TorchScript: the sidecar, when it is not beside the model as ``<name>.json`` or ``model.json``.
+        nnU-Net: options (``folds``, ``checkpoint``, ``configuration``, ``use_mirroring``, ``tile_step_size``).
+    trust : bool
+        Allow loading a MONAI bundle, whose config can run arbitrary Python code. Only for bundles whose source
+        you trust.
     device : str
         Where to load the network (``"auto"``: CUDA when available).
 
@@ -186,46 +336,35 @@ def load_model(
     Raises
     ------
     FileNotFoundError, ValueError
-        A missing file, a file that is not TorchScript, a sidecar missing a field, or classes that do not match the
-        network's output channels.
+        A missing file, an unknown format, a sidecar missing a field, classes that do not match the network's
+        output channels, an untrusted bundle, a missing fold... each with what to do about it.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"No such model: {path}.")
-    if not path.is_file():
-        raise ValueError(f"{path} is a folder; pass the TorchScript file (.pt or .ts) with its JSON sidecar.")
+    kind = model_format(path)
+    device = resolve_device(device)
+    if kind == "monai_bundle":
+        from .bundle import load_bundle
+
+        return load_bundle(path, trust=trust, device=device)
+    if kind == "nnunet":
+        from .nnunet import load_nnunet
+
+        return load_nnunet(path, options=config, device=device)
     settings, source = _read_config(config, path)
     _validate(settings, source)
-    device = resolve_device(device)
-    try:
-        with warnings.catch_warnings():
-            # torch 2.13 deprecates TorchScript in favour of torch.export, but loading it stays supported.
-            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit")
-            network = torch.jit.load(str(path), map_location=device)
-    except Exception as error:  # torch raises RuntimeError or others for anything that is not TorchScript
-        raise ValueError(
-            f"{path} is not a TorchScript model ({error.__class__.__name__}); export the network with "
-            "torch.jit.script or torch.jit.trace and save it with torch.jit.save."
-        ) from error
-    network.eval()
-    classes = {int(k): str(v) for k, v in settings["classes"].items()}
+    preprocessing = dict(settings.get("preprocessing") or {})
     loaded = LoadedModel(
-        network=network,
-        classes=classes,
+        network=load_torchscript(path, device=device),
+        classes={int(k): str(v) for k, v in settings["classes"].items()},
         in_channels=int(settings["in_channels"]),
         patch_size=tuple(int(p) for p in settings["patch_size"]),
         overlap=float(settings.get("overlap", 0.5)),
         blend=str(settings.get("blend", "gaussian")),
-        preprocessing=dict(settings.get("preprocessing") or {}),
+        preprocessing=preprocessing,
         path=path,
         config=settings,
+        sigma_scale=float(settings.get("sigma_scale", 0.125)),
+        preprocessor=functools.partial(sidecar_preprocess, settings=preprocessing),
     )
-    with torch.inference_mode():
-        probe = network(torch.zeros((1, loaded.in_channels, *loaded.patch_size), device=device))
-    if probe.shape[1] != max(len(classes), 2) and not (len(classes) == 2 and probe.shape[1] == 1):
-        raise ValueError(
-            f"{source} lists {len(classes)} classes but the network outputs {probe.shape[1]} channels; make the "
-            "classes match the network's output channels."
-        )
+    check_classes(loaded.classes, output_channels(loaded.network, loaded.in_channels, loaded.patch_size, device), source)
     return loaded
-

@@ -6,6 +6,9 @@ import os
 
 import numpy as np
 
+from .geometry import Grid
+from .inputs import bounding_box
+
 __all__ = ["overview_figure"]
 
 TOP_FEATURES = 15
@@ -15,10 +18,11 @@ ZOOM_MARGIN = 6
 """Voxels shown around the features' support."""
 
 
-def _box_mask(shape: tuple[int, ...], box: tuple[slice, ...]) -> np.ndarray:
-    mask = np.zeros(shape, dtype=np.float32)
-    mask[box] = 1.0
-    return mask
+def _views(shape: tuple[int, ...], affine: np.ndarray | None) -> list[tuple[str, int]]:
+    """The voxel axis across which each of the sagittal, coronal and axial slices is cut."""
+    codes = Grid(shape, np.eye(4) if affine is None else affine).axcodes
+    planes = (("sagittal", "LR"), ("coronal", "PA"), ("axial", "IS"))
+    return [(name, next(axis for axis, code in enumerate(codes) if code in letters)) for name, letters in planes]
 
 
 def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0) -> None:
@@ -47,16 +51,11 @@ def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0)
     if heat.ndim == 4:
         heat, values, stderr = heat[target_index], values[:, target_index], stderr[:, target_index]
     # Values are read on the ROI only: outline the target there, and zoom on the support of the features.
-    roi = tuple(slice(a, b) for a, b in explanation.settings["roi_box"])
-    reference = np.zeros_like(explanation.reference[target_index])
-    reference[roi] = explanation.reference[target_index][roi]
-    center = np.round(np.argwhere(reference).mean(axis=0)).astype(int) if reference.any() else None
-    if center is None:
-        center = np.array([(a + b) // 2 for a, b in explanation.settings["roi_box"]])
-    zoom = [
-        slice(max(a - ZOOM_MARGIN, 0), min(b + ZOOM_MARGIN, size))
-        for (a, b), size in zip(explanation.settings["support_box"], reference.shape)
-    ]
+    roi = explanation.roi
+    reference = explanation.reference[target_index] & roi
+    center = np.round(np.argwhere(reference if reference.any() else roi).mean(axis=0)).astype(int)
+    support = bounding_box(explanation.feature_map > 0) if explanation.feature_map.any() else bounding_box(roi)
+    zoom = [slice(max(a - ZOOM_MARGIN, 0), min(b + ZOOM_MARGIN, size)) for (a, b), size in zip(support, roi.shape)]
     limit = float(np.abs(heat).max()) or 1.0
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
 
@@ -64,7 +63,7 @@ def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0)
     grid = figure.add_gridspec(2, 3, height_ratios=[1.15, 1])
     image = explanation.image
     low, high = np.percentile(image, [1, 99])
-    views = (("sagittal", 0), ("coronal", 1), ("axial", 2))
+    views = _views(roi.shape, explanation.affine)
     overlay = None
     for column, (name, axis) in enumerate(views):
         ax = figure.add_subplot(grid[0, column])
@@ -76,8 +75,7 @@ def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0)
         shown = np.ma.masked_where(np.abs(take(heat)) < FAINT * limit, take(heat))
         overlay = ax.imshow(shown, cmap="RdBu_r", norm=norm, alpha=0.75, origin="lower")
         ax.contour(take(reference.astype(np.float32)), levels=[0.5], colors="black", linewidths=0.8)
-        ax.contour(take(_box_mask(reference.shape, roi)), levels=[0.5], colors="gold", linewidths=1.0,
-                   linestyles="dashed")
+        ax.contour(take(roi.astype(np.float32)), levels=[0.5], colors="gold", linewidths=1.0, linestyles="dashed")
         ax.set_title(f"{name} slice {center[axis]}")
         ax.set_axis_off()
     figure.colorbar(overlay, ax=figure.axes, shrink=0.8, label="Shapley value")

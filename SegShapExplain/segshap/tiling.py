@@ -1,4 +1,4 @@
-"""Sliding-window tiling with the semantics of MONAI's ``sliding_window_inference``.
+"""Sliding-window tiling with the semantics of MONAI's ``sliding_window_inference`` or of nnU-Net v2's predictor.
 
 A :class:`Tiling` says where the windows of a sliding-window inference lie, in which order their outputs are
 blended and with which weights. The engine needs exactly this to reproduce full-volume inference from a subset of
@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Box", "Tiling", "monai_tiling"]
+__all__ = ["Box", "Tiling", "monai_tiling", "nnunet_tiling", "make_tiling", "TILING_SCHEMES"]
 
 BLEND_MODES = ("constant", "gaussian")
+TILING_SCHEMES = ("monai", "nnunet")
 
 Box = tuple[tuple[int, int], ...]
 """A box as one ``(start, stop)`` pair per axis, stops exclusive."""
@@ -39,7 +40,8 @@ class Tiling:
     starts : np.ndarray
         ``(W, ndim)`` window starts in padded coordinates, in the order the windows are blended.
     blend : str
-        ``"constant"`` or ``"gaussian"``: the importance map each window's output is multiplied by.
+        The importance map each window's output is multiplied by: MONAI's ``"constant"`` or ``"gaussian"``, or
+        ``"nnunet"`` (nnU-Net's Gaussian).
     sigma_scale : tuple of float
         Gaussian sigma as a fraction of the patch size, per axis.
     """
@@ -107,9 +109,19 @@ class Tiling:
     def importance_map(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """The per-window weight map, float32, of shape ``patch_size``.
 
-        Computed by MONAI itself, on the device the windows are blended on, so that the weights are bit for bit
-        the ones ``sliding_window_inference`` uses there.
+        Computed by MONAI (or nnU-Net) itself, on the device the windows are blended on, so that the weights are
+        bit for bit the ones the inference uses there (nnU-Net's are float16 values, returned as float32).
         """
+        if self.blend == "nnunet":
+            try:
+                from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+            except ImportError as error:
+                raise ValueError(
+                    "nnU-Net tiling needs nnunetv2: install segshap with its nnunet extra (see the README)."
+                ) from error
+            weights = compute_gaussian(self.patch_size, sigma_scale=1.0 / 8, value_scaling_factor=10,
+                                       dtype=torch.float16, device=torch.device(device))
+            return weights.float()
         from monai.data.utils import compute_importance_map
 
         return compute_importance_map(
@@ -172,13 +184,8 @@ def monai_tiling(
     multiples of the stride and the last start is clamped to ``size - patch``, so the last step can be shorter.
     Windows enumerate with the first axis outermost.
     """
-    shape = tuple(int(s) for s in image_shape)
+    shape, patch = _checked_shapes(image_shape, patch_size)
     ndim = len(shape)
-    if ndim == 0 or min(shape) < 1:
-        raise ValueError(f"The image needs at least one voxel along every axis, got shape {shape}.")
-    patch = _as_triple(patch_size, "patch_size", ndim, int)
-    if min(patch) < 1:
-        raise ValueError(f"patch_size must be positive, got {patch}.")
     overlaps = _as_triple(overlap, "overlap", ndim, float)
     if any(not 0.0 <= o < 1.0 for o in overlaps):
         raise ValueError(f"overlap must lie in [0, 1), got {overlap!r}.")
@@ -188,15 +195,86 @@ def monai_tiling(
     if min(sigmas) <= 0:
         raise ValueError(f"sigma_scale must be positive, got {sigma_scale!r}.")
 
-    pad_total = [max(p - s, 0) for s, p in zip(shape, patch)]
-    pad_before = tuple(d // 2 for d in pad_total)
-    pad_after = tuple(d - d // 2 for d in pad_total)
-    padded = [s + d for s, d in zip(shape, pad_total)]
-
+    pad_before, pad_after, padded = _padding(shape, patch)
     axis_starts = []
     for size, p, o in zip(padded, patch, overlaps):
         stride = p if p == size else max(int(p * (1 - o)), 1)
         count = math.ceil((size - p) / stride) + 1
         axis_starts.append([min(j * stride, size - p) for j in range(count)])
-    starts = np.array(list(itertools.product(*axis_starts)), dtype=np.int64).reshape(-1, ndim)
-    return Tiling(shape, patch, pad_before, pad_after, starts, blend, sigmas)
+    return Tiling(shape, patch, pad_before, pad_after, _grid(axis_starts), blend, sigmas)
+
+
+def _checked_shapes(image_shape: Sequence[int], patch_size) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) == 0 or min(shape) < 1:
+        raise ValueError(f"The image needs at least one voxel along every axis, got shape {shape}.")
+    patch = _as_triple(patch_size, "patch_size", len(shape), int)
+    if min(patch) < 1:
+        raise ValueError(f"patch_size must be positive, got {patch}.")
+    return shape, patch
+
+
+def _padding(shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...], list[int]]:
+    """Zeros before and after each axis smaller than the patch (``d // 2`` before, the rest after)."""
+    pad_total = [max(p - s, 0) for s, p in zip(shape, patch)]
+    padded = [s + d for s, d in zip(shape, pad_total)]
+    return tuple(d // 2 for d in pad_total), tuple(d - d // 2 for d in pad_total), padded
+
+
+def _grid(axis_starts: list[list[int]]) -> np.ndarray:
+    """All combinations of per-axis starts, the first axis outermost."""
+    return np.array(list(itertools.product(*axis_starts)), dtype=np.int64).reshape(-1, len(axis_starts))
+
+
+def nnunet_tiling(image_shape: Sequence[int], patch_size: Sequence[int] | int, tile_step_size: float = 0.5) -> Tiling:
+    """Tile an image the way nnU-Net v2's ``nnUNetPredictor`` does.
+
+    Parameters
+    ----------
+    image_shape : sequence of int
+        Spatial shape of the preprocessed image.
+    patch_size : int or sequence of int
+        The configuration's patch size.
+    tile_step_size : float
+        Step between windows as a fraction of the patch (nnU-Net's default 0.5), in ``(0, 1]``.
+
+    Returns
+    -------
+    Tiling
+        Blended with nnU-Net's Gaussian (``blend="nnunet"``).
+
+    Notes
+    -----
+    An axis smaller than the patch is padded with zeros as ``pad_nd_image`` does (``d // 2`` before). Along an
+    axis of padded size ``I`` there are ``n = ceil((I - P) / (P * tile_step_size)) + 1`` windows, starting at
+    ``round(j * (I - P) / (n - 1))`` (NumPy rounding), the first axis outermost.
+    """
+    shape, patch = _checked_shapes(image_shape, patch_size)
+    if not 0.0 < float(tile_step_size) <= 1.0:
+        raise ValueError(f"tile_step_size must lie in (0, 1], got {tile_step_size!r}.")
+    pad_before, pad_after, padded = _padding(shape, patch)
+    axis_starts = []
+    for size, p in zip(padded, patch):
+        count = int(np.ceil((size - p) / (p * tile_step_size))) + 1
+        step = (size - p) / (count - 1) if count > 1 else 0.0
+        axis_starts.append([int(np.round(step * j)) for j in range(count)])
+    return Tiling(shape, patch, pad_before, pad_after, _grid(axis_starts), "nnunet", (0.125,) * len(shape))
+
+
+def make_tiling(
+    scheme: str,
+    image_shape: Sequence[int],
+    patch_size: Sequence[int] | int,
+    overlap: Sequence[float] | float = 0.25,
+    blend: str = "constant",
+    sigma_scale: Sequence[float] | float = 0.125,
+) -> Tiling:
+    """The tiling of ``scheme`` (``"monai"`` or ``"nnunet"``); for nnU-Net, ``tile_step_size = 1 - overlap``
+    and ``blend``/``sigma_scale`` are nnU-Net's own."""
+    if scheme == "monai":
+        return monai_tiling(image_shape, patch_size, overlap, blend, sigma_scale)
+    if scheme == "nnunet":
+        if not isinstance(overlap, (int, float)):
+            raise ValueError(f"nnU-Net tiling takes one overlap for all axes, got {overlap!r}.")
+        return nnunet_tiling(image_shape, patch_size, 1.0 - float(overlap))
+    raise ValueError(f"tiling must be one of {TILING_SCHEMES}, got {scheme!r}.")
