@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from .explain import BASELINES, FEATURE_KINDS, explain
-from .io import read_image
+from .geometry import Grid, transfer
+from .io import NRRD_SUFFIXES, read_image, read_segmentation, volume_suffix
 from .models import load_model
 from .values import VALUE_NAMES
 
@@ -34,7 +35,18 @@ __all__ = ["main", "REQUEST_KEYS", "OPTION_KEYS"]
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
 
-REQUEST_KEYS = ("image", "model", "model_config", "target", "reference", "roi", "out", "options")
+REQUEST_KEYS = (
+    "image",
+    "model",
+    "model_config",
+    "trust_model",
+    "target",
+    "reference",
+    "reference_segment",
+    "roi",
+    "out",
+    "options",
+)
 OPTION_KEYS = (
     "features",
     "n_features",
@@ -81,8 +93,8 @@ def _resources() -> Path:
     raise UsageError(f"The demo's model and image were not found in a Resources folder near {here}.")
 
 
-def _parse_roi(text):
-    """A box ``x0:x1,y0:y1,z0:z1``, a list of pairs, or a NIfTI mask file."""
+def _parse_roi(text, image_grid: Grid):
+    """A box ``x0:x1,y0:y1,z0:z1`` (image voxels), a list of pairs, or a mask file (placed by its geometry)."""
     if text is None:
         return None
     if isinstance(text, (list, tuple)):
@@ -92,19 +104,50 @@ def _parse_roi(text):
             return tuple(tuple(int(v) for v in part.split(":")) for part in text.split(","))
         except ValueError:
             raise UsageError(f"--roi {text!r} is not a box x0:x1,y0:y1,z0:z1 nor an existing mask file.") from None
-    mask, _ = read_image(text)
-    return mask > 0
+    mask, affine = read_image(text)
+    return transfer(mask > 0, Grid(mask.shape[:3], affine), image_grid)
 
 
-def _read_reference(path, single_target: bool):
+def _read_reference(path, segment: str | None, targets: dict[int, str], image_grid: Grid):
+    """The reference on the image's grid: a mask for one target, a label map (``t`` marks target ``t``) for several.
+
+    A ``.seg.nrrd`` gives its segments by name: ``segment`` names the one to use, else each target's segment is
+    the one named like the target's class (or the only segment). A label map marks target ``t`` with ``t``; for
+    one target a 0/1 file is the segment itself.
+    """
     if path is None:
         return None
-    data, _ = read_image(path)
-    if not np.array_equal(data, np.round(data)) or data.min() < 0:
-        raise UsageError(f"The reference {path} must be a segmentation (non-negative integer labels).")
-    labels = data.astype(np.int64)
-    # A 0/1 file is the segment itself, whatever the target's index; other label maps mark target t with t.
-    return labels > 0 if single_target and labels.max() <= 1 else labels
+    if volume_suffix(path) == ".seg.nrrd":
+        segments, affine = read_segmentation(path)
+        grid = Grid(next(iter(segments.values())).shape, affine)
+        by_name = {name.lower(): mask for name, mask in segments.items()}
+
+        def pick(name: str):
+            if name.lower() not in by_name:
+                raise UsageError(
+                    f"The reference {path} has no segment named {name!r}; its segments are "
+                    f"{', '.join(repr(n) for n in segments)}. Choose one with --reference-segment."
+                )
+            return transfer(by_name[name.lower()], grid, image_grid)
+
+        if segment is not None:
+            if len(targets) > 1:
+                raise UsageError("--reference-segment names one segment; with several targets, name the segments "
+                                 "after the targets' classes instead.")
+            return pick(segment)
+        if len(targets) == 1 and len(segments) == 1:
+            return transfer(next(iter(segments.values())), grid, image_grid)
+        if len(targets) == 1:
+            return pick(next(iter(targets.values())))
+        labels = np.zeros(image_grid.shape, np.int64)
+        for index, name in targets.items():
+            labels[pick(name)] = index
+        return labels
+    data, affine = read_image(path)
+    if data.ndim != 3 or not np.array_equal(data, np.round(data)) or data.min() < 0:
+        raise UsageError(f"The reference {path} must be a 3D segmentation (non-negative integer labels).")
+    labels = transfer(data.astype(np.int64), Grid(data.shape, affine), image_grid)
+    return labels > 0 if len(targets) == 1 and labels.max() <= 1 else labels
 
 
 def _run(job: dict, progress: Callable[[int, int], None] | None) -> object:
@@ -115,13 +158,22 @@ def _run(job: dict, progress: Callable[[int, int], None] | None) -> object:
         raise UsageError(f"Unknown option(s) {sorted(unknown)}; known: {', '.join(OPTION_KEYS)}.")
     device = options.pop("device", "auto")
     image, affine = read_image(job["image"])
-    model = load_model(job["model"], config=job.get("model_config"), device=device)
+    model = load_model(job["model"], config=job.get("model_config"), trust=bool(job.get("trust_model")), device=device)
+    if image.ndim == 4 and image.shape[3] != model.in_channels:
+        raise UsageError(
+            f"{job['image']} has {image.shape[3]} channels (shape {image.shape}) but the model takes "
+            f"{model.in_channels}; pass a 3D image (one volume of the series), e.g. exported from 3D Slicer."
+        )
     target = job["target"]
     if isinstance(target, str) and "," in target:
         target = target.split(",")
-    single = not isinstance(target, (list, tuple))
-    reference = _read_reference(job.get("reference"), single)
-    roi = _parse_roi(job.get("roi"))
+    targets = [target] if not isinstance(target, (list, tuple)) else list(target)
+    indices = [model.class_index(t) for t in targets]
+    image_grid = Grid(image.shape[:3], affine)
+    reference = _read_reference(
+        job.get("reference"), job.get("reference_segment"), {i: model.classes[i] for i in indices}, image_grid
+    )
+    roi = _parse_roi(job.get("roi"), image_grid)
     return explain(
         model, image, target=target, reference=reference, roi=roi, device=device, affine=affine, progress=progress,
         **options,
@@ -238,8 +290,10 @@ def _explain_job(args: argparse.Namespace) -> dict:
         "image": args.image,
         "model": args.model,
         "model_config": args.model_config,
+        "trust_model": args.trust_model,
         "target": args.target,
         "reference": args.reference,
+        "reference_segment": args.reference_segment,
         "roi": args.roi,
         "out": args.out,
         "options": options,
@@ -266,7 +320,8 @@ def _demo_job(args: argparse.Namespace) -> dict:
 def _explain_and_save(job: dict, progress, log: logging.Logger) -> tuple[object, dict]:
     explanation = _compute_in_background(lambda: _run(job, progress))
     log.info("Writing outputs to %s", job["out"])
-    outputs = explanation.save(job["out"])
+    volume_format = ".nrrd" if volume_suffix(job["image"]) in NRRD_SUFFIXES else ".nii.gz"
+    outputs = explanation.save(job["out"], volume_format=volume_format)
     return explanation, {name: str(path.absolute()) for name, path in outputs.items()}
 
 
@@ -336,11 +391,21 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     command = commands.add_parser("explain", help="explain a model's segmentation of a target")
-    command.add_argument("--image", required=True, help="input image (NIfTI)")
-    command.add_argument("--model", required=True, help="TorchScript model (.pt/.ts) with a JSON sidecar")
-    command.add_argument("--model-config", help="the model's JSON sidecar, if not beside the model")
+    command.add_argument("--image", required=True, help="input image (NIfTI or NRRD)")
+    command.add_argument(
+        "--model", required=True,
+        help="TorchScript file (.pt/.ts) with a JSON sidecar, MONAI bundle folder or nnU-Net v2 model folder",
+    )
+    command.add_argument(
+        "--model-config", help="TorchScript: the JSON sidecar, if not beside the model; nnU-Net: a JSON of options"
+    )
+    command.add_argument("--trust-model", dest="trust_model", action="store_true",
+                         help="allow a MONAI bundle, whose config can run code: only for bundles you trust")
     command.add_argument("--target", required=True, help="class index or name (several: comma-separated)")
-    command.add_argument("--reference", help="segmentation of the target (NIfTI); default: the model's prediction")
+    command.add_argument("--reference", help="segmentation of the target (.seg.nrrd, NIfTI or NRRD label map); "
+                         "default: the model's prediction")
+    command.add_argument("--reference-segment", dest="reference_segment",
+                         help="the segment of a .seg.nrrd to use (default: the one named like the target)")
     command.add_argument("--roi", help="region values are read on: x0:x1,y0:y1,z0:z1 (voxels) or a mask file")
     command.add_argument("--out", required=True, help="output folder")
     command.add_argument("--features", choices=FEATURE_KINDS, default="slic")
