@@ -10,7 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel
+import nrrd
+import numpy as np
 import pytest
+
+from segshap.io import read_image, write_image
 
 ROI = "40:52,50:62,40:52"
 
@@ -49,6 +54,10 @@ def test_explain_writes_the_outputs_and_says_where(job, tmp_path):
         (lambda a, tmp: a.extend(["--target", "1", "--value", "auc"]), "invalid choice: 'auc'"),
         (lambda a, tmp: a.extend(["--target", "1", "--roi", "1:2:3"]), "roi must be a bool mask of the image"),
         (lambda a, tmp: a.__setitem__(3, str(tmp / "none.pt")), "No such model"),
+        (lambda a, tmp: a.__setitem__(3, str(tmp)), "is not a model segshap knows"),
+        (lambda a, tmp: a.__setitem__(1, _two_channel_image(tmp)), "has 2 channels (shape (20, 20, 20, 2))"),
+        (lambda a, tmp: a.extend(["--reference", _segmentation(a[1], tmp), "--reference-segment", "liver"]),
+         "has no segment named 'liver'; its segments are 'tissue_a', 'other'"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_code_2(job, tmp_path, change, fragment):
@@ -65,6 +74,40 @@ def test_bad_input_gives_one_line_and_exit_code_2(job, tmp_path, change, fragmen
     assert len(lines) == 1 and lines[0].startswith("segshap: error: ") and fragment in lines[0], done.stderr
     assert "Traceback" not in done.stderr
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+def _two_channel_image(folder: Path) -> str:
+    path = folder / "two_channels.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.ones((20, 20, 20, 2), np.float32), np.eye(4)), str(path))
+    return str(path)
+
+
+def _segmentation(image: str, folder: Path) -> str:
+    """A 3D Slicer segmentation on the image's grid with segments 'tissue_a' and 'other'."""
+    from test_geometry import write_slicer_segmentation
+
+    data, affine = read_image(image)
+    layers = np.zeros((1, *data.shape), np.uint8)
+    layers[0, 44:50, 54:60, 44:50] = 1
+    layers[0, 30:35, 30:35, 30:35] = 2
+    path = folder / "reference.seg.nrrd"
+    write_slicer_segmentation(path, layers, affine, [("tissue_a", 0, 1), ("other", 0, 2)])
+    return str(path)
+
+
+def test_nrrd_image_and_slicer_segmentation_in_nrrd_outputs_with_the_same_geometry_out(job, tmp_path):
+    data, affine = read_image(job[1])
+    write_image(tmp_path / "image.nrrd", data, affine)
+    reference = _segmentation(job[1], tmp_path)
+    job[1] = str(tmp_path / "image.nrrd")
+    done = segshap("explain", *job, "--target", "tissue_a", "--reference", reference, "--features", "grid",
+                   "--n-features", "8", "--nsamples", "30", "--device", "cpu", "--quiet")
+    assert done.returncode == 0, done.stderr
+    heat, heat_affine = read_image(tmp_path / "out" / "heatmap.nrrd")
+    assert heat.shape == data.shape and np.array_equal(heat_affine, affine)
+    report = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    assert report["settings"]["roi_box"] == [[40, 52], [50, 62], [40, 52]]
+    assert nrrd.read_header(str(tmp_path / "out" / "features.nrrd"))["space"] == "left-posterior-superior"
 
 
 def _request(tmp_path, job_args, **extra) -> Path:
