@@ -86,7 +86,9 @@ class _Cell:
         return flat if self.index is None else flat[..., self.index]
 
 
-def _cells(region: Box, boxes: list[Box], roi_padded: np.ndarray, importance: torch.Tensor) -> list[_Cell]:
+def _cells(
+    region: Box, boxes: list[Box], roi_padded: np.ndarray, importance: torch.Tensor, dtype: torch.dtype
+) -> list[_Cell]:
     """Cut the region at every window boundary; keep the cells that hold ROI voxels.
 
     A cell lies wholly inside or wholly outside each window, so its blended logits depend only on the inputs of
@@ -104,7 +106,7 @@ def _cells(region: Box, boxes: list[Box], roi_padded: np.ndarray, importance: to
             continue
         windows = [w for w, window in enumerate(boxes) if all(a <= c and d <= b for (a, b), (c, d) in zip(window, box))]
         in_entry = [_slices(_shift(box, [a for a, _ in _intersect(boxes[w], region)])) for w in windows]
-        weight = torch.zeros(tuple(b - a for a, b in box), device=importance.device)
+        weight = torch.zeros(tuple(b - a for a, b in box), dtype=dtype, device=importance.device)
         for w in windows:
             weight += importance[_slices(_shift(box, [a for a, _ in boxes[w]]))]
         index = None if roi.all() else torch.from_numpy(np.flatnonzero(roi)).to(importance.device)
@@ -139,17 +141,17 @@ def predict_labels(
     importance = tiling.importance_map(device)
     padded = torch.from_numpy(tiling.pad(image)).to(device)
     logits = None
-    weight = torch.zeros(tiling.padded_shape, device=device)
+    weight = torch.zeros(tiling.padded_shape, dtype=tiling.accumulation_dtype, device=device)
     for first in range(0, tiling.n_windows, batch_size):
         boxes = [tiling.window_box(w) for w in range(first, min(first + batch_size, tiling.n_windows))]
         out = forward(torch.stack([padded[(slice(None), *_slices(box))] for box in boxes])) * importance
         if logits is None:
-            logits = torch.zeros((out.shape[1], *tiling.padded_shape), device=device)
+            logits = torch.zeros((out.shape[1], *tiling.padded_shape), dtype=tiling.accumulation_dtype, device=device)
         for window_out, box in zip(out, boxes):
             logits[(slice(None), *_slices(box))] += window_out
             weight[_slices(box)] += importance
     unpadded = tuple(slice(b, b + s) for b, s in zip(tiling.pad_before, tiling.image_shape))
-    label = class_probabilities((logits / weight)[None])[0].argmax(dim=0)[unpadded]
+    label = class_probabilities(tiling.fuse(logits, weight, channel_axis=0)[None])[0].argmax(dim=0)[unpadded]
     return label.cpu().numpy().astype(np.int16)
 
 
@@ -195,8 +197,11 @@ class PatchEngine:
         Run the model under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``). Faster, not exact.
     tiling : str
         ``"monai"`` (the default) or ``"nnunet"``: nnU-Net v2's window grid (``tile_step_size = 1 - overlap``) and
-        its Gaussian fusion, as its predictor runs a preprocessed image. ``blend`` and ``sigma_scale`` are then
-        unused.
+        its Gaussian fusion summed in float16, as its predictor runs a preprocessed image. ``blend`` and
+        ``sigma_scale`` are then unused.
+    folds : int
+        nnU-Net: the model returns the logits of this many folds concatenated along channels; each is fused on its
+        own and the results are averaged, as nnU-Net averages folds.
 
     Attributes
     ----------
@@ -244,6 +249,7 @@ class PatchEngine:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         autocast_dtype: torch.dtype | None = None,
         tiling: str = "monai",
+        folds: int = 1,
     ) -> None:
         started = time.perf_counter()
         self._stats = {
@@ -267,6 +273,7 @@ class PatchEngine:
         margin = int(margin)
         self._autocast_dtype = autocast_dtype
         self._n_classes: int | None = None
+        self._n_outputs: int | None = None
         self._cache = PatchCache(cache_bytes)
 
         given_ndim = np.ndim(image)
@@ -275,7 +282,7 @@ class PatchEngine:
         features = as_features(features, spatial)
         self.targets, self._single_target = as_targets(target)
         baseline = as_baseline(baseline, image.shape, given_ndim)
-        self.tiling = make_tiling(tiling, spatial, patch_size, overlap, blend, sigma_scale)
+        self.tiling = make_tiling(tiling, spatial, patch_size, overlap, blend, sigma_scale, folds)
         self._importance = self.tiling.importance_map(self._device)
 
         masks = None
@@ -366,7 +373,7 @@ class PatchEngine:
                 f"got {coalitions.shape}."
             )
         values = np.empty((len(coalitions), len(self.targets)), dtype=np.float64)
-        chunk = max(1, _BLEND_BYTES // (4 * self.n_classes * int(np.prod(self._region_shape))))
+        chunk = max(1, _BLEND_BYTES // (4 * self._n_outputs * int(np.prod(self._region_shape))))
         for first in range(0, len(coalitions), chunk):
             part = coalitions[first : first + chunk]
             values[first : first + len(part)] = self._values(part).cpu().numpy()
@@ -447,16 +454,18 @@ class PatchEngine:
         # Each window's output is kept only where it overlaps the ROI's bounding box (the region).
         self._region_shape = tuple(b - a for a, b in region)
         self._in_window = [_slices(_shift(_intersect(box, region), [a for a, _ in box])) for box in boxes]
-        self._cells = _cells(region, boxes, roi_padded, self._importance)
+        self._cells = _cells(region, boxes, roi_padded, self._importance, tiling.accumulation_dtype)
         self._cell_statistics: OrderedDict = OrderedDict()
 
     def _cell_logits(self, cell: _Cell, local_keys: list, entries: list) -> torch.Tensor:
         """``(u, K, V)`` blended logits at a cell's ROI voxels, one row per tuple of its windows' local keys."""
-        blended = torch.zeros((len(local_keys), self.n_classes, *cell.shape), device=self._device)
+        blended = torch.zeros(
+            (len(local_keys), self._n_outputs, *cell.shape), dtype=self.tiling.accumulation_dtype, device=self._device
+        )
         for row, keys in enumerate(local_keys):
             for window, in_entry, key in zip(cell.windows, cell.in_entry, keys):
                 blended[row] += entries[window][key][(slice(None), *in_entry)]
-        return cell.at_roi(blended.flatten(2)).div_(cell.weight)
+        return self.tiling.fuse(cell.at_roi(blended.flatten(2)), cell.weight, channel_axis=1)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -570,4 +579,8 @@ class PatchEngine:
                 f"The model maps windows of shape {tuple(batch.shape)} to {tuple(out.shape)}; the engine needs "
                 f"logits of shape (B, K, {', '.join(map(str, batch.shape[2:]))})."
             )
-        self._n_classes = int(out.shape[1])
+        folds = self.tiling.folds
+        if out.shape[1] % folds:
+            raise ValueError(f"The model outputs {out.shape[1]} channels, which cannot hold the logits of {folds} folds.")
+        self._n_outputs = int(out.shape[1])
+        self._n_classes = self._n_outputs // folds

@@ -254,7 +254,7 @@ def predict(
     return prepared.to_image_grid(labels)
 
 
-_TILING_KEYS = ("tiling", "patch_size", "overlap", "blend", "sigma_scale")
+_TILING_KEYS = ("tiling", "patch_size", "overlap", "blend", "sigma_scale", "folds")
 
 
 def _prepared(model, image, affine, options: dict) -> tuple:

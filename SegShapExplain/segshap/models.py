@@ -83,6 +83,8 @@ class LoadedModel:
         ``"monai"`` or ``"nnunet"``: whose sliding-window grid and fusion the model is run with.
     sigma_scale : float
         MONAI's Gaussian ``sigma_scale``.
+    folds : int
+        nnU-Net: how many folds' logits ``network`` returns, concatenated along channels (fused, then averaged).
     preprocessor : callable, optional
         ``(image (C, X, Y, Z), affine) -> ModelInput``; ``None`` for a network that takes images as they come.
     """
@@ -99,6 +101,7 @@ class LoadedModel:
     format: str = "torchscript"
     tiling: str = "monai"
     sigma_scale: float | tuple[float, ...] = 0.125
+    folds: int = 1
     preprocessor: Preprocessor | None = field(default=None, repr=False)
 
     @property
@@ -110,6 +113,7 @@ class LoadedModel:
             "overlap": self.overlap,
             "blend": self.blend,
             "sigma_scale": self.sigma_scale,
+            "folds": self.folds,
         }
 
     def class_index(self, target: int | str) -> int:
@@ -223,9 +227,11 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     would run code while unpickling is.
     """
     numpy_types = [np.dtype, *{type(np.dtype(c)) for c in "?bhilqBHILQefdgFDG"}]
-    numpy_scalar = getattr(getattr(np, "_core", np.core), "multiarray").scalar
+    numpy_scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    # Checkpoints pickled under NumPy 1.x name the scalar constructor by its old module path.
+    allowed = [numpy_scalar, (numpy_scalar, "numpy.core.multiarray.scalar"), *numpy_types]
     try:
-        with torch.serialization.safe_globals([numpy_scalar, *numpy_types]):
+        with torch.serialization.safe_globals(allowed):
             return torch.load(str(path), map_location=device, weights_only=True)
     except Exception as error:  # UnpicklingError for refused content, RuntimeError/EOFError for damaged files
         raise ValueError(

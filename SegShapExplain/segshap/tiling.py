@@ -44,6 +44,9 @@ class Tiling:
         ``"nnunet"`` (nnU-Net's Gaussian).
     sigma_scale : tuple of float
         Gaussian sigma as a fraction of the patch size, per axis.
+    folds : int
+        How many models' logits each window output holds, concatenated along channels (nnU-Net's folds): each is
+        fused on its own and the fused logits are averaged, as nnU-Net averages folds after fusion.
     """
 
     image_shape: tuple[int, ...]
@@ -53,6 +56,7 @@ class Tiling:
     starts: np.ndarray
     blend: str
     sigma_scale: tuple[float, ...]
+    folds: int = 1
 
     @property
     def padded_shape(self) -> tuple[int, ...]:
@@ -127,6 +131,27 @@ class Tiling:
         return compute_importance_map(
             self.patch_size, mode=self.blend, sigma_scale=self.sigma_scale, device=device, dtype=torch.float32
         )
+
+    @property
+    def accumulation_dtype(self) -> torch.dtype:
+        """The precision weighted outputs and weights are summed in: float16 for nnU-Net, as its predictor does."""
+        return torch.float16 if self.blend == "nnunet" else torch.float32
+
+    def fuse(self, weighted_sum: torch.Tensor, weight: torch.Tensor, channel_axis: int) -> torch.Tensor:
+        """Fused float32 logits from the summed weighted window outputs and the summed weights.
+
+        Divides in :attr:`accumulation_dtype`, then averages the :attr:`folds` groups of channels in that
+        precision, in order, as nnU-Net does; ``channel_axis`` is the axis of ``weighted_sum`` holding channels.
+        """
+        logits = weighted_sum / weight
+        if self.folds > 1:
+            axis = channel_axis % logits.ndim
+            groups = logits.unflatten(axis, (self.folds, -1)).unbind(axis)
+            logits = groups[0].clone()
+            for group in groups[1:]:
+                logits += group
+            logits /= self.folds
+        return logits.float()
 
     def pad(self, array: np.ndarray, value: float | bool = 0) -> np.ndarray:
         """Pad the trailing spatial axes of ``array`` the way the inference pads the image."""
@@ -226,7 +251,9 @@ def _grid(axis_starts: list[list[int]]) -> np.ndarray:
     return np.array(list(itertools.product(*axis_starts)), dtype=np.int64).reshape(-1, len(axis_starts))
 
 
-def nnunet_tiling(image_shape: Sequence[int], patch_size: Sequence[int] | int, tile_step_size: float = 0.5) -> Tiling:
+def nnunet_tiling(
+    image_shape: Sequence[int], patch_size: Sequence[int] | int, tile_step_size: float = 0.5, folds: int = 1
+) -> Tiling:
     """Tile an image the way nnU-Net v2's ``nnUNetPredictor`` does.
 
     Parameters
@@ -237,11 +264,13 @@ def nnunet_tiling(image_shape: Sequence[int], patch_size: Sequence[int] | int, t
         The configuration's patch size.
     tile_step_size : float
         Step between windows as a fraction of the patch (nnU-Net's default 0.5), in ``(0, 1]``.
+    folds : int
+        Number of folds whose logits each window output concatenates.
 
     Returns
     -------
     Tiling
-        Blended with nnU-Net's Gaussian (``blend="nnunet"``).
+        Blended with nnU-Net's Gaussian (``blend="nnunet"``), summed in float16 like nnU-Net's predictor.
 
     Notes
     -----
@@ -258,7 +287,9 @@ def nnunet_tiling(image_shape: Sequence[int], patch_size: Sequence[int] | int, t
         count = int(np.ceil((size - p) / (p * tile_step_size))) + 1
         step = (size - p) / (count - 1) if count > 1 else 0.0
         axis_starts.append([int(np.round(step * j)) for j in range(count)])
-    return Tiling(shape, patch, pad_before, pad_after, _grid(axis_starts), "nnunet", (0.125,) * len(shape))
+    if not isinstance(folds, (int, np.integer)) or folds < 1:
+        raise ValueError(f"folds must be a positive integer, got {folds!r}.")
+    return Tiling(shape, patch, pad_before, pad_after, _grid(axis_starts), "nnunet", (0.125,) * len(shape), int(folds))
 
 
 def make_tiling(
@@ -268,13 +299,17 @@ def make_tiling(
     overlap: Sequence[float] | float = 0.25,
     blend: str = "constant",
     sigma_scale: Sequence[float] | float = 0.125,
+    folds: int = 1,
 ) -> Tiling:
     """The tiling of ``scheme`` (``"monai"`` or ``"nnunet"``); for nnU-Net, ``tile_step_size = 1 - overlap``
     and ``blend``/``sigma_scale`` are nnU-Net's own."""
     if scheme == "monai":
+        if folds != 1:
+            raise ValueError("folds is an nnU-Net setting; MONAI tiling fuses a single model's logits.")
         return monai_tiling(image_shape, patch_size, overlap, blend, sigma_scale)
     if scheme == "nnunet":
         if not isinstance(overlap, (int, float)):
             raise ValueError(f"nnU-Net tiling takes one overlap for all axes, got {overlap!r}.")
-        return nnunet_tiling(image_shape, patch_size, 1.0 - float(overlap))
+        # Rounded so that a step size stored as 1 - overlap comes back as written (0.8, not 0.8000000000000000444).
+        return nnunet_tiling(image_shape, patch_size, round(1.0 - float(overlap), 12), folds)
     raise ValueError(f"tiling must be one of {TILING_SCHEMES}, got {scheme!r}.")

@@ -1,0 +1,175 @@
+"""nnU-Net v2 model folders: nnU-Net's preprocessing, tiling, float16 Gaussian fusion, mirroring and fold averaging.
+
+Needs the ``nnunet`` extra; the tests skip with that reason where it is not installed (the project's test
+environment installs it).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import nibabel
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed: install segshap's nnunet extra to run these")
+
+import segshap  # noqa: E402
+from conftest import perturbed  # noqa: E402
+from nnunet_models import make_model_folder  # noqa: E402
+from segshap.geometry import Grid  # noqa: E402
+from segshap.io import read_image  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    return make_model_folder(tmp_path_factory.mktemp("nnunet"), folds=(0, 1), transpose_forward=(2, 0, 1))
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory, mni_nifti):
+    """The MNI template cut to a slab, stored LPS (x and y flipped), with zero planes nnU-Net crops away."""
+    _, template, affine = mni_nifti
+    data = np.zeros((56, 64, 48), np.float32)
+    data[3:53, 2:62, :45] = template[22:72, 28:88, 25:70]
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:3, 3] = [55, 63, 0]
+    path = tmp_path_factory.mktemp("nnunet_images") / "case_0000.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(data[::-1, ::-1]), affine @ flip), str(path))
+    return path
+
+
+def nnunet_predictor(model):
+    """nnU-Net's own predictor, holding the same folds' weights."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = model.path
+    plans = json.loads((folder / "plans.json").read_text())
+    dataset = json.loads((folder / "dataset.json").read_text())
+    manager = PlansManager(plans)
+    configuration = manager.get_configuration("3d_fullres")
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+                                allow_tqdm=False)
+    network = copy.deepcopy(model.network.networks[0])  # nnU-Net loads each fold's weights into it in turn
+    parameters = [{k: v.clone() for k, v in net.state_dict().items()} for net in model.network.networks]
+    predictor.manual_initialization(network, manager, configuration, parameters, dataset, "nnUNetTrainer", (0, 1, 2))
+    return predictor, manager, configuration, dataset
+
+
+def test_an_nnunet_folder_loads_with_its_folds_classes_and_tiling(model_folder):
+    model = segshap.load_model(model_folder, device="cpu")
+    assert model.format == "nnunet" and model.tiling == "nnunet" and model.folds == 2
+    assert model.classes == {0: "background", 1: "gray_matter", 2: "white_matter"}
+    assert model.patch_size == (32, 32, 32) and model.overlap == 0.5 and model.config["mirror_axes"] == (0, 1, 2)
+    one = segshap.load_model(model_folder, config={"folds": [1], "use_mirroring": False}, device="cpu")
+    assert one.folds == 1 and len(one.network.networks) == 1 and one.network.flips == []
+
+
+def test_preprocessing_equals_nnunets_own_from_the_file(model_folder, image_file):
+    """nnU-Net reading the file itself (SimpleITK) and preprocessing it gives exactly our model input."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    model = segshap.load_model(model_folder, device="cpu")
+    _, manager, configuration, dataset = nnunet_predictor(model)
+    data, properties = SimpleITKIO().read_images([str(image_file)])
+    theirs, _, _ = configuration.preprocessor_class(verbose=False).run_case_npy(
+        data, None, properties, manager, configuration, dataset)
+    image, affine = read_image(image_file)
+    ours = model.preprocess(image, affine)
+    assert ours.image.shape == theirs.shape and ours.image.shape != (1, *image.shape)  # cropped and transposed
+    np.testing.assert_allclose(ours.image, theirs, rtol=0, atol=1e-6)
+
+
+def test_engine_values_equal_nnunets_own_prediction_on_perturbed_images(model_folder, image_file):
+    model = segshap.load_model(model_folder, device="cpu")
+    predictor, *_ = nnunet_predictor(model)
+    image, affine = read_image(image_file)
+    x = model.preprocess(image, affine).image
+    spatial = x.shape[1:]
+    features = segshap.features.grid(spatial, 9)
+    reference = np.zeros(spatial, bool)
+    reference[10:30, 5:25, 20:40] = True
+    # The ROI reaches the image's border, where nnU-Net's float16 weights are tiny: exactness matters most there.
+    roi = ((0, 34), (0, 30), (15, spatial[2]))
+    engine = segshap.PatchEngine(model.network, x, features, reference=reference, target=1, roi=roi,
+                                 baseline=0.0, device="cpu", batch_size=2, **model.tiling_options)
+    rng = np.random.default_rng(0)
+    coalitions = np.vstack([np.ones(engine.n_features, bool), rng.random((3, engine.n_features)) < 0.5])
+    values = engine.evaluate(coalitions)
+    box = tuple(slice(a, b) for a, b in roi)
+    for coalition, value in zip(coalitions, values):
+        image_in = perturbed(x, features, engine.feature_ids, coalition, 0.0)
+        logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(image_in))
+        probabilities = torch.softmax(logits.float(), 0).numpy()
+        p, r = probabilities[1][box].astype(np.float64), reference[box]
+        assert value == pytest.approx(2 * (p * r).sum() / (p.sum() + r.sum()), abs=2e-5)
+
+
+def test_predictions_map_back_onto_the_image_as_nnunet_exports_them(model_folder, image_file):
+    """At the model's spacing nnU-Net's export is a pure crop/transpose inverse: ours must land voxel for voxel."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    model = segshap.load_model(model_folder, device="cpu")
+    predictor, *_ = nnunet_predictor(model)
+    data, properties = SimpleITKIO().read_images([str(image_file)])
+    theirs = predictor.predict_single_npy_array(data, properties, None, None, False)  # (z, y, x) on the file's grid
+    image, affine = read_image(image_file)
+    ours = segshap.predict(model, image, affine=affine, device="cpu")
+    assert ours.shape == image.shape
+    agreement = (ours == np.asarray(theirs).transpose(2, 1, 0)).mean()
+    assert agreement > 0.999
+
+
+def test_the_cli_explains_an_nnunet_folder_on_a_resampled_image(model_folder, mni_nifti, tmp_path):
+    """An anisotropic image: nnU-Net resamples it; the outputs come back on the image's grid."""
+    _, template, template_affine = mni_nifti
+    data = np.ascontiguousarray(template[20:76, 25:89, 20:70:2])  # 2 x 2 x 4 mm
+    affine = template_affine @ np.diag([1.0, 1.0, 2.0, 1.0])
+    nibabel.save(nibabel.Nifti1Image(data, affine), str(tmp_path / "aniso.nii.gz"))
+    (tmp_path / "options.json").write_text(json.dumps({"folds": [0]}))
+    done = subprocess.run(
+        [sys.executable, "-m", "segshap.cli", "explain", "--image", str(tmp_path / "aniso.nii.gz"), "--model",
+         str(model_folder), "--model-config", str(tmp_path / "options.json"), "--target", "gray_matter",
+         "--roi", "20:36,20:44,8:16", "--features", "grid", "--n-features", "8", "--nsamples", "20", "--device",
+         "cpu", "--quiet", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    heat, heat_affine = read_image(tmp_path / "out" / "heatmap.nii.gz")
+    assert heat.shape == data.shape and np.allclose(heat_affine, affine, atol=1e-4)
+    report = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    assert report["settings"]["model_format"] == "nnunet" and report["settings"]["tiling"] == "nnunet"
+    # The model grid nnU-Net resampled to is 2 mm isotropic: the 25 slices of 4 mm became about 50.
+    model = segshap.load_model(model_folder, config={"folds": [0]}, device="cpu")
+    grid = model.preprocess(data, affine).grid
+    np.testing.assert_allclose(grid.spacing, (2.0, 2.0, 2.0), rtol=0.03)
+    assert sorted(grid.shape) == [50, 56, 64]
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"folds": [0, 4]}, "has no fold_4/checkpoint_final.pth; its folds with that checkpoint are 0, 1"),
+        ({"configuration": "2d"}, "has no configuration '2d'; it has 3d_fullres"),
+        ({"tile_size": 3}, "Unknown nnU-Net option(s) ['tile_size']"),
+    ],
+)
+def test_bad_nnunet_requests_name_the_fix(model_folder, options, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        segshap.load_model(model_folder, config=options, device="cpu")
+
+
+def test_checkpoints_load_only_without_code(tmp_path):
+    """NumPy scalars in a training log are fine; a pickled object that could run code is refused."""
+    folder = make_model_folder(tmp_path / "a", folds=(0,))
+    checkpoint = tmp_path / "a" / folder.name / "fold_0" / "checkpoint_final.pth"
+    assert segshap.models.load_checkpoint(checkpoint)["_best_ema"] == 0.5
+    torch.save({"network_weights": {}, "trainer": torch.nn.Linear(2, 2)}, checkpoint)
+    with pytest.raises(ValueError, match="Cannot load the checkpoint .* safely"):
+        segshap.load_model(folder, device="cpu")
