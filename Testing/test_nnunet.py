@@ -173,3 +173,21 @@ def test_checkpoints_load_only_without_code(tmp_path):
     torch.save({"network_weights": {}, "trainer": torch.nn.Linear(2, 2)}, checkpoint)
     with pytest.raises(ValueError, match="Cannot load the checkpoint .* safely"):
         segshap.load_model(folder, device="cpu")
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 32), (33, 70, 45), (100, 47, 64)])
+@pytest.mark.parametrize("step", [0.5, 0.8])
+def test_nnunet_tiling_places_windows_where_nnunet_does(shape, step):
+    import itertools
+
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+
+    tiling = segshap.nnunet_tiling(shape, (32, 32, 32), step, folds=2)
+    expected = itertools.product(*compute_steps_for_sliding_window(shape, (32, 32, 32), step))
+    assert tiling.starts.tolist() == [list(start) for start in expected]
+    gaussian = compute_gaussian((32, 32, 32), sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float16,
+                                device=torch.device("cpu"))
+    assert torch.equal(tiling.importance_map("cpu"), gaussian.float()) and tiling.accumulation_dtype == torch.float16
+    # Through make_tiling, a step stored as 1 - overlap comes back as written.
+    again = segshap.tiling.make_tiling("nnunet", shape, 32, overlap=1 - step, folds=2)
+    assert np.array_equal(again.starts, tiling.starts)

@@ -4,8 +4,9 @@ from . import features
 from .engine import DEFAULT_CACHE_BYTES, PatchEngine
 from .estimator import ShapleyResult, kernel_shap
 from .explain import Explanation, explain, predict
+from .geometry import Grid, ModelInput
 from .models import LoadedModel, load_model
-from .tiling import Tiling, monai_tiling
+from .tiling import Tiling, monai_tiling, nnunet_tiling
 from .values import VALUE_NAMES, segment_values
 
 __version__ = "0.1.0"
@@ -16,6 +17,8 @@ __all__ = [
     "Explanation",
     "load_model",
     "LoadedModel",
+    "ModelInput",
+    "Grid",
     "PatchEngine",
     "ShapleyResult",
     "kernel_shap",
@@ -23,6 +26,7 @@ __all__ = [
     "DEFAULT_CACHE_BYTES",
     "Tiling",
     "monai_tiling",
+    "nnunet_tiling",
     "VALUE_NAMES",
     "segment_values",
     "__version__",
