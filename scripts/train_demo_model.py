@@ -554,6 +554,7 @@ def write_sidecar(path: Path, seed: int, steps: int, seconds: float, dice_held_o
         "preprocessing": {
             "spacing": [SPACING_MM] * 3,
             "orientation": "RAS",
+            "interpolation": "linear",
             "clip": None,
             "normalize": "zscore",
             "nonzero": True,
