@@ -137,6 +137,23 @@ def test_worker_reports_json_events_and_the_outputs(job, tmp_path):
     assert set(outputs) == {"heatmap", "features", "report", "overview"} and all(Path(p).is_file() for p in outputs.values())
 
 
+def test_worker_takes_nrrd_and_a_named_slicer_segment_as_the_slicer_module_sends_them(job, tmp_path):
+    data, affine = read_image(job[1])
+    write_image(tmp_path / "volume.nrrd", data, affine)
+    reference = _segmentation(job[1], tmp_path)
+    request = _request(tmp_path, job, image=str(tmp_path / "volume.nrrd"), reference=reference,
+                       reference_segment="tissue_a", trust_model=False)
+    done = segshap("worker", "--request", str(request))
+    assert done.returncode == 0, done.stderr
+    outputs = json.loads(done.stdout.splitlines()[-1])["outputs"]
+    assert outputs["heatmap"].endswith("heatmap.nrrd") and outputs["features"].endswith("features.nrrd")
+    heat, heat_affine = read_image(outputs["heatmap"])
+    assert heat.shape == data.shape and np.array_equal(heat_affine, affine)
+    unknown = _request(tmp_path, job, reference=reference, reference_segment="tumour")
+    failed = segshap("worker", "--request", str(unknown))
+    assert failed.returncode == 2 and "no segment named 'tumour'" in json.loads(failed.stdout.splitlines()[-1])["message"]
+
+
 @pytest.mark.parametrize(
     "extra, fragment",
     [

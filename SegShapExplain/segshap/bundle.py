@@ -20,6 +20,7 @@ Postprocessing is not used: the engine applies softmax over the blended logits i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +52,6 @@ def _weights_file(folder: Path) -> Path:
 
 
 def _metadata(folder: Path) -> dict:
-    import json
-
     path = folder / "configs" / "metadata.json"
     if not path.is_file():
         return {}

@@ -159,9 +159,7 @@ class NnUNetPreprocessor:
             reversed_data, None, properties, self.plans_manager, self.configuration_manager, self.dataset_json
         )
         array = np.ascontiguousarray(array, dtype=np.float32)
-        model_to_image = _voxel_map(
-            array.shape[1:], properties, self.plans_manager.transpose_forward
-        )
+        model_to_image = _voxel_map(array.shape[1:], properties, self.plans_manager.transpose_forward)
         return ModelInput(array, Grid(array.shape[1:], grid_affine @ model_to_image), source)
 
 
