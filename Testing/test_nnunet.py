@@ -191,3 +191,33 @@ def test_nnunet_tiling_places_windows_where_nnunet_does(shape, step):
     # Through make_tiling, a step stored as 1 - overlap comes back as written.
     again = segshap.tiling.make_tiling("nnunet", shape, 32, overlap=1 - step, folds=2)
     assert np.array_equal(again.starts, tiling.starts)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_on_cuda_values_follow_nnunets_cuda_predictor(model_folder, image_file):
+    """On CUDA nnU-Net runs under float16 autocast; the engine does the same (float16 rounding apart)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    model = segshap.load_model(model_folder, device="cuda")
+    _, manager, configuration, dataset = nnunet_predictor(model)
+    predictor = nnUNetPredictor(tile_step_size=0.5, perform_everything_on_device=True, device=torch.device("cuda"),
+                                verbose=False, allow_tqdm=False)
+    parameters = [{k: v.clone() for k, v in net.state_dict().items()} for net in model.network.networks]
+    predictor.manual_initialization(copy.deepcopy(model.network.networks[0]), manager, configuration, parameters,
+                                    dataset, "nnUNetTrainer", (0, 1, 2))
+    image, affine = read_image(image_file)
+    x = model.preprocess(image, affine).image
+    reference = np.zeros(x.shape[1:], bool)
+    reference[10:30, 5:25, 20:40] = True
+    roi = ((0, 34), (0, 30), (15, x.shape[3]))
+    features = segshap.features.grid(x.shape[1:], 9)
+    engine = segshap.PatchEngine(model.network, x, features, reference=reference, target=1, roi=roi, baseline=0.0,
+                                 device="cuda", **model.tiling_options)
+    coalition = np.random.default_rng(1).random((1, engine.n_features)) < 0.5
+    value = engine.evaluate(coalition)[0]
+    image_in = perturbed(x, features, engine.feature_ids, coalition[0], 0.0)
+    logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(image_in))
+    p = torch.softmax(logits.float(), 0).cpu().numpy()[1][tuple(slice(a, b) for a, b in roi)].astype(np.float64)
+    r = reference[tuple(slice(a, b) for a, b in roi)]
+    assert value == pytest.approx(2 * (p * r).sum() / (p.sum() + r.sum()), abs=1e-3)

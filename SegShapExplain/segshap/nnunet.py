@@ -117,7 +117,8 @@ class FoldEnsemble(torch.nn.Module):
     """Every fold's logits for a batch of windows, concatenated along channels, each averaged over mirrorings.
 
     The mirrored average is nnU-Net's: the identity, then every combination of the allowed axes in
-    ``itertools.combinations`` order, summed in that order and divided by their number.
+    ``itertools.combinations`` order, summed in that order and divided by their number. On CUDA the networks run
+    under float16 autocast, as nnU-Net's predictor runs them there.
     """
 
     def __init__(self, networks: list[torch.nn.Module], mirror_axes: tuple[int, ...] | None) -> None:
@@ -127,7 +128,9 @@ class FoldEnsemble(torch.nn.Module):
         self.flips = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self._mirrored(network, x) for network in self.networks], dim=1)
+        # nnU-Net's predictor runs the network under float16 autocast on CUDA (and without it elsewhere).
+        with torch.autocast("cuda", enabled=x.is_cuda):
+            return torch.cat([self._mirrored(network, x) for network in self.networks], dim=1)
 
     def _mirrored(self, network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         prediction = network(x)
