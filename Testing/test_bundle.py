@@ -99,10 +99,25 @@ def test_a_bundle_loads_its_network_tiling_and_classes(bundle):
         torch.testing.assert_close(model.network(window), expected(window))
 
 
-def test_bundle_preprocessing_matches_the_bundles_own_pipeline(bundle, lps_image):
-    """Our call (image array + affine, loaders skipped) equals the bundle's transforms loading the file itself."""
+def canonical_loader(transforms):
+    """The loader reorients and moves channels first itself; no Orientationd, no EnsureChannelFirstd."""
+    transforms[0].update(ensure_channel_first=True, as_closest_canonical=True)
+    del transforms[1:3]
+
+
+def explicit_no_channel(transforms):
+    transforms[1]["channel_dim"] = "no_channel"
+
+
+@pytest.mark.parametrize("variant", [None, canonical_loader, explicit_no_channel])
+def test_bundle_preprocessing_matches_the_bundles_own_pipeline(bundle, lps_image, tmp_path, variant):
+    """Our call (image array + affine, loader replaced) equals the bundle's transforms loading the file itself."""
     from monai.bundle import ConfigParser
 
+    if variant is not None:
+        config = json.loads(json.dumps(CONFIG))
+        variant(config["preprocessing"]["transforms"])
+        bundle = write_bundle(tmp_path / "variant", config=config)
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     parser["bundle_root"] = str(bundle)

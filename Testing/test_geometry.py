@@ -126,6 +126,11 @@ def test_nrrd_and_nifti_give_the_same_world_geometry(tmp_path):
     back, back_affine = read_image(tmp_path / "out.nrrd")
     assert back.shape == (8, 6, 5, 2) and np.array_equal(back[..., 1], data + 1)
     np.testing.assert_array_equal(back_affine, affine)
+    # The abbreviated space names NRRD allows.
+    for space, signs in (("RAS", (1, 1, 1)), ("LPS", (-1, -1, 1)), ("LAS", (-1, 1, 1))):
+        nrrd.write(str(tmp_path / f"{space}.nrrd"), data, {"space": space, "space directions": np.diag([1.0, 2, 3])})
+        _, abbreviated = read_image(tmp_path / f"{space}.nrrd")
+        np.testing.assert_array_equal(abbreviated[:3, :3], np.diag(np.multiply(signs, [1.0, 2, 3])))
     nrrd.write(str(tmp_path / "bad.nrrd"), data, {"space": "scanner-xyz", "space directions": np.eye(3)})
     with pytest.raises(ValueError, match="only anatomical 3D spaces"):
         read_image(tmp_path / "bad.nrrd")
@@ -173,6 +178,22 @@ def test_slicer_segmentations_are_read_by_segment_name_and_placed_by_their_geome
     expected = np.zeros(image_grid.shape, bool)
     expected[6:9, 5:8, 3:5] = True
     np.testing.assert_array_equal(on_image, expected)
+    # A single-layer file, and the older layout without Layer/LabelValue (one binary layer per segment).
+    write_slicer_segmentation(tmp_path / "one.seg.nrrd", layers[:1], seg_affine, [("liver", 0, 1), ("spleen", 0, 2)])
+    import nrrd
+
+    data, header = nrrd.read(str(tmp_path / "one.seg.nrrd"))
+    header["space directions"] = header["space directions"][1:]
+    header["kinds"] = header["kinds"][1:]
+    nrrd.write(str(tmp_path / "single.seg.nrrd"), np.ascontiguousarray(data[0]), header)
+    single, _ = read_segmentation(tmp_path / "single.seg.nrrd")
+    assert list(single) == ["liver", "spleen"] and np.array_equal(single["spleen"], layers[0] == 2)
+    old_header = {k: v for k, v in nrrd.read_header(str(tmp_path / "ref.seg.nrrd")).items()
+                  if not k.endswith(("_Layer", "_LabelValue")) and not k.startswith("Segment2")}
+    binary = np.stack([layers[0] == 1, layers[1] == 1]).astype(np.uint8)
+    nrrd.write(str(tmp_path / "old.seg.nrrd"), binary, old_header)
+    old, _ = read_segmentation(tmp_path / "old.seg.nrrd")
+    assert list(old) == ["liver", "spleen"] and np.array_equal(old["spleen"], layers[1] == 1)
     # A plain label map works as well; its labels become segment names.
     write_image(tmp_path / "labels.nrrd", (layers[0]).astype(np.int16), seg_affine)
     labels, _ = read_segmentation(tmp_path / "labels.nrrd")
@@ -230,6 +251,27 @@ def test_explaining_an_image_in_its_own_space_maps_outputs_back_exactly(ras_mode
         np.testing.assert_allclose(saved_affine, image_affine, rtol=0, atol=atol)
         features, _ = read_image(outputs["features"])
         np.testing.assert_array_equal(features, explanation.feature_map)
+
+
+def test_an_image_coarser_than_the_model_grid_keeps_every_feature_in_the_report(ras_model, mni_nifti, tmp_path):
+    """16 mm voxels for a 2 mm model: features smaller than an image voxel cover no image voxel centre, yet they
+    are reported (with their model-grid voxels and centroid) and the outputs are written."""
+    _, template, template_affine = mni_nifti
+    coarse_affine = template_affine @ np.diag([8.0, 8.0, 8.0, 1.0])
+    image = np.ascontiguousarray(template[::8, ::8, ::8])
+    explanation = segshap.explain(
+        ras_model, image, affine=coarse_affine, target=1, reference=np.ones(image.shape, bool),
+        roi=((6, 7), (7, 8), (6, 7)), features="grid", n_features=2000, nsamples=16, device="cpu",
+    )
+    shown = set(np.unique(explanation.feature_map)) - {0}
+    assert len(shown) < explanation.feature_ids.size  # some features are smaller than an image voxel
+    report = explanation.to_dict()
+    rows = {row["id"]: row for row in report["features"]}
+    assert set(rows) == set(explanation.feature_ids.tolist())
+    assert all(row["model_voxels"] > 0 for row in rows.values())
+    assert all((row["voxels"] > 0) == (feature in shown) for feature, row in rows.items())
+    outputs = explanation.save(tmp_path / "out")
+    assert read_image(outputs["heatmap"])[0].shape == image.shape
 
 
 def test_a_pure_reorientation_maps_features_back_by_flipping_only(ras_model, mni_nifti):

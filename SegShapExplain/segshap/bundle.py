@@ -8,8 +8,9 @@ classes it names: loading a bundle runs code from it, so :func:`load_bundle` ref
 What is taken from the config:
 
 * ``preprocessing``: the transforms are run as the bundle defines them, except its image-loading transforms
-  (``LoadImage``/``LoadImaged``): the image comes in as a ``MetaTensor`` carrying its affine, so orientation,
-  spacing and cropping transforms place it on the model's grid and report that grid's affine;
+  (``LoadImage``/``LoadImaged``), replaced by the ``MetaTensor`` they would return (its affine, channels last,
+  ``as_closest_canonical`` and ``ensure_channel_first`` honoured), so orientation, spacing and cropping
+  transforms place the image on the model's grid and report that grid's affine;
 * ``inferer``: a ``SlidingWindowInferer``; its ``roi_size``, ``overlap``, ``mode`` and ``sigma_scale`` become the
   tiling (the engine pads with zeros, as the default ``padding_mode="constant"``, ``cval=0`` does);
 * ``network_def`` and the weights; class names from ``metadata.json``
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .geometry import Grid, ModelInput
+from .geometry import Grid, ModelInput, reorient
 from .models import LoadedModel, check_classes, load_checkpoint, load_torchscript, output_channels
 
 __all__ = ["load_bundle"]
@@ -105,25 +106,58 @@ def _in_channels(metadata: dict) -> int:
 
 
 class _BundlePreprocessor:
-    """Runs a bundle's preprocessing transforms (without its loaders) on an image with its affine."""
+    """A bundle's preprocessing on an image with its affine: its loader replaced by what the loader would return.
 
-    def __init__(self, transforms, key: str) -> None:
+    MONAI's NIfTI reader returns the spatial axes first and channels last (none for one channel), the affine in
+    RAS, reoriented to the closest canonical orientation when asked (``as_closest_canonical``), and moves
+    channels first when asked (``ensure_channel_first``); the bundle's other transforms then run as written.
+    """
+
+    def __init__(self, transforms, key: str, loader) -> None:
         self.transforms, self.key = transforms, key
+        load_image = getattr(loader, "_loader", loader)
+        self.ensure_channel_first = bool(getattr(load_image, "ensure_channel_first", False))
+        readers = getattr(load_image, "readers", [])
+        self.canonical = any(getattr(reader, "as_closest_canonical", False) for reader in readers)
 
     def __call__(self, data: np.ndarray, affine: np.ndarray | None) -> ModelInput:
         from monai.data import MetaTensor
-        from monai.transforms import Compose
+        from monai.transforms import Compose, EnsureChannelFirst
 
-        source = Grid(data.shape[1:], np.eye(4) if affine is None else affine)
+        if affine is None:
+            raise ValueError(
+                "A bundle's preprocessing works from the image's geometry: pass the image's affine (affine=, as "
+                "segshap.io.read_image returns it)."
+            )
+        source = Grid(data.shape[1:], affine)
+        loaded_affine = source.affine
+        if self.canonical:
+            data, loaded_affine = reorient(data, loaded_affine, "RAS")
+        single = data.shape[0] == 1
+        array = np.ascontiguousarray(data[0] if single else np.moveaxis(data, 0, -1))
         image = MetaTensor(
-            torch.from_numpy(data),
-            affine=torch.as_tensor(source.affine, dtype=torch.float64),
-            meta={"original_channel_dim": 0, "space": "RAS", "original_affine": source.affine.copy()},
+            torch.from_numpy(array),
+            affine=torch.as_tensor(loaded_affine, dtype=torch.float64),
+            meta={
+                "original_channel_dim": "no_channel" if single else -1,
+                "space": "RAS",
+                "original_affine": source.affine.copy(),
+                "spatial_shape": np.asarray(data.shape[1:]),
+                "filename_or_obj": "image",
+            },
         )
-        out = Compose(self.transforms, map_items=False)({self.key: image})[self.key]
-        array = np.ascontiguousarray(out.detach().cpu().numpy(), dtype=np.float32)
-        grid_affine = out.affine.detach().cpu().numpy() if isinstance(out, MetaTensor) else source.affine
-        return ModelInput(array, Grid(array.shape[1:], grid_affine), source)
+        if self.ensure_channel_first:
+            image = EnsureChannelFirst()(image)
+        try:
+            out = Compose(self.transforms, map_items=False)({self.key: image})[self.key]
+        except Exception as error:  # the bundle's own transforms: say which failed, in one line
+            message = str(error).strip().splitlines()
+            raise ValueError(
+                f"The bundle's preprocessing failed on this image: {message[0] if message else type(error).__name__}"
+            ) from error
+        result = np.ascontiguousarray(out.detach().cpu().numpy(), dtype=np.float32)
+        grid_affine = out.affine.detach().cpu().numpy() if isinstance(out, MetaTensor) else loaded_affine
+        return ModelInput(result, Grid(result.shape[1:], grid_affine), source)
 
 
 def load_bundle(folder: Path, *, trust: bool, device: torch.device) -> LoadedModel:
@@ -189,7 +223,8 @@ def load_bundle(folder: Path, *, trust: bool, device: torch.device) -> LoadedMod
     preprocessing = _parsed(parser, "preprocessing", folder, config)
     transforms = [] if preprocessing is None else list(getattr(preprocessing, "transforms", [preprocessing]))
     key = _image_key(transforms)
-    transforms = [t for t in transforms if type(t).__name__ not in ("LoadImaged", "LoadImage")]
+    loaders = [t for t in transforms if type(t).__name__ in ("LoadImaged", "LoadImage")]
+    transforms = [t for t in transforms if t not in loaders]
     in_channels = _in_channels(metadata)
     channels = output_channels(network, in_channels, roi_size, device)
     classes = _classes(metadata)
@@ -208,5 +243,5 @@ def load_bundle(folder: Path, *, trust: bool, device: torch.device) -> LoadedMod
         config={"config": str(config), "weights": str(weights), "metadata": metadata},
         format="monai_bundle",
         sigma_scale=_setting(inferer.sigma_scale),
-        preprocessor=_BundlePreprocessor(transforms, key),
+        preprocessor=_BundlePreprocessor(transforms, key, loaders[0] if loaders else None),
     )

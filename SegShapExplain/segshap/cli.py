@@ -104,8 +104,14 @@ def _parse_roi(text, image_grid: Grid):
             return tuple(tuple(int(v) for v in part.split(":")) for part in text.split(","))
         except ValueError:
             raise UsageError(f"--roi {text!r} is not a box x0:x1,y0:y1,z0:z1 nor an existing mask file.") from None
-    mask, affine = read_image(text)
-    return transfer(mask > 0, Grid(mask.shape[:3], affine), image_grid)
+    if volume_suffix(text) == ".seg.nrrd":
+        segments, affine = read_segmentation(text)
+        mask = np.logical_or.reduce(list(segments.values()))
+    else:
+        mask, affine = read_image(text)
+        if mask.ndim != 3:
+            raise UsageError(f"The ROI mask {text} has shape {mask.shape}; give a 3D mask (non-zero inside).")
+    return transfer(mask > 0, Grid(mask.shape, affine), image_grid)
 
 
 def _read_reference(path, segment: str | None, targets: dict[int, str], image_grid: Grid):
@@ -115,6 +121,8 @@ def _read_reference(path, segment: str | None, targets: dict[int, str], image_gr
     the one named like the target's class (or the only segment). A label map marks target ``t`` with ``t``; for
     one target a 0/1 file is the segment itself.
     """
+    if segment is not None and (path is None or volume_suffix(path) != ".seg.nrrd"):
+        raise UsageError("--reference-segment picks a segment of a .seg.nrrd reference; give one with --reference.")
     if path is None:
         return None
     if volume_suffix(path) == ".seg.nrrd":

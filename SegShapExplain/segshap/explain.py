@@ -118,7 +118,8 @@ class Explanation:
     @property
     def heatmap(self) -> np.ndarray:
         """float32 volume, each voxel the value of its feature and 0 elsewhere; ``(T, X, Y, Z)`` for T targets."""
-        lookup = np.zeros((int(self.feature_map.max()) + 1,) + self.values.shape[1:], dtype=np.float32)
+        size = max(int(self.feature_map.max()), int(self.feature_ids.max(initial=0))) + 1
+        lookup = np.zeros((size,) + self.values.shape[1:], dtype=np.float32)
         lookup[self.feature_ids] = self.values
         heat = lookup[self.feature_map]
         return np.moveaxis(heat, -1, 0) if heat.ndim == 4 else heat
@@ -129,9 +130,20 @@ class Explanation:
         return float(np.max(np.abs(gap)))
 
     def to_dict(self) -> dict:
-        """The content of ``explanation.json``."""
-        counts = np.bincount(self.feature_map.ravel(), minlength=int(self.feature_map.max()) + 1)
-        centroids = _centroids(self.feature_map, self.feature_ids)
+        """The content of ``explanation.json``.
+
+        Per feature: its voxels on the image's grid (``voxels``; 0 for a feature smaller than an image voxel) and
+        on the model's (``model_voxels``), and its centroid, computed on the model's grid, in image voxel
+        coordinates and RAS millimetres.
+        """
+        size = max(int(self.feature_map.max()), int(self.feature_ids.max(initial=0))) + 1
+        counts = np.bincount(self.feature_map.ravel(), minlength=size)
+        model_map = self.feature_map if self.model_feature_map is None else self.model_feature_map
+        model_counts = np.bincount(model_map.ravel(), minlength=size)
+        centroids = _centroids(model_map, self.feature_ids, size)
+        if self.model_feature_map is not None and self.affine is not None and self.model_affine is not None:
+            to_image = np.linalg.solve(self.affine, self.model_affine)
+            centroids = centroids @ to_image[:3, :3].T + to_image[:3, 3]
         rows = []
         for i, feature in enumerate(self.feature_ids.tolist()):
             row = {
@@ -139,6 +151,7 @@ class Explanation:
                 "value": _plain(self.values[i]),
                 "stderr": _plain(self.stderr[i]),
                 "voxels": int(counts[feature]),
+                "model_voxels": int(model_counts[feature]),
                 "centroid_voxel": [round(c, 2) for c in centroids[i].tolist()],
             }
             if self.affine is not None:
@@ -207,12 +220,12 @@ def _plain(value):
     return float(array) if array.ndim == 0 else [float(v) for v in array.ravel()]
 
 
-def _centroids(feature_map: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """``(M, 3)`` mean voxel index of each feature."""
+def _centroids(feature_map: np.ndarray, ids: np.ndarray, size: int) -> np.ndarray:
+    """``(M, 3)`` mean voxel index of each feature (``size``: more than the largest id)."""
     flat = feature_map.ravel()
-    counts = np.bincount(flat, minlength=int(flat.max()) + 1).astype(np.float64)
+    counts = np.bincount(flat, minlength=size).astype(np.float64)
     coordinates = np.indices(feature_map.shape).reshape(3, -1)
-    sums = np.stack([np.bincount(flat, weights=c, minlength=len(counts)) for c in coordinates], axis=1)
+    sums = np.stack([np.bincount(flat, weights=c, minlength=size) for c in coordinates], axis=1)
     return sums[ids] / np.maximum(counts[ids], 1)[:, None]
 
 
@@ -489,6 +502,13 @@ def explain(
     organ_labels = None
     if isinstance(features, str) and features in ("organs", "organ_aware"):
         organ_labels = feature_maps.feature_organs(feature_map, labelmap)[engine.feature_ids]
+    image_feature_map = prepared.to_image_grid(feature_map)
+    hidden = np.setdiff1d(engine.feature_ids, image_feature_map)
+    if hidden.size:
+        _log.warning(
+            "%d of %d features are smaller than the image's voxels and show on no image voxel (the model's grid is "
+            "finer than the image's); explanation.json lists them all", hidden.size, engine.n_features,
+        )
     values, stderr = result.values, result.stderr
     base, full = result.base_value, result.full_value
     if single:
@@ -522,7 +542,7 @@ def explain(
         values=values,
         stderr=stderr,
         feature_ids=engine.feature_ids.copy(),
-        feature_map=prepared.to_image_grid(feature_map),
+        feature_map=image_feature_map,
         base_value=base,
         full_value=full,
         stats=stats,

@@ -30,6 +30,11 @@ __all__ = [
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 _RAS_AXIS = {"right": 0, "left": 0, "anterior": 1, "posterior": 1, "superior": 2, "inferior": 2}
+_SPACE_ABBREVIATIONS = {
+    "ras": "right-anterior-superior",
+    "las": "left-anterior-superior",
+    "lps": "left-posterior-superior",
+}
 
 
 def volume_suffix(path: str | os.PathLike) -> str:
@@ -61,7 +66,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _nrrd_affine(header: dict, spatial: list[int], path: Path) -> np.ndarray:
     """Voxel to RAS affine from the header's space, directions and origin."""
     space = str(header.get("space", "")).lower()
-    names = space.split("-")
+    names = _SPACE_ABBREVIATIONS.get(space, space).split("-")
     axes = [_RAS_AXIS.get(name) for name in names]
     if len(names) != 3 or sorted(a for a in axes if a is not None) != [0, 1, 2]:
         raise ValueError(

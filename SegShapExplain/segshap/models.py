@@ -139,7 +139,8 @@ class LoadedModel:
         image : np.ndarray
             ``(X, Y, Z)``, or ``(X, Y, Z, C)`` as NIfTI stores channels. It is not modified.
         affine : np.ndarray, optional
-            The image's voxel-to-RAS affine. Without it the image is taken to lie on the model's grid already.
+            The image's voxel-to-RAS affine. Without it a TorchScript model takes the image to lie on its grid
+            already; MONAI bundles and nnU-Net, whose preprocessing works from the image's geometry, need it.
 
         Returns
         -------

@@ -149,7 +149,12 @@ class NnUNetPreprocessor:
         self.dataset_json, self.reader = dataset_json, reader
 
     def __call__(self, data: np.ndarray, affine: np.ndarray | None) -> ModelInput:
-        source = Grid(data.shape[1:], np.eye(4) if affine is None else affine)
+        if affine is None:
+            raise ValueError(
+                "nnU-Net's preprocessing resamples from the image's voxel spacing: pass the image's affine "
+                "(affine=, as segshap.io.read_image returns it)."
+            )
+        source = Grid(data.shape[1:], affine)
         grid_affine = source.affine
         if self.reader in _READERS_REORIENTING:
             data, grid_affine = reorient(data, grid_affine, "RAS")
@@ -240,13 +245,19 @@ def load_nnunet(folder: Path, *, options=None, device: torch.device) -> LoadedMo
         try:
             network.load_state_dict(checkpoint["network_weights"])
         except RuntimeError as error:
-            raise ValueError(f"{path} does not fit the network {folder / 'plans.json'} describes: {error}") from error
+            trainer = checkpoint.get("trainer_name", "nnUNetTrainer")
+            raise ValueError(
+                f"{path} does not fit the network {folder / 'plans.json'} describes ({error}). segshap builds the "
+                f"network as nnUNetTrainer does; the checkpoint was trained by {trainer}, which may build another."
+            ) from error
         networks.append(network.to(device).eval())
-        mirror_axes = checkpoint.get("inference_allowed_mirroring_axes")
+        if not networks[1:]:  # nnU-Net takes the mirroring axes from the first fold's checkpoint
+            mirror_axes = checkpoint.get("inference_allowed_mirroring_axes")
     if not settings["use_mirroring"]:
         mirror_axes = None
     labels = dataset_json.get("labels", {})
-    classes = {int(index): str(name) for name, index in labels.items()}
+    # The ignore label marks unannotated voxels in training; the network has no output channel for it.
+    classes = {int(i): str(name) for name, i in labels.items() if int(i) != label_manager.ignore_label}
     check_classes(classes, label_manager.num_segmentation_heads, str(folder / "dataset.json"))
     step = float(settings["tile_step_size"])
     return LoadedModel(

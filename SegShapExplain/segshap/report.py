@@ -53,8 +53,10 @@ def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0)
     # Values are read on the ROI only: outline the target there, and zoom on the support of the features.
     roi = explanation.roi
     reference = explanation.reference[target_index] & roi
-    center = np.round(np.argwhere(reference if reference.any() else roi).mean(axis=0)).astype(int)
-    support = bounding_box(explanation.feature_map > 0) if explanation.feature_map.any() else bounding_box(roi)
+    shown = reference if reference.any() else roi if roi.any() else explanation.feature_map > 0
+    center = np.round(np.argwhere(shown).mean(axis=0)).astype(int) if shown.any() else np.array(roi.shape) // 2
+    visible = explanation.feature_map > 0 if explanation.feature_map.any() else roi
+    support = bounding_box(visible) if visible.any() else tuple((0, n) for n in roi.shape)
     zoom = [slice(max(a - ZOOM_MARGIN, 0), min(b + ZOOM_MARGIN, size)) for (a, b), size in zip(support, roi.shape)]
     limit = float(np.abs(heat).max()) or 1.0
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
