@@ -19,7 +19,7 @@ LABELS = {"background": 0, "gray_matter": 1, "white_matter": 2}
 
 
 def plans(patch_size=(32, 32, 32), spacing=(2.0, 2.0, 2.0), transpose_forward=(0, 1, 2), reader="SimpleITKIO",
-          normalization="ZScoreNormalization", features=(4, 8, 16, 32)) -> dict:
+          normalization="ZScoreNormalization", features=(4, 8, 16, 32), data_order=3) -> dict:
     stages = len(features)
     configuration = {
         "data_identifier": f"nnUNetPlans_{CONFIGURATION}",
@@ -32,7 +32,7 @@ def plans(patch_size=(32, 32, 32), spacing=(2.0, 2.0, 2.0), transpose_forward=(0
         "use_mask_for_norm": [False],
         "resampling_fn_data": "resample_data_or_seg_to_shape",
         "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": data_order, "order_z": 0, "force_separate_z": None},
         "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
         "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
         "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},

@@ -228,6 +228,11 @@ def test_explaining_an_image_in_its_own_space_maps_outputs_back_exactly(ras_mode
     model_grid = Grid(explanation.model_feature_map.shape, model_affine)
     assert model_grid.axcodes == ("R", "A", "S")
     np.testing.assert_allclose(model_grid.spacing, (2.0, 2.0, 2.0), rtol=1e-9)
+    # Independently of the code under test: the model grid is centred on the image and spans its extent.
+    centre = lambda g: world(g.affine, (np.array(g.shape)[:, None] - 1) / 2)  # noqa: E731
+    np.testing.assert_allclose(centre(model_grid), centre(image_grid), atol=1e-6)
+    extent = np.abs(image_affine[:3, :3]) @ np.array(image_grid.shape)  # per RAS axis (the rotation is small)
+    np.testing.assert_allclose(sorted(2.0 * np.array(model_grid.shape)), sorted(extent), atol=0.2 * extent.max())
     # The outputs lie on the image's grid: each voxel shows the feature (and value) its centre falls in.
     assert explanation.feature_map.shape == image_grid.shape and explanation.reference.shape[1:] == image_grid.shape
     centres = voxel_of(model_affine, world(image_affine, np.indices(image_grid.shape).reshape(3, -1)))

@@ -145,11 +145,38 @@ def test_the_cli_explains_an_nnunet_folder_on_a_resampled_image(model_folder, mn
     assert heat.shape == data.shape and np.allclose(heat_affine, affine, atol=1e-4)
     report = json.loads((tmp_path / "out" / "explanation.json").read_text())
     assert report["settings"]["model_format"] == "nnunet" and report["settings"]["tiling"] == "nnunet"
-    # The model grid nnU-Net resampled to is 2 mm isotropic: the 25 slices of 4 mm became about 50.
-    model = segshap.load_model(model_folder, config={"folds": [0]}, device="cpu")
-    grid = model.preprocess(data, affine).grid
-    np.testing.assert_allclose(grid.spacing, (2.0, 2.0, 2.0), rtol=0.03)
-    assert sorted(grid.shape) == [50, 56, 64]
+    # The features were built on nnU-Net's 2 mm grid: the 25 slices of 4 mm hold two features' slabs each.
+    features, _ = read_image(tmp_path / "out" / "features.nii.gz")
+    assert features.shape == data.shape and (features > 0).any()
+
+
+@pytest.mark.parametrize(
+    "transpose_forward, reader, flips",
+    [((0, 1, 2), "SimpleITKIO", (1, 1, 1)), ((2, 0, 1), "SimpleITKIO", (-1, -1, 1)),
+     ((1, 2, 0), "NibabelIOWithReorient", (-1, -1, 1))],
+)
+def test_the_model_grid_affine_places_nnunets_resampled_voxels(tmp_path, transpose_forward, reader, flips):
+    """A linear ramp through nnU-Net's own crop, transpose and (linear) resampling: each preprocessed voxel holds
+    the ramp's value at the image position our model-grid affine gives it (a half-voxel error would show as >= 0.5)."""
+    folder = make_model_folder(tmp_path, folds=(0,), transpose_forward=transpose_forward, reader=reader,
+                               normalization="NoNormalization", patch_size=(16, 16, 16), features=(2, 4), data_order=1)
+    model = segshap.load_model(folder, device="cpu")
+    shape = (20, 24, 10)
+    affine = np.diag([1.0 * flips[0], 1.5 * flips[1], 2.5 * flips[2], 1.0])
+    affine[:3, 3] = (10, -20, 5)
+    coefficients = np.array([1.0, 7.0, 31.0])
+    image = (100 + np.tensordot(coefficients, np.indices(shape).astype(np.float64), 1)).astype(np.float32)
+    image[:2] = 0  # zero slabs that nnU-Net crops away
+    image[:, -3:] = 0
+    prepared = model.preprocess(image, affine)
+    assert prepared.image.shape[1:] != shape and np.allclose(prepared.grid.spacing, 2.0, rtol=0.1)
+    to_image = np.linalg.solve(affine, prepared.grid.affine)
+    positions = to_image[:3, :3] @ np.indices(prepared.image.shape[1:]).reshape(3, -1) + to_image[:3, 3:4]
+    low, high = np.array([4, 2, 2])[:, None], np.array([shape[0] - 3, shape[1] - 6, shape[2] - 3])[:, None]
+    interior = np.all((positions >= low) & (positions <= high), axis=0)
+    assert interior.sum() > 100
+    expected = 100 + coefficients @ positions[:, interior]
+    np.testing.assert_allclose(prepared.image[0].reshape(-1)[interior], expected, atol=1e-3)
 
 
 @pytest.mark.parametrize(
