@@ -196,3 +196,10 @@ def test_broken_bundles_are_refused_with_the_fix(tmp_path, change, fragment):
     (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
     with pytest.raises(ValueError, match=fragment):
         segshap.load_model(root, trust=True, device="cpu")
+
+
+def test_a_bundle_needs_the_images_affine(bundle, lps_image):
+    model = segshap.load_model(bundle, trust=True, device="cpu")
+    data, _ = read_image(lps_image)
+    with pytest.raises(ValueError, match="works from the image's geometry .* pass the image's affine"):
+        model.preprocess(data)

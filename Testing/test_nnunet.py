@@ -248,3 +248,10 @@ def test_on_cuda_values_follow_nnunets_cuda_predictor(model_folder, image_file):
     p = torch.softmax(logits.float(), 0).cpu().numpy()[1][tuple(slice(a, b) for a, b in roi)].astype(np.float64)
     r = reference[tuple(slice(a, b) for a, b in roi)]
     assert value == pytest.approx(2 * (p * r).sum() / (p.sum() + r.sum()), abs=1e-3)
+
+
+def test_nnunet_needs_the_images_affine(model_folder, image_file):
+    model = segshap.load_model(model_folder, config={"folds": [0]}, device="cpu")
+    data, _ = read_image(image_file)
+    with pytest.raises(ValueError, match="nnU-Net's preprocessing works from the image's geometry"):
+        segshap.explain(model, data, target=1, device="cpu")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .geometry import Grid, ModelInput, reorient
-from .models import LoadedModel, check_classes, load_checkpoint, load_torchscript, output_channels
+from .models import LoadedModel, check_classes, image_grid, load_checkpoint, load_torchscript, output_channels
 
 __all__ = ["load_bundle"]
 
@@ -124,12 +124,7 @@ class _BundlePreprocessor:
         from monai.data import MetaTensor
         from monai.transforms import Compose, EnsureChannelFirst
 
-        if affine is None:
-            raise ValueError(
-                "A bundle's preprocessing works from the image's geometry: pass the image's affine (affine=, as "
-                "segshap.io.read_image returns it)."
-            )
-        source = Grid(data.shape[1:], affine)
+        source = image_grid(data, affine, "A MONAI bundle's preprocessing")
         loaded_affine = source.affine
         if self.canonical:
             data, loaded_affine = reorient(data, loaded_affine, "RAS")

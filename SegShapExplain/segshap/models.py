@@ -43,7 +43,7 @@ import torch
 from .geometry import INTERPOLATION_ORDERS, Grid, ModelInput, reorient, resample
 from .inputs import resolve_device
 
-__all__ = ["LoadedModel", "load_model", "model_format", "load_checkpoint", "MODEL_FORMATS"]
+__all__ = ["LoadedModel", "load_model", "model_format", "load_checkpoint", "image_grid", "MODEL_FORMATS"]
 
 MODEL_FORMATS = ("torchscript", "monai_bundle", "nnunet")
 _SIDECAR_FORMAT = "segshap-torchscript/1"
@@ -165,6 +165,16 @@ class LoadedModel:
         if self.preprocessor is None:
             return ModelInput.unchanged(data, affine)
         return self.preprocessor(data, affine)
+
+
+def image_grid(data: np.ndarray, affine: np.ndarray | None, preprocessing: str) -> Grid:
+    """The grid of an image whose ``preprocessing`` works from its geometry; a clear error without an affine."""
+    if affine is None:
+        raise ValueError(
+            f"{preprocessing} works from the image's geometry (spacing, orientation): pass the image's affine "
+            "(affine=, as segshap.io.read_image returns it)."
+        )
+    return Grid(data.shape[1:], affine)
 
 
 def sidecar_preprocess(data: np.ndarray, affine: np.ndarray | None, settings: dict) -> ModelInput:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .geometry import Grid, ModelInput, reorient
-from .models import LoadedModel, check_classes, load_checkpoint
+from .models import LoadedModel, check_classes, image_grid, load_checkpoint
 
 __all__ = ["load_nnunet", "NNUNET_OPTIONS"]
 
@@ -149,12 +149,7 @@ class NnUNetPreprocessor:
         self.dataset_json, self.reader = dataset_json, reader
 
     def __call__(self, data: np.ndarray, affine: np.ndarray | None) -> ModelInput:
-        if affine is None:
-            raise ValueError(
-                "nnU-Net's preprocessing resamples from the image's voxel spacing: pass the image's affine "
-                "(affine=, as segshap.io.read_image returns it)."
-            )
-        source = Grid(data.shape[1:], affine)
+        source = image_grid(data, affine, "nnU-Net's preprocessing")
         grid_affine = source.affine
         if self.reader in _READERS_REORIENTING:
             data, grid_affine = reorient(data, grid_affine, "RAS")
