@@ -21,13 +21,13 @@ Postprocessing is not used: the engine applies softmax over the blended logits i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .geometry import Grid, ModelInput, reorient
+from .io import read_json
 from .models import LoadedModel, check_classes, image_grid, load_checkpoint, load_torchscript, output_channels
 
 __all__ = ["load_bundle"]
@@ -54,12 +54,7 @@ def _weights_file(folder: Path) -> Path:
 
 def _metadata(folder: Path) -> dict:
     path = folder / "configs" / "metadata.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}.") from error
+    return read_json(path, "bundle metadata file") if path.is_file() else {}
 
 
 def _parsed(parser, key: str, folder: Path, config: Path):

@@ -26,7 +26,7 @@ import numpy as np
 
 from .explain import BASELINES, FEATURE_KINDS, explain
 from .geometry import Grid, transfer
-from .io import NRRD_SUFFIXES, read_image, read_segmentation, volume_suffix
+from .io import NRRD_SUFFIXES, read_image, read_json, read_segmentation, volume_suffix
 from .models import load_model
 from .values import VALUE_NAMES
 
@@ -366,14 +366,7 @@ def _command_explain(job: dict, quiet: bool) -> int:
 
 def _read_request(path: str) -> dict:
     request_path = Path(path)
-    if not request_path.is_file():
-        raise UsageError(f"No such request file: {request_path}.")
-    try:
-        job = json.loads(request_path.read_text())
-    except json.JSONDecodeError as error:
-        raise UsageError(f"The request {request_path} is not valid JSON: {error}.") from None
-    if not isinstance(job, dict):
-        raise UsageError(f"The request {request_path} must hold a JSON object.")
+    job = read_json(request_path, "request file")
     unknown = set(job) - set(REQUEST_KEYS)
     missing = {"image", "model", "target", "out"} - set(job)
     if unknown or missing:

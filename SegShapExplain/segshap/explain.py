@@ -26,12 +26,11 @@ import torch
 from . import features as feature_maps
 from .engine import PatchEngine, predict_labels
 from .estimator import kernel_shap
+from .geometry import ModelInput
 from .inputs import as_image, as_roi_mask, bounding_box, reference_masks, resolve_device
-from .geometry import Grid, ModelInput
 from .io import StagedOutput, write_image
 from .models import LoadedModel, load_model
 from .tiling import make_tiling
-from .values import class_probabilities
 
 __all__ = ["explain", "predict", "Explanation", "FEATURE_KINDS", "BASELINES", "OUTPUT_FILES", "VOLUME_FORMATS", "output_files"]
 
@@ -290,8 +289,12 @@ def _prepared(model, image, affine, options: dict) -> tuple:
 def _predict_labels(network, x: np.ndarray, settings: dict, device: torch.device, batch_size: int) -> np.ndarray:
     if isinstance(network, torch.nn.Module):
         network = network.to(device)
-    tiling = make_tiling(settings["tiling"], x.shape[1:], **{k: v for k, v in settings.items() if k != "tiling"})
-    return predict_labels(lambda batch: network(batch).float(), x, tiling, device, batch_size)
+    return predict_labels(lambda batch: network(batch).float(), x, _tiling(settings, x.shape[1:]), device, batch_size)
+
+
+def _tiling(settings: dict, shape: tuple[int, ...]):
+    """The tiling the settings (``_TILING_KEYS``) describe, over an image of spatial ``shape``."""
+    return make_tiling(settings["tiling"], shape, **{k: v for k, v in settings.items() if k != "tiling"})
 
 
 def _targets(model, target) -> tuple[tuple[int, ...], tuple[str, ...], bool]:
@@ -454,7 +457,7 @@ def explain(
     if not isinstance(features, str):
         features = prepared.to_model_grid(np.asarray(features))
 
-    tiling = make_tiling(tiling_settings["tiling"], spatial, **{k: v for k, v in tiling_settings.items() if k != "tiling"})
+    tiling = _tiling(tiling_settings, spatial)
     if roi is None:
         roi = np.zeros(spatial, dtype=bool)
         for mask in masks:

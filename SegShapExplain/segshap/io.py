@@ -8,6 +8,7 @@ with SIGINT and SIGTERM held back, so an interruption leaves either the old fold
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import numpy as np
 __all__ = [
     "read_image",
     "read_segmentation",
+    "read_json",
     "write_image",
     "volume_suffix",
     "StagedOutput",
@@ -184,6 +186,28 @@ def read_segmentation(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], n
     if not segments:
         raise ValueError(f"{path} names no segment (no Segment0_Name in its header); save it from 3D Slicer.")
     return segments, affine
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object in ``path`` (``what`` names the file in errors: "model config file", "request file", ...).
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file does not exist.
+    ValueError
+        When it is not valid JSON or holds something other than an object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No such {what}: {path}.")
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"The {what} {path} is not valid JSON: {error}.") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"The {what} {path} must hold a JSON object.")
+    return content
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> None:

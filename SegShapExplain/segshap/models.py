@@ -30,7 +30,6 @@ Checkpoints are read with ``torch.load(..., weights_only=True)``: a file that ne
 from __future__ import annotations
 
 import functools
-import json
 import os
 import warnings
 from collections.abc import Callable
@@ -42,6 +41,7 @@ import torch
 
 from .geometry import INTERPOLATION_ORDERS, Grid, ModelInput, reorient, resample
 from .inputs import resolve_device
+from .io import read_json
 
 __all__ = ["LoadedModel", "load_model", "model_format", "load_checkpoint", "image_grid", "MODEL_FORMATS"]
 
@@ -266,12 +266,7 @@ def _read_config(config, model_path: Path) -> tuple[dict, str]:
     if isinstance(config, dict):
         return config, "config"
     source = Path(config) if config is not None else _sidecar_for(model_path)
-    if not source.is_file():
-        raise FileNotFoundError(f"No such model config file: {source}.")
-    try:
-        return json.loads(source.read_text()), str(source)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{source} is not valid JSON: {error}.") from error
+    return read_json(source, "model config file"), str(source)
 
 
 def _validate(config: dict, source: str) -> None:

@@ -23,7 +23,6 @@ Options (``config=`` of :func:`segshap.load_model`, a dict or a JSON file): ``fo
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from .geometry import Grid, ModelInput, reorient
+from .io import read_json
 from .models import LoadedModel, check_classes, image_grid, load_checkpoint
 
 __all__ = ["load_nnunet", "NNUNET_OPTIONS"]
@@ -64,24 +64,11 @@ def _options(options, folder: Path) -> dict:
     if options is None:
         options = {}
     elif not isinstance(options, dict):
-        path = Path(options)
-        if not path.is_file():
-            raise FileNotFoundError(f"No such nnU-Net options file: {path}.")
-        try:
-            options = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}.") from error
+        options = read_json(options, "nnU-Net options file")
     unknown = set(options) - set(NNUNET_OPTIONS)
     if unknown:
         raise ValueError(f"Unknown nnU-Net option(s) {sorted(unknown)}; known: {', '.join(NNUNET_OPTIONS)}.")
     return {**NNUNET_OPTIONS, **options}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"Cannot read {path}: {error}.") from error
 
 
 def _configuration(folder: Path, plans: dict, requested: str | None) -> str:
@@ -207,8 +194,8 @@ def load_nnunet(folder: Path, *, options=None, device: torch.device) -> LoadedMo
     """
     nnUNetTrainer, determine_num_input_channels, PlansManager = _import_nnunet()
     settings = _options(options, folder)
-    plans = _read_json(folder / "plans.json")
-    dataset_json = _read_json(folder / "dataset.json")
+    plans = read_json(folder / "plans.json", "nnU-Net plans file")
+    dataset_json = read_json(folder / "dataset.json", "nnU-Net dataset file")
     configuration = _configuration(folder, plans, settings["configuration"])
     plans_manager = PlansManager(plans)
     configuration_manager = plans_manager.get_configuration(configuration)
