@@ -218,3 +218,97 @@ def test_reference_and_roi_files_are_read(mni_nifti, scripted_model, tmp_path):
     report = json.loads((tmp_path / "out" / "explanation.json").read_text())
     assert report["settings"]["roi_box"] == [[42, 52], [52, 62], [42, 52]]
     assert report["targets"] == [{"index": 2, "name": "tissue_b"}]
+
+
+def test_worker_describes_a_model_without_an_image(scripted_model, tmp_path):
+    request = tmp_path / "describe.json"
+    request.write_text(json.dumps({"task": "describe", "model": str(scripted_model), "options": {"device": "cpu"}}))
+    done = segshap("worker", "--request", str(request))
+    assert done.returncode == 0, done.stderr
+    model = json.loads(done.stdout.splitlines()[-1])["model"]
+    assert model["classes"] == {"0": "background", "1": "tissue_a", "2": "tissue_b"}
+    assert model["format"] == "torchscript" and model["device"] == "cpu" and model["in_channels"] == 1
+
+
+def test_worker_segments_the_image_on_its_grid(mni_nifti, scripted_model, tmp_path):
+    from segshap import load_model, predict
+
+    image, data, affine = mni_nifti
+    write_image(tmp_path / "volume.nrrd", data, affine)
+    request = tmp_path / "segment.json"
+    request.write_text(json.dumps({"task": "segment", "image": str(tmp_path / "volume.nrrd"),
+                                   "model": str(scripted_model), "out": str(tmp_path / "seg"),
+                                   "options": {"device": "cpu", "batch_size": 2}}))
+    done = segshap("worker", "--request", str(request))
+    assert done.returncode == 0, done.stderr
+    event = json.loads(done.stdout.splitlines()[-1])
+    labels, labels_affine = read_image(event["outputs"]["segmentation"])
+    assert event["outputs"]["segmentation"].endswith("segmentation.nrrd")
+    np.testing.assert_allclose(labels_affine, affine, atol=1e-6)
+    expected = predict(load_model(scripted_model, device="cpu"), data, affine=affine, device="cpu")
+    np.testing.assert_array_equal(labels, expected)
+    names = {"0": "background", "1": "tissue_a", "2": "tissue_b"}
+    assert event["classes"] == {str(v): names[str(v)] for v in np.unique(expected)}
+
+
+@pytest.mark.parametrize(
+    "request_fields, fragment",
+    [
+        ({"task": "train", "model": "m.pt"}, "task 'train'"),
+        ({"task": "segment", "model": "m.pt", "image": "i.nii.gz"}, "misses ['out']"),
+    ],
+)
+def test_worker_tasks_need_their_keys(tmp_path, request_fields, fragment):
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(request_fields))
+    done = segshap("worker", "--request", str(request))
+    assert done.returncode == 2 and fragment in json.loads(done.stdout.splitlines()[-1])["message"]
+
+
+def test_out_of_memory_halves_the_batch_then_asks_for_the_cpu():
+    import torch
+
+    from segshap.cli import OutOfMemory, halving_batch_on_oom
+
+    tried = []
+
+    def fits_two(batch: int) -> str:
+        tried.append(batch)
+        if batch > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return f"ran with {batch}"
+
+    assert halving_batch_on_oom(fits_two, 8) == "ran with 2" and tried == [8, 4, 2]
+
+    def never_fits(batch: int) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(OutOfMemory, match="run on the CPU"):
+        halving_batch_on_oom(never_fits, 4)
+
+
+def test_worker_ends_when_its_parent_dies(job, tmp_path):
+    """A worker whose parent (3D Slicer, or a launcher) is killed does not run on unattended."""
+    request = _request(tmp_path, job, options={"features": "grid", "n_features": 30, "nsamples": 100000,
+                                               "device": "cpu"})
+    pid_file = tmp_path / "worker.pid"
+    parent = subprocess.Popen([
+        sys.executable, "-c",
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-m', 'segshap.cli', 'worker', '--request', {str(request)!r}], "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(600)",
+    ])
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    time.sleep(3)  # the worker is loading or computing
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{worker}").exists() and open(f"/proc/{worker}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the orphaned worker kept running"
+        time.sleep(0.1)
+    assert not (tmp_path / "out").exists()

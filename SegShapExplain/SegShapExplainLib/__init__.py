@@ -1,5 +1,38 @@
 """Slicer-side logic of SegShapExplain: MRML nodes to files, the background worker, files back to MRML nodes.
 
-Nothing here imports Qt, so every decision is testable with the PyPI package ``slicer-core``; the module file
-``SegShapExplain.py`` only wires these functions to the panel.
+Nothing here imports Qt (or the engine), so every decision is testable with the PyPI package ``slicer-core``;
+the module file ``SegShapExplain.py`` only wires these to the panel.
 """
+
+from .logic import ModelDescription, SegShapExplainLogic
+from .results import ExplanationNodes
+from .settings import Baseline, Device, ExplainSettings, FeatureKind, ValueFunction
+from .worker import (
+    JobCallbacks,
+    OutOfMemoryError,
+    Progress,
+    SubprocessRunner,
+    WorkerCancelled,
+    WorkerError,
+    WorkerJob,
+    killProcessTree,
+)
+
+__all__ = [
+    "SegShapExplainLogic",
+    "ModelDescription",
+    "ExplanationNodes",
+    "ExplainSettings",
+    "FeatureKind",
+    "ValueFunction",
+    "Baseline",
+    "Device",
+    "JobCallbacks",
+    "Progress",
+    "WorkerJob",
+    "WorkerError",
+    "OutOfMemoryError",
+    "WorkerCancelled",
+    "SubprocessRunner",
+    "killProcessTree",
+]

@@ -23,19 +23,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .explain import BASELINES, FEATURE_KINDS, explain
+from .explain import BASELINES, FEATURE_KINDS, explain, predict
 from .geometry import Grid, transfer
-from .io import NRRD_SUFFIXES, read_image, read_json, read_segmentation, volume_suffix
-from .models import load_model
+from .inputs import resolve_device
+from .io import NRRD_SUFFIXES, StagedOutput, read_image, read_json, read_segmentation, volume_suffix, write_image
+from .models import LoadedModel, load_model
 from .values import VALUE_NAMES
 
-__all__ = ["main", "REQUEST_KEYS", "OPTION_KEYS"]
+__all__ = ["main", "REQUEST_KEYS", "OPTION_KEYS", "TASKS", "halving_batch_on_oom"]
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
 
 REQUEST_KEYS = (
+    "task",
     "image",
     "model",
     "model_config",
@@ -59,6 +62,10 @@ OPTION_KEYS = (
     "batch_size",
     "margin",
 )
+TASKS = ("explain", "segment", "describe")
+"""What a worker request can ask for: an explanation, the model's segmentation of the image, or the model itself."""
+_REQUIRED_KEYS = {"explain": {"image", "model", "target", "out"}, "segment": {"image", "model", "out"},
+                  "describe": {"model"}}
 DEMO_TARGET = "white_matter"
 DEMO_ROI = ((36, 56), (56, 76), (46, 66))
 """Demo ROI (voxels of the 2 mm MNI152 grid): white matter of the left centrum semiovale and the cortex around it."""
@@ -66,6 +73,10 @@ DEMO_ROI = ((36, 56), (56, 76), (46, 66))
 
 class UsageError(Exception):
     """Bad input: reported as one line and exit code 2."""
+
+
+class OutOfMemory(Exception):
+    """The GPU ran out of memory even one window at a time: reported with ``reason: "out_of_memory"``."""
 
 
 class _Cancelled(BaseException):
@@ -158,20 +169,30 @@ def _read_reference(path, segment: str | None, targets: dict[int, str], image_gr
     return labels > 0 if len(targets) == 1 and labels.max() <= 1 else labels
 
 
-def _run(job: dict, progress: Callable[[int, int], None] | None) -> object:
-    """Load everything and explain: the part that runs in the background thread. Returns the explanation."""
+def _load(job: dict) -> tuple[np.ndarray, np.ndarray, LoadedModel, dict]:
+    """The image, its affine, the model and the options of a job (``device`` among them, validated)."""
     options = dict(job.get("options") or {})
     unknown = set(options) - set(OPTION_KEYS)
     if unknown:
         raise UsageError(f"Unknown option(s) {sorted(unknown)}; known: {', '.join(OPTION_KEYS)}.")
-    device = options.pop("device", "auto")
+    options.setdefault("device", "auto")
     image, affine = read_image(job["image"])
-    model = load_model(job["model"], config=job.get("model_config"), trust=bool(job.get("trust_model")), device=device)
+    model = _load_model(job, options["device"])
     if image.ndim == 4 and image.shape[3] != model.in_channels:
         raise UsageError(
             f"{job['image']} has {image.shape[3]} channels (shape {image.shape}) but the model takes "
             f"{model.in_channels}; pass a 3D image (one volume of the series), e.g. exported from 3D Slicer."
         )
+    return image, affine, model, options
+
+
+def _load_model(job: dict, device: str) -> LoadedModel:
+    return load_model(job["model"], config=job.get("model_config"), trust=bool(job.get("trust_model")), device=device)
+
+
+def _run(job: dict, progress: Callable[[int, int], None] | None) -> object:
+    """Load everything and explain: the part that runs in the background thread. Returns the explanation."""
+    image, affine, model, options = _load(job)
     target = job["target"]
     if isinstance(target, str) and "," in target:
         target = target.split(",")
@@ -182,10 +203,79 @@ def _run(job: dict, progress: Callable[[int, int], None] | None) -> object:
         job.get("reference"), job.get("reference_segment"), {i: model.classes[i] for i in indices}, image_grid
     )
     roi = _parse_roi(job.get("roi"), image_grid)
-    return explain(
-        model, image, target=target, reference=reference, roi=roi, device=device, affine=affine, progress=progress,
-        **options,
+    batch_size = options.pop("batch_size", DEFAULT_BATCH_SIZE)
+    return halving_batch_on_oom(
+        lambda batch: explain(model, image, target=target, reference=reference, roi=roi, affine=affine,
+                              progress=progress, batch_size=batch, **options),
+        batch_size,
     )
+
+
+DEFAULT_BATCH_SIZE = 4
+
+
+def halving_batch_on_oom(work: Callable[[int], object], batch_size: int) -> object:
+    """``work(batch_size)``; whenever the GPU runs out of memory, again with half as many windows per batch.
+
+    Raises
+    ------
+    OutOfMemory
+        When even one window at a time does not fit.
+    """
+    log = logging.getLogger("segshap")
+    while True:
+        try:
+            return work(batch_size)
+        except torch.cuda.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if batch_size <= 1:
+                raise OutOfMemory(
+                    "The GPU ran out of memory even with one window at a time; run on the CPU (device 'cpu'), or "
+                    "close what else uses the GPU and try again."
+                ) from None
+            batch_size = max(1, batch_size // 2)
+            log.warning("The GPU ran out of memory; trying again with %d window(s) per batch.", batch_size)
+
+
+def _segment(job: dict) -> dict:
+    """The model's segmentation of the image, saved as a label map on the image's grid; the ``done`` fields."""
+    image, affine, model, options = _load(job)
+    unused = set(options) - {"device", "batch_size"}
+    if unused:
+        raise UsageError(f"Option(s) {sorted(unused)} do not apply to segmenting; give device and batch_size only.")
+    logging.getLogger("segshap").info("Segmenting with the model")
+    labels = halving_batch_on_oom(
+        lambda batch: predict(model, image, device=options["device"], batch_size=batch, affine=affine),
+        options.get("batch_size", DEFAULT_BATCH_SIZE),
+    )
+    name = "segmentation" + (".nrrd" if volume_suffix(job["image"]) in NRRD_SUFFIXES else ".nii.gz")
+    with StagedOutput(job["out"]) as staging:
+        write_image(staging / name, labels, affine)
+    present = sorted(int(v) for v in np.unique(labels))
+    return {
+        "outputs": {"segmentation": str((Path(job["out"]) / name).absolute())},
+        "classes": {str(index): model.classes[index] for index in present if index in model.classes},
+        "summary": f"{len(present)} label(s) present: {', '.join(model.classes.get(i, str(i)) for i in present)}",
+    }
+
+
+def _describe(job: dict) -> dict:
+    """What the worker knows of a model and of the machine, without an image; the ``done`` fields."""
+    device = (job.get("options") or {}).get("device", "auto")
+    model = _load_model(job, device)
+    cuda = torch.cuda.is_available()
+    description = {
+        "format": model.format,
+        "classes": {str(index): name for index, name in model.classes.items()},
+        "in_channels": model.in_channels,
+        "patch_size": list(model.patch_size),
+        "tiling": model.tiling,
+        "folds": model.folds,
+        "device": str(resolve_device(device)),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+    }
+    return {"model": description, "summary": f"{model.format} model, classes: {', '.join(model.classes.values())}"}
 
 
 def _compute_in_background(work: Callable[[], object]) -> object:
@@ -367,23 +457,50 @@ def _command_explain(job: dict, quiet: bool) -> int:
 def _read_request(path: str) -> dict:
     request_path = Path(path)
     job = read_json(request_path, "request file")
+    task = job.get("task", "explain")
+    if task not in TASKS:
+        raise UsageError(f"The request {request_path} asks for task {task!r}; tasks: {', '.join(TASKS)}.")
     unknown = set(job) - set(REQUEST_KEYS)
-    missing = {"image", "model", "target", "out"} - set(job)
+    missing = _REQUIRED_KEYS[task] - set(job)
     if unknown or missing:
         raise UsageError(
             f"The request {request_path} has unknown keys {sorted(unknown)} or misses {sorted(missing)}; "
-            f"keys: {', '.join(REQUEST_KEYS)} (image, model, target and out are required)."
+            f"keys: {', '.join(REQUEST_KEYS)} ({', '.join(sorted(_REQUIRED_KEYS[task]))} required for {task})."
         )
     return job
 
 
 def _command_worker(request: str, events: _EventWriter) -> int:
     job = _read_request(request)
+    _exit_with_parent()
     events.emit("log", level="info", message=f"segshap worker, pid {os.getpid()}")
     with _logging_to(_EventLogHandler(events)) as log:
-        explanation, outputs = _explain_and_save(job, events.progress, log)
-    events.emit("done", outputs=outputs, summary=_summary(explanation))
+        task = job.get("task", "explain")
+        if task == "describe":
+            fields = _compute_in_background(lambda: _describe(job))
+        elif task == "segment":
+            fields = _compute_in_background(lambda: _segment(job))
+        else:
+            explanation, outputs = _explain_and_save(job, events.progress, log)
+            fields = {"outputs": outputs, "summary": _summary(explanation)}
+    events.emit("done", **fields)
     return 0
+
+
+def _exit_with_parent(poll_s: float = 1.0) -> None:
+    """End the worker when the process that started it is gone (e.g. 3D Slicer crashed or killed a launcher).
+
+    POSIX re-parents orphans, so a changed parent id means the parent has died; elsewhere this watches nothing.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="segshap-parent-watch", daemon=True).start()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -474,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         # The compute thread may be inside the model; end the process without waiting for it.
         os._exit(128 + cancelled.signum)
+    except OutOfMemory as error:
+        return _fail(events, str(error), EXIT_INTERNAL, debug, reason="out_of_memory")
     except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
         return _fail(events, str(error), EXIT_USAGE, debug)
     except Exception as error:  # anything else is a bug: still one line, the traceback only with --debug
@@ -485,11 +604,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = real_stdout
 
 
-def _fail(events: _EventWriter | None, message: str, code: int, debug: bool) -> int:
+def _fail(events: _EventWriter | None, message: str, code: int, debug: bool, reason: str | None = None) -> int:
     if debug:
         traceback.print_exc()
     if events is not None:
-        events.emit("error", message=message)
+        events.emit("error", message=message, **({"reason": reason} if reason else {}))
     else:
         sys.stderr.write(f"segshap: error: {message}\n")
     return code

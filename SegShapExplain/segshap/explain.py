@@ -82,6 +82,8 @@ class Explanation:
         ``(X, Y, Z)`` bool on the image's grid: where the values are read.
     organ_labels : np.ndarray, optional
         ``(M,)`` the label map's label of each feature (organ features only).
+    class_names : dict of int to str
+        The model's class names (empty for a bare network): names the organs of ``organ_labels``.
     affine : np.ndarray, optional
         The image's voxel-to-RAS affine, used by :meth:`save` when none is passed.
     exact : bool
@@ -108,6 +110,7 @@ class Explanation:
     reference: np.ndarray
     roi: np.ndarray
     organ_labels: np.ndarray | None = None
+    class_names: dict = field(default_factory=dict)
     affine: np.ndarray | None = None
     exact: bool = False
     versions: dict = field(default_factory=dict)
@@ -131,7 +134,7 @@ class Explanation:
     def to_dict(self) -> dict:
         """The content of ``explanation.json``.
 
-        Per feature: its voxels on the image's grid (``voxels``; 0 for a feature smaller than an image voxel) and
+        Per feature (``features``): its voxels on the image's grid (``voxels``; 0 for a feature smaller than an image voxel) and
         on the model's (``model_voxels``), and its centroid, computed on the model's grid, in image voxel
         coordinates and RAS millimetres.
         """
@@ -158,6 +161,8 @@ class Explanation:
                 row["centroid_ras_mm"] = [round(c, 2) for c in world[:3].tolist()]
             if self.organ_labels is not None:
                 row["organ_label"] = int(self.organ_labels[i])
+                if row["organ_label"] in self.class_names:
+                    row["organ"] = self.class_names[row["organ_label"]]
             rows.append(row)
         return {
             "targets": [{"index": t, "name": n} for t, n in zip(self.targets, self.target_names)],
@@ -556,6 +561,7 @@ def explain(
         reference=prepared.to_image_grid(masks),
         roi=prepared.to_image_grid(roi),
         organ_labels=organ_labels,
+        class_names=dict(model.classes) if isinstance(model, LoadedModel) else {},
         affine=None if affine is None else np.asarray(affine, dtype=np.float64),
         exact=result.exact,
         versions=_versions(),

@@ -1,0 +1,274 @@
+"""``SegShapExplainLogic``: explain, segment and describe models from MRML nodes, in a background worker.
+
+Usable from 3D Slicer's Python console in one call::
+
+    from SegShapExplainLib import SegShapExplainLogic
+    nodes = SegShapExplainLogic(slicer.mrmlScene).explain(volumeNode, "/models/model.pt", "liver")
+
+Every method with ``Async`` in its name returns a :class:`WorkerJob` at once; its callbacks run on the thread
+that calls ``job.poll()`` (the panel polls from a timer). The blocking methods poll until the job ends.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .exchange import checkScalarVolume, exportSegment, exportVolume
+from .results import ExplanationNodes, importExplanation, importSegmentation, jumpToFeature, showInSliceViews
+from .settings import Device, ExplainSettings
+from .worker import (
+    JobCallbacks,
+    ProcessRunner,
+    Progress,
+    SubprocessRunner,
+    WorkerJob,
+    workerCommand,
+    workerEnvironment,
+)
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What the worker found in a model file or folder.
+
+    Attributes
+    ----------
+    format : str
+        ``"torchscript"``, ``"monai_bundle"`` or ``"nnunet"``.
+    classes : dict of int to str
+        Output channel to class name.
+    inChannels : int
+    patchSize : tuple of int
+    device : str
+        Where the worker would run it (``"cuda"`` or ``"cpu"`` for device ``auto``).
+    cudaDevices : tuple of str
+        The GPUs the worker's torch sees (empty: CPU only).
+    """
+
+    format: str
+    classes: dict
+    inChannels: int
+    patchSize: tuple
+    device: str
+    cudaDevices: tuple
+
+    @classmethod
+    def fromEvent(cls, fields: dict) -> ModelDescription:
+        model = fields["model"]
+        return cls(
+            format=model["format"],
+            classes={int(index): name for index, name in model["classes"].items()},
+            inChannels=int(model["in_channels"]),
+            patchSize=tuple(model["patch_size"]),
+            device=model["device"],
+            cudaDevices=tuple(model["cuda_devices"]),
+        )
+
+
+class SegShapExplainLogic:
+    """Explanations of a segmentation model's output, as MRML nodes of ``scene``.
+
+    Parameters
+    ----------
+    scene : vtkMRMLScene
+        Where inputs are read from and results go (``slicer.mrmlScene`` in 3D Slicer).
+    runner : callable, optional
+        Starts the worker process (:data:`ProcessRunner`); default :class:`SubprocessRunner`.
+    python : str, optional
+        The Python that runs ``segshap worker``; default ``PythonSlicer`` where present, else this Python.
+    volumeRenderingLogic : vtkSlicerVolumeRenderingLogic, optional
+        For the 3D view of the strongest features (``slicer.modules.volumerendering.logic()``); without it no
+        volume rendering is made.
+    temporaryFolder : str, optional
+        Where each job's folder of input and output files is made (and removed afterwards); default the system's.
+    """
+
+    def __init__(
+        self,
+        scene,
+        *,
+        runner: ProcessRunner | None = None,
+        python: str | None = None,
+        volumeRenderingLogic=None,
+        temporaryFolder: str | None = None,
+    ) -> None:
+        self.scene = scene
+        self.runner = runner or SubprocessRunner()
+        self.python = python
+        self.volumeRenderingLogic = volumeRenderingLogic
+        self.temporaryFolder = temporaryFolder
+
+    # ------------------------------------------------------------------------------------------------ explain
+
+    def explain(
+        self,
+        volumeNode,
+        modelPath: str,
+        target: str | int,
+        segmentationNode=None,
+        segmentId: str | None = None,
+        settings: ExplainSettings | None = None,
+        *,
+        trustModel: bool = False,
+        onProgress: Callable[[Progress], None] | None = None,
+        onLog: Callable[[str], None] | None = None,
+    ) -> ExplanationNodes:
+        """Explain why the model segmented ``target`` on ``volumeNode``; blocks until the nodes are in the scene.
+
+        Parameters
+        ----------
+        volumeNode : vtkMRMLScalarVolumeNode
+            The image, in its own geometry (the model's preprocessing resamples it; results come back on it).
+        modelPath : str
+            TorchScript file with its JSON sidecar, MONAI bundle folder, or nnU-Net v2 model folder.
+        target : str or int
+            The model's class, by name or index.
+        segmentationNode, segmentId : optional
+            The target segment to read values on; default the model's own segmentation of ``target``.
+        settings : ExplainSettings, optional
+            Features, value function, samples, baseline, device...; default ``ExplainSettings()``.
+        trustModel : bool
+            Allow a MONAI bundle, whose configuration can run code.
+        onProgress, onLog : callable, optional
+            Called with each :class:`Progress` and each stage message.
+
+        Returns
+        -------
+        ExplanationNodes
+
+        Raises
+        ------
+        ValueError
+            Bad input found before the worker starts (no volume, a label map, a missing segment...).
+        WorkerError
+            The worker's message (e.g. an unknown class); ``OutOfMemoryError`` when the GPU is too small.
+        WorkerCancelled
+            On Ctrl+C; the scene is unchanged.
+        """
+        return self.explainAsync(
+            volumeNode, modelPath, target, segmentationNode, segmentId, settings, trustModel=trustModel,
+            callbacks=JobCallbacks(onProgress=onProgress, onLog=onLog),
+        ).wait()
+
+    def explainAsync(
+        self,
+        volumeNode,
+        modelPath: str,
+        target: str | int,
+        segmentationNode=None,
+        segmentId: str | None = None,
+        settings: ExplainSettings | None = None,
+        *,
+        trustModel: bool = False,
+        callbacks: JobCallbacks | None = None,
+    ) -> WorkerJob:
+        """Start :meth:`explain` in the background; its result (``ExplanationNodes``) goes to ``onDone``."""
+        settings = settings or ExplainSettings()
+        checkScalarVolume(volumeNode)
+        if segmentationNode is not None and not segmentId:
+            raise ValueError(f"Choose a segment of {segmentationNode.GetName()!r} as the target segment.")
+        baseName = self.resultName(volumeNode, target, settings)
+
+        def prepare(folder: Path) -> dict:
+            request = {
+                "task": "explain",
+                "image": str(exportVolume(volumeNode, folder / "input.nrrd")),
+                "model": str(modelPath),
+                "trust_model": trustModel,
+                "target": target,
+                "out": str(folder / "out"),
+                "options": settings.workerOptions(),
+            }
+            if segmentationNode is not None:
+                request["reference"] = str(exportSegment(segmentationNode, segmentId, folder / "reference.seg.nrrd"))
+            return request
+
+        def finish(fields: dict) -> ExplanationNodes:
+            nodes = importExplanation(self.scene, fields["outputs"], volumeNode, baseName, self.volumeRenderingLogic)
+            nodes.table.SetAttribute("SegShapExplain.Summary", fields.get("summary", ""))
+            return nodes
+
+        return self._start(prepare, finish, callbacks)
+
+    @staticmethod
+    def resultName(volumeNode, target: str | int, settings: ExplainSettings) -> str:
+        """Names the result nodes, e.g. ``"MRHead SHAP liver (slic 100, soft_dice)"``."""
+        return f"{volumeNode.GetName()} SHAP {target} ({settings.shortName()})"
+
+    # ------------------------------------------------------------------------------------------------ segment
+
+    def segment(self, volumeNode, modelPath: str, *, device: Device = Device.AUTO, batchSize: int = 4,
+                trustModel: bool = False):
+        """The model's segmentation of ``volumeNode`` as a new segmentation node (one segment per class found)."""
+        return self.segmentAsync(volumeNode, modelPath, device=device, batchSize=batchSize,
+                                 trustModel=trustModel).wait()
+
+    def segmentAsync(self, volumeNode, modelPath: str, *, device: Device = Device.AUTO, batchSize: int = 4,
+                     trustModel: bool = False, callbacks: JobCallbacks | None = None) -> WorkerJob:
+        """Start :meth:`segment` in the background; the segmentation node goes to ``onDone``."""
+        checkScalarVolume(volumeNode)
+        name = f"{volumeNode.GetName()} {Path(str(modelPath).rstrip('/')).stem} segmentation"
+
+        def prepare(folder: Path) -> dict:
+            return {
+                "task": "segment",
+                "image": str(exportVolume(volumeNode, folder / "input.nrrd")),
+                "model": str(modelPath),
+                "trust_model": trustModel,
+                "out": str(folder / "out"),
+                "options": {"device": device.value, "batch_size": batchSize},
+            }
+
+        def finish(fields: dict):
+            return importSegmentation(self.scene, fields["outputs"]["segmentation"], fields["classes"], volumeNode,
+                                      name)
+
+        return self._start(prepare, finish, callbacks)
+
+    # ------------------------------------------------------------------------------------------------ describe
+
+    def describeModel(self, modelPath: str, *, device: Device = Device.AUTO, trustModel: bool = False
+                      ) -> ModelDescription:
+        """Load the model in the worker and report its format, classes and the device it would run on."""
+        return self.describeModelAsync(modelPath, device=device, trustModel=trustModel).wait()
+
+    def describeModelAsync(self, modelPath: str, *, device: Device = Device.AUTO, trustModel: bool = False,
+                           callbacks: JobCallbacks | None = None) -> WorkerJob:
+        """Start :meth:`describeModel` in the background; the :class:`ModelDescription` goes to ``onDone``."""
+
+        def prepare(folder: Path) -> dict:
+            return {"task": "describe", "model": str(modelPath), "trust_model": trustModel,
+                    "options": {"device": device.value}}
+
+        return self._start(prepare, ModelDescription.fromEvent, callbacks)
+
+    # ------------------------------------------------------------------------------------------------ display
+
+    def showResults(self, volumeNode, nodes: ExplanationNodes, opacity: float = 0.5) -> None:
+        """Show the heatmap over ``volumeNode`` and the feature outlines in every slice view."""
+        showInSliceViews(self.scene, volumeNode, nodes, opacity)
+
+    def jumpToFeature(self, tableNode, row: int) -> tuple[float, float, float]:
+        """Centre the slice views on the feature of ``row`` in an explanation table; returns the point (RAS)."""
+        return jumpToFeature(tableNode, row)
+
+    # ------------------------------------------------------------------------------------------------ jobs
+
+    def _start(self, prepare: Callable[[Path], dict], finish: Callable[[dict], object],
+               callbacks: JobCallbacks | None) -> WorkerJob:
+        """Write the inputs and the request into a fresh folder, then start the worker on it."""
+        folder = Path(tempfile.mkdtemp(prefix="segshap-", dir=self.temporaryFolder))
+        try:
+            request = prepare(folder)
+            requestPath = folder / "request.json"
+            requestPath.write_text(json.dumps(request, indent=1))
+            process = self.runner(workerCommand(requestPath, self.python), workerEnvironment())
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return WorkerJob(process, finish, callbacks, workFolder=folder)

@@ -1,0 +1,139 @@
+"""The choices a user makes for one explanation, typed, with the engine's names for them.
+
+The enums double as the panel's combo boxes (the parameter node wrapper shows ``label``); ``ExplainSettings``
+becomes the ``options`` of a worker request and names the output nodes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class FeatureKind(enum.Enum):
+    """How the image is cut into the features that are switched on and off."""
+
+    SUPERVOXELS = "slic"
+    REGULAR = "fcc"
+    GRID = "grid"
+    ORGAN_AWARE = "organ_aware"
+    ORGANS = "organs"
+
+    @staticmethod
+    def label(kind: FeatureKind) -> str:
+        return {
+            FeatureKind.SUPERVOXELS: "Supervoxels (SLIC)",
+            FeatureKind.REGULAR: "Regular supervoxels (FCC lattice)",
+            FeatureKind.GRID: "Grid of cubes",
+            FeatureKind.ORGAN_AWARE: "Organ-aware supervoxels",
+            FeatureKind.ORGANS: "Whole organs",
+        }[kind]
+
+
+class ValueFunction(enum.Enum):
+    """What is measured on the target segment for each coalition."""
+
+    SOFT_DICE = "soft_dice"
+    DICE = "dice"
+    TRUE_POSITIVES = "tp"
+    FALSE_POSITIVES = "fp"
+    MEAN_PROBABILITY = "mean_prob"
+
+    @staticmethod
+    def label(value: ValueFunction) -> str:
+        return {
+            ValueFunction.SOFT_DICE: "Soft Dice",
+            ValueFunction.DICE: "Dice",
+            ValueFunction.TRUE_POSITIVES: "True positives",
+            ValueFunction.FALSE_POSITIVES: "False-positive mass",
+            ValueFunction.MEAN_PROBABILITY: "Mean probability",
+        }[value]
+
+
+class Baseline(enum.Enum):
+    """The intensities that replace a feature's voxels when it is switched off."""
+
+    MEAN = "mean"
+    MINIMUM = "min"
+    ZERO = "zero"
+
+    @staticmethod
+    def label(baseline: Baseline) -> str:
+        return {Baseline.MEAN: "Image mean", Baseline.MINIMUM: "Image minimum", Baseline.ZERO: "Zero"}[baseline]
+
+
+class Device(enum.Enum):
+    """Where the worker runs the model; ``AUTO`` is the GPU when the worker's torch sees one."""
+
+    AUTO = "auto"
+    CUDA = "cuda"
+    CPU = "cpu"
+
+    @staticmethod
+    def label(device: Device) -> str:
+        return {Device.AUTO: "Auto (GPU if available)", Device.CUDA: "GPU (CUDA)", Device.CPU: "CPU"}[device]
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """Options of one explanation (the worker's ``options``).
+
+    Attributes
+    ----------
+    features : FeatureKind
+    nFeatures : int
+        About how many features to cut the region into (supervoxels, grid); ignored for whole organs.
+    value : ValueFunction
+    nSamples : int
+        Coalitions to evaluate; 0 means "auto": sample until the standard errors fall below ``tolerance``.
+    tolerance : float
+        For ``nSamples == 0``: stop once the largest standard error is this fraction of the values' spread;
+        0 means the engine's default.
+    baseline : Baseline
+    device : Device
+    seed : int
+    batchSize : int
+        Windows per forward pass (halved automatically when the GPU runs out of memory).
+    """
+
+    features: FeatureKind = FeatureKind.SUPERVOXELS
+    nFeatures: int = 100
+    value: ValueFunction = ValueFunction.SOFT_DICE
+    nSamples: int = 0
+    tolerance: float = 0.0
+    baseline: Baseline = Baseline.MEAN
+    device: Device = Device.AUTO
+    seed: int = 0
+    batchSize: int = 4
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.nFeatures < 1:
+            problems.append(f"the number of features must be at least 1 (got {self.nFeatures})")
+        if self.nSamples != 0 and self.nSamples < 2:
+            problems.append(f"the number of samples must be 0 (auto) or at least 2 (got {self.nSamples})")
+        if self.tolerance < 0:
+            problems.append(f"the tolerance must be positive, or 0 for the default (got {self.tolerance})")
+        if self.batchSize < 1:
+            problems.append(f"the batch size must be at least 1 (got {self.batchSize})")
+        if problems:
+            raise ValueError("Invalid explanation settings: " + "; ".join(problems) + ".")
+
+    def workerOptions(self) -> dict:
+        """The ``options`` object of a worker request."""
+        return {
+            "features": self.features.value,
+            "n_features": self.nFeatures,
+            "value": self.value.value,
+            "nsamples": self.nSamples or "auto",
+            "tolerance": self.tolerance or None,
+            "baseline": self.baseline.value,
+            "device": self.device.value,
+            "seed": self.seed,
+            "batch_size": self.batchSize,
+        }
+
+    def shortName(self) -> str:
+        """A few words for node names, e.g. ``"slic 100, soft_dice"``."""
+        count = "" if self.features is FeatureKind.ORGANS else f" {self.nFeatures}"
+        return f"{self.features.value}{count}, {self.value.value}"
