@@ -1,9 +1,45 @@
 """3D Slicer module: explain a segmentation model's output with efficient KernelSHAP over supervoxels.
 
-GUI and self-test only; the logic lives in ``SegShapExplainLib`` (no Qt) and the engine in ``segshap`` (no Slicer).
+GUI and self-test only. Every decision lives in ``SegShapExplainLib`` (no Qt, tested headless with slicer-core);
+the engine ``segshap`` runs in a separate worker process and is never imported here.
 """
 
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleWidget
+from __future__ import annotations
+
+import inspect
+import pathlib
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from SegShapExplainLib import (
+    Baseline,
+    Device,
+    ExplainSettings,
+    FeatureKind,
+    JobCallbacks,
+    OutOfMemoryError,
+    SegShapExplainLogic,
+    SubprocessRunner,
+    ValueFunction,
+    WorkerCancelled,
+    WorkerError,
+    killProcessTree,
+)
+from SegShapExplainLib.dependencies import installMessage, missingPackages, requirementsFile, resourcesFolder
+
+DEMO_MODEL = resourcesFolder() / "Models" / "demo_gmwm.pt"
+DEMO_IMAGE = resourcesFolder() / "Demo" / "mni152_t1_2mm.nii.gz"
 
 
 class SegShapExplain(ScriptedLoadableModule):
@@ -14,13 +50,430 @@ class SegShapExplain(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SegShapExplain developers"]
         self.parent.helpText = (
-            "Explains why a 3D segmentation model segmented a structure: KernelSHAP values of supervoxels, computed "
-            "exactly and efficiently by the segshap engine."
+            "Explains why a 3D segmentation model segmented a structure: the Shapley value of each supervoxel (or "
+            "organ) for the model's score on the target segment, computed exactly as full sliding-window inference "
+            "would, in a background process. Red supports the segmentation, blue works against it. "
+            "See the <a href='https://github.com/segshapexplain/SegShapExplain'>project page</a>."
         )
         self.parent.acknowledgementText = (
             "Builds on efficient KernelSHAP for patch-based 3D segmentation (Coimbra Brioso et al., arXiv 2604.11775)."
         )
 
 
-class SegShapExplainWidget(ScriptedLoadableModuleWidget):
-    """The panel. Until it is built, the engine is reachable from the Python console as ``import segshap``."""
+@parameterNodeWrapper
+class SegShapExplainParameterNode:
+    """What the panel shows, saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    modelPath: pathlib.Path = DEMO_MODEL
+    trustModel: bool = False
+    target: str = ""
+    referenceSegmentation: vtkMRMLSegmentationNode
+    referenceSegmentId: str = ""
+    features: FeatureKind = FeatureKind.SUPERVOXELS
+    nFeatures: Annotated[int, WithinRange(1, 100000)] = 100
+    value: ValueFunction = ValueFunction.SOFT_DICE
+    autoSamples: bool = True
+    nSamples: Annotated[int, WithinRange(2, 10000000)] = 2000
+    tolerance: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    baseline: Baseline = Baseline.MEAN
+    device: Device = Device.AUTO
+    seed: int = 0
+    resultTable: vtkMRMLTableNode
+
+    def settings(self) -> ExplainSettings:
+        return ExplainSettings(
+            features=self.features, nFeatures=self.nFeatures, value=self.value,
+            nSamples=0 if self.autoSamples else self.nSamples, tolerance=self.tolerance, baseline=self.baseline,
+            device=self.device, seed=self.seed,
+        )
+
+
+class SegShapExplainParameterLogic(ScriptedLoadableModuleLogic):
+    """The module's parameter node. The work is done by ``SegShapExplainLogic`` from ``SegShapExplainLib``
+    (imported here, so ``slicer.util.getModuleLogic("SegShapExplain")`` finds it too)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.moduleName = "SegShapExplain"
+
+    def getParameterNode(self) -> SegShapExplainParameterNode:
+        return SegShapExplainParameterNode(super().getParameterNode())
+
+
+class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: inputs, options, Explain/Cancel with progress, and the results table."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self._parameterNode: SegShapExplainParameterNode | None = None
+        self._parameterNodeGuiTag = None
+        self.job = None
+        self.modelJob = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(str(resourcesFolder() / "UI" / "SegShapExplain.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.parameterLogic = SegShapExplainParameterLogic()
+        self.logic = SegShapExplainLogic(slicer.mrmlScene, runner=_consoleRunner())
+
+        self.timer = qt.QTimer()
+        self.timer.setInterval(100)
+        self.timer.timeout.connect(self.pollJobs)
+
+        self.ui.targetComboBox.editable = True
+        self.ui.targetComboBox.currentTextChanged.connect(self.onTargetChanged)
+        self.ui.referenceSegmentSelector.currentNodeChanged.connect(self.onReferenceChanged)
+        self.ui.referenceSegmentSelector.currentSegmentChanged.connect(self.onReferenceChanged)
+        self.ui.modelPathLineEdit.currentPathChanged.connect(self.describeModel)
+        self.ui.explainButton.clicked.connect(self.onExplainOrCancel)
+        self.ui.segmentWithModelButton.clicked.connect(self.onSegmentWithModel)
+        self.ui.resultsTableView.selectionModel().currentRowChanged.connect(self.onResultRowChanged)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        if not missingPackages():
+            self.describeModel()
+
+    # ------------------------------------------------------------------------------------------ parameter node
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        self.cancelJobs()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.cancelJobs()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.parameterLogic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if volume and not volume.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = volume
+
+    def setParameterNode(self, parameterNode: SegShapExplainParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.ui.referenceSegmentSelector.setCurrentNode(self._parameterNode.referenceSegmentation)
+            self.ui.referenceSegmentSelector.setCurrentSegmentID(self._parameterNode.referenceSegmentId)
+            self.ui.targetComboBox.setCurrentText(self._parameterNode.target)
+            self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultTable)
+            self.updateButtons()
+
+    def updateButtons(self, caller=None, event=None) -> None:
+        parameters = self._parameterNode
+        running = self.job is not None
+        ready = bool(parameters and parameters.inputVolume and str(parameters.modelPath) not in ("", ".")
+                     and parameters.target)
+        self.ui.explainButton.text = "Cancel" if running else "Explain"
+        self.ui.explainButton.enabled = running or ready
+        self.ui.explainButton.toolTip = "" if running or ready else "Choose an input volume, a model and a target class."
+        self.ui.segmentWithModelButton.enabled = not running and bool(parameters and parameters.inputVolume)
+        self.ui.nSamplesSpinBox.enabled = bool(parameters and not parameters.autoSamples)
+        self.ui.toleranceSpinBox.enabled = bool(parameters and parameters.autoSamples)
+
+    def onTargetChanged(self, text: str) -> None:
+        if self._parameterNode:
+            self._parameterNode.target = text
+
+    def onReferenceChanged(self, *args) -> None:
+        if self._parameterNode:
+            self._parameterNode.referenceSegmentation = self.ui.referenceSegmentSelector.currentNode()
+            self._parameterNode.referenceSegmentId = self.ui.referenceSegmentSelector.currentSegmentID() or ""
+
+    # ------------------------------------------------------------------------------------------ actions
+
+    def describeModel(self, *args) -> None:
+        """Load the model in the worker to list its classes (and check it) without blocking the panel."""
+        if self.modelJob is not None:
+            self.modelJob.cancel()
+            self.modelJob = None
+        path = self._parameterNode.modelPath if self._parameterNode else None
+        if not path or str(path) in ("", ".") or not path.exists():
+            self.ui.modelInfoLabel.text = "Choose a model file or folder to list its classes."
+            return
+        if missingPackages():
+            self.ui.modelInfoLabel.text = "Python packages are missing; they are installed when you press Explain."
+            return
+        self.ui.modelInfoLabel.text = "Reading the model..."
+        self.modelJob = self.logic.describeModelAsync(
+            str(path), device=self._parameterNode.device, trustModel=self._parameterNode.trustModel,
+            callbacks=JobCallbacks(onDone=self.onModelDescribed, onError=self.onModelFailed),
+        )
+        self.timer.start()
+
+    def onModelDescribed(self, description) -> None:
+        self.modelJob = None
+        wanted = self._parameterNode.target
+        classes = [name for index, name in sorted(description.classes.items()) if index != 0]
+        self.ui.targetComboBox.clear()
+        self.ui.targetComboBox.addItems(classes)
+        self.ui.targetComboBox.setCurrentText(wanted if wanted in classes else classes[-1] if classes else "")
+        where = f"GPU ({description.cudaDevices[0]})" if description.cudaDevices else "CPU"
+        self.ui.modelInfoLabel.text = (f"{description.format} model, {len(description.classes)} classes, "
+                                       f"patch {'x'.join(map(str, description.patchSize))}; runs on the {where}.")
+
+    def onModelFailed(self, error: BaseException) -> None:
+        self.modelJob = None
+        self.ui.modelInfoLabel.text = f"This model cannot be used: {error}"
+
+    def onExplainOrCancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start the explanation.", waitCursor=True):
+            if not self.ensureDependencies():
+                return
+            self.startExplanation()
+
+    def startExplanation(self) -> None:
+        parameters = self._parameterNode
+        reference = parameters.referenceSegmentation
+        self.job = self.logic.explainAsync(
+            parameters.inputVolume, str(parameters.modelPath), parameters.target,
+            reference, parameters.referenceSegmentId if reference else None, parameters.settings(),
+            trustModel=parameters.trustModel,
+            callbacks=JobCallbacks(onProgress=self.onProgress, onLog=self.onStage, onDone=self.onExplained,
+                                   onError=self.onFailed, onCancelled=self.onCancelled),
+        )
+        self.ui.progressBar.visible = True
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.format = "Starting the worker..."
+        self.ui.statusLabel.text = "Starting the worker..."
+        self.timer.start()
+        self.updateButtons()
+
+    def onSegmentWithModel(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not segment with the model.", waitCursor=True):
+            if not self.ensureDependencies():
+                return
+            parameters = self._parameterNode
+            self.job = self.logic.segmentAsync(
+                parameters.inputVolume, str(parameters.modelPath), device=parameters.device,
+                trustModel=parameters.trustModel,
+                callbacks=JobCallbacks(onLog=self.onStage, onDone=self.onSegmented, onError=self.onFailed,
+                                       onCancelled=self.onCancelled),
+            )
+            self.ui.statusLabel.text = "Segmenting with the model..."
+            self.timer.start()
+            self.updateButtons()
+
+    def pollJobs(self) -> None:
+        for job in (self.job, self.modelJob):
+            if job is not None:
+                job.poll()
+        if self.job is None and self.modelJob is None:
+            self.timer.stop()
+
+    def cancelJobs(self) -> None:
+        for job in (self.job, self.modelJob):
+            if job is not None:
+                job.cancel()
+        self.job = self.modelJob = None
+
+    # ------------------------------------------------------------------------------------------ job callbacks
+
+    def onProgress(self, progress) -> None:
+        eta = "..." if progress.etaSeconds is None else _duration(progress.etaSeconds)
+        self.ui.progressBar.value = int(progress.percent)
+        self.ui.progressBar.format = f"%p%  ({progress.done}/{progress.total} coalitions, {eta} left)"
+
+    def onStage(self, message: str) -> None:
+        self.ui.statusLabel.text = message
+
+    def onExplained(self, nodes) -> None:
+        self._finished(f"Done: {nodes.table.GetAttribute('SegShapExplain.Summary')}.")
+        self.logic.showResults(self._parameterNode.inputVolume, nodes)
+        self._parameterNode.resultTable = nodes.table
+        self.ui.resultsTableView.setMRMLTableNode(nodes.table)
+
+    def onSegmented(self, segmentation) -> None:
+        self._finished(f"Segmented: {segmentation.GetName()}.")
+        self.ui.referenceSegmentSelector.setCurrentNode(segmentation)
+
+    def onFailed(self, error: BaseException) -> None:
+        self._finished("Failed; nothing was added to the scene.")
+        if isinstance(error, OutOfMemoryError) and self._parameterNode.device is not Device.CPU:
+            if slicer.util.confirmYesNoDisplay(f"{error}\n\nRun on the CPU instead? It is slower but has the memory."):
+                self._parameterNode.device = Device.CPU
+                self.onExplainOrCancel()
+            return
+        slicer.util.errorDisplay(str(error), windowTitle="SegShapExplain")
+
+    def onCancelled(self) -> None:
+        self._finished("Cancelled; the scene is as it was.")
+
+    def _finished(self, status: str) -> None:
+        self.job = None
+        self.ui.progressBar.visible = False
+        self.ui.statusLabel.text = status
+        self.updateButtons()
+
+    def onResultRowChanged(self, current, previous) -> None:
+        table = self._parameterNode.resultTable if self._parameterNode else None
+        if table is not None and current.isValid():
+            self.logic.jumpToFeature(table, current.row())
+
+    # ------------------------------------------------------------------------------------------ dependencies
+
+    def ensureDependencies(self) -> bool:
+        """Install what the worker needs after one confirmation; ``False`` if the user declines."""
+        missing = missingPackages()
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(installMessage(missing), windowTitle="SegShapExplain"):
+            return False
+        if "torch" in missing:
+            try:
+                import PyTorchUtils
+            except ModuleNotFoundError:
+                raise RuntimeError("SegShapExplain needs the PyTorch extension: install 'PyTorch' from the "
+                                   "Extensions Manager, restart 3D Slicer and try again.") from None
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+                raise RuntimeError("PyTorch could not be installed; pip's messages are in the Python console.")
+        if any(item != "torch" for item in missing):
+            _pipInstall(requirementsFile())
+        still = missingPackages()
+        if still:
+            raise RuntimeError(f"Still missing after installing: {', '.join(still)}. Restart 3D Slicer and try "
+                               "again; pip's messages are in the Python console.")
+        self.describeModel()
+        return True
+
+
+def _consoleRunner():
+    """``slicer.util.launchConsoleProcess`` with callbacks where Slicer has them (5.12+), else a reader thread."""
+    if "logCallback" in inspect.signature(slicer.util.launchConsoleProcess).parameters:
+        return _ConsoleProcess
+    return SubprocessRunner()
+
+
+class _ConsoleProcess:
+    """A worker started by ``launchConsoleProcess``; its lines arrive on the main thread from Slicer's timer."""
+
+    def __init__(self, command, env) -> None:
+        self.lines: list[str] = []
+        self.code: int | None = None
+        self.process = slicer.util.launchConsoleProcess(
+            list(command), updateEnvironment=env, blocking=False, logCallback=self.lines.append,
+            completedCallback=self._completed,
+        )
+
+    def _completed(self, code: int) -> None:
+        self.code = code
+
+    def takeLines(self) -> list[str]:
+        taken, self.lines = self.lines, []
+        return taken
+
+    def returnCode(self) -> int | None:
+        return self.code
+
+    def kill(self) -> None:
+        killProcessTree(self.process.pid)
+
+
+def _pipInstall(requirements: pathlib.Path) -> None:
+    try:
+        import slicer.pydeps as pydeps  # Slicer 5.11+
+    except ImportError:
+        slicer.util.pip_install(["-r", str(requirements)])
+        return
+    pydeps.pip_ensure(pydeps.load_requirements(str(requirements)), skip_packages=["torch"], requester="SegShapExplain")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class SegShapExplainTest(ScriptedLoadableModuleTest):
+    """Runs in 3D Slicer: the demo model on the demo MRI, end to end, then cancel and a worker error."""
+
+    SETTINGS = ExplainSettings(nFeatures=20, nSamples=64, device=Device.CPU)
+    BOX = (slice(36, 56), slice(56, 76), slice(46, 66))  # i, j, k voxels: the demo's white-matter region
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_ExplainDemo()
+        self.setUp()
+        self.test_CancelAndError()
+
+    def _inputs(self):
+        import numpy as np
+
+        volume = slicer.util.loadVolume(str(DEMO_IMAGE))
+        logic = SegShapExplainLogic(slicer.mrmlScene)
+        segmentation = logic.segment(volume, str(DEMO_MODEL), device=Device.CPU)
+        segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName("white_matter")
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)  # k, j, i
+        box = np.zeros_like(mask)
+        box[self.BOX[::-1]] = 1
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask * box, segmentation, segmentId, volume)
+        return logic, volume, segmentation, segmentId
+
+    def test_ExplainDemo(self) -> None:
+        import numpy as np
+
+        self.delayDisplay("Explaining the demo model's white matter")
+        logic, volume, segmentation, segmentId = self._inputs()
+        nodes = logic.explain(volume, str(DEMO_MODEL), "white_matter", segmentation, segmentId, self.SETTINGS)
+        heat = slicer.util.arrayFromVolume(nodes.heatmap)
+        ids = slicer.util.arrayFromVolume(nodes.features)
+        self.assertEqual(heat.shape, slicer.util.arrayFromVolume(volume).shape)
+        for feature, value in nodes.values.items():
+            self.assertTrue(np.all(heat[ids == feature] == np.float32(value)))
+        display = nodes.heatmap.GetDisplayNode()
+        self.assertAlmostEqual(display.GetLevel(), 0.0)
+        table = nodes.table.GetTable()
+        values = [abs(table.GetValueByName(r, "Value").ToDouble()) for r in range(table.GetNumberOfRows())]
+        self.assertEqual(values, sorted(values, reverse=True))
+        logic.showResults(volume, nodes)
+        logic.jumpToFeature(nodes.table, 0)
+        self.delayDisplay("Explanation test passed")
+
+    def test_CancelAndError(self) -> None:
+        logic, volume, segmentation, segmentId = self._inputs()
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        stages = []
+        job = logic.explainAsync(volume, str(DEMO_MODEL), "white_matter", segmentation, segmentId,
+                                 ExplainSettings(nFeatures=60, nSamples=20000, device=Device.CPU),
+                                 callbacks=JobCallbacks(onLog=stages.append))
+        while not any("Estimating" in stage for stage in stages) and not job.poll():
+            slicer.app.processEvents()
+        job.cancel()
+        self.assertTrue(job.cancelled)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        with self.assertRaises(WorkerCancelled):
+            job.wait()
+        with self.assertRaises(WorkerError):
+            logic.explain(volume, str(DEMO_MODEL), "no_such_class", settings=self.SETTINGS)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.delayDisplay("Cancel and error test passed")

@@ -7,7 +7,6 @@ the volume's own grid.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time

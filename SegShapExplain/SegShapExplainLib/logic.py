@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import slicer
+
 from .exchange import checkScalarVolume, exportSegment, exportVolume
 from .results import ExplanationNodes, importExplanation, importSegmentation, jumpToFeature, showInSliceViews
 from .settings import Device, ExplainSettings
@@ -75,28 +77,39 @@ class SegShapExplainLogic:
 
     Parameters
     ----------
-    scene : vtkMRMLScene
-        Where inputs are read from and results go (``slicer.mrmlScene`` in 3D Slicer).
+    scene : vtkMRMLScene, optional
+        Where inputs are read from and results go; default ``slicer.mrmlScene`` (in 3D Slicer).
     runner : callable, optional
         Starts the worker process (:data:`ProcessRunner`); default :class:`SubprocessRunner`.
     python : str, optional
         The Python that runs ``segshap worker``; default ``PythonSlicer`` where present, else this Python.
     volumeRenderingLogic : vtkSlicerVolumeRenderingLogic, optional
-        For the 3D view of the strongest features (``slicer.modules.volumerendering.logic()``); without it no
-        volume rendering is made.
+        For the 3D view of the strongest features; default 3D Slicer's volume rendering module logic where there
+        is one. Without it no volume rendering is made.
     temporaryFolder : str, optional
-        Where each job's folder of input and output files is made (and removed afterwards); default the system's.
+        Where each job's folder of input and output files is made (and removed afterwards); default 3D Slicer's
+        temporary folder, else the system's.
     """
 
     def __init__(
         self,
-        scene,
+        scene=None,
         *,
         runner: ProcessRunner | None = None,
         python: str | None = None,
         volumeRenderingLogic=None,
         temporaryFolder: str | None = None,
     ) -> None:
+        application = getattr(slicer, "app", None)  # only inside 3D Slicer
+        modules = getattr(slicer, "modules", None)
+        if scene is None:
+            scene = getattr(slicer, "mrmlScene", None)
+            if scene is None:
+                raise ValueError("Pass the scene: SegShapExplainLogic(scene) (slicer.mrmlScene exists only in 3D Slicer).")
+        if volumeRenderingLogic is None and hasattr(modules, "volumerendering"):
+            volumeRenderingLogic = modules.volumerendering.logic()
+        if temporaryFolder is None and application is not None:
+            temporaryFolder = application.temporaryPath
         self.scene = scene
         self.runner = runner or SubprocessRunner()
         self.python = python

@@ -1,0 +1,81 @@
+"""What a 3D Slicer build installs and what the module installs into Slicer's Python match the repository."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+from SegShapExplainLib.dependencies import distributionName, readRequirements, requirementsFile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cmake_list(name: str) -> list[str]:
+    text = (ROOT / "SegShapExplain" / "CMakeLists.txt").read_text()
+    body = re.search(rf"set\({name}\n(.*?)\n\s*\)", text, re.S).group(1)
+    return [line.strip().replace("${MODULE_NAME}", "SegShapExplain") for line in body.splitlines() if line.strip()]
+
+
+def _tracked(folder: str) -> set[str]:
+    files = subprocess.run(["git", "ls-files", folder], cwd=ROOT, capture_output=True, text=True, check=True)
+    return {line for line in files.stdout.splitlines() if line}
+
+
+def test_cmake_lists_every_module_script():
+    scripts = {f"SegShapExplain/{path}" for path in _cmake_list("MODULE_PYTHON_SCRIPTS")}
+    tracked = {path for path in _tracked("SegShapExplain") if path.endswith(".py")}
+    assert scripts == tracked
+
+
+def test_cmake_lists_every_resource():
+    resources = {f"Resources/{path}" for path in _cmake_list("MODULE_RESOURCES")}
+    assert resources == _tracked("Resources")
+
+
+def test_extension_metadata_declares_pytorch_and_its_urls():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for field in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert re.search(rf'set\(EXTENSION_{field} "[^"]+"\)', text), field
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
+
+
+def test_slicer_requirements_are_the_engine_s_dependencies_without_torch():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    engine = {distributionName(r) for r in project["dependencies"]} - {"torch", "numpy"}
+    slicer_side = {distributionName(r) for r in readRequirements(requirementsFile())}
+    assert slicer_side - {"einops"} == engine  # einops: SwinUNETR's, a test extra of the engine
+
+
+def _panel() -> tuple[str, str]:
+    return ((ROOT / "Resources" / "UI" / "SegShapExplain.ui").read_text(),
+            (ROOT / "SegShapExplain" / "SegShapExplain.py").read_text())
+
+
+def test_panel_widgets_bind_to_parameters_that_exist():
+    import ast
+
+    ui, module = _panel()
+    bound = set(re.findall(r'<property name="SlicerParameterName" stdset="0">\s*<string>(\w+)</string>', ui))
+    tree = ast.parse(module)
+    wrapper = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "SegShapExplainParameterNode")
+    fields = {statement.target.id for statement in wrapper.body if isinstance(statement, ast.AnnAssign)}
+    assert bound and bound <= fields
+
+
+def test_every_widget_the_module_uses_is_in_the_ui():
+    ui, module = _panel()
+    widgets = set(re.findall(r'<widget class="\w+" name="(\w+)">', ui))
+    used = set(re.findall(r"self\.ui\.(\w+)", module))
+    assert used and used <= widgets, used - widgets
+
+
+def test_missing_packages_are_found_without_importing_them(tmp_path):
+    from SegShapExplainLib.dependencies import installMessage, missingPackages
+
+    assert missingPackages() == []  # this environment has everything the worker needs
+    wanted = tmp_path / "requirements.txt"
+    wanted.write_text("# comment\nscipy>=1.10\nno-such-package-segshap>=1  # not installed\npyyaml\n")
+    assert missingPackages(wanted) == ["no-such-package-segshap>=1"]
+    assert "no-such-package-segshap>=1" in installMessage(["torch", "no-such-package-segshap>=1"])
