@@ -147,6 +147,13 @@ def test_explain_end_to_end_builds_the_nodes_on_the_input_geometry(scene, tmp_pa
     logic = _logic(scene, tmp_path)
     volume = scene.GetFirstNodeByName("T1 oblique")
     segmentation, segment = _segment_id(scene)
+    # The volume sits under a transform (e.g. a registration): the worker sees its own geometry, the results
+    # follow it under the same transform.
+    shift = np.array([10.0, -5.0, 3.0])
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    transform.SetMatrixTransformToParent(_matrix(np.r_[np.c_[np.eye(3), shift], [[0, 0, 0, 1]]]))
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    segmentation.SetAndObserveTransformNodeID(transform.GetID())
     progress, stages = [], []
     nodes = logic.explain(volume, str(MODEL), "white_matter", segmentation, segment, SMALL,
                           onProgress=progress.append, onLog=stages.append)
@@ -161,6 +168,7 @@ def test_explain_end_to_end_builds_the_nodes_on_the_input_geometry(scene, tmp_pa
         assert node.GetScene() is scene
         assert node.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
         np.testing.assert_allclose(_ijk_to_ras(node), _ijk_to_ras(volume), atol=1e-9)
+        assert node.GetTransformNodeID() == transform.GetID()
 
     # Heatmap = the worker's values on the worker's features, 0 elsewhere.
     heat, ids = _voxels(nodes.heatmap), _voxels(nodes.features)
@@ -218,7 +226,7 @@ def test_explain_end_to_end_builds_the_nodes_on_the_input_geometry(scene, tmp_pa
     assert composite.GetLabelVolumeID() == nodes.features.GetID()
     point = logic.jumpToFeature(nodes.table, 0)
     top = by_id[int(rows[0]["Feature"])]
-    np.testing.assert_allclose(point, top["centroid_ras_mm"])
+    np.testing.assert_allclose(point, np.array(top["centroid_ras_mm"]) + shift)
     red = scene.GetFirstNodeByClass("vtkMRMLSliceNode")
     np.testing.assert_allclose([red.GetSliceToRAS().GetElement(i, 3) for i in range(3)], point, atol=1e-6)
 
@@ -304,6 +312,10 @@ def test_bad_input_is_refused_before_the_worker_starts(scene, tmp_path):
     with pytest.raises(ValueError, match="Choose a segment"):
         logic.explain(volume, str(MODEL), "white_matter", segmentation, None)
     with pytest.raises(ValueError, match="no segment with id 'nope'.*'white_matter'"):
+        logic.explain(volume, str(MODEL), "white_matter", segmentation, "nope")
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    segmentation.SetAndObserveTransformNodeID(transform.GetID())
+    with pytest.raises(ValueError, match="different transforms"):
         logic.explain(volume, str(MODEL), "white_matter", segmentation, "nope")
     with pytest.raises(ValueError, match="number of samples"):
         ExplainSettings(nSamples=1)

@@ -185,6 +185,11 @@ class SegShapExplainLogic:
         checkScalarVolume(volumeNode)
         if segmentationNode is not None and not segmentId:
             raise ValueError(f"Choose a segment of {segmentationNode.GetName()!r} as the target segment.")
+        if segmentationNode is not None and segmentationNode.GetTransformNodeID() != volumeNode.GetTransformNodeID():
+            raise ValueError(
+                f"The segmentation {segmentationNode.GetName()!r} and the volume {volumeNode.GetName()!r} are under "
+                "different transforms; put them under the same one (or harden both) in the Transforms module."
+            )
         baseName = self.resultName(volumeNode, target, settings)
 
         def prepare(folder: Path) -> dict:
