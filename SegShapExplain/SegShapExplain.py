@@ -78,7 +78,7 @@ class SegShapExplainParameterNode:
     tolerance: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     baseline: Baseline = Baseline.MEAN
     device: Device = Device.AUTO
-    seed: int = 0
+    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     resultTable: vtkMRMLTableNode
 
     def settings(self) -> ExplainSettings:
@@ -111,6 +111,9 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self.job = None
         self.modelJob = None
+        self._describedModel = None  # (path, trust, device) the listed classes are from
+        self._restoringReference = False
+        self._retry = None  # starts the last job again (after an out-of-memory error, on the CPU)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -129,7 +132,7 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.targetComboBox.currentTextChanged.connect(self.onTargetChanged)
         self.ui.referenceSegmentSelector.currentNodeChanged.connect(self.onReferenceChanged)
         self.ui.referenceSegmentSelector.currentSegmentChanged.connect(self.onReferenceChanged)
-        self.ui.modelPathLineEdit.currentPathChanged.connect(self.describeModel)
+        self.ui.modelFolderButton.clicked.connect(self.onChooseModelFolder)
         self.ui.explainButton.clicked.connect(self.onExplainOrCancel)
         self.ui.segmentWithModelButton.clicked.connect(self.onSegmentWithModel)
         self.ui.resultsTableView.selectionModel().currentRowChanged.connect(self.onResultRowChanged)
@@ -137,8 +140,6 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
-        if not missingPackages():
-            self.describeModel()
 
     # ------------------------------------------------------------------------------------------ parameter node
 
@@ -178,14 +179,15 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
-            self.ui.referenceSegmentSelector.setCurrentNode(self._parameterNode.referenceSegmentation)
-            self.ui.referenceSegmentSelector.setCurrentSegmentID(self._parameterNode.referenceSegmentId)
+            self._showReference(self._parameterNode.referenceSegmentation, self._parameterNode.referenceSegmentId)
             self.ui.targetComboBox.setCurrentText(self._parameterNode.target)
             self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultTable)
             self.updateButtons()
 
     def updateButtons(self, caller=None, event=None) -> None:
         parameters = self._parameterNode
+        if parameters and (parameters.modelPath, parameters.trustModel, parameters.device) != self._describedModel:
+            self.describeModel()
         running = self.job is not None
         ready = bool(parameters and parameters.inputVolume and str(parameters.modelPath) not in ("", ".")
                      and parameters.target)
@@ -201,18 +203,35 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.target = text
 
     def onReferenceChanged(self, *args) -> None:
-        if self._parameterNode:
+        if self._parameterNode and not self._restoringReference:
             self._parameterNode.referenceSegmentation = self.ui.referenceSegmentSelector.currentNode()
             self._parameterNode.referenceSegmentId = self.ui.referenceSegmentSelector.currentSegmentID() or ""
 
+    def _showReference(self, segmentation, segmentId: str) -> None:
+        """Show a stored target segment; the selector would otherwise pick (and store) the node's first segment."""
+        self._restoringReference = True
+        try:
+            self.ui.referenceSegmentSelector.setCurrentNode(segmentation)
+            self.ui.referenceSegmentSelector.setCurrentSegmentID(segmentId)
+        finally:
+            self._restoringReference = False
+
+    def onChooseModelFolder(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), "Model folder (MONAI bundle or nnU-Net)", str(self._parameterNode.modelPath))
+        if folder:
+            self._parameterNode.modelPath = pathlib.Path(folder)
+
     # ------------------------------------------------------------------------------------------ actions
 
-    def describeModel(self, *args) -> None:
+    def describeModel(self) -> None:
         """Load the model in the worker to list its classes (and check it) without blocking the panel."""
         if self.modelJob is not None:
             self.modelJob.cancel()
             self.modelJob = None
-        path = self._parameterNode.modelPath if self._parameterNode else None
+        parameters = self._parameterNode
+        self._describedModel = (parameters.modelPath, parameters.trustModel, parameters.device)
+        path = parameters.modelPath
         if not path or str(path) in ("", ".") or not path.exists():
             self.ui.modelInfoLabel.text = "Choose a model file or folder to list its classes."
             return
@@ -248,6 +267,7 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Could not start the explanation.", waitCursor=True):
             if not self.ensureDependencies():
                 return
+            self._retry = self.startExplanation
             self.startExplanation()
 
     def startExplanation(self) -> None:
@@ -271,16 +291,20 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Could not segment with the model.", waitCursor=True):
             if not self.ensureDependencies():
                 return
-            parameters = self._parameterNode
-            self.job = self.logic.segmentAsync(
-                parameters.inputVolume, str(parameters.modelPath), device=parameters.device,
-                trustModel=parameters.trustModel,
-                callbacks=JobCallbacks(onLog=self.onStage, onDone=self.onSegmented, onError=self.onFailed,
-                                       onCancelled=self.onCancelled),
-            )
-            self.ui.statusLabel.text = "Segmenting with the model..."
-            self.timer.start()
-            self.updateButtons()
+            self._retry = self.startSegmentation
+            self.startSegmentation()
+
+    def startSegmentation(self) -> None:
+        parameters = self._parameterNode
+        self.job = self.logic.segmentAsync(
+            parameters.inputVolume, str(parameters.modelPath), device=parameters.device,
+            trustModel=parameters.trustModel,
+            callbacks=JobCallbacks(onLog=self.onStage, onDone=self.onSegmented, onError=self.onFailed,
+                                   onCancelled=self.onCancelled),
+        )
+        self.ui.statusLabel.text = "Segmenting with the model..."
+        self.timer.start()
+        self.updateButtons()
 
     def pollJobs(self) -> None:
         for job in (self.job, self.modelJob):
@@ -313,14 +337,19 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegmented(self, segmentation) -> None:
         self._finished(f"Segmented: {segmentation.GetName()}.")
-        self.ui.referenceSegmentSelector.setCurrentNode(segmentation)
+        # Offer the target class's segment as the target segment; never another class's.
+        segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName(self._parameterNode.target)
+        self._parameterNode.referenceSegmentation = segmentation if segmentId else None
+        self._parameterNode.referenceSegmentId = segmentId or ""
+        self._showReference(self._parameterNode.referenceSegmentation, self._parameterNode.referenceSegmentId)
 
     def onFailed(self, error: BaseException) -> None:
         self._finished("Failed; nothing was added to the scene.")
         if isinstance(error, OutOfMemoryError) and self._parameterNode.device is not Device.CPU:
             if slicer.util.confirmYesNoDisplay(f"{error}\n\nRun on the CPU instead? It is slower but has the memory."):
                 self._parameterNode.device = Device.CPU
-                self.onExplainOrCancel()
+                with slicer.util.tryWithErrorDisplay("Could not start again on the CPU.", waitCursor=True):
+                    self._retry()
             return
         slicer.util.errorDisplay(str(error), windowTitle="SegShapExplain")
 
@@ -361,7 +390,8 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if still:
             raise RuntimeError(f"Still missing after installing: {', '.join(still)}. Restart 3D Slicer and try "
                                "again; pip's messages are in the Python console.")
-        self.describeModel()
+        self._describedModel = None  # list the model's classes now that the worker can run
+        self.updateButtons()
         return True
 
 
@@ -403,7 +433,9 @@ def _pipInstall(requirements: pathlib.Path) -> None:
     except ImportError:
         slicer.util.pip_install(["-r", str(requirements)])
         return
-    pydeps.pip_ensure(pydeps.load_requirements(str(requirements)), skip_packages=["torch"], requester="SegShapExplain")
+    # The panel has asked already: no second prompt.
+    pydeps.pip_ensure(pydeps.load_requirements(str(requirements)), skip_packages=["torch"], prompt_install=False,
+                      requester="SegShapExplain")
 
 
 def _duration(seconds: float) -> str:
@@ -466,7 +498,8 @@ class SegShapExplainTest(ScriptedLoadableModuleTest):
         job = logic.explainAsync(volume, str(DEMO_MODEL), "white_matter", segmentation, segmentId,
                                  ExplainSettings(nFeatures=60, nSamples=20000, device=Device.CPU),
                                  callbacks=JobCallbacks(onLog=stages.append))
-        while not any("Estimating" in stage for stage in stages) and not job.poll():
+        while not any("Estimating" in stage for stage in stages):
+            self.assertFalse(job.poll(), f"the run ended before it could be cancelled: {job.error}")
             slicer.app.processEvents()
         job.cancel()
         self.assertTrue(job.cancelled)

@@ -3,6 +3,8 @@ and a reference implementation of the engine's contract built on MONAI's own ``s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -119,7 +121,7 @@ TEST_SIDECAR = {
 
 
 @pytest.fixture(scope="session")
-def scripted_model(tmp_path_factory) -> "Path":
+def scripted_model(tmp_path_factory) -> Path:
     """A small seeded MONAI UNet saved as TorchScript with its JSON sidecar (model.pt + model.json)."""
     import json
 

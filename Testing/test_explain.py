@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import nibabel
 import numpy as np
 import pytest
 from conftest import TEST_SIDECAR, perturbed, reference_values, small_unet

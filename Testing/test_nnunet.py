@@ -21,7 +21,6 @@ pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed: install segsh
 import segshap  # noqa: E402
 from conftest import perturbed  # noqa: E402
 from nnunet_models import make_model_folder  # noqa: E402
-from segshap.geometry import Grid  # noqa: E402
 from segshap.io import read_image  # noqa: E402
 
 
