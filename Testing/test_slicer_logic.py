@@ -317,6 +317,8 @@ def test_bad_input_is_refused_before_the_worker_starts(scene, tmp_path):
     segmentation.SetAndObserveTransformNodeID(transform.GetID())
     with pytest.raises(ValueError, match="different transforms"):
         logic.explain(volume, str(MODEL), "white_matter", segmentation, "nope")
+    with pytest.raises(ValueError, match=r"Pass the scene: SegShapExplainLogic\(scene\)"):
+        SegShapExplainLogic()  # outside 3D Slicer there is no slicer.mrmlScene to default to
     with pytest.raises(ValueError, match="number of samples"):
         ExplainSettings(nSamples=1)
     assert list(tmp_path.iterdir()) == []
