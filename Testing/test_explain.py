@@ -190,3 +190,29 @@ def test_missing_or_foreign_model_files_are_refused(tmp_path, scripted_model):
     (tmp_path / "fake.json").write_text(json.dumps(TEST_SIDECAR))
     with pytest.raises(ValueError, match="is not a TorchScript model"):
         segshap.load_model(fake)
+
+
+def test_the_explanation_game_is_the_game_explain_estimates(mni_t1):
+    """Enumerating every coalition of ``explanation_game``'s engine gives the values ``explain`` computes exactly."""
+    import itertools
+    import math
+
+    net = small_unet(1, 3)
+    options = dict(target=1, roi=ROI, features="grid", n_features=2, device="cpu", **TILING)
+    game = segshap.explanation_game(net, mni_t1, **options)
+    m = game.n_features
+    assert 2 <= m <= 10
+    coalitions = np.array(list(itertools.product([False, True], repeat=m)))
+    table = dict(zip(map(tuple, coalitions), game.engine.evaluate(coalitions)[:, 0]))
+    shapley = np.zeros(m)
+    for coalition, value in table.items():
+        for i in range(m):
+            if coalition[i]:
+                without = coalition[:i] + (False,) + coalition[i + 1:]
+                size = sum(coalition) - 1
+                weight = math.factorial(size) * math.factorial(m - size - 1) / math.factorial(m)
+                shapley[i] += weight * (value - table[without])
+    explained = segshap.explain(net, mni_t1, nsamples=2**m, **options)
+    assert explained.exact
+    np.testing.assert_array_equal(explained.feature_ids, game.engine.feature_ids)
+    np.testing.assert_allclose(explained.values, shapley, atol=1e-9)

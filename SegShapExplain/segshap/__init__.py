@@ -3,7 +3,7 @@
 from . import features
 from .engine import DEFAULT_CACHE_BYTES, PatchEngine
 from .estimator import ShapleyResult, kernel_shap
-from .explain import Explanation, explain, predict
+from .explain import Explanation, ExplanationGame, explain, explanation_game, predict
 from .geometry import Grid, ModelInput
 from .models import LoadedModel, load_model
 from .tiling import Tiling, monai_tiling, nnunet_tiling
@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "explain",
+    "explanation_game",
+    "ExplanationGame",
     "predict",
     "Explanation",
     "load_model",

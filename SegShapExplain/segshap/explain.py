@@ -352,6 +352,150 @@ def _features(kind, n_features: int, x: np.ndarray, labelmap, support) -> np.nda
     return feature_maps.organ_aware(labelmap, x[0], max(1, round(n_features / regions)), support=support)
 
 
+
+@dataclass
+class ExplanationGame:
+    """A model's segmentation of its targets as a cooperative game over features: what :func:`explain` estimates
+    the Shapley values of. ``engine.evaluate(coalitions)`` gives the value of any coalitions (``(n, M)`` bool, True
+    = feature kept), exactly as full sliding-window inference on the perturbed image would.
+
+    Attributes
+    ----------
+    engine : PatchEngine
+    model : LoadedModel or torch.nn.Module
+    prepared : ModelInput
+        The image on the model's grid.
+    feature_map : np.ndarray
+        All features built, on the model's grid (``engine.feature_ids`` are those that can change a value).
+    labelmap : np.ndarray or None
+        The organ label map on the model's grid (organ features only).
+    targets, target_names : tuple
+    single : bool
+        One target was asked for (values come out as ``(n,)``, not ``(n, 1)``).
+    masks, roi : np.ndarray
+        The target segments and the ROI on the model's grid.
+    support : tuple
+        The box of model-grid voxels that can change a value.
+    margin : int
+    tiling : dict
+        The sliding-window settings.
+    device : torch.device
+    engine_options : dict
+        The remaining options given to the engine.
+    """
+
+    engine: PatchEngine
+    model: object
+    prepared: ModelInput
+    feature_map: np.ndarray
+    labelmap: np.ndarray | None
+    targets: tuple
+    target_names: tuple
+    single: bool
+    masks: np.ndarray
+    roi: np.ndarray
+    support: tuple
+    margin: int
+    tiling: dict
+    device: torch.device
+    engine_options: dict
+
+    @property
+    def n_features(self) -> int:
+        return self.engine.n_features
+
+
+def explanation_game(
+    model: LoadedModel | torch.nn.Module | str | os.PathLike,
+    image: np.ndarray,
+    *,
+    target: int | str | Sequence[int | str],
+    reference: np.ndarray | None = None,
+    roi: np.ndarray | Sequence[tuple[int, int]] | None = None,
+    features: str | np.ndarray = "slic",
+    n_features: int = 100,
+    value: str = "soft_dice",
+    baseline: str | float | np.ndarray = "mean",
+    device: str = "auto",
+    labelmap: np.ndarray | None = None,
+    affine: np.ndarray | None = None,
+    **engine_options,
+) -> ExplanationGame:
+    """Everything :func:`explain` sets up before it estimates: the model's input, the features, the target
+    segments and ROI, and the :class:`PatchEngine` that evaluates coalitions. Parameters as for :func:`explain`.
+    Useful to evaluate chosen coalitions (deletion curves, exact enumeration, other estimators) on the same game.
+    """
+    device = resolve_device(device)
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model, device=str(device))
+    targets, names, single = _targets(model, target)
+    network, prepared, tiling_settings = _prepared(model, image, affine, engine_options)
+    x = prepared.image
+    spatial = x.shape[1:]
+    margin = engine_options.pop("margin", _ENGINE_DEFAULTS["margin"])
+    batch_size = engine_options.get("batch_size", _ENGINE_DEFAULTS["batch_size"])
+
+    prediction = None
+    needs_labelmap = isinstance(features, str) and features in ("organs", "organ_aware") and labelmap is None
+    if reference is None or needs_labelmap:
+        _log.info("Segmenting the image with the model")
+        prediction = _predict_labels(network, x, tiling_settings, device, batch_size)
+    if reference is None:
+        for t, name in zip(targets, names):
+            if not (prediction == t).any():
+                raise ValueError(
+                    f"The model predicts no voxel of {name} (class {t}) on this image, so there is nothing to "
+                    "explain; pass a reference segmentation or choose another target."
+                )
+        reference = prediction
+    else:
+        reference = prepared.to_model_grid(np.asarray(reference))
+    masks = reference_masks(reference, spatial, targets)
+    labelmap = prediction if labelmap is None else prepared.to_model_grid(np.asarray(labelmap))
+    if not isinstance(features, str):
+        features = prepared.to_model_grid(np.asarray(features))
+
+    tiling = _tiling(tiling_settings, spatial)
+    if roi is None:
+        roi = np.zeros(spatial, dtype=bool)
+        for mask in masks:
+            roi[tuple(slice(a, b) for a, b in bounding_box(mask, margin))] = True
+    else:
+        roi = prepared.to_model_grid(as_roi_mask(roi, prepared.source.shape))
+        if not roi.any():
+            raise ValueError("The ROI covers no voxel of the model's grid; give a larger ROI.")
+    roi = as_roi_mask(roi, spatial)
+    _, padded_support = tiling.windows_reading(tiling.pad(roi, False))
+    support = tiling.unpad_box(padded_support)
+    _log.info("Building %s features inside the support %s", features if isinstance(features, str) else "given", support)
+    feature_map = _features(features, n_features, x, labelmap, support)
+
+    engine = PatchEngine(
+        network,
+        x,
+        feature_map,
+        reference=reference,
+        target=list(targets),
+        value=value,
+        roi=roi,
+        baseline=_baseline(baseline, x),
+        device=device,
+        **tiling_settings,
+        **engine_options,
+    )
+    m = engine.n_features
+    if m == 0:
+        raise ValueError(
+            "No feature can change the value: inside the windows that cover the ROI the image equals the baseline. "
+            "Choose another baseline."
+        )
+    return ExplanationGame(
+        engine=engine, model=model, prepared=prepared, feature_map=feature_map, labelmap=labelmap, targets=targets,
+        target_names=names, single=single, masks=masks, roi=roi, support=support, margin=margin,
+        tiling=tiling_settings, device=device, engine_options=engine_options,
+    )
+
+
 def explain(
     model: LoadedModel | torch.nn.Module | str | os.PathLike,
     image: np.ndarray,
@@ -428,74 +572,19 @@ def explain(
     Explanation
     """
     started = time.perf_counter()
-    device = resolve_device(device)
-    if isinstance(model, (str, os.PathLike)):
-        model = load_model(model, device=str(device))
-    targets, names, single = _targets(model, target)
-    network, prepared, tiling_settings = _prepared(model, image, affine, engine_options)
-    x = prepared.image
-    spatial = x.shape[1:]
-    margin = engine_options.pop("margin", _ENGINE_DEFAULTS["margin"])
-    batch_size = engine_options.get("batch_size", _ENGINE_DEFAULTS["batch_size"])
     if nsamples != "auto" and (
         isinstance(nsamples, bool) or not isinstance(nsamples, (int, np.integer)) or nsamples < 2
     ):
         raise ValueError(f"nsamples must be 'auto' or an integer >= 2 (coalitions to evaluate), got {nsamples!r}.")
-
-    prediction = None
-    needs_labelmap = isinstance(features, str) and features in ("organs", "organ_aware") and labelmap is None
-    if reference is None or needs_labelmap:
-        _log.info("Segmenting the image with the model")
-        prediction = _predict_labels(network, x, tiling_settings, device, batch_size)
-    if reference is None:
-        for t, name in zip(targets, names):
-            if not (prediction == t).any():
-                raise ValueError(
-                    f"The model predicts no voxel of {name} (class {t}) on this image, so there is nothing to "
-                    "explain; pass a reference segmentation or choose another target."
-                )
-        reference = prediction
-    else:
-        reference = prepared.to_model_grid(np.asarray(reference))
-    masks = reference_masks(reference, spatial, targets)
-    labelmap = prediction if labelmap is None else prepared.to_model_grid(np.asarray(labelmap))
-    if not isinstance(features, str):
-        features = prepared.to_model_grid(np.asarray(features))
-
-    tiling = _tiling(tiling_settings, spatial)
-    if roi is None:
-        roi = np.zeros(spatial, dtype=bool)
-        for mask in masks:
-            roi[tuple(slice(a, b) for a, b in bounding_box(mask, margin))] = True
-    else:
-        roi = prepared.to_model_grid(as_roi_mask(roi, prepared.source.shape))
-        if not roi.any():
-            raise ValueError("The ROI covers no voxel of the model's grid; give a larger ROI.")
-    roi = as_roi_mask(roi, spatial)
-    _, padded_support = tiling.windows_reading(tiling.pad(roi, False))
-    support = tiling.unpad_box(padded_support)
-    _log.info("Building %s features inside the support %s", features if isinstance(features, str) else "given", support)
-    feature_map = _features(features, n_features, x, labelmap, support)
-
-    engine = PatchEngine(
-        network,
-        x,
-        feature_map,
-        reference=reference,
-        target=list(targets),
-        value=value,
-        roi=roi,
-        baseline=_baseline(baseline, x),
-        device=device,
-        **tiling_settings,
-        **engine_options,
+    game = explanation_game(
+        model, image, target=target, reference=reference, roi=roi, features=features, n_features=n_features,
+        value=value, baseline=baseline, device=device, labelmap=labelmap, affine=affine, **engine_options,
     )
+    engine, prepared, feature_map, labelmap = game.engine, game.prepared, game.feature_map, game.labelmap
+    targets, names, single, masks, roi = game.targets, game.target_names, game.single, game.masks, game.roi
+    model, device, support, margin, tiling_settings = game.model, game.device, game.support, game.margin, game.tiling
+    engine_options = game.engine_options
     m = engine.n_features
-    if m == 0:
-        raise ValueError(
-            "No feature can change the value: inside the windows that cover the ROI the image equals the baseline. "
-            "Choose another baseline."
-        )
     exact_count = 2**m if m < 62 else None
     if nsamples == "auto":
         budget = 2 * m + 2048 if exact_count is None else min(exact_count, 2 * m + 2048)
