@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Sets up .venv if needed, then runs a benchmark: the engine benchmark by default, the bf16 autocast comparison
-# with --autocast. Other arguments go to the benchmark script.
+# Sets up .venv (and .venv-ref, shap's environment) if needed, then runs the benchmarks:
+#   bash scripts/bench.sh [--quick|--full] [run.py options]   speed, accuracy... against peers (benchmarks/run.py)
+#   bash scripts/bench.sh --engine [options]                  naive vs ROI + all-on cache vs PatchEngine
+#   bash scripts/bench.sh --autocast [options]                how far bf16 autocast moves values
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/env.sh"
 cd "$root"
-script=benchmarks/bench_engine.py
-if [ "${1:-}" = "--autocast" ]; then
-    script=benchmarks/bench_autocast.py
-    shift
-fi
-exec python "$script" "$@"
+case "${1:-}" in
+    --engine) shift; exec python benchmarks/bench_engine.py "$@" ;;
+    --autocast) shift; exec python benchmarks/bench_autocast.py "$@" ;;
+    --full) shift; source "$root/scripts/reference_env.sh"; exec python benchmarks/run.py --mode full "$@" ;;
+    --quick) shift; source "$root/scripts/reference_env.sh"; exec python benchmarks/run.py --mode quick "$@" ;;
+    *) source "$root/scripts/reference_env.sh"; exec python benchmarks/run.py --mode quick "$@" ;;
+esac

@@ -1,0 +1,102 @@
+"""What every benchmark suite shares: the machine record, peak memory, the shap reference process, and writing
+results into BENCHMARKS.md between markers."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_PYTHON = Path(os.environ.get("SEGSHAP_REFERENCE_PYTHON")
+                        or Path(os.environ.get("SEGSHAP_REFERENCE_VENV", ROOT / ".venv-ref")) / "bin" / "python")
+"""shap's Python (``.venv-ref``, see ``scripts/reference_env.sh``)."""
+DEMO_MODEL = ROOT / "Resources" / "Models" / "demo_gmwm.pt"
+DEMO_IMAGE = ROOT / "Resources" / "Demo" / "mni152_t1_2mm.nii.gz"
+DEMO_ROI = ((36, 56), (56, 76), (46, 66))
+MODES = ("quick", "full")
+
+
+def machine() -> dict:
+    """CPU model and cores, GPU, memory, and the versions that matter for the numbers."""
+    import monai
+
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory_gib = None
+    if os.path.exists("/proc/meminfo"):
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                memory_gib = round(int(line.split()[1]) / 2**20, 1)
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": memory_gib,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "monai": monai.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def machine_line(record: dict) -> str:
+    gpu = record["gpu"] or "no GPU"
+    return (f"{record['cpu']}, {record['cores']} cores, {record['memory_gib']} GiB, {gpu}; torch {record['torch']} "
+            f"({record['torch_threads']} threads), MONAI {record['monai']}, Python {record['python']}")
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def reference_available() -> bool:
+    return REFERENCE_PYTHON.exists()
+
+
+def run_reference(script: str, payload: dict, arrays: dict[str, np.ndarray]) -> dict:
+    """Run ``benchmarks/<script>`` in the shap environment (``.venv-ref``) on a JSON payload and NumPy arrays;
+    returns its JSON answer. shap never enters this process (its ``slicer`` package would shadow slicer-core's)."""
+    with tempfile.TemporaryDirectory(prefix="segshap-bench-") as folder:
+        np.savez(Path(folder) / "arrays.npz", **arrays)
+        (Path(folder) / "payload.json").write_text(json.dumps(payload))
+        done = subprocess.run([str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / script), folder],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{script} failed in {REFERENCE_PYTHON}:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout)
+
+
+def write_section(markdown: Path, name: str, text: str) -> None:
+    """Replace the text between ``<!-- bench:NAME:begin -->`` and ``<!-- bench:NAME:end -->`` (appended if
+    missing)."""
+    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    current = markdown.read_text() if markdown.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    updated = pattern.sub(lambda _: block, current) if pattern.search(current) else current.rstrip() + "\n\n" + block
+    markdown.write_text(updated + ("\n" if not updated.endswith("\n") else ""))
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

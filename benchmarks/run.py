@@ -1,0 +1,73 @@
+"""Benchmarks of SegShapExplain against what users would pick instead, in one run.
+
+    python benchmarks/run.py --mode quick      # a few minutes on 2 CPU cores (CI runs it)
+    python benchmarks/run.py --mode full       # the numbers in BENCHMARKS.md
+
+Each suite writes its section of BENCHMARKS.md (between ``<!-- bench:SUITE:begin/end -->`` markers), its plots
+into ``docs/``, and all raw numbers, with the machine they ran on, into a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import accuracy  # noqa: E402
+import speed  # noqa: E402
+from common import MODES, ROOT, log, machine, machine_line, write_section  # noqa: E402
+
+SUITES = {"speed": speed, "accuracy": accuracy}
+
+
+def _commit() -> str:
+    done = subprocess.run(["git", "log", "-1", "--format=%h"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=MODES, default="quick")
+    parser.add_argument("--suites", nargs="+", choices=list(SUITES), default=list(SUITES))
+    parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="where the sections are written")
+    parser.add_argument("--docs", default=str(ROOT / "docs"), help="where the plots are written")
+    parser.add_argument("--json", help="raw numbers (default benchmarks/results/MODE.json)")
+    args = parser.parse_args(argv)
+
+    record = machine()
+    header = {"machine": record, "mode": args.mode, "commit": _commit(),
+              "date": datetime.date.today().isoformat()}
+    log(f"machine: {machine_line(record)}")
+    results = dict(header)
+    docs = Path(args.docs)
+    docs.mkdir(parents=True, exist_ok=True)
+    markdown = Path(args.markdown)
+    for name in args.suites:
+        suite = SUITES[name]
+        started = time.perf_counter()
+        result = suite.run(args.mode)
+        result["seconds"] = time.perf_counter() - started
+        results[name] = result
+        plot = docs / f"bench_{name}.png"
+        suite.plot(result, plot)
+        relative = plot.relative_to(markdown.parent) if plot.is_relative_to(markdown.parent) else plot
+        body = suite.markdown(result, str(relative))
+        intro = (f"Mode `{args.mode}`, run {header['date']} on {machine_line(record)}; commit "
+                 f"`{header['commit']}`; {result['seconds']:.0f} s.")
+        write_section(markdown, name, intro + "\n\n" + body)
+        log(f"{name}: done in {result['seconds']:.0f} s")
+    out = Path(args.json or ROOT / "benchmarks" / "results" / f"{args.mode}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=float))
+    log(f"raw numbers: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

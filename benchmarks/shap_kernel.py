@@ -1,0 +1,45 @@
+"""``shap.KernelExplainer(l1_reg=False)`` on a game given as the table of all its coalition values.
+
+Runs in the shap environment (``.venv-ref``), started by ``benchmarks/common.run_reference``: argument 1 is a
+folder with ``payload.json`` (``budgets``, ``seeds``) and ``arrays.npz`` (``table``: the value of every coalition,
+indexed by the coalition's bits, feature i = bit i). Prints ``{"estimates": {budget: [values per seed]},
+"evaluations": {budget: [coalitions the explainer evaluated, per seed]}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import shap
+
+
+def main(folder: str) -> None:
+    payload = json.loads((Path(folder) / "payload.json").read_text())
+    table = np.load(Path(folder) / "arrays.npz")["table"]
+    m = int(np.log2(len(table)))
+    weights = 1 << np.arange(m)
+    evaluated = [0]
+
+    def game(x: np.ndarray) -> np.ndarray:
+        evaluated[0] += len(x)
+        return table[(x > 0.5).astype(np.int64) @ weights]
+
+    # With an all-zeros background and an all-ones input, shap's masked inputs are the coalitions themselves.
+    explainer = shap.KernelExplainer(game, np.zeros((1, m)))
+    estimates, evaluations = {}, {}
+    for budget in payload["budgets"]:
+        estimates[budget], evaluations[budget] = [], []
+        for seed in payload["seeds"]:
+            np.random.seed(seed)
+            evaluated[0] = 0
+            values = explainer.shap_values(np.ones((1, m)), nsamples=int(budget), l1_reg=False, silent=True)
+            estimates[budget].append(np.asarray(values).reshape(-1).tolist())
+            evaluations[budget].append(evaluated[0])
+    json.dump({"estimates": estimates, "evaluations": evaluations}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

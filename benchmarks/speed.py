@@ -1,0 +1,284 @@
+"""Speed per explanation: naive KernelSHAP (shap, captum) over full-volume sliding-window inference, the paper's
+ROI + all-on cache, and ours, on the same model and volume in one run.
+
+Case: the engine benchmark's (``bench_engine.py``): the 1 mm MNI152 T1 in a 256 x 256 x 192 volume (quick mode:
+a 192^3 crop around the target, 60 supervoxels), MONAI ``UNet(3, 1, 3, (16, 32, 64, 128), (2, 2, 2), num_res_units=2)`` with
+seeded weights, 64^3 windows, overlap 0.5, Gaussian blending, soft Dice of a white-matter segment inside its ROI,
+baseline 0; features: 12 organs, or about 150 supervoxels. An explanation is ``budget`` coalitions.
+
+* ours: ``segshap.kernel_shap`` driving ``PatchEngine.evaluate`` for the whole budget;
+* roi_all_on (the paper's scheme): ``PatchEngine`` without its cache, one coalition at a time, on coalitions
+  spread evenly over those ours drew; timed per coalition and extrapolated to the budget;
+* shap: ``shap.KernelExplainer(l1_reg=False)`` (in ``.venv-ref``) asking this process for MONAI
+  ``sliding_window_inference`` of each perturbed full volume; a few coalitions timed, then extrapolated;
+* captum: ``captum.attr.KernelShap`` perturbing the full volume with a feature mask (voxels of no feature form
+  one extra feature whose baseline is the image itself, so switching it changes nothing), batches of
+  ``perturbations_per_eval`` volumes through ``sliding_window_inference``; a few coalitions timed, extrapolated.
+
+The cost of a full-volume inference does not depend on the coalition, so shap's and captum's own coalitions time
+the same work as ours; their values are checked against the engine's on the same coalitions.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import UNet
+
+import segshap
+from bench_engine import (
+    OVERLAP,
+    PATCH,
+    TARGET_CORNER,
+    load_volume,
+    naive_values,
+    organs,
+    supervoxels,
+    white_matter_segment,
+)
+from common import REFERENCE_PYTHON, ROOT, log, reference_available, table
+
+SETTINGS = {
+    "quick": {"crop": 192, "budget": 160, "supervoxels": 60, "timed": 3, "roi_all_on": 16,
+              "cases": ("organs", "supervoxels")},
+    "full": {"crop": None, "budget": 1024, "supervoxels": 150, "timed": 6, "roi_all_on": 64,
+             "cases": ("organs", "supervoxels")},
+}
+BATCH_SIZE = 4
+BASELINE = 0.0
+
+
+class PeakMemory:
+    """Peak resident memory of this process while the block runs (sampled every 20 ms), in GiB."""
+
+    def __enter__(self) -> PeakMemory:
+        self.peak, self._running = _rss(), True
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while self._running:
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.02)
+
+    def __exit__(self, *exc) -> None:
+        self._running = False
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+
+def _rss() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * 4096 / 2**30
+
+
+def build_case(name: str, crop: int | None, n_supervoxels: int) -> dict:
+    image, white, head = load_volume()
+    corner = np.array(TARGET_CORNER)
+    if crop:
+        start = corner + 20 - crop // 2
+        box = tuple(slice(s, s + crop) for s in start)
+        image, white, head = image[box], white[box], head[box]
+        corner = corner - start
+    reference = white_matter_segment(white, tuple(int(c) for c in corner))
+    features = organs(image.shape, corner + 20) if name == "organs" else supervoxels(head, n_supervoxels)
+    torch.manual_seed(0)
+    model = UNet(3, 1, 3, (16, 32, 64, 128), (2, 2, 2), num_res_units=2).eval()
+    return {"image": image, "reference": reference, "features": features, "model": model}
+
+
+def run_case(name: str, settings: dict) -> dict:
+    case = build_case(name, settings["crop"], settings["supervoxels"])
+    image, features, reference, model = case["image"], case["features"], case["reference"], case["model"]
+    budget = settings["budget"]
+    log(f"speed/{name}: volume {image.shape}, {features.max()} features in the volume")
+    options = dict(reference=reference, value="soft_dice", patch_size=PATCH, overlap=OVERLAP, blend="gaussian",
+                   baseline=BASELINE, batch_size=BATCH_SIZE)
+
+    # Ours: the whole explanation.
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        engine = segshap.PatchEngine(model, image, features, **options)
+        result = segshap.kernel_shap(engine.evaluate, engine.n_features, budget, seed=0, batch_size=64)
+        ours_s = time.perf_counter() - started
+    m, windows = engine.n_features, engine.tiling.n_windows
+    rows = {"ours": {"s_per_coalition": ours_s / result.n_evaluations, "timed": result.n_evaluations,
+                     "explanation_s": ours_s, "forwards": engine.stats["patch_forwards"], "extrapolated": False,
+                     "peak_gib": memory.peak, "max_abs_diff": 0.0}}
+    log(f"speed/{name}: ours {ours_s:.1f} s for {result.n_evaluations} coalitions of {m} features, "
+        f"{engine.stats['patch_forwards']} window forwards")
+    chosen = result.coalitions
+
+    # The paper's scheme, on coalitions spread evenly over those ours drew (the sampler's order is by size).
+    k = min(settings["roi_all_on"], len(chosen))
+    spread = np.unique(np.linspace(0, len(chosen) - 1, k).round().astype(int))
+    k = len(spread)
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        paper = segshap.PatchEngine(model, image, features, cache_bytes=0, **options)
+        setup_s, setup_forwards = time.perf_counter() - started, paper.stats["patch_forwards"]
+        paper_values = np.array([paper.evaluate(c[None])[0] for c in chosen[spread]])
+        per = (time.perf_counter() - started - setup_s) / k
+    per_forwards = (paper.stats["patch_forwards"] - setup_forwards) / k
+    rows["roi_all_on"] = {
+        "s_per_coalition": per, "timed": k, "explanation_s": setup_s + per * len(chosen),
+        "forwards": setup_forwards + per_forwards * len(chosen), "extrapolated": k < len(chosen),
+        "peak_gib": memory.peak,
+        "max_abs_diff": float(np.abs(paper_values - result.coalition_values[spread]).max()),
+    }
+
+    # shap over full-volume inference.
+    if reference_available():
+        with PeakMemory() as memory:
+            shap_rows, shap_s = _shap_naive(m, settings["timed"], lambda c: naive_values(
+                model, image, features, reference, engine, c, BASELINE, BATCH_SIZE))
+        coalitions = np.array([row for batch, _ in shap_rows for row in batch], bool)
+        values = np.concatenate([v for _, v in shap_rows])
+        rows["shap"] = {
+            "s_per_coalition": shap_s / len(coalitions), "timed": len(coalitions),
+            "explanation_s": shap_s / len(coalitions) * len(chosen), "forwards": windows * len(chosen),
+            "extrapolated": True, "peak_gib": memory.peak,
+            "max_abs_diff": float(np.abs(values - engine.evaluate(coalitions)).max()),
+        }
+
+    # captum over full-volume inference.
+    with PeakMemory() as memory:
+        captum_coalitions, captum_values, captum_s = _captum_naive(model, image, features, reference, engine,
+                                                                  settings["timed"])
+    rows["captum"] = {
+        "s_per_coalition": captum_s / len(captum_coalitions), "timed": len(captum_coalitions),
+        "explanation_s": captum_s / len(captum_coalitions) * len(chosen), "forwards": windows * len(chosen),
+        "extrapolated": True, "peak_gib": memory.peak,
+        "max_abs_diff": float(np.abs(captum_values - engine.evaluate(captum_coalitions)).max()),
+    }
+    for method, row in rows.items():
+        row["vs_ours"] = row["explanation_s"] / rows["ours"]["explanation_s"]
+        log(f"speed/{name}: {method}: {row['s_per_coalition']:.3f} s/coalition over {row['timed']}, "
+            f"explanation {row['explanation_s']:.0f} s ({row['vs_ours']:.1f}x ours), max |diff| "
+            f"{row['max_abs_diff']:.1e}")
+    return {"volume": list(image.shape), "features": m, "windows_total": windows,
+            "windows_roi": engine.stats["windows"], "budget": len(chosen), "methods": rows}
+
+
+def _shap_naive(m: int, nsamples: int, evaluate) -> tuple[list, float]:
+    """Run the shap bridge; returns the (coalitions, values) batches it asked for and the wall time."""
+    process = subprocess.Popen([str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / "shap_bridge.py"), str(m),
+                                str(nsamples), "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    started = time.perf_counter()
+    asked = []
+    for line in process.stdout:
+        message = json.loads(line)
+        if message.get("done"):
+            break
+        coalitions = np.array(message["rows"], bool)
+        values = evaluate(coalitions)
+        asked.append((coalitions, values))
+        process.stdin.write(json.dumps({"values": values.tolist()}) + "\n")
+        process.stdin.flush()
+    seconds = time.perf_counter() - started
+    process.wait()
+    if process.returncode != 0:
+        raise RuntimeError("the shap bridge failed; run it by hand to see why")
+    return asked, seconds
+
+
+def _captum_naive(model, image, features, reference, engine, n_samples: int):
+    """captum's KernelShap on the full volume; returns the coalitions it evaluated (over engine.feature_ids), their
+    values and the wall time."""
+    from captum.attr import KernelShap
+
+    roi = torch.zeros(image.shape, dtype=torch.bool)
+    roi[tuple(slice(a, b) for a, b in engine.roi_box)] = True
+    target = torch.from_numpy(reference)[roi].double()
+    mask = np.zeros(image.shape, np.int64)  # 0: voxels of no feature (a dummy feature: its baseline is the image)
+    probes = []  # per feature, one voxel where the image differs from the baseline: tells whether it was kept
+    for column, feature in enumerate(engine.feature_ids, start=1):
+        inside = features == feature
+        mask[inside] = column
+        probes.append(np.flatnonzero(inside & (image != BASELINE))[0])
+    x = torch.from_numpy(image)[None, None]
+    baseline = torch.where(torch.from_numpy(mask == 0)[None, None], x, torch.tensor(BASELINE))
+    evaluated: list[tuple[np.ndarray, float]] = []
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = sliding_window_inference(batch, PATCH, BATCH_SIZE, model, overlap=OVERLAP, mode="gaussian")
+        out = []
+        for item, volume in zip(logits, batch):
+            p = torch.softmax(item, 0)[1][roi].double()
+            value = 2 * (p * target).sum() / (p.sum() + target.sum())
+            kept = volume.reshape(-1)[probes].numpy() == image.reshape(-1)[probes]
+            evaluated.append((kept, float(value)))
+            out.append(value)
+        return torch.stack(out)
+
+    started = time.perf_counter()
+    KernelShap(forward).attribute(x, baselines=baseline, feature_mask=torch.from_numpy(mask)[None, None],
+                                  n_samples=n_samples, perturbations_per_eval=2)
+    seconds = time.perf_counter() - started
+    return np.array([k for k, _ in evaluated]), np.array([v for _, v in evaluated]), seconds
+
+
+def run(mode: str) -> dict:
+    settings = SETTINGS[mode]
+    return {"settings": {k: v for k, v in settings.items() if k != "cases"},
+            "cases": {name: run_case(name, settings) for name in settings["cases"]}}
+
+
+LABELS = {"ours": "**ours** (PatchEngine)", "roi_all_on": "roi_all_on (paper)", "shap": "shap KernelExplainer",
+          "captum": "captum KernelShap"}
+
+
+def markdown(result: dict, plot_path: str | None) -> str:
+    text = [
+        f"An explanation is {result['settings']['budget']} coalitions; times are wall seconds. Rows marked ≈ timed "
+        "that many coalitions and extrapolated linearly (a full-volume inference costs the same for every "
+        "coalition; the paper's scheme was timed on coalitions spread over ours). Window forwards per explanation: "
+        "counted for ours, per-coalition count × budget for the others. Max |Δ|: largest difference between the "
+        "method's values and the engine's on the coalitions it ran. Peak: resident memory of the benchmark "
+        "process while the method ran.",
+    ]
+    for name, case in result["cases"].items():
+        text += ["", f"**{name}**: volume {'×'.join(map(str, case['volume']))}, {case['features']} features can "
+                 f"change the value, {case['windows_roi']} of {case['windows_total']} windows touch the ROI.", ""]
+        rows = []
+        for method, row in case["methods"].items():
+            approx = "≈ " if row["extrapolated"] else ""
+            rows.append([LABELS[method], f"{row['s_per_coalition']:.3f} ({row['timed']})",
+                         f"{approx}{row['explanation_s']:.0f}", f"{approx}{row['forwards']:.0f}",
+                         f"{row['vs_ours']:.1f}×", f"{row['peak_gib']:.2f} GiB", f"{row['max_abs_diff']:.1e}"])
+        text.append(table(["method", "s / coalition (timed)", "s / explanation", "window forwards", "vs ours",
+                           "peak", "max |Δ|"], rows))
+    if plot_path:
+        text += ["", f"![Seconds per explanation]({plot_path})"]
+    return "\n".join(text)
+
+
+def plot(result: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(result["cases"])
+    methods = list(LABELS)
+    figure, axes = plt.subplots(figsize=(6, 3.8))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        heights = [result["cases"][c]["methods"].get(method, {}).get("explanation_s", np.nan) for c in cases]
+        axes.bar(np.arange(len(cases)) + i * width, heights, width, label=LABELS[method].replace("*", ""))
+    axes.set_xticks(np.arange(len(cases)) + width * (len(methods) - 1) / 2, cases)
+    axes.set_yscale("log")
+    axes.set_ylabel(f"seconds per explanation ({result['settings']['budget']} coalitions)")
+    axes.legend(fontsize=8)
+    axes.grid(True, axis="y", which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
