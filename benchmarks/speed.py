@@ -83,7 +83,7 @@ def build_case(name: str, crop: int | None, n_supervoxels: int) -> dict:
     image, white, head = load_volume()
     corner = np.array(TARGET_CORNER)
     if crop:
-        start = corner + 20 - crop // 2
+        start = np.clip(corner + 20 - crop // 2, 0, np.array(image.shape) - crop)
         box = tuple(slice(s, s + crop) for s in start)
         image, white, head = image[box], white[box], head[box]
         corner = corner - start

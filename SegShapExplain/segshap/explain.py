@@ -382,6 +382,8 @@ class ExplanationGame:
     device : torch.device
     engine_options : dict
         The remaining options given to the engine.
+    baseline : float or np.ndarray
+        What a removed feature's voxels become, in the network's input space.
     """
 
     engine: PatchEngine
@@ -399,6 +401,7 @@ class ExplanationGame:
     tiling: dict
     device: torch.device
     engine_options: dict
+    baseline: float | np.ndarray = 0.0
 
     @property
     def n_features(self) -> int:
@@ -470,6 +473,7 @@ def explanation_game(
     _log.info("Building %s features inside the support %s", features if isinstance(features, str) else "given", support)
     feature_map = _features(features, n_features, x, labelmap, support)
 
+    resolved_baseline = _baseline(baseline, x)
     engine = PatchEngine(
         network,
         x,
@@ -478,7 +482,7 @@ def explanation_game(
         target=list(targets),
         value=value,
         roi=roi,
-        baseline=_baseline(baseline, x),
+        baseline=resolved_baseline,
         device=device,
         **tiling_settings,
         **engine_options,
@@ -492,7 +496,7 @@ def explanation_game(
     return ExplanationGame(
         engine=engine, model=model, prepared=prepared, feature_map=feature_map, labelmap=labelmap, targets=targets,
         target_names=names, single=single, masks=masks, roi=roi, support=support, margin=margin,
-        tiling=tiling_settings, device=device, engine_options=engine_options,
+        tiling=tiling_settings, device=device, engine_options=engine_options, baseline=resolved_baseline,
     )
 
 
