@@ -142,14 +142,20 @@ def run(mode: str) -> dict:
             "methods": methods}
 
 
+def _entries(result: dict, name: str) -> list[dict]:
+    """A method's entries in budget order (JSON turned the budgets into strings)."""
+    entries = {int(budget): entry for budget, entry in result["methods"][name].items()}
+    return [entries[budget] for budget in result["budgets"]]
+
+
 def markdown(result: dict, plot_path: str | None) -> str:
     game = result["game"]
     names = [name for name in ("ours", "shap", "captum") if name in result["methods"]]
     rows = []
-    for budget in result["budgets"]:
+    for index, budget in enumerate(result["budgets"]):
         row = [f"{budget} ({budget // game['features']}M)"]
         for name in names:
-            entry = result["methods"][name][budget]
+            entry = _entries(result, name)[index]
             row.append(f"{np.mean(entry['errors']):.3f} ± {np.std(entry['errors']):.3f} "
                        f"({np.mean(entry['evaluations']):.0f})")
         rows.append(row)
@@ -180,7 +186,7 @@ def plot(result: dict, path) -> None:
     for name, style in (("ours", "o-"), ("shap", "s--"), ("captum", "^:")):
         if name not in result["methods"]:
             continue
-        entries = [result["methods"][name][b] for b in result["budgets"]]
+        entries = _entries(result, name)
         evaluations = [np.mean(e["evaluations"]) for e in entries]
         errors = [np.mean(e["errors"]) for e in entries]
         axes.loglog(evaluations, errors, style, label=name)

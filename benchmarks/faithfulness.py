@@ -29,7 +29,10 @@ import segshap
 from common import DEMO_IMAGE, DEMO_MODEL, DEMO_ROI, ROOT, log, table
 from segshap.io import read_image
 
-SETTINGS = {"quick": {"n_features": 24, "baselines": ("mean",)}, "full": {"n_features": 64, "baselines": ("mean", "zero")}}
+SETTINGS = {
+    "quick": {"n_features": 24, "baselines": ("mean",)},
+    "full": {"n_features": 64, "baselines": ("mean", "zero")},
+}
 SECOND_MODEL = ROOT / "benchmarks" / "models" / "gmwm_seed1.pt"
 METHODS = ("kernelshap", "occlusion", "grad_x_input", "random")
 
@@ -146,8 +149,8 @@ def markdown(result: dict, plot_path: str | None) -> str:
         f"Soft Dice of the white matter inside the demo ROI over SLIC supervoxels ({counts}); values divided by "
         "v(all). Deletion AUC: lower is better; insertion AUC, AOPC and faithfulness correlation: higher is better.",
         "",
-        table(["model / baseline", "ranking", "deletion AUC ↓", "insertion AUC ↑", "AOPC ↑", "faithfulness corr. ↑"],
-              rows),
+        table(["model / baseline", "ranking", "deletion AUC ↓", "insertion AUC ↑", "AOPC ↑",
+               "faithfulness corr. ↑"], rows),
     ]
     if "second" not in {k.split("/")[0] for k in result["games"]}:
         text += ["", f"Only the demo model was run: the second model ({SECOND_MODEL.relative_to(ROOT)}) is missing."]

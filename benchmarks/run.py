@@ -32,6 +32,21 @@ def _commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
+def render(results: dict, markdown: Path, docs: Path) -> None:
+    """Write each suite's section of ``markdown`` and its plot into ``docs`` from its raw numbers."""
+    docs.mkdir(parents=True, exist_ok=True)
+    for name, suite in SUITES.items():
+        if name not in results:
+            continue
+        result = results[name]
+        plot = docs / f"bench_{name}.png"
+        suite.plot(result, plot)
+        relative = plot.relative_to(markdown.parent) if plot.is_relative_to(markdown.parent) else plot
+        intro = (f"Mode `{results['mode']}`, run {results['date']} on {machine_line(results['machine'])}; commit "
+                 f"`{results['commit']}`; {result['seconds']:.0f} s.")
+        write_section(markdown, name, intro + "\n\n" + suite.markdown(result, str(relative)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=MODES, default="quick")
@@ -39,29 +54,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="where the sections are written")
     parser.add_argument("--docs", default=str(ROOT / "docs"), help="where the plots are written")
     parser.add_argument("--json", help="raw numbers (default benchmarks/results/MODE.json)")
+    parser.add_argument("--render", metavar="JSON", help="only rewrite the sections and plots from earlier raw numbers")
     args = parser.parse_args(argv)
+    if args.render:
+        render(json.loads(Path(args.render).read_text()), Path(args.markdown), Path(args.docs))
+        return 0
 
     record = machine()
     header = {"machine": record, "mode": args.mode, "commit": _commit(),
               "date": datetime.date.today().isoformat()}
     log(f"machine: {machine_line(record)}")
     results = dict(header)
-    docs = Path(args.docs)
-    docs.mkdir(parents=True, exist_ok=True)
-    markdown = Path(args.markdown)
     for name in args.suites:
-        suite = SUITES[name]
         started = time.perf_counter()
-        result = suite.run(args.mode)
+        result = SUITES[name].run(args.mode)
         result["seconds"] = time.perf_counter() - started
         results[name] = result
-        plot = docs / f"bench_{name}.png"
-        suite.plot(result, plot)
-        relative = plot.relative_to(markdown.parent) if plot.is_relative_to(markdown.parent) else plot
-        body = suite.markdown(result, str(relative))
-        intro = (f"Mode `{args.mode}`, run {header['date']} on {machine_line(record)}; commit "
-                 f"`{header['commit']}`; {result['seconds']:.0f} s.")
-        write_section(markdown, name, intro + "\n\n" + body)
+        render({**header, name: result}, Path(args.markdown), Path(args.docs))
         log(f"{name}: done in {result['seconds']:.0f} s")
     out = Path(args.json or ROOT / "benchmarks" / "results" / f"{args.mode}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,10 @@
 ROI + all-on cache, and ours, on the same model and volume in one run.
 
 Case: the engine benchmark's (``bench_engine.py``): the 1 mm MNI152 T1 in a 256 x 256 x 192 volume (quick mode:
-a 192^3 crop around the target, 60 supervoxels), MONAI ``UNet(3, 1, 3, (16, 32, 64, 128), (2, 2, 2), num_res_units=2)`` with
-seeded weights, 64^3 windows, overlap 0.5, Gaussian blending, soft Dice of a white-matter segment inside its ROI,
-baseline 0; features: 12 organs, or about 150 supervoxels. An explanation is ``budget`` coalitions.
+a 192^3 crop around the target, 60 supervoxels), MONAI
+``UNet(3, 1, 3, (16, 32, 64, 128), (2, 2, 2), num_res_units=2)`` with seeded weights, 64^3 windows, overlap 0.5,
+Gaussian blending, soft Dice of a white-matter segment inside its ROI, baseline 0; features: 12 organs, or about
+150 supervoxels. An explanation is ``budget`` coalitions.
 
 * ours: ``segshap.kernel_shap`` driving ``PatchEngine.evaluate`` for the whole budget;
 * roi_all_on (the paper's scheme): ``PatchEngine`` without its cache, one coalition at a time, on coalitions
@@ -252,14 +253,15 @@ LABELS = {"ours": "**ours** (PatchEngine)", "roi_all_on": "roi_all_on (paper)", 
 
 def markdown(result: dict, plot_path: str | None) -> str:
     text = [
-        f"An explanation is {result['settings']['budget']} coalitions (or all 2^M when fewer); times are wall seconds. Rows marked ≈ timed "
-        "that many coalitions and extrapolated linearly (a full-volume inference costs the same for every "
-        "coalition; the paper's scheme was timed on coalitions spread over ours). Window forwards per explanation: "
-        f"counted for ours (cache budget {result['settings']['cache_gib']} GiB) and, over every coalition of the "
-        "budget, for the paper's scheme; "
-        "all windows × budget for shap and captum. Max |Δ|: largest difference between the "
-        "method's values and the engine's on the coalitions it ran. Peak: resident memory of the benchmark "
-        "process while the method ran.",
+        f"An explanation is {result['settings']['budget']} coalitions (or all 2^M when fewer); times are wall "
+        "seconds. Rows marked ≈ timed that many coalitions and extrapolated linearly (a full-volume inference "
+        "costs the same for every coalition; the paper's scheme was timed on coalitions spread over ours). Window "
+        f"forwards per explanation: counted for ours (cache budget {result['settings']['cache_gib']} GiB) and, "
+        "over every coalition of the budget, for the paper's scheme; all windows × budget for shap and captum. "
+        "Max |Δ|: largest difference between the method's values and the engine's on the coalitions it ran. "
+        "Peak: resident memory of the benchmark process while the method ran; the methods run in the order "
+        "listed, in one process, which keeps memory it has freed, so after the first row a peak is only an "
+        "upper bound of that method's own.",
     ]
     for name, case in result["cases"].items():
         text += ["", f"**{name}**: volume {'×'.join(map(str, case['volume']))}, {case['features']} features can "
@@ -292,9 +294,10 @@ def plot(result: dict, path) -> None:
     for i, method in enumerate(methods):
         heights = [result["cases"][c]["methods"].get(method, {}).get("explanation_s", np.nan) for c in cases]
         axes.bar(np.arange(len(cases)) + i * width, heights, width, label=LABELS[method].replace("*", ""))
-    axes.set_xticks(np.arange(len(cases)) + width * (len(methods) - 1) / 2, cases)
+    labels = [f"{c}\n({result['cases'][c]['budget']} coalitions)" for c in cases]
+    axes.set_xticks(np.arange(len(cases)) + width * (len(methods) - 1) / 2, labels)
     axes.set_yscale("log")
-    axes.set_ylabel(f"seconds per explanation ({result['settings']['budget']} coalitions)")
+    axes.set_ylabel("seconds per explanation")
     axes.legend(fontsize=8)
     axes.grid(True, axis="y", which="both", alpha=0.3)
     figure.tight_layout()
