@@ -16,9 +16,10 @@ from monai.networks.nets import UNet
 
 import segshap
 from bench_engine import (
-    OVERLAP, PATCH, TARGET_CORNER, load_volume, machine, organ_tiling, sample_coalitions, supervoxels,
+    OVERLAP, PATCH, TARGET_CORNER, load_volume, organ_tiling, sample_coalitions, supervoxels,
     white_matter_segment,
 )
+from common import machine, machine_line
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     parser.add_argument("--coalitions", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_line(machine())}")
     image, white, head = load_volume()
     reference = white_matter_segment(white, TARGET_CORNER)
     torch.manual_seed(args.seed)

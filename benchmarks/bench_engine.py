@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 
 import numpy as np
@@ -30,6 +28,7 @@ from monai.networks.nets import UNet
 from scipy import ndimage
 
 import segshap
+from common import machine, machine_line
 
 SHAPE = (256, 256, 192)
 TARGET_CORNER = (104, 104, 72)
@@ -141,19 +140,6 @@ def sample_coalitions(m: int, n: int, sampling: str, rng: np.random.Generator) -
             row = rng.random(m) < 0.5
         chosen.setdefault(np.packbits(row).tobytes(), row)
     return np.array(list(chosen.values()))
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"Python {platform.python_version()}"
-    )
 
 
 def perturb(image, features, feature_ids, coalition, baseline):
@@ -273,7 +259,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_line(machine())}")
     print(f"settings: {vars(args)}")
     image, white, head = load_volume()
     reference = white_matter_segment(white, tuple(c + args.shift for c in TARGET_CORNER))
