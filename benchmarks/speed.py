@@ -307,7 +307,7 @@ def run_swin_case() -> dict:
         row["vs_ours"] = row["explanation_s"] / rows["ours"]["explanation_s"]
     return {"volume": list(image.shape), "features": engine.n_features, "windows_total": windows,
             "windows_roi": engine.stats["windows"], "budget": n, "methods": rows,
-            "note": f"SwinUNETR: full-volume inference not run; {windows} windows x {per_window:.2f} s per window "
+            "note": f"SwinUNETR: full-volume inference not run; {windows} windows × {per_window:.2f} s per window "
                     f"(timed on {SWIN['timed_windows']}), per coalition, for shap and captum alike"}
 
 
@@ -321,6 +321,11 @@ def run(mode: str) -> dict:
 
 LABELS = {"ours": "**ours** (PatchEngine)", "roi_all_on": "roi_all_on (paper)", "shap": "shap KernelExplainer",
           "captum": "captum KernelShap"}
+
+
+def _measured(value: float, form: str) -> str:
+    """A measured quantity for the table, or "not run" where the method was only extrapolated (NaN)."""
+    return "not run" if np.isnan(value) else form.format(value)
 
 
 def markdown(result: dict, plot_path: str | None) -> str:
@@ -348,7 +353,8 @@ def markdown(result: dict, plot_path: str | None) -> str:
             timed = f"({row['timed']})" if row["timed"] else "(from window forwards)"
             rows.append([LABELS[method], f"{row['s_per_coalition']:.3f} {timed}",
                          f"{approx}{row['explanation_s']:.0f}", f"{approx}{row['forwards']:.0f}",
-                         f"{row['vs_ours']:.1f}×", f"{row['peak_gib']:.2f} GiB", f"{row['max_abs_diff']:.1e}"])
+                         f"{row['vs_ours']:.1f}×", _measured(row["peak_gib"], "{:.2f} GiB"),
+                         _measured(row["max_abs_diff"], "{:.1e}")])
         text.append(table(["method", "s / coalition (timed)", "s / explanation", "window forwards", "vs ours",
                            "peak", "max |Δ|"], rows))
     if plot_path:
