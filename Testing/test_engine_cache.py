@@ -104,6 +104,21 @@ def test_values_do_not_depend_on_batching_or_the_cache_budget(setting):
     assert starved.stats["patch_forwards"] > together.stats["patch_forwards"]
 
 
+def test_cached_outputs_reuse_their_memory_from_call_to_call(setting):
+    image, reference, features = setting
+    engine = segshap.PatchEngine(PerSample(small_unet()), image, features, reference=reference, patch_size=PATCH,
+                                 cache_bytes=0)
+    coalitions = np.random.default_rng(3).random((10, engine.n_features)) < 0.5
+    first = engine.evaluate(coalitions)
+    after_first = engine.stats
+    for _ in range(3):  # every output is run again (no budget) into the slots the first call left free
+        np.testing.assert_allclose(engine.evaluate(coalitions), first, rtol=0, atol=1e-10)
+    stats = engine.stats
+    assert stats["cache_reserved_bytes"] == after_first["cache_reserved_bytes"]
+    assert stats["cache_bytes"] == after_first["cache_bytes"]  # the pinned all-on and all-off outputs only
+    assert stats["patch_forwards"] > after_first["patch_forwards"] and stats["cache_evictions"] > 0
+
+
 def test_only_windows_touching_the_roi_run_and_only_their_features_count(setting):
     image, reference, features = setting
     model = CountingModel(PerSample(small_unet()))

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=MODES, default="quick")
     parser.add_argument("--suites", nargs="+", choices=list(SUITES), default=list(SUITES))
+    parser.add_argument("--cases", nargs="+", choices=speed.CASES, default=list(speed.CASES),
+                        help="speed cases to run (the SwinUNETR case runs in full mode only)")
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="where the sections are written")
     parser.add_argument("--docs", default=str(ROOT / "docs"), help="where the plots are written")
     parser.add_argument("--json", help="raw numbers (default benchmarks/results/MODE.json)")
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     results = dict(header)
     for name in args.suites:
         started = time.perf_counter()
-        result = SUITES[name].run(args.mode)
+        result = speed.run(args.mode, tuple(args.cases)) if name == "speed" else SUITES[name].run(args.mode)
         result["seconds"] = time.perf_counter() - started
         results[name] = result
         render({**header, name: result}, Path(args.markdown), Path(args.docs))

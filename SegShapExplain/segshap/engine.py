@@ -50,6 +50,9 @@ DEFAULT_CACHE_BYTES = 2 * 1024**3
 _BLEND_BYTES = 256 * 1024**2
 """Bound on the blending buffer of one chunk of coalitions."""
 
+_HELD_BYTES = 1024**3
+"""Bound on the window outputs one chunk of coalitions may hold (all distinct) beyond the cache's budget."""
+
 _CELL_MEMO_ENTRIES = 2**18
 """Cells whose value statistics are remembered (least recently used forgotten first); a few hundred MB at most."""
 
@@ -60,6 +63,10 @@ def _slices(box: Box) -> tuple[slice, ...]:
 
 def _shift(box: Box, origin: Sequence[int]) -> Box:
     return tuple((a - o, b - o) for (a, b), o in zip(box, origin))
+
+
+def _volume(slices: tuple[slice, ...]) -> int:
+    return int(np.prod([s.stop - s.start for s in slices]))
 
 
 def _intersect(first: Box, second: Box) -> Box:
@@ -192,7 +199,8 @@ class PatchEngine:
         MONAI's ``sigma_scale`` for Gaussian blending.
     cache_bytes : int
         Budget for cached window outputs; the all-on and all-off states are kept beyond it. Within the budget a
-        window input is never run twice.
+        window input is never run twice. The outputs one batch of coalitions needs are held beyond it while the
+        batch is blended (at most 1 GiB: larger batches are split), so memory peaks at about the budget plus that.
     autocast_dtype : torch.dtype, optional
         Run the model under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``). Faster, not exact.
     tiling : str
@@ -344,6 +352,7 @@ class PatchEngine:
             "features": self.n_features,
             "cache_entries": len(self._cache),
             "cache_bytes": self._cache.nbytes,
+            "cache_reserved_bytes": self._cache.reserved_bytes,
             "cache_evictions": self._cache.evictions,
         }
 
@@ -373,7 +382,9 @@ class PatchEngine:
                 f"got {coalitions.shape}."
             )
         values = np.empty((len(coalitions), len(self.targets)), dtype=np.float64)
-        chunk = max(1, _BLEND_BYTES // (4 * self._n_outputs * int(np.prod(self._region_shape))))
+        blend_bytes = 4 * self._n_outputs * int(np.prod(self._region_shape))
+        output_bytes = 4 * self._n_outputs * sum(_volume(in_window) for in_window in self._in_window)
+        chunk = max(1, min(_BLEND_BYTES // blend_bytes, _HELD_BYTES // output_bytes))
         for first in range(0, len(coalitions), chunk):
             part = coalitions[first : first + chunk]
             values[first : first + len(part)] = self._values(part).cpu().numpy()
@@ -472,6 +483,10 @@ class PatchEngine:
     @torch.inference_mode()
     def _values(self, coalitions: np.ndarray) -> torch.Tensor:
         """``(n, T)`` values: per cell, statistics of each distinct combination of its windows' inputs, summed."""
+        with self._cache.held():
+            return self._held_values(coalitions)
+
+    def _held_values(self, coalitions: np.ndarray) -> torch.Tensor:
         entries, inverses, keys = self._fetch(coalitions)
         statistics = torch.zeros((len(coalitions), len(self.targets), 4), dtype=torch.float64)
         for index, cell in enumerate(self._cells):
@@ -538,9 +553,8 @@ class PatchEngine:
             for window_out, (key, (_, position)) in zip(out, batch):
                 window = key[0]
                 in_window = self._in_window[window]
-                entry = (window_out[(slice(None), *in_window)] * self._importance[in_window]).contiguous()
-                self._cache.put(key, entry, pinned=pin)
-                entries[window][position] = entry
+                weighted = window_out[(slice(None), *in_window)] * self._importance[in_window]
+                entries[window][position] = self._cache.put(key, weighted, pinned=pin)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Run the model on a batch of windows; the first call also checks what the model returns."""
