@@ -3,6 +3,7 @@ and a reference implementation of the engine's contract built on MONAI's own ``s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,14 @@ def scripted_model(tmp_path_factory) -> Path:
     torch.jit.save(torch.jit.script(small_unet(1, 3)), str(folder / "model.pt"))
     (folder / "model.json").write_text(json.dumps(TEST_SIDECAR))
     return folder / "model.pt"
+
+
+def reference_python() -> str:
+    """The Python of the reference environment (``.venv-ref``: shap and shapiq, see ``scripts/reference_env.sh``).
+    Skips the test when it is missing, or fails it when ``SEGSHAP_REQUIRE_REFERENCE`` is set (``scripts/test.sh``)."""
+    python = os.environ.get("SEGSHAP_REFERENCE_PYTHON", str(Path(__file__).parents[1] / ".venv-ref/bin/python"))
+    if not Path(python).exists():
+        if os.environ.get("SEGSHAP_REQUIRE_REFERENCE"):
+            pytest.fail(f"The reference environment is missing ({python}); run scripts/reference_env.sh.")
+        pytest.skip("reference environment (shap, shapiq) not set up: `bash scripts/test.sh` makes .venv-ref")
+    return python

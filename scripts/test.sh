@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets up .venv (and .venv-ref, the separate environment of the shap reference) if needed, then runs the test
-# suite. Extra arguments go to pytest.
+# Sets up .venv (and .venv-ref, the separate environment of the shap and shapiq references) if needed, then runs
+# the test suite. Extra arguments go to pytest.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/env.sh"
