@@ -76,6 +76,7 @@ class SegShapExplainParameterNode:
     autoSamples: bool = True
     nSamples: Annotated[int, WithinRange(2, 10000000)] = 2000
     tolerance: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    timeLimit: Annotated[int, WithinRange(0, 86400)] = 0
     baseline: Baseline = Baseline.MEAN
     device: Device = Device.AUTO
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
@@ -84,8 +85,8 @@ class SegShapExplainParameterNode:
     def settings(self) -> ExplainSettings:
         return ExplainSettings(
             features=self.features, nFeatures=self.nFeatures, value=self.value,
-            nSamples=0 if self.autoSamples else self.nSamples, tolerance=self.tolerance, baseline=self.baseline,
-            device=self.device, seed=self.seed,
+            nSamples=0 if self.autoSamples else self.nSamples, tolerance=self.tolerance, timeLimit=self.timeLimit,
+            baseline=self.baseline, device=self.device, seed=self.seed,
         )
 
 

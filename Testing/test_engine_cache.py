@@ -175,3 +175,49 @@ def test_features_that_equal_the_baseline_change_nothing(setting):
         x = perturbed(image, features, engine.feature_ids, coalition, 0.0)
         want = reference_values(model, x, roi, [reference], [1], "soft_dice", PATCH, 0.5, "gaussian")
         assert abs(value - want[0]) <= 1e-5
+
+
+def test_feature_windows_and_forward_cost_tell_what_evaluation_runs(setting):
+    image, reference, features = setting
+    engine = segshap.PatchEngine(small_unet(), image, features, reference=reference, patch_size=PATCH, batch_size=4)
+    columns = _window_columns(engine, image, features)
+    expected = [sorted(w for w, cols in columns.items() if j in cols) for j in range(engine.n_features)]
+    assert [sorted(w.tolist()) for w in engine.feature_windows] == expected
+    assert all(np.isin(w, engine.windows).all() for w in engine.feature_windows)
+
+    rng = np.random.default_rng(3)
+    batches = [rng.random((12, engine.n_features)) < p for p in (0.5, 0.9, 0.5)]
+    batches[2][:6] = batches[1][:6]  # part of the third batch is cached by then
+    for coalitions in batches:
+        predicted = engine.forward_cost(coalitions)
+        before = engine.stats["patch_forwards"]
+        engine.evaluate(coalitions)
+        assert engine.stats["patch_forwards"] - before == predicted > 0
+        assert engine.forward_cost(coalitions) == 0
+
+
+def test_a_chain_step_runs_only_the_windows_of_the_feature_it_switches(setting):
+    """Walking a permutation chain with retain=, a step reruns just the switched feature's windows, even with no
+    cache budget at all: what the walk continues from is kept, everything else is forgotten."""
+    image, reference, features = setting
+    engine = segshap.PatchEngine(small_unet(), image, features, reference=reference, patch_size=PATCH, batch_size=4,
+                                 cache_bytes=0)
+    m = engine.n_features
+    order = np.random.default_rng(1).permutation(m)
+    coalition = np.zeros(m, bool)
+    for step, feature in enumerate(order):
+        coalition = coalition.copy()
+        coalition[feature] = True
+        before = engine.stats["patch_forwards"]
+        engine.evaluate(coalition[None], retain=np.array([True]))
+        ran = engine.stats["patch_forwards"] - before
+        # The last step reaches the all-on coalition, which is always cached.
+        assert ran == (0 if step == m - 1 else len(engine.feature_windows[feature])), (step, feature)
+    # Without retain and without a budget, the previous step is gone: a step reruns every window it touches.
+    engine.evaluate(np.eye(m, dtype=bool)[:1], retain=np.array([False]))
+    two = np.eye(m, dtype=bool)[:1].copy()
+    two[0, order[0] if order[0] != 0 else order[1]] = True
+    before = engine.stats["patch_forwards"]
+    engine.evaluate(two)
+    touched = set(engine.feature_windows[0].tolist()) | set(engine.feature_windows[int(np.flatnonzero(two[0])[-1])].tolist())
+    assert engine.stats["patch_forwards"] - before == len(touched)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import reference_python
 from games import additive, nonlinear, pairwise
 
 from segshap import kernel_shap
@@ -129,15 +129,6 @@ def test_tolerance_stops_early_once_converged():
     calls.clear()
     full = kernel_shap(game, 20, 600, batch_size=128, progress=lambda d, t: calls.append((d, t)))
     assert full.n_evaluations == 600 and calls[-1] == (600, 600) and all(t == 600 for _, t in calls)
-
-
-def reference_python() -> str:
-    python = os.environ.get("SEGSHAP_REFERENCE_PYTHON", str(Path(__file__).parents[1] / ".venv-ref/bin/python"))
-    if not Path(python).exists():
-        if os.environ.get("SEGSHAP_REQUIRE_REFERENCE"):
-            pytest.fail(f"The shap reference environment is missing ({python}); run scripts/reference_env.sh.")
-        pytest.skip("shap reference environment not set up: run `bash scripts/test.sh`, which makes .venv-ref")
-    return python
 
 
 @pytest.mark.slow

@@ -216,3 +216,24 @@ def test_the_explanation_game_is_the_game_explain_estimates(mni_t1):
     assert explained.exact
     np.testing.assert_array_equal(explained.feature_ids, game.engine.feature_ids)
     np.testing.assert_allclose(explained.values, shapley, atol=1e-9)
+
+
+def test_a_forward_budget_and_the_design_are_kept_and_reported(mni_t1, tmp_path):
+    """max_forwards bounds what the estimation runs; progress counts forwards; explanation.json says how it went."""
+    net = small_unet(1, 3)
+    reports = []
+    ex = segshap.explain(
+        net, mni_t1, target=1, roi=ROI, features="grid", n_features=27, nsamples=5000, device="cpu",
+        design="chains", max_forwards=150, progress=lambda done, total: reports.append((done, total)), **TILING,
+    )
+    stats = ex.stats
+    assert stats["design"] == "chains" and stats["stop_reason"] == "max_forwards"
+    assert 0 < stats["estimation_forwards"] <= 150 and stats["evaluations"] < 5000
+    assert stats["forwards_per_coalition"] == pytest.approx(stats["estimation_forwards"] / stats["evaluations"])
+    assert reports[-1] == (stats["estimation_forwards"], stats["estimation_forwards"])
+    assert all(total == 150 for _, total in reports[:-1]) and [d for d, _ in reports] == sorted(d for d, _ in reports)
+    assert abs(ex.values.sum() - (ex.full_value - ex.base_value)) < 1e-9
+    ex.save(tmp_path)
+    report = json.loads((tmp_path / "explanation.json").read_text())
+    assert report["settings"]["design"] == "chains" and report["settings"]["max_forwards"] == 150
+    assert report["stats"]["stop_reason"] == "max_forwards" and "forwards_per_coalition" in report["stats"]

@@ -89,6 +89,9 @@ class ExplainSettings:
     tolerance : float
         For ``nSamples == 0``: stop once the largest standard error is this fraction of the values' spread;
         0 means the engine's default.
+    timeLimit : float
+        Seconds the sampling may take (the worker's ``max_seconds``): it stops before a batch that would end later
+        and the values reached are shown with their standard errors; 0 means no limit.
     baseline : Baseline
     device : Device
     seed : int
@@ -101,6 +104,7 @@ class ExplainSettings:
     value: ValueFunction = ValueFunction.SOFT_DICE
     nSamples: int = 0
     tolerance: float = 0.0
+    timeLimit: float = 0.0
     baseline: Baseline = Baseline.MEAN
     device: Device = Device.AUTO
     seed: int = 0
@@ -114,6 +118,8 @@ class ExplainSettings:
             problems.append(f"the number of samples must be 0 (auto) or at least 2 (got {self.nSamples})")
         if self.tolerance < 0:
             problems.append(f"the tolerance must be positive, or 0 for the default (got {self.tolerance})")
+        if self.timeLimit < 0:
+            problems.append(f"the time limit must be positive, or 0 for none (got {self.timeLimit})")
         if self.batchSize < 1:
             problems.append(f"the batch size must be at least 1 (got {self.batchSize})")
         if problems:
@@ -127,6 +133,7 @@ class ExplainSettings:
             "value": self.value.value,
             "nsamples": self.nSamples or "auto",
             "tolerance": self.tolerance or None,
+            "max_seconds": self.timeLimit or None,
             "baseline": self.baseline.value,
             "device": self.device.value,
             "seed": self.seed,

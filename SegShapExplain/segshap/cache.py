@@ -62,6 +62,7 @@ class PatchCache:
         self._pools: dict[tuple, _SlotPool] = {}
         self._slot_pool: dict[Hashable, _SlotPool] = {}
         self._held: set[Hashable] | None = None
+        self._retained: set[Hashable] = set()
         self._released_after_hold: list[tuple[_SlotPool, torch.Tensor]] = []
         self.unpinned_bytes = 0
         self.pinned_bytes = 0
@@ -69,6 +70,17 @@ class PatchCache:
 
     def __len__(self) -> int:
         return len(self._entries) + len(self._pinned)
+
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether ``key`` is stored (a lookup that does not count as a use)."""
+        return key in self._pinned or key in self._entries
+
+    def retain(self, keys: set, keep_previous: bool = False) -> None:
+        """Keep the entries under ``keys`` from eviction, whatever the budget, until the next call without
+        ``keep_previous`` (which releases those retained before it, then brings the cache back within budget)."""
+        self._retained = self._retained | set(keys) if keep_previous else set(keys)
+        if not keep_previous:
+            self._evict()
 
     @property
     def nbytes(self) -> int:
@@ -143,11 +155,17 @@ class PatchCache:
         return slot
 
     def _evict(self, room_for: int = 0) -> None:
-        # Entries touched while held are the most recently used, so eviction stops at the first held one.
-        while self.unpinned_bytes + room_for > self.budget_bytes and self._entries:
-            key = next(iter(self._entries))
-            if self._held is not None and key in self._held:
+        # Entries touched while held are the most recently used, so eviction stops at the first held one;
+        # retained entries are passed over.
+        excess = self.unpinned_bytes + room_for - self.budget_bytes
+        victims = []
+        for key, slot in self._entries.items():
+            if excess <= 0 or (self._held is not None and key in self._held):
                 break
+            if key not in self._retained:
+                victims.append(key)
+                excess -= self._nbytes(slot)
+        for key in victims:
             self._release(key)
             self.evictions += 1
 

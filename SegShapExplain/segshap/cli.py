@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .estimator import DESIGNS
 from .explain import BASELINES, FEATURE_KINDS, explain, predict
 from .geometry import Grid, transfer
 from .inputs import resolve_device
@@ -56,6 +57,9 @@ OPTION_KEYS = (
     "value",
     "nsamples",
     "tolerance",
+    "design",
+    "max_forwards",
+    "max_seconds",
     "baseline",
     "device",
     "seed",
@@ -310,7 +314,7 @@ class _ProgressBar:
     def __call__(self, done: int, total: int) -> None:
         eta = self.rate.eta(done, total)
         percent = 100.0 * done / max(total, 1)
-        text = f"{percent:5.1f}% {done}/{total} coalitions, ETA {'...' if eta is None else _duration(eta)}"
+        text = f"{percent:5.1f}% {done}/{total} window forwards, ETA {'...' if eta is None else _duration(eta)}"
         if self.terminal:
             filled = int(percent / 4)
             self.stream.write(f"\r|{'#' * filled}{' ' * (25 - filled)}| {text}   ")
@@ -374,7 +378,8 @@ def _summary(explanation) -> str:
     stats = explanation.stats
     return (
         f"{len(explanation.feature_ids)} features, {stats['evaluations']} coalitions "
-        f"({'exact' if explanation.exact else 'sampled'}), {stats['patch_forwards']} patch forwards, "
+        f"({'exact' if explanation.exact else stats['design']}, stopped by {stats['stop_reason']}), "
+        f"{stats['patch_forwards']} patch forwards ({stats['forwards_per_coalition']:.1f} per coalition), "
         f"{stats['seconds']:.1f} s"
     )
 
@@ -531,6 +536,11 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("--value", choices=VALUE_NAMES, help="value function (default soft_dice)")
     command.add_argument("--nsamples", type=_nsamples, help="coalitions to evaluate, or 'auto' (default)")
     command.add_argument("--tolerance", type=float, help="stop once max stderr / value spread falls below this")
+    command.add_argument("--design", choices=DESIGNS, help="coalition design (default auto)")
+    command.add_argument("--max-forwards", dest="max_forwards", type=int,
+                         help="stop sampling before this many window forwards")
+    command.add_argument("--max-seconds", dest="max_seconds", type=float,
+                         help="stop sampling before the estimation runs this many seconds")
     command.add_argument("--baseline", type=_baseline, help=f"{', '.join(BASELINES)} or a number (default mean)")
     command.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     command.add_argument("--seed", type=int)

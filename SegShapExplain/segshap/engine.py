@@ -356,13 +356,42 @@ class PatchEngine:
             "cache_evictions": self._cache.evictions,
         }
 
-    def evaluate(self, coalitions: np.ndarray) -> np.ndarray:
+    @property
+    def feature_windows(self) -> list[np.ndarray]:
+        """Per feature (column of a coalition), the windows whose input it changes: indices into :attr:`tiling`,
+        a subset of :attr:`windows`. Switching the feature alone reruns just these windows."""
+        return [self.windows[positions] for positions in self._feature_window_positions]
+
+    def forward_cost(self, coalitions: np.ndarray) -> int:
+        """Window forwards that evaluating ``coalitions`` now would run: their distinct window inputs that are
+        not cached. Runs no model; as cheap as a cache lookup per window and coalition.
+
+        Parameters
+        ----------
+        coalitions : np.ndarray
+            ``(n, M)`` bool over :attr:`feature_ids`.
+        """
+        coalitions = self._checked(coalitions)
+        cost = 0
+        for window, columns in enumerate(self._window_columns):
+            if columns.size:
+                states = np.unique(np.packbits(coalitions[:, columns], axis=1), axis=0)
+                cost += sum((window, row.tobytes()) not in self._cache for row in states)
+            else:
+                cost += (window, b"") not in self._cache
+        return int(cost)
+
+    def evaluate(self, coalitions: np.ndarray, retain: np.ndarray | None = None) -> np.ndarray:
         """Values of a batch of coalitions.
 
         Parameters
         ----------
         coalitions : np.ndarray
             ``(n, M)`` bool over :attr:`feature_ids`: True keeps a feature, False replaces it by the baseline.
+        retain : np.ndarray, optional
+            ``(n,)`` bool: the coalitions whose window outputs stay cached, whatever the budget, until the next call
+            has been evaluated. A design that walks from these coalitions to neighbours one feature away then runs
+            only the windows of the features it changes.
 
         Returns
         -------
@@ -370,6 +399,24 @@ class PatchEngine:
             ``(n,)`` float64 for a single target, ``(n, T)`` when ``target`` was a sequence.
         """
         started = time.perf_counter()
+        coalitions = self._checked(coalitions)
+        retain = np.zeros(len(coalitions), bool) if retain is None else np.asarray(retain, dtype=bool)
+        if retain.shape != (len(coalitions),):
+            raise ValueError(f"retain must be a bool array of shape ({len(coalitions)},), got {retain.shape}.")
+        values = np.empty((len(coalitions), len(self.targets)), dtype=np.float64)
+        blend_bytes = 4 * self._n_outputs * int(np.prod(self._region_shape))
+        output_bytes = 4 * self._n_outputs * sum(_volume(in_window) for in_window in self._in_window)
+        chunk = max(1, min(_BLEND_BYTES // blend_bytes, _HELD_BYTES // output_bytes))
+        retained: set = set()
+        for first in range(0, len(coalitions), chunk):
+            part = coalitions[first : first + chunk]
+            values[first : first + len(part)] = self._values(part, retain[first : first + chunk], retained).cpu().numpy()
+        self._cache.retain(retained)
+        self._stats["coalitions"] += len(coalitions)
+        self._stats["total_seconds"] += time.perf_counter() - started
+        return values[:, 0] if self._single_target else values
+
+    def _checked(self, coalitions) -> np.ndarray:
         coalitions = np.asarray(coalitions)
         if coalitions.dtype != bool:
             raise ValueError(
@@ -381,16 +428,7 @@ class PatchEngine:
                 f"coalitions must have shape (n, {self.n_features}) (one column per engine.feature_ids), "
                 f"got {coalitions.shape}."
             )
-        values = np.empty((len(coalitions), len(self.targets)), dtype=np.float64)
-        blend_bytes = 4 * self._n_outputs * int(np.prod(self._region_shape))
-        output_bytes = 4 * self._n_outputs * sum(_volume(in_window) for in_window in self._in_window)
-        chunk = max(1, min(_BLEND_BYTES // blend_bytes, _HELD_BYTES // output_bytes))
-        for first in range(0, len(coalitions), chunk):
-            part = coalitions[first : first + chunk]
-            values[first : first + len(part)] = self._values(part).cpu().numpy()
-        self._stats["coalitions"] += len(coalitions)
-        self._stats["total_seconds"] += time.perf_counter() - started
-        return values[:, 0] if self._single_target else values
+        return coalitions
 
     # ------------------------------------------------------------------ set-up
 
@@ -456,6 +494,11 @@ class PatchEngine:
             window_ids.append(ids[ids > 0])
         self.feature_ids = np.unique(np.concatenate([np.zeros(0, np.int64), *window_ids]))
         self._window_columns = [np.searchsorted(self.feature_ids, ids) for ids in window_ids]
+        positions: list[list[int]] = [[] for _ in range(self.n_features)]
+        for position, columns in enumerate(self._window_columns):
+            for column in columns.tolist():
+                positions[column].append(position)
+        self._feature_window_positions = [np.array(p, dtype=np.int64) for p in positions]
         column_of = np.full(int(features.max()) + 1, self.n_features, dtype=np.int32)
         column_of[self.feature_ids] = np.arange(self.n_features)
         self._columns = torch.from_numpy(column_of[features_support]).to(self._device)
@@ -481,13 +524,17 @@ class PatchEngine:
     # ------------------------------------------------------------------ evaluation
 
     @torch.inference_mode()
-    def _values(self, coalitions: np.ndarray) -> torch.Tensor:
-        """``(n, T)`` values: per cell, statistics of each distinct combination of its windows' inputs, summed."""
+    def _values(self, coalitions: np.ndarray, retain: np.ndarray, retained: set) -> torch.Tensor:
+        """``(n, T)`` values: per cell, statistics of each distinct combination of its windows' inputs, summed.
+        The cache keys of the ``retain`` rows are added to ``retained`` and kept from eviction from now on."""
         with self._cache.held():
-            return self._held_values(coalitions)
+            return self._held_values(coalitions, retain, retained)
 
-    def _held_values(self, coalitions: np.ndarray) -> torch.Tensor:
+    def _held_values(self, coalitions: np.ndarray, retain: np.ndarray, retained: set) -> torch.Tensor:
         entries, inverses, keys = self._fetch(coalitions)
+        for row in np.flatnonzero(retain):
+            retained.update((w, keys[w][int(inverse[row])]) for w, inverse in enumerate(inverses))
+        self._cache.retain(retained, keep_previous=True)
         statistics = torch.zeros((len(coalitions), len(self.targets), 4), dtype=torch.float64)
         for index, cell in enumerate(self._cells):
             local_keys = list(zip(*(inverses[w].tolist() for w in cell.windows))) or [()] * len(coalitions)

@@ -25,7 +25,8 @@ import torch
 
 from . import features as feature_maps
 from .engine import PatchEngine, predict_labels
-from .estimator import kernel_shap
+from .estimator import DESIGNS, kernel_shap
+from .surrogate import adjacent_pairs
 from .geometry import ModelInput
 from .inputs import as_image, as_roi_mask, bounding_box, reference_masks, resolve_device
 from .io import StagedOutput, write_image
@@ -518,6 +519,9 @@ def explain(
     tolerance: float | None = None,
     labelmap: np.ndarray | None = None,
     affine: np.ndarray | None = None,
+    design: str = "auto",
+    max_forwards: int | None = None,
+    max_seconds: float | None = None,
     **engine_options,
 ) -> Explanation:
     """Explain a model's segmentation of a target class with Shapley values of supervoxels.
@@ -547,7 +551,7 @@ def explain(
     value : str
         ``"soft_dice"``, ``"dice"``, ``"tp"``, ``"fp"`` or ``"mean_prob"``.
     nsamples : int or "auto"
-        Coalitions to evaluate. ``"auto"``: ``2 M + 2048`` (all ``2**M`` when fewer), stopping early at
+        Coalitions to evaluate at most. ``"auto"``: ``2 M + 2048`` (all ``2**M`` when fewer), stopping early at
         ``tolerance`` (default 0.01).
     baseline : str, number or np.ndarray
         What a removed feature's voxels become, in the network's input space: ``"mean"`` (of each channel),
@@ -557,7 +561,8 @@ def explain(
     seed : int
         Seed of the coalition sampler.
     progress : callable, optional
-        ``progress(done, total)`` in coalitions.
+        ``progress(done, total)`` in window forwards, what takes the time: ``total`` is ``max_forwards`` when given,
+        else the forwards the remaining coalitions would take at the pace so far.
     tolerance : float, optional
         Early-stopping tolerance (see :func:`segshap.kernel_shap`).
     labelmap : np.ndarray, optional
@@ -567,6 +572,13 @@ def explain(
         reoriented and resampled onto its grid (perturbations happen there); ``reference``, ``roi``, ``labelmap``
         and a given feature map are on the image's grid and carried to the model's by nearest neighbour, and the
         outputs come back onto the image's grid. Without it the image is taken to lie on the model's grid.
+    design : str
+        Coalition design (see :func:`segshap.kernel_shap`): ``"auto"``, ``"chains"`` (walks that change one
+        feature at a time, so each coalition reruns only that feature's windows) or ``"leverage"``.
+    max_forwards : int, optional
+        Stop sampling before the window forwards of the explanation would exceed this.
+    max_seconds : float, optional
+        Stop sampling before the estimation would run longer than this (the set-up before it is not counted).
     **engine_options
         Passed to :class:`segshap.PatchEngine` (``patch_size``, ``overlap``, ``blend``, ``margin``, ``batch_size``,
         ``cache_bytes``, ``autocast_dtype``, ...).
@@ -580,6 +592,14 @@ def explain(
         isinstance(nsamples, bool) or not isinstance(nsamples, (int, np.integer)) or nsamples < 2
     ):
         raise ValueError(f"nsamples must be 'auto' or an integer >= 2 (coalitions to evaluate), got {nsamples!r}.")
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}.")
+    if max_forwards is not None and (isinstance(max_forwards, bool) or not isinstance(max_forwards, (int, np.integer))
+                                     or max_forwards < 1):
+        raise ValueError(f"max_forwards must be a positive integer (window forwards) or None, got {max_forwards!r}.")
+    if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
+                                    or max_seconds <= 0):
+        raise ValueError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r}.")
     game = explanation_game(
         model, image, target=target, reference=reference, roi=roi, features=features, n_features=n_features,
         value=value, baseline=baseline, device=device, labelmap=labelmap, affine=affine, **engine_options,
@@ -596,7 +616,15 @@ def explain(
     else:
         budget = int(nsamples)
     _log.info("Estimating Shapley values of %d features from up to %d coalitions", m, budget)
-    result = kernel_shap(engine.evaluate, m, budget, seed=seed, tolerance=tolerance, batch_size=64, progress=progress)
+    forwards_before = engine.stats["patch_forwards"]
+    estimation_started = time.perf_counter()
+    result = kernel_shap(
+        engine.evaluate, m, budget, seed=seed, tolerance=tolerance, batch_size=64,
+        progress=None if progress is None else _forward_progress(progress, engine, max_forwards),
+        design=design, cost=engine.forward_cost, max_cost=max_forwards, max_seconds=max_seconds,
+        interactions=adjacent_pairs(feature_map, engine.feature_ids),
+    )
+    forwards = engine.stats["patch_forwards"] - forwards_before
 
     kept = np.isin(feature_map, engine.feature_ids)
     feature_map = np.where(kept, feature_map, 0).astype(np.int32)
@@ -618,6 +646,11 @@ def explain(
         **engine.stats,
         "evaluations": result.n_evaluations,
         "budget": budget,
+        "design": result.design,
+        "stop_reason": {"max_cost": "max_forwards"}.get(result.stop_reason, result.stop_reason),
+        "estimation_forwards": forwards,
+        "forwards_per_coalition": forwards / max(result.n_evaluations, 1),
+        "estimation_seconds": time.perf_counter() - estimation_started,
         "seconds": time.perf_counter() - started,
     }
     settings = {
@@ -627,6 +660,9 @@ def explain(
         "value": value,
         "nsamples": nsamples,
         "tolerance": tolerance,
+        "design": design,
+        "max_forwards": max_forwards,
+        "max_seconds": max_seconds,
         "baseline": baseline if isinstance(baseline, (str, int, float)) else "array",
         "device": str(device),
         "seed": seed,
@@ -661,6 +697,21 @@ def explain(
         model_feature_map=feature_map,
         model_affine=prepared.grid.affine,
     )
+
+
+def _forward_progress(progress: Callable[[int, int], None], engine: PatchEngine, max_forwards: int | None):
+    """Turns the estimator's ``(coalitions done, budget)`` into ``(window forwards done, expected in all)``."""
+    before = engine.stats["patch_forwards"]
+
+    def report(done: int, total: int) -> None:
+        forwards = engine.stats["patch_forwards"] - before
+        if max_forwards is not None:
+            expected = max_forwards
+        else:
+            expected = forwards + (total - done) * forwards / max(done, 1)
+        progress(forwards, int(round(max(expected, forwards))) if done < total else forwards)
+
+    return report
 
 
 def _versions() -> dict:

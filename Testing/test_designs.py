@@ -1,0 +1,171 @@
+"""Coalition designs: permutation chains with a regression-adjusted estimate, the choice between designs, limits
+in cost and time, the surrogate, and features by the thousand."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from games import additive, nonlinear, pairwise
+from test_estimator import Recorder, enumerated_shapley
+
+from segshap import kernel_shap
+from segshap.chains import loop_coalitions
+from segshap.surrogate import adjacent_pairs, fit_surrogate
+
+
+def test_a_loop_walks_one_feature_at_a_time_through_every_size():
+    permutation = np.random.default_rng(0).permutation(9)
+    loop = loop_coalitions(permutation)
+    walk = np.concatenate([np.zeros((1, 9), bool), loop[:8], np.ones((1, 9), bool), loop[8:], np.zeros((1, 9), bool)])
+    assert np.all(np.sum(walk[1:] != walk[:-1], axis=1) == 1)
+    assert sorted(loop.sum(axis=1).tolist()) == sorted(2 * list(range(1, 9)))
+    np.testing.assert_array_equal(loop[8:], ~loop[:8])  # the second half holds the complements of the prefixes
+
+
+@pytest.mark.parametrize("make_game", [additive, pairwise])
+def test_chains_recover_second_order_games_exactly(make_game):
+    """The surrogate has main effects and every pair here, so its exact Shapley values are the game's."""
+    game, truth = make_game(10, seed=4)
+    result = kernel_shap(game, 10, 200, seed=0, design="chains")
+    assert result.design == "chains" and not result.exact
+    np.testing.assert_allclose(result.values, truth, atol=1e-6 * np.abs(truth).max())
+
+
+def test_chain_estimates_are_unbiased():
+    """The mean over seeds of a nonlinear game's chain estimates meets the exact values within the spread of
+    that mean (cross-fitting keeps each chain's residual independent of the surrogate it is taken against)."""
+    n_features, seeds = 10, 120
+    game, _ = nonlinear(n_features, seed=2)
+    truth = enumerated_shapley(game, n_features)
+    estimates = np.array([kernel_shap(game, n_features, 80, seed=s, design="chains").values for s in range(seeds)])
+    mean_error = estimates.mean(axis=0) - truth
+    spread = estimates.std(axis=0, ddof=1) / np.sqrt(seeds)
+    assert np.all(np.abs(mean_error) <= 4 * spread + 1e-12), np.abs(mean_error / spread).max()
+    # And the bias is small against the error of one run: it does not dominate what a user sees.
+    assert np.linalg.norm(mean_error) < 0.25 * np.mean(np.linalg.norm(estimates - truth, axis=1))
+
+
+@pytest.mark.parametrize("n_features, budget", [(12, 96), (30, 700), (60, 1000)])
+def test_chains_evaluate_no_coalition_twice_and_keep_efficiency(n_features, budget):
+    game, _ = nonlinear(n_features, seed=5)
+    recorder = Recorder(game)
+    result = kernel_shap(recorder, n_features, budget, seed=2, batch_size=64, design="chains")
+    evaluated = recorder.coalitions
+    assert result.design == "chains" and len(evaluated) == result.n_evaluations <= budget
+    assert len(np.unique(np.packbits(evaluated, axis=1), axis=0)) == len(evaluated)
+    np.testing.assert_allclose(result.coalition_values, game(evaluated))
+    assert result.efficiency_error <= 1e-9 * max(abs(result.full_value - result.base_value), 1e-12)
+    assert np.all(np.isfinite(result.stderr)) and np.all(result.stderr >= 0)
+
+
+def test_chain_standard_errors_cover_the_true_error_as_claimed():
+    n_features = 12
+    game, _ = nonlinear(n_features, seed=0)
+    truth = enumerated_shapley(game, n_features)
+    runs = [kernel_shap(game, n_features, 16 * n_features, seed=s, design="chains") for s in range(80)]
+    z = np.array([(r.values - truth) / r.stderr for r in runs])
+    within_two = np.mean(np.abs(z) <= 1.96)
+    assert 0.85 <= within_two <= 0.995, within_two
+
+
+def test_chain_walks_tell_the_value_function_what_to_retain():
+    game, _ = nonlinear(20, seed=1)
+    calls = []
+
+    def value_fn(coalitions, retain):
+        calls.append((coalitions.copy(), retain.copy()))
+        return game(coalitions)
+
+    kernel_shap(value_fn, 20, 400, seed=0, batch_size=16, design="chains")
+    walked = [(c, r) for c, r in calls if len(c) > 2]
+    assert walked and all(r.dtype == bool and r.shape == (len(c),) and r.any() for c, r in walked)
+    # Each retained row is where a walk continues: the next batch mostly holds a coalition one feature away from it
+    # (more where the walk passes the full coalition, or ones evaluated before, which are not evaluated again).
+    nearest = []
+    for (rows, retain), (following, _) in zip(walked, walked[1:]):
+        distance = (rows[retain][:, None, :] != following[None, :, :]).sum(axis=2)
+        nearest.extend(distance.min(axis=1).tolist())
+    assert np.mean(np.array(nearest) == 1) >= 0.75
+
+
+def _local_cost(coalitions: np.ndarray) -> float:
+    """What an engine with walk-friendly caching charges, roughly: a row one feature away from a row before it (or
+    from the empty or full coalition) costs 1, any other row 10."""
+    m = coalitions.shape[1]
+    seen = np.array([np.zeros(m, bool), np.ones(m, bool)])
+    total = 0.0
+    for row in coalitions:
+        total += 1.0 if (seen != row).sum(axis=1).min() <= 1 else 10.0
+        seen = np.vstack([seen, row])
+    return total
+
+
+def test_auto_picks_chains_when_they_fit_and_their_coalitions_are_cheap():
+    game, _ = nonlinear(20, seed=3)
+    assert kernel_shap(game, 20, 400, design="auto").design == "leverage"  # every coalition costs the same
+    assert kernel_shap(game, 20, 400, design="auto", cost=_local_cost).design == "chains"
+    assert kernel_shap(game, 20, 100, design="auto", cost=_local_cost).design == "leverage"  # too few chains fit
+    assert kernel_shap(nonlinear(6)[0], 6, 64, design="chains").design == "exact"
+    with pytest.raises(ValueError, match="design='chains' needs a budget of at least 40"):
+        kernel_shap(game, 20, 30, design="chains")
+
+
+@pytest.mark.parametrize("design", ["chains", "leverage"])
+def test_a_cost_limit_stops_before_it_is_exceeded(design):
+    game, _ = nonlinear(16, seed=2)
+    result = kernel_shap(game, 16, 5000, design=design, batch_size=32, cost=lambda c: 3.0 * len(c), max_cost=900)
+    assert result.stop_reason == "max_cost" and result.cost <= 900 and result.n_evaluations <= 300
+    assert result.n_evaluations >= 300 - 32  # it stopped at the last batch that fitted
+    assert result.efficiency_error <= 1e-9
+    with pytest.raises(ValueError, match="needs a cost function"):
+        kernel_shap(game, 16, 500, max_cost=10)
+
+
+def test_a_time_limit_stops_at_the_pace_so_far():
+    game, _ = nonlinear(40, seed=2)
+
+    def slow(coalitions):
+        time.sleep(0.05)
+        return game(coalitions)
+
+    started = time.perf_counter()
+    result = kernel_shap(slow, 40, 100_000, batch_size=32, max_seconds=1.0)
+    assert result.stop_reason == "max_seconds" and 2 + 2 * 32 <= result.n_evaluations < 100_000
+    assert result.efficiency_error <= 1e-9
+    assert time.perf_counter() - started < 60  # it did stop: the budget alone would take minutes
+
+
+def test_surrogate_recovers_a_pairwise_game_and_its_shapley_values():
+    game, truth = pairwise(8, seed=6)
+    coalitions = np.random.default_rng(0).random((200, 8)) < 0.5
+    pairs = np.array([(i, j) for i in range(8) for j in range(i + 1, 8)])
+    surrogate = fit_surrogate(coalitions, game(coalitions)[:, None], pairs)
+    np.testing.assert_allclose(surrogate(coalitions)[:, 0], game(coalitions), atol=1e-3)
+    np.testing.assert_allclose(surrogate.shapley_values()[:, 0], truth, atol=1e-3)
+
+
+def test_adjacent_pairs_are_the_features_that_touch():
+    feature_map = np.zeros((4, 4, 2), dtype=np.int64)
+    feature_map[:2, :2] = 5
+    feature_map[2:, :2] = 7
+    feature_map[:2, 2:] = 9  # touches 5 only; 0 never counts
+    pairs = adjacent_pairs(feature_map, np.array([5, 7, 9]))
+    assert pairs.tolist() == [[0, 1], [0, 2]]
+
+
+@pytest.mark.slow
+def test_five_thousand_features_fit_in_memory():
+    """Fewer evaluated rows than features: the solver works on the rows, not on M x M matrices."""
+    n_features = 5000
+    game, truth = additive(n_features, seed=0)
+    tracemalloc.start()
+    result = kernel_shap(game, n_features, 2000, seed=0)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2 * 1024**3, peak / 1024**3
+    assert result.design == "leverage" and result.n_evaluations == 2000
+    assert result.efficiency_error <= 1e-9 * np.abs(truth.sum())
+    assert np.all(np.isnan(result.stderr))  # no residual is left to estimate errors from
