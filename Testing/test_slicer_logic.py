@@ -159,7 +159,7 @@ def test_explain_end_to_end_builds_the_nodes_on_the_input_geometry(scene, tmp_pa
                           onProgress=progress.append, onLog=stages.append)
 
     # Progress and stages came through; the job's folder is gone.
-    assert progress and progress[-1].done == progress[-1].total == 64
+    assert progress and progress[-1].done == progress[-1].total > 0  # window forwards
     assert any("Estimating" in stage for stage in stages)
     assert list(tmp_path.iterdir()) == []
 
