@@ -1,17 +1,13 @@
-"""The benchmark harness: its pure parts, and the quick mode end to end (what CI runs; times are not asserted)."""
+"""The benchmark harness's pure parts. The quick mode runs end to end in `.ci/run`, after the tests, with --check."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -50,26 +46,17 @@ def test_sections_are_replaced_in_place(tmp_path):
     assert text.index("Hand-written") < text.index("second") < text.index("other")
 
 
-@pytest.mark.slow
-def test_quick_mode_completes_and_ours_runs_the_fewest_model_forwards(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--mode", "quick", "--markdown", str(tmp_path / "B.md"),
-         "--docs", str(tmp_path), "--json", str(tmp_path / "quick.json")],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "quick.json").read_text())
-    assert result["machine"]["cores"] >= 1 and result["machine"]["torch"]
-    for name, case in result["speed"]["cases"].items():
-        methods = case["methods"]
-        ours = methods["ours"]["forwards"]
-        for method, row in methods.items():
-            assert row["max_abs_diff"] < 1e-6, (name, method)  # every method computes the same game
-            if method != "ours":
-                assert ours < row["forwards"], (name, method)
-    expected = {"ours", "captum"} | ({"shap"} if os.environ.get("SEGSHAP_REQUIRE_REFERENCE") else set())
-    assert expected <= set(result["speed"]["cases"]["organs"]["methods"])
-    assert expected <= set(result["accuracy"]["methods"])
-    text = (tmp_path / "B.md").read_text()
-    assert "bench:speed:begin" in text and "bench:accuracy:begin" in text
-    assert (tmp_path / "bench_speed.png").stat().st_size > 0 and (tmp_path / "bench_accuracy.png").stat().st_size > 0
+def test_the_runs_check_names_each_broken_invariant():
+    from run import check
+
+    def case(ours, other, diff):
+        return {"methods": {"ours": {"forwards": ours, "max_abs_diff": 0.0},
+                            "captum": {"forwards": other, "max_abs_diff": diff}}}
+
+    accuracy = {"methods": {"ours": {}, "captum": {}, "shap": {}}}
+    assert check({"speed": {"cases": {"organs": case(10, 50, 1e-9)}}, "accuracy": accuracy}) == []
+    problems = check({"speed": {"cases": {"organs": case(10, 5, 1e-9), "slic": case(10, 50, 3e-3)}},
+                      "accuracy": {"methods": {"ours": {}}}})
+    assert len(problems) == 3
+    assert "organs: captum ran 5 forwards" in problems[0] and "slic: captum's values differ" in problems[1]
+    assert "captum" in problems[2]

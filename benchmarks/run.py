@@ -1,6 +1,6 @@
 """Benchmarks of SegShapExplain against what users would pick instead, in one run.
 
-    python benchmarks/run.py --mode quick      # a few minutes on 2 CPU cores (CI runs it)
+    python benchmarks/run.py --mode quick --check   # about 7 minutes on 2 CPU cores (CI runs it after the tests)
     python benchmarks/run.py --mode full       # the numbers in BENCHMARKS.md
 
 Each suite writes its section of BENCHMARKS.md (between ``<!-- bench:SUITE:begin/end -->`` markers), its plots
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy  # noqa: E402
 import faithfulness  # noqa: E402
 import speed  # noqa: E402
-from common import MODES, ROOT, log, machine, machine_line, write_section  # noqa: E402
+from common import MODES, ROOT, log, machine, machine_line, reference_available, write_section  # noqa: E402
 
 SUITES = {"speed": speed, "accuracy": accuracy, "faithfulness": faithfulness}
 
@@ -47,6 +47,27 @@ def render(results: dict, markdown: Path, docs: Path) -> None:
         write_section(markdown, name, intro + "\n\n" + suite.markdown(result, str(relative)))
 
 
+def check(results: dict) -> list[str]:
+    """What is wrong with a run's raw numbers: every method of a speed case must compute the same game as ours
+    (values within 1e-6) with more window forwards than ours, and the accuracy suite must hold ours and captum
+    (and shap where its environment exists). An empty list when all hold."""
+    problems = []
+    for name, case in results.get("speed", {}).get("cases", {}).items():
+        methods = case["methods"]
+        ours = methods["ours"]["forwards"]
+        for method, row in methods.items():
+            if not row["max_abs_diff"] < 1e-6:
+                problems.append(f"speed/{name}: {method}'s values differ from ours by {row['max_abs_diff']:.1e}")
+            if method != "ours" and not ours < row["forwards"]:
+                problems.append(f"speed/{name}: {method} ran {row['forwards']} forwards, ours {ours}")
+    if "accuracy" in results:
+        expected = {"ours", "captum"} | ({"shap"} if reference_available() else set())
+        missing = expected - set(results["accuracy"]["methods"])
+        if missing:
+            problems.append(f"accuracy: methods missing: {sorted(missing)}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=MODES, default="quick")
@@ -56,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="where the sections are written")
     parser.add_argument("--docs", default=str(ROOT / "docs"), help="where the plots are written")
     parser.add_argument("--json", help="raw numbers (default benchmarks/results/MODE.json)")
+    parser.add_argument("--check", action="store_true",
+                        help="exit with status 1 if the run breaks an invariant (see check())")
     parser.add_argument("--render", metavar="JSON", help="only rewrite the sections and plots from earlier raw numbers")
     args = parser.parse_args(argv)
     if args.render:
@@ -78,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=float))
     log(f"raw numbers: {out}")
-    return 0
+    problems = check(results) if args.check else []
+    for problem in problems:
+        log(f"check failed: {problem}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
