@@ -10,7 +10,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-IMPORT_NAMES = {"scikit-image": "skimage", "pynrrd": "nrrd", "pyyaml": "yaml"}
+IMPORT_NAMES = {"scikit-image": "skimage", "scikit-learn": "sklearn", "pynrrd": "nrrd", "pyyaml": "yaml"}
 """Distribution names whose module is named differently."""
 
 

@@ -20,6 +20,11 @@ Their mix is the one with the smaller variance across units. The surrogate is cr
 two halves and each half's residuals come from the surrogate fitted on the other half (and on the coalitions
 known to both), so a unit's estimate is unbiased given the surrogate it uses, and standard errors follow from the
 spread of the units' estimates. Sizes 1 and ``M - 1``, enumerated whole when the budget is small, enter exactly.
+
+With four units or more, boosted trees fitted to every coalition (:func:`segshap.surrogate.fit_boosted_trees`)
+replace the ridge surrogate for a target when the grouped jackknife over units says their estimate varies less
+than the cross-fitted one (:func:`_tree_adjusted`); in-sample, that estimate may carry a small bias, which the
+choice weighs only through its variance.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .surrogate import fit_surrogate
+from .surrogate import fit_boosted_trees, fit_surrogate
 
 __all__ = ["ChainDesign", "loop_coalitions", "chain_estimate"]
 
@@ -80,6 +85,8 @@ def chain_estimate(
     ends: np.ndarray,
     extra: tuple[np.ndarray, np.ndarray],
     pairs: np.ndarray,
+    seed: int = 0,
+    adjust: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shapley values and standard errors from the complete units.
 
@@ -95,11 +102,17 @@ def chain_estimate(
         fit only.
     pairs : np.ndarray
         ``(P, 2)`` feature pairs with an interaction term in the surrogate.
+    seed : int
+        Seeds the boosted trees and their jackknife groups.
+    adjust : bool
+        Whether to try the boosted-tree adjustment (:func:`_tree_adjusted`).
 
     Returns
     -------
     values, stderr : np.ndarray
         ``(M, T)``; the standard errors are NaN with fewer than two complete units.
+    adjusted : np.ndarray
+        ``(T,)`` bool: where the boosted-tree adjustment was taken.
     """
     m = design.n_features
     units = [p for p, done in zip(design.permutations, design.complete) if done]
@@ -126,43 +139,100 @@ def chain_estimate(
         values = [known[1]] + [loop_values[u] for u in np.flatnonzero(other)]
         surrogates.append(fit_surrogate(np.concatenate(rows), np.concatenate(values), pairs))
 
+    taken = np.zeros(t, bool)
     if not n_units:  # stopped before a chain was complete: the surrogate's values alone, with no error estimate
         values = surrogates[0].shapley_values()
-        return values + ((full - empty) - values.sum(axis=0)) / m, np.full((m, t), np.nan)
+        return values + ((full - empty) - values.sum(axis=0)) / m, np.full((m, t), np.nan), taken
 
-    per_unit_perm = np.zeros((n_units, m, t))
-    per_unit_ht = np.zeros((n_units, m, t))
-    sampled = np.ones(m + 1, dtype=bool)
-    sampled[[0, m]] = False
-    if design.border:
-        sampled[[1, m - 1]] = False
-    for half, surrogate in zip(halves, surrogates):
-        members = np.flatnonzero(half)
-        residual_ends = ends - surrogate(np.stack([np.zeros(m, bool), np.ones(m, bool)]))
-        # Per unit: residuals along the walk, prefixes F_0..F_M and complements ~F_0..~F_M.
-        forward = np.zeros((len(members), m + 1, t))
-        backward = np.zeros((len(members), m + 1, t))
-        for row, u in enumerate(members):
-            residual = loop_values[u] - surrogate(loops[u])
-            forward[row, 1:m] = residual[: m - 1]
-            backward[row, 1:m] = residual[m - 1 :]
-        forward[:, 0], forward[:, m] = residual_ends[0], residual_ends[1]
-        backward[:, 0], backward[:, m] = residual_ends[1], residual_ends[0]
-        phi_surrogate = surrogate.shapley_values()
-        exact_terms = _border_terms(surrogate, known, design, m) if design.border else 0.0
-        centre = _leave_one_out_centres(forward, backward, m)
-        for row, u in enumerate(members):
-            rank_order = units[u]
-            # Marginal contribution of pi_k: entering after F_{k-1}, and leaving ~F_{k-1} for ~F_k.
-            marginal = 0.5 * ((forward[row, 1:] - forward[row, :-1]) + (backward[row, :-1] - backward[row, 1:]))
-            per_unit_perm[u, rank_order] = marginal
-            per_unit_ht[u, rank_order] = _horvitz_thompson(forward[row], backward[row], centre[row], sampled, m)
-            per_unit_perm[u] += phi_surrogate
-            per_unit_ht[u] += phi_surrogate + (exact_terms + residual_ends[1] - residual_ends[0]) / m
-    values, stderr = _combine(per_unit_perm, per_unit_ht)
-    gap = (full - empty) - values.sum(axis=0)
-    values += gap / m
-    return values, stderr
+    walks = _Walks(design, units, loops, loop_values, ends, known)
+    values, stderr = _combine(*walks.unit_estimates(list(zip(halves, surrogates))))
+    if adjust and n_units >= _ADJUST_UNITS and (sum(len(c) for c in loops) + len(known[0])) * m <= _ADJUST_CELLS:
+        values, stderr, taken = _tree_adjusted(walks, values, stderr, seed)
+    return values + ((full - empty) - values.sum(axis=0)) / m, stderr, taken
+
+
+_ADJUST_UNITS = 4
+"""Complete chains needed before the boosted-tree adjustment is tried (its variance comes from groups of them)."""
+
+_ADJUST_CELLS = 400_000
+"""The adjustment is tried only while (coalitions evaluated) x M is at most this (see
+:data:`segshap.estimator._ADJUST_CELLS`)."""
+
+
+class _Walks:
+    """The complete units' coalitions and values, and the unbiased per-unit estimates of a residual game."""
+
+    def __init__(self, design, units, loops, loop_values, ends, known) -> None:
+        self.design, self.units, self.loops, self.loop_values = design, units, loops, loop_values
+        self.ends, self.known = ends, known
+
+    def rows(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The known coalitions and those of the units marked in ``keep``, with their values."""
+        chosen = np.flatnonzero(keep)
+        rows = np.concatenate([self.known[0]] + [self.loops[u] for u in chosen])
+        return rows, np.concatenate([self.known[1]] + [self.loop_values[u] for u in chosen])
+
+    def unit_estimates(self, assignment) -> tuple[np.ndarray, np.ndarray]:
+        """Per unit, the permutation and the Horvitz-Thompson estimates ``(units, M, T)`` of the game's Shapley
+        values: the surrogate's exact values plus the unit's estimate of the residual's. ``assignment`` pairs a
+        bool mask of units with the surrogate their residuals are taken against."""
+        design, units, m = self.design, self.units, self.design.n_features
+        ends = self.ends
+        t = ends.shape[1]
+        per_unit_perm = np.zeros((len(units), m, t))
+        per_unit_ht = np.zeros((len(units), m, t))
+        sampled = np.ones(m + 1, dtype=bool)
+        sampled[[0, m]] = False
+        if design.border:
+            sampled[[1, m - 1]] = False
+        for members_mask, surrogate in assignment:
+            members = np.flatnonzero(members_mask)
+            residual_ends = ends - surrogate(np.stack([np.zeros(m, bool), np.ones(m, bool)]))
+            # Per unit: residuals along the walk, prefixes F_0..F_M and complements ~F_0..~F_M.
+            forward = np.zeros((len(members), m + 1, t))
+            backward = np.zeros((len(members), m + 1, t))
+            for row, u in enumerate(members):
+                residual = self.loop_values[u] - surrogate(self.loops[u])
+                forward[row, 1:m] = residual[: m - 1]
+                backward[row, 1:m] = residual[m - 1 :]
+            forward[:, 0], forward[:, m] = residual_ends[0], residual_ends[1]
+            backward[:, 0], backward[:, m] = residual_ends[1], residual_ends[0]
+            phi_surrogate = surrogate.shapley_values()
+            exact_terms = _border_terms(surrogate, self.known, design, m) if design.border else 0.0
+            centre = _leave_one_out_centres(forward, backward, m)
+            for row, u in enumerate(members):
+                rank_order = units[u]
+                # Marginal contribution of pi_k: entering after F_{k-1}, and leaving ~F_{k-1} for ~F_k.
+                marginal = 0.5 * ((forward[row, 1:] - forward[row, :-1]) + (backward[row, :-1] - backward[row, 1:]))
+                per_unit_perm[u, rank_order] = marginal
+                per_unit_ht[u, rank_order] = _horvitz_thompson(forward[row], backward[row], centre[row], sampled, m)
+                per_unit_perm[u] += phi_surrogate
+                per_unit_ht[u] += phi_surrogate + (exact_terms + residual_ends[1] - residual_ends[0]) / m
+        return per_unit_perm, per_unit_ht
+
+
+def _tree_adjusted(walks: _Walks, values: np.ndarray, stderr: np.ndarray, seed: int):
+    """The chains' counterpart of :func:`segshap.estimator._tree_adjusted`: boosted trees fitted to every
+    coalition, their exact Shapley values plus the units' estimates of the residual's, with a variance from the
+    grouped jackknife over units (each group's units left out of the trees' fit); taken per target where that
+    variance is below the cross-fitted estimate's."""
+    n_units = len(walks.units)
+    everyone = np.ones(n_units, bool)
+    groups = min(_ADJUST_GROUPS, n_units)
+    group = np.random.default_rng([seed, 3]).permutation(n_units) % groups
+    trees = fit_boosted_trees(*walks.rows(everyone), seed)
+    adjusted = _combine(*walks.unit_estimates([(everyone, trees)]))[0]
+    left_out = np.stack([
+        _combine(*walks.unit_estimates([(everyone, fit_boosted_trees(*walks.rows(group != k), seed))]))[0]
+        for k in range(groups)
+    ])
+    variance = (groups - 1) / groups * ((left_out - left_out.mean(axis=0)) ** 2).sum(axis=0)
+    taken = variance.sum(axis=0) < (stderr**2).sum(axis=0)  # False where the chains' errors are NaN
+    return np.where(taken, adjusted, values), np.where(taken, np.sqrt(variance), stderr), taken
+
+
+_ADJUST_GROUPS = 5
+"""Groups of units left out in turn for the adjusted estimate's variance."""
 
 
 def _leave_one_out_centres(forward: np.ndarray, backward: np.ndarray, m: int) -> np.ndarray:
