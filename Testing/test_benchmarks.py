@@ -12,18 +12,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from accuracy import coalition_table, exact_shapley  # noqa: E402
+from real_games import coalition_table  # noqa: E402
+
+from segshap.estimator import shapley_from_enumeration  # noqa: E402
 from common import write_section  # noqa: E402
 
 
-def test_exact_shapley_from_a_value_table():
+def test_exact_shapley_values_from_a_value_table_in_the_games_bit_order():
     rng = np.random.default_rng(0)
     m = 5
     weights, pairs = rng.normal(size=m), rng.normal(size=(m, m))
     coalitions = coalition_table(m)
     values = coalitions @ weights + np.einsum("ni,ij,nj->n", coalitions, np.triu(pairs, 1), coalitions)
     expected = weights + (np.triu(pairs, 1) + np.triu(pairs, 1).T).sum(1) / 2  # each pair split evenly
-    np.testing.assert_allclose(exact_shapley(values[:, None])[:, 0], expected, atol=1e-12)
+    np.testing.assert_allclose(shapley_from_enumeration(coalitions, values), expected, atol=1e-12)
     # and the definition, term by term, on a non-linear game
     values = np.sin(coalitions @ weights) * coalitions.sum(1)
     by_definition = np.zeros(m)
@@ -32,7 +34,7 @@ def test_exact_shapley_from_a_value_table():
             s = bin(rest).count("1")
             by_definition[i] += (math.factorial(s) * math.factorial(m - s - 1) / math.factorial(m)
                                  * (values[rest | 1 << i] - values[rest]))
-    np.testing.assert_allclose(exact_shapley(values[:, None])[:, 0], by_definition, atol=1e-12)
+    np.testing.assert_allclose(shapley_from_enumeration(coalitions, values), by_definition, atol=1e-12)
 
 
 def test_sections_are_replaced_in_place(tmp_path):
@@ -53,10 +55,10 @@ def test_the_runs_check_names_each_broken_invariant():
         return {"methods": {"ours": {"forwards": ours, "max_abs_diff": 0.0},
                             "captum": {"forwards": other, "max_abs_diff": diff}}}
 
-    accuracy = {"methods": {"ours": {}, "captum": {}, "shap": {}}}
+    accuracy = {"methods": ["captum", "ours_auto", "permutation", "regression_msr", "shap"]}
     assert check({"speed": {"cases": {"organs": case(10, 50, 1e-9)}}, "accuracy": accuracy}) == []
     problems = check({"speed": {"cases": {"organs": case(10, 5, 1e-9), "slic": case(10, 50, 3e-3)}},
-                      "accuracy": {"methods": {"ours": {}}}})
+                      "accuracy": {"methods": ["ours_auto"]}})
     assert len(problems) == 3
     assert "organs: captum ran 5 forwards" in problems[0] and "slic: captum's values differ" in problems[1]
     assert "captum" in problems[2]

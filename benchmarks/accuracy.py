@@ -1,83 +1,56 @@
-"""Accuracy per evaluation: KernelSHAP estimators against exact Shapley values of a real model's game.
+"""Accuracy per evaluation: Shapley estimators against the exact values of real models' games.
 
-The game: the demo model (``Resources/Models/demo_gmwm.pt``) on the demo MRI, soft Dice of its white-matter and
-gray-matter segmentations inside the demo ROI, over SLIC supervoxels: few enough (M <= 14) that every one of the
-2**M coalitions is evaluated through the real engine. The exact Shapley values come from that table; then every
-estimator queries the same table, at budgets of 2M ... 32M coalitions, over several seeds:
+The games are the exactly enumerated real-model games committed in ``benchmarks/results/games/``
+(:mod:`real_games`: the demo model and a second trained model on the demo MRI, SLIC supervoxels, M = 11..14, two
+targets each). Every estimator queries the same table of all ``2**M`` coalition values, at budgets of 4M ... 16M
+coalitions, over several seeds:
 
-* ours: ``segshap.kernel_shap`` (paired sampling without replacement, the Shapley kernel's size allocation);
-* shap: ``shap.KernelExplainer(l1_reg=False)`` (run in ``.venv-ref``);
+* ours: ``segshap.kernel_shap`` with ``design="auto"`` (without a cost function it is Leverage SHAP with the tree
+  adjustment), ``design="chains"``, and ``design="leverage"`` with the adjustment switched off (the plain Leverage
+  SHAP regression, the paper's estimator with Leverage SHAP sampling);
+* shap: ``shap.KernelExplainer(l1_reg=False)``; shapiq 1.8: ``RegressionMSR``, ``LeverageSHAP`` and
+  ``PermutationSamplingSV`` (both in ``.venv-ref``, see ``shapiq_reference.py``);
 * captum: ``captum.attr.KernelShap`` with one feature per input and all samples in one batch.
 
-The error is ``||estimate - exact|| / ||exact||`` (relative L2) per target, averaged over seeds and targets.
+The error is ``||estimate - exact|| / ||exact||`` (relative L2) per target, averaged over targets, seeds and games.
 """
 
 from __future__ import annotations
-
-import math
-import time
 
 import numpy as np
 import torch
 
 import segshap
-from common import DEMO_IMAGE, DEMO_MODEL, DEMO_ROI, log, reference_available, run_reference, table
-from segshap.io import read_image
+import segshap.chains
+import segshap.estimator
+from common import log, reference_available, run_reference, table
+from real_games import load_games
 
 SETTINGS = {
-    "quick": {"n_features": 12, "max_features": 10, "seeds": 5, "multipliers": (2, 4, 8, 16, 32)},
-    "full": {"n_features": 24, "max_features": 14, "seeds": 20, "multipliers": (2, 4, 8, 16, 32)},
+    "quick": {"games": 2, "seeds": 3, "multipliers": (4, 8, 16)},
+    "full": {"games": None, "seeds": 10, "multipliers": (4, 8, 12, 16)},
 }
-TARGETS = ("white_matter", "gray_matter")
-
-
-def coalition_table(m: int) -> np.ndarray:
-    """All ``2**m`` coalitions; row ``k`` has feature ``i`` on where bit ``i`` of ``k`` is set."""
-    index = np.arange(2**m)
-    return ((index[:, None] >> np.arange(m)) & 1).astype(bool)
-
-
-def demo_game(n_features: int, max_features: int) -> tuple[np.ndarray, dict]:
-    """The value table ``(2**M, targets)`` of the demo game, with the fewest SLIC segments asked for that give at
-    most ``max_features`` features that can change a value."""
-    image, affine = read_image(DEMO_IMAGE)
-    model = segshap.load_model(DEMO_MODEL, device="cpu")
-    for n in range(n_features, 1, -1):
-        game = segshap.explanation_game(model, image, target=list(TARGETS), roi=DEMO_ROI, features="slic",
-                                        n_features=n, device="cpu", affine=affine)
-        if game.n_features <= max_features:
-            break
-    m = game.n_features
-    started = time.perf_counter()
-    values = game.engine.evaluate(coalition_table(m))
-    info = {"n_features_asked": n, "features": m, "coalitions": 2**m, "enumeration_s": time.perf_counter() - started,
-            "patch_forwards": game.engine.stats["patch_forwards"], "windows": game.engine.stats["windows"]}
-    log(f"accuracy: enumerated {2**m} coalitions of {m} features in {info['enumeration_s']:.1f} s "
-        f"({info['patch_forwards']} window forwards)")
-    return values, info
-
-
-def exact_shapley(values: np.ndarray) -> np.ndarray:
-    """Shapley values ``(M, T)`` from the table of all coalition values ``(2**M, T)``."""
-    m = int(np.log2(len(values)))
-    index = np.arange(2**m)
-    sizes = np.array([bin(k).count("1") for k in index])
-    weights = np.array([math.factorial(s) * math.factorial(m - s - 1) / math.factorial(m) if s < m else 0.0
-                        for s in range(m + 1)])
-    out = np.zeros((m,) + values.shape[1:])
-    for i in range(m):
-        without = index[(index >> i) & 1 == 0]
-        out[i] = (weights[sizes[without]][:, None] * (values[without | (1 << i)] - values[without])).sum(0)
-    return out
+OURS = ("ours_auto", "ours_chains", "ours_leverage_plain")
+SHAPIQ = ("regression_msr", "leverage_shap", "permutation")
+LABELS = {"ours_auto": "ours (auto)", "ours_chains": "ours (chains)", "ours_leverage_plain": "Leverage SHAP, plain",
+          "shap": "shap", "regression_msr": "shapiq RegressionMSR", "leverage_shap": "shapiq LeverageSHAP",
+          "permutation": "shapiq permutation", "captum": "captum"}
 
 
 def _lookup(values: np.ndarray, coalitions: np.ndarray) -> np.ndarray:
     return values[coalitions.astype(np.int64) @ (1 << np.arange(coalitions.shape[1]))]
 
 
-def ours(values: np.ndarray, budget: int, seed: int) -> tuple[np.ndarray, int]:
+def ours(method: str, values: np.ndarray, budget: int, seed: int) -> tuple[np.ndarray, int]:
     m = int(np.log2(len(values)))
-    result = segshap.kernel_shap(lambda c: _lookup(values, c), m, budget, seed=seed)
+    design = {"ours_auto": "auto", "ours_chains": "chains", "ours_leverage_plain": "leverage"}[method]
+    cells = (segshap.estimator._ADJUST_CELLS, segshap.chains._ADJUST_CELLS)
+    if method == "ours_leverage_plain":
+        segshap.estimator._ADJUST_CELLS = 0
+    try:
+        result = segshap.kernel_shap(lambda c: _lookup(values, c), m, budget, seed=seed, design=design)
+    finally:
+        segshap.estimator._ADJUST_CELLS, segshap.chains._ADJUST_CELLS = cells
     return result.values, result.n_evaluations
 
 
@@ -109,70 +82,123 @@ def relative_error(estimate: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(np.linalg.norm(estimate - exact, axis=0) / np.linalg.norm(exact, axis=0)))
 
 
+def _references(values: np.ndarray, exact: np.ndarray, budgets: list[int], seeds: list[int]) -> dict:
+    """shap's and shapiq's errors and evaluations on one game, per method and budget."""
+    m, t = exact.shape
+    out: dict[str, dict] = {}
+    per_target = [run_reference("shap_kernel.py", {"budgets": budgets, "seeds": seeds}, {"table": values[:, k]})
+                  for k in range(t)]
+    out["shap"] = {}
+    for budget in budgets:
+        estimates = [np.stack([np.array(answer["estimates"][str(budget)][s]) for answer in per_target], 1)
+                     for s in range(len(seeds))]
+        out["shap"][budget] = {"errors": [relative_error(e, exact) for e in estimates],
+                               "evaluations": per_target[0]["evaluations"][str(budget)]}
+    answer = run_reference("shapiq_reference.py", {"budgets": budgets, "seeds": seeds, "methods": list(SHAPIQ)},
+                           {"table": values})
+    for method in SHAPIQ:
+        out[method] = {}
+        for budget in budgets:
+            estimates = [np.array(e).reshape(m, t) for e in answer["estimates"][method][str(budget)]]
+            out[method][budget] = {"errors": [relative_error(e, exact) for e in estimates],
+                                   "evaluations": answer["evaluations"][method][str(budget)]}
+    out["versions"] = answer["versions"]
+    return out
+
+
 def run(mode: str) -> dict:
     settings = SETTINGS[mode]
-    values, info = demo_game(settings["n_features"], settings["max_features"])
-    exact = exact_shapley(values)
-    m = info["features"]
-    budgets = [k * m for k in settings["multipliers"] if k * m < 2**m]
+    games = load_games()[: settings["games"]]
     seeds = list(range(settings["seeds"]))
-    methods: dict[str, dict] = {"ours": {}, "captum": {}}
-    for budget in budgets:
-        for name, estimator in (("ours", ours), ("captum", captum_kernel_shap)):
-            runs = [estimator(values, budget, seed) for seed in seeds]
-            methods[name][budget] = {
-                "errors": [relative_error(estimate, exact) for estimate, _ in runs],
-                "evaluations": [int(n) for _, n in runs],
-            }
-    if reference_available():
-        answer = run_reference("shap_kernel.py", {"budgets": budgets, "seeds": seeds}, {"table": values[:, 0]})
-        answer_gm = run_reference("shap_kernel.py", {"budgets": budgets, "seeds": seeds}, {"table": values[:, 1]})
-        methods["shap"] = {}
+    multipliers = list(settings["multipliers"])
+    results = []
+    versions = None
+    for game in games:
+        values, exact = game["values"], game["exact"]
+        m = exact.shape[0]
+        budgets = [k * m for k in multipliers]
+        methods: dict[str, dict] = {}
+        for name in OURS:
+            methods[name] = {}
+            for budget in budgets:
+                runs = [ours(name, values, budget, seed) for seed in seeds]
+                methods[name][budget] = {"errors": [relative_error(e, exact) for e, _ in runs],
+                                         "evaluations": [int(n) for _, n in runs]}
+        methods["captum"] = {}
         for budget in budgets:
-            key = str(budget)
-            estimates = [np.stack([np.array(a), np.array(b)], 1)
-                         for a, b in zip(answer["estimates"][key], answer_gm["estimates"][key])]
-            methods["shap"][budget] = {
-                "errors": [relative_error(estimate, exact) for estimate in estimates],
-                "evaluations": answer["evaluations"][key],
-            }
-    else:
-        log("accuracy: .venv-ref (shap) is missing; run scripts/reference_env.sh to include shap")
-    return {"game": info, "targets": list(TARGETS), "exact": exact.tolist(), "budgets": budgets, "seeds": len(seeds),
-            "methods": methods}
+            runs = [captum_kernel_shap(values, budget, seed) for seed in seeds]
+            methods["captum"][budget] = {"errors": [relative_error(e, exact) for e, _ in runs],
+                                         "evaluations": [int(n) for _, n in runs]}
+        if reference_available():
+            references = _references(values, exact, budgets, seeds)
+            versions = references.pop("versions")
+            methods.update(references)
+        else:
+            log("accuracy: .venv-ref is missing; run scripts/reference_env.sh to include shap and shapiq")
+        log(f"accuracy/{game['name']}: " + ", ".join(
+            f"{name} {np.mean(methods[name][8 * m]['errors']):.3f}" for name in methods if 8 * m in methods[name]))
+        results.append({"name": game["name"], "features": m, "info": game["info"],
+                        "methods": {name: {str(b): entry for b, entry in per.items()} for name, per in methods.items()}})
+    return {"games": results, "multipliers": multipliers, "seeds": len(seeds), "reference_versions": versions,
+            "methods": sorted(set().union(*(g["methods"] for g in results)))}
 
 
-def _entries(result: dict, name: str) -> list[dict]:
-    """A method's entries in budget order (JSON turned the budgets into strings)."""
-    entries = {int(budget): entry for budget, entry in result["methods"][name].items()}
-    return [entries[budget] for budget in result["budgets"]]
+def mean_errors(result: dict) -> dict[str, list[float]]:
+    """Per method, the relative error at each budget multiple, averaged over seeds and games."""
+    out = {}
+    for name in result["methods"]:
+        rows = []
+        for k in result["multipliers"]:
+            per_game = [np.mean(g["methods"][name][str(k * g["features"])]["errors"])
+                        for g in result["games"] if name in g["methods"]]
+            rows.append(float(np.mean(per_game)))
+        out[name] = rows
+    return out
 
 
 def markdown(result: dict, plot_path: str | None) -> str:
-    game = result["game"]
-    names = [name for name in ("ours", "shap", "captum") if name in result["methods"]]
+    errors = mean_errors(result)
+    names = [n for n in LABELS if n in errors]
+    best_shapiq = [min(errors[n][i] for n in SHAPIQ if n in errors) if any(n in errors for n in SHAPIQ) else None
+                   for i in range(len(result["multipliers"]))]
     rows = []
-    for index, budget in enumerate(result["budgets"]):
-        row = [f"{budget} ({budget // game['features']}M)"]
-        for name in names:
-            entry = _entries(result, name)[index]
-            row.append(f"{np.mean(entry['errors']):.3f} ± {np.std(entry['errors']):.3f} "
-                       f"({np.mean(entry['evaluations']):.0f})")
+    for i, k in enumerate(result["multipliers"]):
+        row = [f"{k}M"] + [f"{errors[n][i]:.4f}" for n in names]
+        if "shap" in errors:
+            row.append(f"{errors['ours_auto'][i] / errors['shap'][i]:.2f}")
+        if best_shapiq[i] is not None:
+            row.append(f"{errors['ours_auto'][i] / best_shapiq[i]:.2f}")
         rows.append(row)
+    header = ["budget"] + [LABELS[n] for n in names]
+    header += ["auto / shap"] if "shap" in errors else []
+    header += ["auto / best shapiq"] if any(b is not None for b in best_shapiq) else []
+    games = ", ".join(f"`{g['name']}` (M = {g['features']})" for g in result["games"])
+    per_game_rows = []
+    middle = result["multipliers"][len(result["multipliers"]) // 2]
+    for g in result["games"]:
+        budget = str(middle * g["features"])
+        per_game_rows.append([g["name"]] + [f"{np.mean(g['methods'][n][budget]['errors']):.4f}"
+                                            for n in names if n in g["methods"]])
     text = [
-        f"Game: the demo model on the demo MRI, soft Dice of {' and '.join(result['targets'])} inside the demo ROI, "
-        f"over {game['features']} SLIC supervoxels (all that can change a value when {game['n_features_asked']} "
-        f"are asked for); all {game['coalitions']} coalitions evaluated through the engine "
-        f"({game['patch_forwards']} window forwards, {game['enumeration_s']:.1f} s) give the exact values, and "
-        f"every estimator queries that table. Relative L2 error against the exact values, mean ± standard "
-        f"deviation over {result['seeds']} seeds and both targets; in brackets the coalitions each evaluated.",
+        f"Games: {games}; each an exactly enumerated table of a real model's values on the demo MRI "
+        "(`benchmarks/real_games.py`), queried by every estimator. Relative L2 error against the exact values, "
+        f"mean over both targets, {result['seeds']} seeds and the games; budgets in multiples of each game's M "
+        "(coalitions, the empty and full ones included).",
         "",
-        table(["budget"] + names, rows),
+        table(header, rows),
+        "",
+        f"Per game at {middle}M:",
+        "",
+        table(["game"] + [LABELS[n] for n in names], per_game_rows),
     ]
-    if "shap" not in result["methods"]:
-        text += ["", "shap was not run: its environment (`.venv-ref`, `scripts/reference_env.sh`) is missing."]
+    if result.get("reference_versions"):
+        text += ["", "Reference versions: " + ", ".join(f"{k} {v}" for k, v in result["reference_versions"].items())
+                 + "."]
+    else:
+        text += ["", "shap and shapiq were not run: their environment (`.venv-ref`, `scripts/reference_env.sh`) is "
+                 "missing."]
     if plot_path:
-        text += ["", f"![Error against evaluations]({plot_path})"]
+        text += ["", f"![Error against coalitions]({plot_path})"]
     return "\n".join(text)
 
 
@@ -182,19 +208,18 @@ def plot(result: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(5.5, 4))
-    for name, style in (("ours", "o-"), ("shap", "s--"), ("captum", "^:")):
-        if name not in result["methods"]:
-            continue
-        entries = _entries(result, name)
-        evaluations = [np.mean(e["evaluations"]) for e in entries]
-        errors = [np.mean(e["errors"]) for e in entries]
-        axes.loglog(evaluations, errors, style, label=name)
-    axes.set_xlabel("coalitions evaluated")
+    errors = mean_errors(result)
+    styles = {"ours_auto": "o-", "ours_chains": "o--", "ours_leverage_plain": "o:", "shap": "s--",
+              "regression_msr": "D-", "leverage_shap": "D:", "permutation": "D--", "captum": "^:"}
+    figure, axes = plt.subplots(figsize=(6, 4.2))
+    for name, style in styles.items():
+        if name in errors:
+            axes.loglog(result["multipliers"], errors[name], style, label=LABELS[name])
+    axes.set_xlabel("coalitions evaluated / M")
     axes.set_ylabel("relative L2 error vs exact")
-    axes.set_title(f"KernelSHAP accuracy, demo game (M = {result['game']['features']})")
+    axes.set_title(f"Shapley estimators on {len(result['games'])} real-model games")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

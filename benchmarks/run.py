@@ -42,15 +42,16 @@ def render(results: dict, markdown: Path, docs: Path) -> None:
         plot = docs / f"bench_{name}.png"
         suite.plot(result, plot)
         relative = plot.relative_to(markdown.parent) if plot.is_relative_to(markdown.parent) else plot
-        intro = (f"Mode `{results['mode']}`, run {results['date']} on {machine_line(results['machine'])}; commit "
-                 f"`{results['commit']}`; {result['seconds']:.0f} s.")
+        run = result.get("run", results)  # a suite rerun on its own carries its own run header
+        intro = (f"Mode `{run['mode']}`, run {run['date']} on {machine_line(run['machine'])}; commit "
+                 f"`{run['commit']}`; {result['seconds']:.0f} s.")
         write_section(markdown, name, intro + "\n\n" + suite.markdown(result, str(relative)))
 
 
 def check(results: dict) -> list[str]:
     """What is wrong with a run's raw numbers: every method of a speed case must compute the same game as ours
     (values within 1e-6) with more window forwards than ours, and the accuracy suite must hold ours and captum
-    (and shap where its environment exists). An empty list when all hold."""
+    (and shap and shapiq where their environment exists). An empty list when all hold."""
     problems = []
     for name, case in results.get("speed", {}).get("cases", {}).items():
         methods = case["methods"]
@@ -61,7 +62,7 @@ def check(results: dict) -> list[str]:
             if method != "ours" and not ours < row["forwards"]:
                 problems.append(f"speed/{name}: {method} ran {row['forwards']} forwards, ours {ours}")
     if "accuracy" in results:
-        expected = {"ours", "captum"} | ({"shap"} if reference_available() else set())
+        expected = {"ours_auto", "captum"} | ({"shap", "regression_msr"} if reference_available() else set())
         missing = expected - set(results["accuracy"]["methods"])
         if missing:
             problems.append(f"accuracy: methods missing: {sorted(missing)}")
