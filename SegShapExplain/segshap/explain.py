@@ -647,6 +647,7 @@ def explain(
         "evaluations": result.n_evaluations,
         "budget": budget,
         "design": result.design,
+        "tree_adjusted": result.adjusted,
         "stop_reason": {"max_cost": "max_forwards"}.get(result.stop_reason, result.stop_reason),
         "estimation_forwards": forwards,
         "forwards_per_coalition": forwards / max(result.n_evaluations, 1),
