@@ -656,6 +656,9 @@ _ADJUST_CELLS = 400_000
 """The adjustment is tried only while (coalitions evaluated) x M is at most this: boosting the trees then takes at
 most about a second per target and fold on one core."""
 
+_TREE_DEPTHS = (3, 4)
+"""Depths of the boosted trees tried; the jackknife's variance picks among them and the plain estimate."""
+
 
 class _KernelRegression:
     """Projected, Horvitz-Thompson weighted least squares over the sampled pairs, for any values on its rows.
@@ -756,8 +759,9 @@ def _tree_adjusted(regression: _KernelRegression, values, ends, phi, stderr, see
     Shapley values, and the kernel regression of the residual ``v - trees`` corrects them; the estimate keeps
     efficiency exactly. Its variance is estimated by the grouped jackknife: the sampled pairs are split into
     :data:`_ADJUST_FOLDS` groups, and the adjusted estimate is recomputed with each group left out of the trees'
-    fit (the jackknife overstates variance on average, Efron-Stein, so the choice leans to Leverage SHAP). Each
-    target keeps the estimate with the smaller summed variance, with its standard errors.
+    fit (the jackknife overstates variance on average, Efron-Stein, so the choice leans to Leverage SHAP). This is
+    done for each depth of :data:`_TREE_DEPTHS`, and each target keeps the estimate (plain, or adjusted at one
+    depth) with the smallest summed variance, with its standard errors.
     """
     from .surrogate import fit_boosted_trees
 
@@ -768,20 +772,26 @@ def _tree_adjusted(regression: _KernelRegression, values, ends, phi, stderr, see
     n_pairs = int(regression.pair.max()) + 1
     group = np.random.default_rng([seed, 2]).permutation(n_pairs) % _ADJUST_FOLDS
     row_group = np.concatenate([[-1, -1], group[regression.pair]])  # the ends are in every fit
-    surrogates = [fit_boosted_trees(coalitions, known, seed)]
-    surrogates += [fit_boosted_trees(coalitions[row_group != k], known[row_group != k], seed)
-                   for k in range(_ADJUST_FOLDS)]
     t = ends.shape[1]
-    # One solve for every surrogate's residual (the regression is linear in the values).
-    residual_rows = np.concatenate([values - g(regression.rows) for g in surrogates], axis=1)
-    residual_ends = np.concatenate([ends - g(corners) for g in surrogates], axis=1)
-    corrections = regression.fit(residual_rows, residual_ends).reshape(m, len(surrogates), t)
-    estimates = np.stack([g.shapley_values() for g in surrogates], axis=1) + corrections
-    adjusted, left_out = estimates[:, 0], estimates[:, 1:]
-    variance = (_ADJUST_FOLDS - 1) / _ADJUST_FOLDS * ((left_out - left_out.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
-    taken = variance.sum(axis=0) < (stderr**2).sum(axis=0)  # False where the plain errors are NaN
-    phi = np.where(taken, adjusted, phi)
-    stderr = np.where(taken, np.sqrt(variance), stderr)
+    best_variance = np.where(np.isfinite(stderr), stderr**2, np.inf).sum(axis=0)  # inf where the plain errors are NaN
+    taken = np.zeros(t, bool)
+    for depth in _TREE_DEPTHS:
+        surrogates = [fit_boosted_trees(coalitions, known, seed, depth)]
+        surrogates += [fit_boosted_trees(coalitions[row_group != k], known[row_group != k], seed, depth)
+                       for k in range(_ADJUST_FOLDS)]
+        # One solve for every surrogate's residual (the regression is linear in the values).
+        residual_rows = np.concatenate([values - g(regression.rows) for g in surrogates], axis=1)
+        residual_ends = np.concatenate([ends - g(corners) for g in surrogates], axis=1)
+        corrections = regression.fit(residual_rows, residual_ends).reshape(m, len(surrogates), t)
+        estimates = np.stack([g.shapley_values() for g in surrogates], axis=1) + corrections
+        adjusted, left_out = estimates[:, 0], estimates[:, 1:]
+        spread = left_out - left_out.mean(axis=1, keepdims=True)
+        variance = (_ADJUST_FOLDS - 1) / _ADJUST_FOLDS * (spread**2).sum(axis=1)
+        better = variance.sum(axis=0) < best_variance
+        phi = np.where(better, adjusted, phi)
+        stderr = np.where(better, np.sqrt(variance), stderr)
+        best_variance = np.where(better, variance.sum(axis=0), best_variance)
+        taken |= better
     return phi, stderr, taken
 
 

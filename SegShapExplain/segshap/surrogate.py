@@ -187,7 +187,7 @@ class BoostedTrees:
         ], axis=1)
 
 
-def fit_boosted_trees(coalitions: np.ndarray, values: np.ndarray, seed: int = 0) -> BoostedTrees:
+def fit_boosted_trees(coalitions: np.ndarray, values: np.ndarray, seed: int = 0, max_depth: int | None = None) -> BoostedTrees:
     """Least-squares gradient boosting (:data:`BOOSTING`) of each target's values on the coalitions' indicators.
 
     Parameters
@@ -198,13 +198,16 @@ def fit_boosted_trees(coalitions: np.ndarray, values: np.ndarray, seed: int = 0)
         ``(n, T)`` or ``(n,)`` their values.
     seed : int
         Seeds the trees' tie-breaking between equally good splits.
+    max_depth : int, optional
+        Depth of each tree (default that of :data:`BOOSTING`): the highest order of interaction one tree holds.
     """
     from sklearn.ensemble import GradientBoostingRegressor
 
     coalitions = np.asarray(coalitions, dtype=bool)
     values = np.asarray(values, dtype=np.float64).reshape(len(coalitions), -1)
     z = coalitions.astype(np.float64)
-    models = tuple(GradientBoostingRegressor(random_state=seed, **BOOSTING).fit(z, values[:, t])
+    settings = dict(BOOSTING, **({} if max_depth is None else {"max_depth": int(max_depth)}))
+    models = tuple(GradientBoostingRegressor(random_state=seed, **settings).fit(z, values[:, t])
                    for t in range(values.shape[1]))
     return BoostedTrees(models, coalitions.shape[1])
 
