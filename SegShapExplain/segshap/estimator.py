@@ -28,12 +28,14 @@ least-squares problem (Lundberg & Lee, 2017) under the efficiency constraint ``s
   smaller summed variance, with that estimate's standard errors (``ShapleyResult.adjusted`` says whether any
   target took it). The jackknife overstates variance on average, so the choice leans to the plain estimate. It
   is tried while (coalitions) x M stays below about 4e5, where fitting stays within seconds.
-* ``design="auto"`` takes the chains when the budget holds at least four of them (with fewer, the cross-fitted
-  surrogate and the standard errors rest on too few units) and the ``cost`` function says that a chain's
-  coalitions cost less than a quarter of sampled ones: measured at equal coalitions, the chains' error is about
-  twice Leverage SHAP's (see :data:`_CHAIN_ERROR_RATIO`), so they win on error per unit of cost only when each of
-  their coalitions is that much cheaper (as with an engine that reruns only the windows a step changes). Without
-  a cost function every coalition costs the same, and Leverage SHAP is taken.
+* ``design="auto"`` takes the chains when at least one fits the budget and the ``cost`` function says that a
+  chain's coalitions are cheap enough to make up for their error per coalition: at equal coalitions that error,
+  measured against Leverage SHAP's (both adjusted), depends on the budget in multiples of ``M`` (see
+  :data:`_CHAIN_ERROR_RATIOS`: far lower at ``2M``, where Leverage SHAP's regression has barely more rows than
+  unknowns, about twice as high from ``8M`` on), and with errors falling as one over the square root of the
+  coalitions the chains win when a chain coalition costs less than ``1 / ratio**2`` of a sampled one (as with an
+  engine that reruns only the windows a step changes). Without a cost function every coalition costs the same,
+  and Leverage SHAP is taken.
 
 No coalition is ever evaluated twice.
 """
@@ -62,14 +64,16 @@ tolerance; the cost limit or the time limit reached; every coalition the design 
 _ENUMERATE_STRATUM = 200_000
 """A size with at most this many pairs is sampled from its full list (a random permutation), not by rejection."""
 
-_AUTO_CHAINS = 4
-"""``design="auto"`` takes the chains only when the budget holds at least this many of them."""
+_TOLERANCE_CHAINS = 4
+"""With a tolerance, the chains' standard errors are checked from this many complete chains on (with fewer they
+rest on too few units to be trusted)."""
 
-_CHAIN_ERROR_RATIO = 2.0
-"""Error of the chains over that of Leverage SHAP at equal coalitions, both with the tree adjustment: 2.5, 1.7 and
-1.6 at 8M, 12M and 16M on the six real-model games of ``benchmarks/real_games.py`` (mean relative L2 error over
-games, 5 seeds), 2.0 on the test suite's smooth nonlinear game (M = 12, 8M-16M, 10 seeds). At equal cost the
-chains win when a chain coalition costs less than ``1 / ratio**2`` of a sampled one."""
+_CHAIN_ERROR_RATIOS = ((2.0, 0.2), (4.0, 1.4), (8.0, 2.1), (12.0, 2.4))
+"""``(budget / M, error of the chains / error of Leverage SHAP)`` at equal coalitions, both with the tree
+adjustment, as measured (mean relative L2 errors): 1.3, 2.5, 2.5 and 2.4 at 4M, 8M, 12M and 16M on the six
+real-model games of ``benchmarks/real_games.py`` (M = 11-14, 10 seeds); 0.18, 1.6 and 2.1 at 2M, 4M and 8M on the
+efficiency suite's quick case (M = 33), 0.04, 1.2 and 1.6 on its full case (M = 135), where Leverage SHAP's
+regression at 2M is unstable (errors of 0.5-3). Interpolated in log(budget / M), constant beyond the ends."""
 
 _COST_PROBE = 16
 """Coalitions of each design whose cost ``design="auto"`` asks for before it chooses."""
@@ -217,17 +221,23 @@ def kernel_shap(
             f"chain), got {budget}; raise the budget or use design='leverage'."
         )
     if design == "auto":
-        design = _cheaper_design(cost, n_features, chains_fit, seed)
+        design = _cheaper_design(cost, n_features, budget, chains_fit, seed)
     if design == "chains":
         pairs = default_interactions(n_features, budget) if interactions is None else _as_pairs(interactions, n_features)
         return _chains(evaluator, budget, rng, tolerance, pairs, border, seed)
     return _sampled(evaluator, budget, rng, tolerance, seed)
 
 
-def _cheaper_design(cost, n_features: int, chains_fit: int, seed: int) -> str:
-    """The design with the lower expected error per unit of cost: the chains if enough of them fit and a chain's
-    coalitions, as ``cost`` prices them now, are cheap enough to make up for their error per coalition."""
-    if cost is None or chains_fit < _AUTO_CHAINS:
+def _chain_error_ratio(budget: int, n_features: int) -> float:
+    """The chains' error over Leverage SHAP's at equal coalitions for this budget (:data:`_CHAIN_ERROR_RATIOS`)."""
+    multiples, ratios = zip(*_CHAIN_ERROR_RATIOS)
+    return float(np.interp(math.log(budget / n_features), np.log(multiples), ratios))
+
+
+def _cheaper_design(cost, n_features: int, budget: int, chains_fit: int, seed: int) -> str:
+    """The design with the lower expected error per unit of cost: the chains if one fits and a chain's coalitions,
+    as ``cost`` prices them now, are cheap enough to make up for their error per coalition at this budget."""
+    if cost is None or chains_fit < 1:
         return "leverage"
     rng = np.random.default_rng([seed, 1])
     steps = min(n_features - 1, _COST_PROBE)
@@ -235,7 +245,7 @@ def _cheaper_design(cost, n_features: int, chains_fit: int, seed: int) -> str:
     sizes = rng.integers(1, n_features, size=steps)
     sampled = rng.random((steps, n_features)).argsort(axis=1) < sizes[:, None]
     chain_cost, sampled_cost = float(cost(chain)) / steps, float(cost(sampled)) / steps
-    return "chains" if chain_cost * _CHAIN_ERROR_RATIO**2 < sampled_cost else "leverage"
+    return "chains" if chain_cost * _chain_error_ratio(budget, n_features) ** 2 < sampled_cost else "leverage"
 
 
 def default_interactions(n_features: int, budget: int) -> np.ndarray:
@@ -473,7 +483,7 @@ def _chains(
             for u in range(len(design.permutations) - walks, len(design.permutations)):
                 design.complete[u] = True
             n_complete = sum(design.complete)
-            if tolerance is not None and n_complete >= _AUTO_CHAINS:
+            if tolerance is not None and n_complete >= _TOLERANCE_CHAINS:
                 if _converged(*_chain_solution(evaluator, design, pairs, seed, adjust=False)[:2], tolerance):
                     reason = "tolerance"
                     break
