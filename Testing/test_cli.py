@@ -39,7 +39,9 @@ def test_explain_writes_the_outputs_and_says_where(job, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "explanation.json", "features.nii.gz", "heatmap.nii.gz", "overview.png"]
     report = json.loads((tmp_path / "out" / "explanation.json").read_text())
-    assert report["targets"] == [{"index": 1, "name": "tissue_a"}] and report["stats"]["evaluations"] == 120
+    assert report["targets"] == [{"index": 1, "name": "tissue_a"}]
+    # Chains use whole walks only, so they may leave part of the budget unspent.
+    assert report["stats"]["design"] in ("chains", "leverage") and 0 < report["stats"]["evaluations"] <= 120
     assert "window forwards" in done.stderr  # the progress lines count what takes the time
 
 
