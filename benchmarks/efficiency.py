@@ -34,7 +34,7 @@ from segshap.surrogate import adjacent_pairs
 
 SETTINGS = {
     "quick": {"n_features": 45, "multipliers": (2, 4, 8), "seeds": 2, "reference_runs": 3, "reference_multiple": 24},
-    "full": {"n_features": 165, "multipliers": (2, 4, 8), "seeds": 2, "reference_runs": 6, "reference_multiple": 32},
+    "full": {"n_features": 165, "multipliers": (2, 4, 8), "seeds": 2, "reference_runs": 10, "reference_multiple": 32},
 }
 TARGETS = ("white_matter", "gray_matter")
 METHODS = ("ours_auto", "ours_chains", "ours_leverage", "paper_leverage")
