@@ -1,4 +1,4 @@
-"""The benchmark harness's pure parts. The quick mode runs end to end in `.ci/run`, after the tests, with --check."""
+"""The benchmark harness's pure parts. The quick mode runs end to end in `.ci/run`, with --check."""
 
 from __future__ import annotations
 

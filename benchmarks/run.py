@@ -1,6 +1,6 @@
 """Benchmarks of SegShapExplain against what users would pick instead, in one run.
 
-    python benchmarks/run.py --mode quick --check   # about 10 minutes on 2 CPU cores (CI runs it after the tests)
+    python benchmarks/run.py --mode quick --check   # about 10 minutes on 2 CPU cores (CI runs it, then the tests)
     python benchmarks/run.py --mode full       # the numbers in BENCHMARKS.md
 
 Each suite writes its section of BENCHMARKS.md (between ``<!-- bench:SUITE:begin/end -->`` markers), its plots

@@ -30,7 +30,8 @@ from .surrogate import adjacent_pairs
 from .geometry import ModelInput
 from .inputs import as_image, as_roi_mask, bounding_box, reference_masks, resolve_device
 from .io import StagedOutput, write_image
-from .models import LoadedModel, load_model
+from .loading import load_model
+from .models import LoadedModel
 from .tiling import make_tiling
 
 __all__ = ["explain", "predict", "Explanation", "FEATURE_KINDS", "BASELINES", "OUTPUT_FILES", "VOLUME_FORMATS", "output_files"]

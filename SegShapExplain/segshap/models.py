@@ -1,6 +1,6 @@
 """Models as their authors run them: the network, its sliding-window settings and its preprocessing.
 
-:func:`load_model` recognises three formats:
+:func:`segshap.loading.load_model` recognises three formats:
 
 * **TorchScript** (a ``.pt``/``.ts`` file) with a JSON sidecar (``<name>.json`` or ``model.json`` beside it, or
   ``config=``) that says what the network expects::
@@ -40,10 +40,9 @@ import numpy as np
 import torch
 
 from .geometry import INTERPOLATION_ORDERS, Grid, ModelInput, reorient, resample
-from .inputs import resolve_device
 from .io import read_json
 
-__all__ = ["LoadedModel", "load_model", "model_format", "load_checkpoint", "image_grid", "MODEL_FORMATS"]
+__all__ = ["LoadedModel", "load_torchscript_model", "model_format", "load_checkpoint", "image_grid", "MODEL_FORMATS"]
 
 MODEL_FORMATS = ("torchscript", "monai_bundle", "nnunet")
 _SIDECAR_FORMAT = "segshap-torchscript/1"
@@ -319,49 +318,9 @@ def check_classes(classes: dict[int, str], channels: int, source: str) -> None:
         )
 
 
-def load_model(
-    path: str | os.PathLike,
-    *,
-    config: dict | str | os.PathLike | None = None,
-    trust: bool = False,
-    device: str = "auto",
-) -> LoadedModel:
-    """Load a model in any of :data:`MODEL_FORMATS`, detected from its files.
-
-    Parameters
-    ----------
-    path : str or path-like
-        A TorchScript file (with its JSON sidecar), a MONAI bundle folder or an nnU-Net v2 trained-model folder.
-    config : dict or path, optional
-        TorchScript: the sidecar, when it is not beside the model as ``<name>.json`` or ``model.json``.
-        nnU-Net: options (``folds``, ``checkpoint``, ``configuration``, ``use_mirroring``, ``tile_step_size``).
-    trust : bool
-        Allow loading a MONAI bundle, whose config can run arbitrary Python code. Only for bundles whose source
-        you trust.
-    device : str
-        Where to load the network (``"auto"``: CUDA when available).
-
-    Returns
-    -------
-    LoadedModel
-
-    Raises
-    ------
-    FileNotFoundError, ValueError
-        A missing file, an unknown format, a sidecar missing a field, classes that do not match the network's
-        output channels, an untrusted bundle, a missing fold... each with what to do about it.
-    """
-    path = Path(path)
-    kind = model_format(path)
-    device = resolve_device(device)
-    if kind == "monai_bundle":
-        from .bundle import load_bundle
-
-        return load_bundle(path, trust=trust, device=device)
-    if kind == "nnunet":
-        from .nnunet import load_nnunet
-
-        return load_nnunet(path, options=config, device=device)
+def load_torchscript_model(path: Path, config: dict | str | os.PathLike | None, device: torch.device) -> LoadedModel:
+    """A TorchScript network with its JSON sidecar (``config``, or found beside ``path``) as a :class:`LoadedModel`;
+    see the module's description for the sidecar's fields."""
     settings, source = _read_config(config, path)
     _validate(settings, source)
     preprocessing = dict(settings.get("preprocessing") or {})
