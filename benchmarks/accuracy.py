@@ -17,13 +17,13 @@ The error is ``||estimate - exact|| / ||exact||`` (relative L2) per target, aver
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
 import segshap
-import segshap.chains
-import segshap.estimator
-from common import log, reference_available, run_reference, table
+from common import log, plain_estimates, pyplot, reference_available, run_reference, save_figure, table
 from real_games import load_games
 
 SETTINGS = {
@@ -44,13 +44,8 @@ def _lookup(values: np.ndarray, coalitions: np.ndarray) -> np.ndarray:
 def ours(method: str, values: np.ndarray, budget: int, seed: int) -> tuple[np.ndarray, int]:
     m = int(np.log2(len(values)))
     design = {"ours_auto": "auto", "ours_chains": "chains", "ours_leverage_plain": "leverage"}[method]
-    cells = (segshap.estimator._ADJUST_CELLS, segshap.chains._ADJUST_CELLS)
-    if method == "ours_leverage_plain":
-        segshap.estimator._ADJUST_CELLS = 0
-    try:
+    with plain_estimates() if method == "ours_leverage_plain" else contextlib.nullcontext():
         result = segshap.kernel_shap(lambda c: _lookup(values, c), m, budget, seed=seed, design=design)
-    finally:
-        segshap.estimator._ADJUST_CELLS, segshap.chains._ADJUST_CELLS = cells
     return result.values, result.n_evaluations
 
 
@@ -203,10 +198,7 @@ def markdown(result: dict, plot_path: str | None) -> str:
 
 
 def plot(result: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     errors = mean_errors(result)
     styles = {"ours_auto": "o-", "ours_chains": "o--", "ours_leverage_plain": "o:", "shap": "s--",
@@ -220,6 +212,4 @@ def plot(result: dict, path) -> None:
     axes.set_title(f"Shapley estimators on {len(result['games'])} real-model games")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)

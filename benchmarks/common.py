@@ -3,6 +3,7 @@ results into BENCHMARKS.md between markers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -90,6 +91,38 @@ def write_section(markdown: Path, name: str, text: str) -> None:
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     updated = pattern.sub(lambda _: block, current) if pattern.search(current) else current.rstrip() + "\n\n" + block
     markdown.write_text(updated + ("\n" if not updated.endswith("\n") else ""))
+
+
+@contextlib.contextmanager
+def plain_estimates():
+    """Inside the block, ``segshap.kernel_shap`` returns its designs' plain estimates: the boosted-tree adjustment
+    is switched off (its size limits set to 0), as in the paper's scheme."""
+    import segshap.chains
+    import segshap.estimator
+
+    saved = segshap.estimator._ADJUST_CELLS, segshap.chains._ADJUST_CELLS
+    segshap.estimator._ADJUST_CELLS = segshap.chains._ADJUST_CELLS = 0
+    try:
+        yield
+    finally:
+        segshap.estimator._ADJUST_CELLS, segshap.chains._ADJUST_CELLS = saved
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend: plots are files, no display is needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path) -> None:
+    """Lay out, write (110 dpi) and close a figure."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot().close(figure)
 
 
 def table(header: list[str], rows: list[list]) -> str:

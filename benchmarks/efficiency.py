@@ -26,9 +26,7 @@ import time
 import numpy as np
 
 import segshap
-import segshap.chains
-import segshap.estimator
-from common import DEMO_IMAGE, DEMO_MODEL, DEMO_ROI, log, table
+from common import DEMO_IMAGE, DEMO_MODEL, DEMO_ROI, log, plain_estimates, pyplot, save_figure, table
 from segshap.io import read_image
 from segshap.surrogate import adjacent_pairs
 
@@ -45,17 +43,6 @@ LABELS = {"ours_auto": "ours (auto)", "ours_chains": "ours (chains)", "ours_leve
 def _game(inputs: dict, n_features: int):
     return segshap.explanation_game(inputs["model"], inputs["image"], target=list(TARGETS), roi=DEMO_ROI,
                                     features="slic", n_features=n_features, device="cpu", affine=inputs["affine"])
-
-
-class _Plain:
-    """Switches the tree adjustment off inside the block (the estimators' plain estimates)."""
-
-    def __enter__(self):
-        self.saved = segshap.estimator._ADJUST_CELLS, segshap.chains._ADJUST_CELLS
-        segshap.estimator._ADJUST_CELLS = segshap.chains._ADJUST_CELLS = 0
-
-    def __exit__(self, *exc):
-        segshap.estimator._ADJUST_CELLS, segshap.chains._ADJUST_CELLS = self.saved
 
 
 def _estimate(inputs: dict, n_features: int, budget: int, seed: int, design: str):
@@ -98,7 +85,7 @@ def run(mode: str) -> dict:
         f"changes {per_feature:.1f} of them on average")
 
     references = []
-    with _Plain():
+    with plain_estimates():
         for k in range(settings["reference_runs"]):
             result, forwards, seconds, _ = _estimate(inputs, n, settings["reference_multiple"] * m, 1000 + k, "chains")
             references.append(result.values)
@@ -119,7 +106,7 @@ def run(mode: str) -> dict:
                                    "adjusted": result.adjusted, "coalitions": result.n_evaluations,
                                    "forwards": forwards, "seconds": seconds,
                                    "error": relative_error(result.values, reference)})
-            with _Plain():
+            with plain_estimates():
                 result, forwards, seconds, game = _estimate(inputs, n, budget, seed, "leverage")
             paper = _paper_forwards(game, result.coalitions[2:])  # the ends are the set-up's
             runs["paper_leverage"].append({"multiple": multiple, "seed": seed, "design": "leverage",
@@ -202,10 +189,7 @@ def markdown(result: dict, plot_path: str | None) -> str:
 
 
 def plot(result: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     data = curves(result)
     styles = {"ours_auto": "o-", "ours_chains": "o--", "ours_leverage": "o:", "paper_leverage": "s-"}
@@ -219,6 +203,4 @@ def plot(result: dict, path) -> None:
         axis.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
     figure.suptitle(f"Error per forward, demo MRI, {result['features']} supervoxels")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)

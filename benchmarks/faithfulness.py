@@ -26,7 +26,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 import segshap
-from common import DEMO_IMAGE, DEMO_MODEL, DEMO_ROI, ROOT, log, table
+from common import DEMO_IMAGE, DEMO_MODEL, DEMO_ROI, ROOT, log, pyplot, save_figure, table
 from segshap.io import read_image
 
 SETTINGS = {
@@ -160,10 +160,7 @@ def markdown(result: dict, plot_path: str | None) -> str:
 
 
 def plot(result: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     name = next(iter(result["games"]))
     game = result["games"][name]
@@ -178,6 +175,4 @@ def plot(result: dict, path) -> None:
         axis.set_ylabel("v / v(all)")
         axis.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)

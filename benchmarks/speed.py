@@ -44,7 +44,7 @@ from bench_engine import (
     supervoxels,
     white_matter_segment,
 )
-from common import REFERENCE_PYTHON, ROOT, log, reference_available, table
+from common import REFERENCE_PYTHON, ROOT, log, pyplot, reference_available, save_figure, table
 
 SETTINGS = {
     "quick": {"crop": 192, "budget": 160, "supervoxels": 60, "timed": 3, "roi_all_on": 16, "cache_gib": 8,
@@ -366,10 +366,7 @@ def markdown(result: dict, plot_path: str | None) -> str:
 
 
 def plot(result: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cases = list(result["cases"])
     methods = list(LABELS)
@@ -384,6 +381,4 @@ def plot(result: dict, path) -> None:
     axes.set_ylabel("seconds per explanation")
     axes.legend(fontsize=8)
     axes.grid(True, axis="y", which="both", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
