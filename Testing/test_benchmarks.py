@@ -62,3 +62,18 @@ def test_the_runs_check_names_each_broken_invariant():
     assert len(problems) == 3
     assert "organs: captum ran 5 forwards" in problems[0] and "slic: captum's values differ" in problems[1]
     assert "captum" in problems[2]
+
+
+def test_cost_to_reach_an_error_interpolates_bounds_or_extrapolates_and_says_which():
+    from efficiency import cost_to_reach
+
+    # Crossing between the 2nd and 3rd budget: log-log interpolation (0.2 -> 0.05 over 2 -> 4 halves at 2 sqrt 2).
+    cost, how = cost_to_reach([1, 2, 4], [0.3, 0.2, 0.05], 0.1)
+    assert math.isclose(cost, math.sqrt(8)) and how == ""
+    # Non-monotone curves cross at the first budget below the goal.
+    cost, how = cost_to_reach([1, 2, 4, 8], [0.5, 3.0, 0.1, 0.01], 0.1)
+    assert math.isclose(cost, 4) and how == ""
+    # Already below at the first budget: only a bound.
+    assert cost_to_reach([1, 2], [0.05, 0.02], 0.1) == (1, "≤")
+    # Never below: the error falling as 1/sqrt(cost) from the last budget, 0.2 -> 0.1 at four times its cost.
+    assert cost_to_reach([1, 2], [0.3, 0.2], 0.1) == (8.0, "≈")

@@ -49,22 +49,26 @@ def ours(method: str, values: np.ndarray, budget: int, seed: int) -> tuple[np.nd
     return result.values, result.n_evaluations
 
 
-def captum_kernel_shap(values: np.ndarray, budget: int, seed: int) -> tuple[np.ndarray, int]:
+def captum_kernel_shap(evaluate, m: int, budget: int, seed: int) -> tuple[np.ndarray, int]:
+    """captum's ``KernelShap`` on a game given by ``evaluate`` (``(n, m)`` bool coalitions to ``(n, T)`` values), one
+    target at a time with all ``budget`` samples in one batch; returns the ``(m, T)`` estimate and the evaluations
+    of one target (they count once, as ours and shap's do, which evaluate every target from one call)."""
     from captum.attr import KernelShap
 
-    m = int(np.log2(len(values)))
     evaluated = [0]
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor, target: int) -> torch.Tensor:
         evaluated[0] += len(x)
-        return torch.from_numpy(_lookup(values, (x > 0.5).numpy()))
+        coalitions = (x > 0.5).numpy()
+        unique, back = np.unique(coalitions, axis=0, return_inverse=True)
+        return torch.from_numpy(np.asarray(evaluate(unique)).reshape(len(unique), -1)[back.ravel(), target])
 
     torch.manual_seed(seed)
+    t = np.asarray(evaluate(np.zeros((1, m), bool))).reshape(1, -1).shape[1]
     estimates = []
-    for t in range(values.shape[1]):
-        # One target at a time (captum attributes one output); its evaluations count once, as ours and shap's.
+    for target in range(t):
         evaluated[0] = 0
-        attribution = KernelShap(lambda x, t=t: forward(x)[:, t]).attribute(
+        attribution = KernelShap(lambda x, target=target: forward(x, target)).attribute(
             torch.ones(1, m), baselines=torch.zeros(1, m), feature_mask=torch.arange(m)[None],
             n_samples=budget, perturbations_per_eval=budget,
         )
@@ -121,7 +125,7 @@ def run(mode: str) -> dict:
                                          "evaluations": [int(n) for _, n in runs]}
         methods["captum"] = {}
         for budget in budgets:
-            runs = [captum_kernel_shap(values, budget, seed) for seed in seeds]
+            runs = [captum_kernel_shap(lambda c: _lookup(values, c), m, budget, seed) for seed in seeds]
             methods["captum"][budget] = {"errors": [relative_error(e, exact) for e, _ in runs],
                                          "evaluations": [int(n) for _, n in runs]}
         if reference_available():

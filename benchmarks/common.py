@@ -12,6 +12,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,33 @@ def run_reference(script: str, payload: dict, arrays: dict[str, np.ndarray]) -> 
         if done.returncode != 0:
             raise RuntimeError(f"{script} failed in {REFERENCE_PYTHON}:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout)
+
+
+def shap_kernel_explainer(m: int, nsamples: int, seed: int, evaluate) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                           float]:
+    """``shap.KernelExplainer(l1_reg=False)`` in the shap environment (``benchmarks/shap_bridge.py``) on a game
+    that lives in this process: ``evaluate`` maps ``(n, m)`` bool coalitions to ``(n,)`` or ``(n, T)`` values.
+    Returns shap's estimate ``(m, T)``, the coalitions it asked for and their values, and the wall seconds."""
+    process = subprocess.Popen([str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / "shap_bridge.py"), str(m),
+                                str(nsamples), str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    started = time.perf_counter()
+    asked, answered, estimate = [], [], None
+    for line in process.stdout:
+        message = json.loads(line)
+        if message.get("done"):
+            estimate = np.array(message["shap_values"]).reshape(m, -1)
+            break
+        coalitions = np.array(message["rows"], bool)
+        values = np.asarray(evaluate(coalitions))
+        asked.append(coalitions)
+        answered.append(values)
+        process.stdin.write(json.dumps({"values": values.tolist()}) + "\n")
+        process.stdin.flush()
+    seconds = time.perf_counter() - started
+    process.wait()
+    if process.returncode != 0 or estimate is None:
+        raise RuntimeError("the shap bridge failed; run it by hand to see why")
+    return estimate, np.concatenate(asked), np.concatenate(answered), seconds
 
 
 def write_section(markdown: Path, name: str, text: str) -> None:

@@ -59,7 +59,9 @@ def segment_statistics(logits: torch.Tensor, targets: Sequence[int], reference: 
     probabilities = class_probabilities(logits)
     target_index = torch.as_tensor(list(targets), device=logits.device)
     p = probabilities[:, target_index]
-    predicted = probabilities.argmax(dim=1, keepdim=True) == target_index[None, :, None]
+    # argmax over a middle axis is an order of magnitude slower than over the last one (same first-index ties).
+    winner = probabilities.transpose(1, 2).contiguous().argmax(dim=2)
+    predicted = winner[:, None, :] == target_index[None, :, None]
     # p·R is exact in float32 (R is 0 or 1); the sums accumulate in float64.
     return torch.stack(
         [
