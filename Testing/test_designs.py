@@ -116,12 +116,16 @@ def test_auto_picks_chains_when_they_fit_and_their_coalitions_are_cheap():
     assert kernel_shap(game, 20, 400, design="auto", cost=_local_cost).design == "chains"
     assert kernel_shap(game, 20, 39, design="auto", cost=_local_cost).design == "leverage"  # no chain fits
     # The chains' error per coalition grows with the budget in multiples of M: the same 3x cheaper coalitions
-    # win at 4M and lose at 16M.
-    def three_times(coalitions):  # a walk's coalitions cost 1, any others 3
-        return len(coalitions) * (1.0 if _local_cost(coalitions) <= 2 * len(coalitions) else 3.0)
+    # win at 4M and lose at 16M ...
+    def cheaper(factor):  # a walk's coalitions cost 1, any others `factor`
+        return lambda c: len(c) * (1.0 if _local_cost(c) <= 2 * len(c) else factor)
 
-    assert kernel_shap(game, 20, 80, design="auto", cost=three_times).design == "chains"
-    assert kernel_shap(game, 20, 320, design="auto", cost=three_times).design == "leverage"
+    assert kernel_shap(game, 20, 80, design="auto", cost=cheaper(3.0)).design == "chains"
+    assert kernel_shap(game, 20, 320, design="auto", cost=cheaper(3.0)).design == "leverage"
+    # ... and falls with M: at 16M, 4x cheaper coalitions lose with 20 features and win with 135.
+    assert kernel_shap(game, 20, 320, design="auto", cost=cheaper(4.0)).design == "leverage"
+    wide, _ = nonlinear(135, seed=3)
+    assert kernel_shap(wide, 135, 16 * 135, design="auto", cost=cheaper(4.0)).design == "chains"
     assert kernel_shap(nonlinear(6)[0], 6, 64, design="chains").design == "exact"
     with pytest.raises(ValueError, match="design='chains' needs a budget of at least 40"):
         kernel_shap(game, 20, 30, design="chains")

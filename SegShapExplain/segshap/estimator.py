@@ -29,13 +29,13 @@ least-squares problem (Lundberg & Lee, 2017) under the efficiency constraint ``s
   target took it). The jackknife overstates variance on average, so the choice leans to the plain estimate. It
   is tried while (coalitions) x M stays below about 4e5, where fitting stays within seconds.
 * ``design="auto"`` takes the chains when at least one fits the budget and the ``cost`` function says that a
-  chain's coalitions are cheap enough to make up for their error per coalition: at equal coalitions that error,
-  measured against Leverage SHAP's (both adjusted), depends on the budget in multiples of ``M`` (see
-  :data:`_CHAIN_ERROR_RATIOS`: far lower at ``2M``, where Leverage SHAP's regression has barely more rows than
-  unknowns, about twice as high from ``8M`` on), and with errors falling as one over the square root of the
-  coalitions the chains win when a chain coalition costs less than ``1 / ratio**2`` of a sampled one (as with an
-  engine that reruns only the windows a step changes). Without a cost function every coalition costs the same,
-  and Leverage SHAP is taken.
+  chain's coalitions are cheap enough to make up for their error per coalition. At equal coalitions that error,
+  measured against Leverage SHAP's (both adjusted), depends on the budget in multiples of ``M`` and on ``M`` (see
+  :data:`_CHAIN_ERROR_RATIOS`): far lower at ``2M``, where Leverage SHAP's regression has barely more rows than
+  unknowns, and 1.6-2.5 times as high from ``8M`` on, less with more features. With errors falling as one over
+  the square root of the coalitions, the chains win when a chain coalition costs less than ``1 / ratio**2`` of a
+  sampled one (as with an engine that reruns only the windows a step changes). Without a cost function every
+  coalition costs the same, and Leverage SHAP is taken.
 
 No coalition is ever evaluated twice.
 """
@@ -68,15 +68,23 @@ _TOLERANCE_CHAINS = 4
 """With a tolerance, the chains' standard errors are checked from this many complete chains on (with fewer they
 rest on too few units to be trusted)."""
 
-_CHAIN_ERROR_RATIOS = ((2.0, 0.2), (4.0, 1.4), (8.0, 2.1), (12.0, 2.4), (16.0, 2.35), (30.0, 1.8))
-"""``(budget / M, error of the chains / error of Leverage SHAP)`` at equal coalitions, both with the tree
-adjustment, as measured (mean relative L2 errors unless said otherwise): 1.3, 2.5, 2.5 and 2.4 at 4M, 8M, 12M and
-16M on the six real-model games of ``benchmarks/real_games.py`` (M = 11-14, 10 seeds); 0.18, 1.6 and 2.1 at 2M, 4M
-and 8M on the efficiency suite's quick case (M = 33), 0.04, 1.2, 1.6 and 2.3 at 2M, 4M, 8M and 16M on its full case
-(M = 135), where Leverage SHAP's regression at 2M is unstable (errors of 0.5-3); 1.8 at 30M on a whole-structure
-target (gray matter of the demo MRI, M = 74, the default budget; no reference values exist there, so the ratio is
-of the largest standard error relative to the values' range). Interpolated in log(budget / M), constant beyond the
-ends."""
+_CHAIN_ERROR_RATIOS = {
+    12: ((2.0, 0.2), (4.0, 1.3), (8.0, 2.5), (12.0, 2.5), (16.0, 2.4)),
+    135: ((2.0, 0.04), (4.0, 1.2), (8.0, 1.6), (16.0, 1.75), (30.0, 1.8)),
+}
+"""Per number of features ``M``: ``(budget / M, error of the chains / error of Leverage SHAP)`` at equal
+coalitions, both with the tree adjustment, as measured (mean relative L2 errors unless said otherwise).
+
+* ``M = 12``: the six real-model games of ``benchmarks/real_games.py`` (M = 11-14, 10 seeds). With few features
+  Leverage SHAP soon enumerates the smallest sizes whole, which the chains cannot use, so the ratio is high.
+* ``M = 135``: the efficiency suite's full case (2 seeds per budget; at 16M the mean of two runs of the suite,
+  1.45 and 2.3), where Leverage SHAP's regression at 2M is unstable (errors of 0.5-3); at 30M, a whole-structure
+  target (gray matter of the demo MRI, M = 74, the default budget), where no reference values exist and the ratio
+  is that of the largest standard error relative to the values' range.
+* The efficiency suite's quick case (M = 33) measured 0.18, 1.6 and 2.1-2.4 at 2M, 4M and 8M, in between.
+
+Interpolated in log(budget / M) within a row, constant beyond its ends, then in log M between the rows (constant
+outside them)."""
 
 _COST_PROBE = 16
 """Coalitions of each design whose cost ``design="auto"`` asks for before it chooses."""
@@ -233,8 +241,12 @@ def kernel_shap(
 
 def _chain_error_ratio(budget: int, n_features: int) -> float:
     """The chains' error over Leverage SHAP's at equal coalitions for this budget (:data:`_CHAIN_ERROR_RATIOS`)."""
-    multiples, ratios = zip(*_CHAIN_ERROR_RATIOS)
-    return float(np.interp(math.log(budget / n_features), np.log(multiples), ratios))
+    sizes = sorted(_CHAIN_ERROR_RATIOS)
+    by_size = []
+    for size in sizes:
+        multiples, ratios = zip(*_CHAIN_ERROR_RATIOS[size])
+        by_size.append(np.interp(math.log(budget / n_features), np.log(multiples), ratios))
+    return float(np.interp(math.log(n_features), np.log(sizes), by_size))
 
 
 def _cheaper_design(cost, n_features: int, budget: int, chains_fit: int, seed: int) -> str:
