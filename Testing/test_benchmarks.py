@@ -62,6 +62,10 @@ def test_the_runs_check_names_each_broken_invariant():
     assert len(problems) == 3
     assert "organs: captum ran 5 forwards" in problems[0] and "slic: captum's values differ" in problems[1]
     assert "captum" in problems[2]
+    efficiency = {"runs": {name: [] for name in ("ours_auto", "paper_leverage", "captum", "shap", "paper_shap")}}
+    assert check({"efficiency": efficiency}) == []
+    del efficiency["runs"]["captum"]
+    assert check({"efficiency": efficiency}) == ["efficiency: methods missing: ['captum']"]
 
 
 def test_cost_to_reach_an_error_interpolates_bounds_or_extrapolates_and_says_which():

@@ -51,8 +51,9 @@ def render(results: dict, markdown: Path, docs: Path) -> None:
 
 def check(results: dict) -> list[str]:
     """What is wrong with a run's raw numbers: every method of a speed case must compute the same game as ours
-    (values within 1e-6) with more window forwards than ours, and the accuracy suite must hold ours and captum
-    (and shap and shapiq where their environment exists). An empty list when all hold."""
+    (values within 1e-6) with more window forwards than ours, the accuracy suite must hold ours and captum (and
+    shap and shapiq where their environment exists), and the efficiency suite ours, the paper's scheme and captum
+    (and shap where its environment exists). An empty list when all hold."""
     problems = []
     for name, case in results.get("speed", {}).get("cases", {}).items():
         methods = case["methods"]
@@ -67,6 +68,11 @@ def check(results: dict) -> list[str]:
         missing = expected - set(results["accuracy"]["methods"])
         if missing:
             problems.append(f"accuracy: methods missing: {sorted(missing)}")
+    if "efficiency" in results:
+        expected = {"ours_auto", "paper_leverage", "captum"} | ({"shap", "paper_shap"} if reference_available() else set())
+        missing = expected - set(results["efficiency"]["runs"])
+        if missing:
+            problems.append(f"efficiency: methods missing: {sorted(missing)}")
     return problems
 
 
