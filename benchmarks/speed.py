@@ -311,8 +311,9 @@ def _measured(value: float, form: str) -> str:
 
 def markdown(result: dict, plot_path: str | None) -> str:
     text = [
-        f"An explanation is {result['settings']['budget']} coalitions (or all 2^M when fewer); times are wall "
-        "seconds. Rows marked ≈ timed that many coalitions and extrapolated linearly (a full-volume inference "
+        f"An explanation is a budget of {result['settings']['budget']} coalitions (or all 2^M when fewer; the "
+        "chains walk whole chains, so ours may run fewer, and every method is then counted at ours' number); "
+        "times are wall seconds. Rows marked ≈ timed that many coalitions and extrapolated linearly (a full-volume inference "
         "costs the same for every coalition; the paper's scheme was timed on coalitions spread over ours). Window "
         f"forwards per explanation: counted for ours (cache budget {result['settings']['cache_gib']} GiB) and, "
         "over every coalition of the budget, for the paper's scheme; all windows × budget for shap and captum. "
@@ -340,8 +341,9 @@ def markdown(result: dict, plot_path: str | None) -> str:
                            "peak", "max |Δ|"], rows))
         ours = case["methods"]["ours"]
         if "outside_model" in ours:
-            text += ["", f"Ours sampled with `design=\"{ours['design']}\"` (its cost function is the engine's, as "
-                     f"in `explain`) and spent {ours['outside_model']:.0%} of its time outside the model's forwards."]
+            how = ("evaluated every coalition (exact)" if ours["design"] == "exact" else
+                   f"sampled with `design=\"{ours['design']}\"` (its cost function is the engine's, as in `explain`)")
+            text += ["", f"Ours {how} and spent {ours['outside_model']:.0%} of its time outside the model's forwards."]
     if plot_path:
         text += ["", f"![Seconds per explanation]({plot_path})"]
     return "\n".join(text)
