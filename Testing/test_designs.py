@@ -228,3 +228,20 @@ def test_the_tree_adjustment_lowers_the_error_on_a_real_models_game(monkeypatch,
     plain_error, plain_runs = mean_error()
     assert adjusted_runs >= 3 and plain_runs == 0
     assert adjusted_error <= most * plain_error, (adjusted_error, plain_error)
+
+
+def test_interactions_given_as_a_function_are_asked_for_only_when_the_chains_run():
+    game, _ = nonlinear(12, seed=1)
+    pairs = np.array([[0, 1], [2, 3]])
+    asked = []
+
+    def lazy():
+        asked.append(True)
+        return pairs
+
+    given = kernel_shap(game, 12, 200, seed=2, design="chains", interactions=pairs)
+    lazily = kernel_shap(game, 12, 200, seed=2, design="chains", interactions=lazy)
+    np.testing.assert_array_equal(lazily.values, given.values)
+    assert asked == [True]
+    kernel_shap(game, 12, 200, seed=2, design="leverage", interactions=lazy)
+    assert asked == [True]

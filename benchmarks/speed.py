@@ -111,7 +111,7 @@ def run_case(name: str, settings: dict) -> dict:
                                      **options)
         result = segshap.kernel_shap(engine.evaluate, engine.n_features, budget, seed=0, batch_size=64,
                                      cost=engine.forward_cost,
-                                     interactions=adjacent_pairs(features, engine.feature_ids))
+                                     interactions=lambda: adjacent_pairs(features, engine.feature_ids))
         ours_s = time.perf_counter() - started
     m, windows = engine.n_features, engine.tiling.n_windows
     outside = 1 - engine.stats["forward_seconds"] / ours_s

@@ -157,7 +157,7 @@ def kernel_shap(
     cost: Callable[[np.ndarray], float] | None = None,
     max_cost: float | None = None,
     max_seconds: float | None = None,
-    interactions: np.ndarray | None = None,
+    interactions: np.ndarray | Callable[[], np.ndarray] | None = None,
 ) -> ShapleyResult:
     """Shapley values of ``value_fn`` from at most ``budget`` evaluations.
 
@@ -194,9 +194,9 @@ def kernel_shap(
         Stop before a batch whose cost would take the total beyond this.
     max_seconds : float, optional
         Stop before a batch that, at the pace so far, would end after this many seconds.
-    interactions : np.ndarray, optional
-        ``(P, 2)`` feature pairs the chains' surrogate gives an interaction term (e.g. adjacent supervoxels). Default:
-        those of :func:`default_interactions`.
+    interactions : np.ndarray or callable, optional
+        ``(P, 2)`` feature pairs the chains' surrogate gives an interaction term (e.g. adjacent supervoxels), or a
+        function returning them, called only if the chains run. Default: those of :func:`default_interactions`.
 
     Returns
     -------
@@ -234,7 +234,10 @@ def kernel_shap(
     if design == "auto":
         design = _cheaper_design(cost, n_features, budget, chains_fit, seed)
     if design == "chains":
-        pairs = default_interactions(n_features, budget) if interactions is None else _as_pairs(interactions, n_features)
+        if interactions is None:
+            pairs = default_interactions(n_features, budget)
+        else:
+            pairs = _as_pairs(interactions() if callable(interactions) else interactions, n_features)
         return _chains(evaluator, budget, rng, tolerance, pairs, border, seed)
     return _sampled(evaluator, budget, rng, tolerance, seed)
 

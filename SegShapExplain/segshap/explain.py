@@ -623,7 +623,7 @@ def explain(
         engine.evaluate, m, budget, seed=seed, tolerance=tolerance, batch_size=64,
         progress=None if progress is None else _forward_progress(progress, engine, max_forwards),
         design=design, cost=engine.forward_cost, max_cost=max_forwards, max_seconds=max_seconds,
-        interactions=adjacent_pairs(feature_map, engine.feature_ids),
+        interactions=lambda: adjacent_pairs(feature_map, engine.feature_ids),
     )
     forwards = engine.stats["patch_forwards"] - forwards_before
 
