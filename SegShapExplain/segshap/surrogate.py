@@ -51,7 +51,11 @@ class Surrogate:
 
     def __call__(self, coalitions: np.ndarray) -> np.ndarray:
         """``(n, T)`` surrogate values of ``(n, M)`` bool coalitions."""
-        return self.intercept + _design(coalitions, self.pairs) @ np.concatenate([self.main, self.interaction])
+        coalitions = np.asarray(coalitions, dtype=bool)
+        out = self.intercept + coalitions.astype(np.float64) @ self.main
+        for start, products in _pair_products(coalitions, self.pairs):
+            out += products.astype(np.float64) @ self.interaction[start : start + products.shape[1]]
+        return out
 
     def shapley_values(self) -> np.ndarray:
         """``(M, T)`` exact Shapley values: each pair's interaction is split equally between its two features."""
@@ -61,11 +65,25 @@ class Surrogate:
         return phi
 
 
+_PAIR_CHUNK = 2048
+"""Interaction columns formed at a time, so that no temporary is as large as the design itself."""
+
+
+def _pair_products(coalitions: np.ndarray, pairs: np.ndarray):
+    """Yield ``(start, (n, k) bool)``: whether both features of pairs ``start .. start + k`` are present."""
+    for start in range(0, len(pairs), _PAIR_CHUNK):
+        chunk = pairs[start : start + _PAIR_CHUNK]
+        yield start, coalitions[:, chunk[:, 0]] & coalitions[:, chunk[:, 1]]
+
+
 def _design(coalitions: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    z = coalitions.astype(np.float64)
-    if not len(pairs):
-        return z
-    return np.concatenate([z, z[:, pairs[:, 0]] * z[:, pairs[:, 1]]], axis=1)
+    """``(n, M + P)`` float64: the indicators, then the pairs' products, built in one array."""
+    n, m = coalitions.shape
+    x = np.empty((n, m + len(pairs)))
+    x[:, :m] = coalitions
+    for start, products in _pair_products(coalitions, pairs):
+        x[:, m + start : m + start + products.shape[1]] = products
+    return x
 
 
 def fit_surrogate(coalitions: np.ndarray, values: np.ndarray, pairs: np.ndarray | None = None) -> Surrogate:
@@ -92,16 +110,16 @@ def fit_surrogate(coalitions: np.ndarray, values: np.ndarray, pairs: np.ndarray 
     sizes = coalitions.sum(axis=1)
     weight = 1.0 / np.bincount(sizes)[sizes]
     weight /= weight.sum()
+    # The design is centred and weighted in place: with thousands of features and their adjacent pairs it is the
+    # largest array of an explanation.
     x = _design(coalitions, pairs)
     x_mean = weight @ x
     y_mean = weight @ values
-    xc = x - x_mean
-    yc = values - y_mean
     root = np.sqrt(weight)[:, None]
-    if x.shape[1] <= _DIRECT_COLUMNS:
-        coefficients = _ridge_gcv(root * xc, root * yc)
-    else:
-        coefficients = _ridge_iterative(root * xc, root * yc)
+    x -= x_mean
+    x *= root
+    y = root * (values - y_mean)
+    coefficients = _ridge_gcv(x, y) if x.shape[1] <= _DIRECT_COLUMNS else _ridge_iterative(x, y)
     m = coalitions.shape[1]
     intercept = y_mean - x_mean @ coefficients
     return Surrogate(intercept, coefficients[:m], pairs, coefficients[m:])
