@@ -290,28 +290,49 @@ def test_out_of_memory_halves_the_batch_then_asks_for_the_cpu():
         halving_batch_on_oom(never_fits, 4)
 
 
-def test_worker_ends_when_its_parent_dies(job, tmp_path):
-    """A worker whose parent (3D Slicer, or a launcher) is killed does not run on unattended."""
+@pytest.mark.parametrize("kill_after_s", [None, 0.2, 3.0])
+def test_worker_ends_when_its_parent_dies(job, tmp_path, kill_after_s):
+    """A worker whose launcher (3D Slicer, or a launcher script) dies does not run on unattended: whether the
+    launcher dies before the worker has started (None: it exits right after spawning it), while it starts (torch
+    is still importing) or while it computes."""
     request = _request(tmp_path, job, options={"features": "grid", "n_features": 30, "nsamples": 100000,
                                                "device": "cpu"})
     pid_file = tmp_path / "worker.pid"
+    then = "os._exit(0)" if kill_after_s is None else "time.sleep(600)"
     parent = subprocess.Popen([
         sys.executable, "-c",
-        "import subprocess, sys, time; "
-        f"p = subprocess.Popen([sys.executable, '-m', 'segshap.cli', 'worker', '--request', {str(request)!r}], "
-        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
-        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(600)",
+        "import os, subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-m', 'segshap.cli', 'worker', '--request', {str(request)!r}, "
+        "'--parent-pid', str(os.getpid())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); {then}",
     ])
     deadline = time.monotonic() + 60
     while not (pid_file.exists() and pid_file.read_text()):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     worker = int(pid_file.read_text())
-    time.sleep(3)  # the worker is loading or computing
-    parent.kill()
+    if kill_after_s is not None:
+        time.sleep(kill_after_s)
+        assert _running(worker), "the worker ended before its launcher died"
+        parent.kill()
     parent.wait()
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{worker}").exists() and open(f"/proc/{worker}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+    # A liveness bound, not a timing: the request would compute for many minutes.
+    deadline = time.monotonic() + 90
+    while _running(worker):
         assert time.monotonic() < deadline, "the orphaned worker kept running"
         time.sleep(0.1)
     assert not (tmp_path / "out").exists()
+
+
+def _running(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_worker_whose_launcher_is_already_gone_ends_at_once(job, tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    request = _request(tmp_path, job, options={"features": "grid", "n_features": 30, "device": "cpu"})
+    done = segshap("worker", "--request", str(request), "--parent-pid", str(gone.pid))
+    assert done.returncode == 128 + signal.SIGTERM
+    assert done.stdout == "" and not (tmp_path / "out").exists()

@@ -204,8 +204,9 @@ def pythonExecutable() -> str:
 
 
 def workerCommand(requestPath: str | os.PathLike, python: str | None = None) -> list[str]:
-    """The command line of ``segshap worker`` for a request file."""
-    return [python or pythonExecutable(), "-m", "segshap.cli", "worker", "--request", str(requestPath)]
+    """The command line of ``segshap worker`` for a request file; the worker ends when this process is gone."""
+    return [python or pythonExecutable(), "-m", "segshap.cli", "worker", "--request", str(requestPath),
+            "--parent-pid", str(os.getpid())]
 
 
 def workerEnvironment() -> dict:

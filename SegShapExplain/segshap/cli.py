@@ -476,9 +476,9 @@ def _read_request(path: str) -> dict:
     return job
 
 
-def _command_worker(request: str, events: _EventWriter) -> int:
+def _command_worker(request: str, events: _EventWriter, parent_pid: int | None = None) -> int:
+    _exit_with_parent(parent_pid)
     job = _read_request(request)
-    _exit_with_parent()
     events.emit("log", level="info", message=f"segshap worker, pid {os.getpid()}")
     with _logging_to(_EventLogHandler(events)) as log:
         task = job.get("task", "explain")
@@ -493,20 +493,51 @@ def _command_worker(request: str, events: _EventWriter) -> int:
     return 0
 
 
-def _exit_with_parent(poll_s: float = 1.0) -> None:
+def _exit_with_parent(parent_pid: int | None = None, poll_s: float = 1.0) -> None:
     """End the worker when the process that started it is gone (e.g. 3D Slicer crashed or killed a launcher).
 
-    POSIX re-parents orphans, so a changed parent id means the parent has died; elsewhere this watches nothing.
+    The launcher passes its pid (``--parent-pid``) and the worker ends once no live process has it. That is
+    race-free: a launcher that died while the worker was still starting (importing torch can take seconds on a
+    busy machine) is noticed at once, and it holds when a launcher such as ``PythonSlicer`` stands in between.
+    Without a pid, POSIX's re-parenting of orphans is watched: a parent id other than the one at start-up. Elsewhere
+    than POSIX this watches nothing.
     """
-    parent = os.getppid()
+    if os.name != "posix":
+        return
+    if parent_pid is None:
+        first = os.getppid()
+
+        def gone() -> bool:
+            return os.getppid() != first
+    else:
+        def gone() -> bool:
+            return not _alive(parent_pid)
+
+    if gone():
+        os._exit(128 + signal.SIGTERM)
 
     def watch() -> None:
         while True:
             time.sleep(poll_s)
-            if os.getppid() != parent:
+            if gone():
                 os._exit(128 + signal.SIGTERM)
 
     threading.Thread(target=watch, name="segshap-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists and is not a zombie (dead, waiting for its parent to reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:  # no /proc (macOS): existence is all there is to know
+        return True
+    return state not in ("Z", "X")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -551,6 +582,8 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run a request file, reporting JSON events on stdout")
     worker.add_argument("--request", required=True, help="request JSON (see README: worker protocol)")
+    worker.add_argument("--parent-pid", dest="parent_pid", type=int,
+                        help="pid of the launching process: the worker ends as soon as it is gone")
 
     demo = commands.add_parser("demo", help="explain the embedded demo model on the embedded MRI")
     demo.add_argument("--out", default="segshap-demo", help="output folder (default ./segshap-demo)")
@@ -596,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
             return _command_explain(_explain_job(args), args.quiet)
         if args.command == "demo":
             return _command_explain(_demo_job(args), args.quiet)
-        return _command_worker(args.request, events)
+        return _command_worker(args.request, events, args.parent_pid)
     except _Cancelled as cancelled:
         sys.stderr.write(f"segshap: cancelled ({cancelled}); no outputs were written\n")
         sys.stderr.flush()
