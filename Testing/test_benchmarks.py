@@ -1,4 +1,4 @@
-"""The benchmark harness's pure parts. The quick mode runs end to end in `.ci/run`, with --check."""
+"""The benchmark harness's pure parts, and a smoke run of the speed suite. The quick mode runs end to end in `.ci/run`, with --check."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -81,3 +82,17 @@ def test_cost_to_reach_an_error_interpolates_bounds_or_extrapolates_and_says_whi
     assert cost_to_reach([1, 2], [0.05, 0.02], 0.1) == (1, "≤")
     # Never below: the error falling as 1/sqrt(cost) from the last budget, 0.2 -> 0.1 at four times its cost.
     assert cost_to_reach([1, 2], [0.3, 0.2], 0.1) == (8.0, "≈")
+
+
+@pytest.mark.slow
+def test_a_smoke_run_of_the_speed_suite_keeps_its_invariants():
+    """The speed suite's two cases, cropped and with tiny budgets (under a minute on 2 cores): every method
+    computes the engine's values and ours runs the fewest forwards (``run.check``); the quick and full modes run
+    from ``scripts/bench.sh``, outside the test suite."""
+    import speed
+    from run import check
+
+    settings = {"crop": 96, "budget": 64, "supervoxels": 20, "timed": 1, "roi_all_on": 4, "cache_gib": 1}
+    cases = {name: speed.run_case(name, settings) for name in ("organs", "supervoxels")}
+    assert check({"speed": {"cases": cases}}) == []
+    assert {"ours", "roi_all_on", "captum"} <= set(cases["organs"]["methods"])
