@@ -1,4 +1,5 @@
-"""The benchmark harness's pure parts, and a smoke run of the speed suite. The quick mode runs end to end in `.ci/run`, with --check."""
+"""The benchmark harness's pure parts, and a smoke run of the speed suite. The quick mode runs end to end in
+`.ci/run`, with --check."""
 
 from __future__ import annotations
 
