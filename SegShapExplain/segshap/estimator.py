@@ -77,10 +77,11 @@ coalitions, both with the tree adjustment, as measured (mean relative L2 errors 
 
 * ``M = 12``: the six real-model games of ``benchmarks/real_games.py`` (M = 11-14, 10 seeds). With few features
   Leverage SHAP soon enumerates the smallest sizes whole, which the chains cannot use, so the ratio is high.
-* ``M = 135``: the efficiency suite's full case (2 seeds per budget; at 16M the mean of two runs of the suite,
-  1.45 and 2.3), where Leverage SHAP's regression at 2M is unstable (errors of 0.5-3); at 30M, a whole-structure
-  target (gray matter of the demo MRI, M = 74, the default budget), where no reference values exist and the ratio
-  is that of the largest standard error relative to the values' range.
+* ``M = 135``: the efficiency suite's full case (2 seeds per budget; at 16M from the errors pooled over the
+  suite's run, ratio 1.45 on its own, and a separate run with other seeds, 2.3 on its own), where Leverage SHAP's
+  regression at 2M is unstable (errors of 0.5-3); at 30M, a whole-structure target (gray matter of the demo MRI,
+  M = 74, the default budget), where no reference values exist and the ratio is that of the largest standard error
+  relative to the values' range.
 * The efficiency suite's quick case (M = 33) measured 0.18, 1.6 and 2.1-2.4 at 2M, 4M and 8M, in between.
 
 Interpolated in log(budget / M) within a row, constant beyond its ends, then in log M between the rows (constant
