@@ -237,3 +237,43 @@ def test_a_forward_budget_and_the_design_are_kept_and_reported(mni_t1, tmp_path)
     report = json.loads((tmp_path / "explanation.json").read_text())
     assert report["settings"]["design"] == "chains" and report["settings"]["max_forwards"] == 150
     assert report["stats"]["stop_reason"] == "max_forwards" and "forwards_per_coalition" in report["stats"]
+
+
+def test_faithfulness_curves_are_the_game_s_values_along_the_ranking(mni_t1, explained, tmp_path):
+    """Every explanation carries deletion and insertion curves; their points are full-volume inference values."""
+    net, ex = explained
+    (curves,) = ex.faithfulness
+    m = ex.feature_ids.size
+    assert curves.deletion.shape == curves.insertion.shape == curves.random_deletion.shape == (m + 1,)
+    for start, end in ((curves.deletion, curves.insertion), (curves.random_deletion, curves.random_insertion)):
+        assert start[0] == pytest.approx(ex.full_value, abs=1e-9) and start[-1] == pytest.approx(ex.base_value, abs=1e-9)
+        assert end[0] == pytest.approx(ex.base_value, abs=1e-9) and end[-1] == pytest.approx(ex.full_value, abs=1e-9)
+    roi = np.zeros(mni_t1.shape, bool)
+    roi[tuple(slice(a, b) for a, b in ROI)] = True
+    masks = [segshap.predict(net, mni_t1, device="cpu", **TILING) == 1]
+    order, k = np.argsort(-ex.values, kind="stable"), m // 3
+    taken = np.zeros(m, bool)
+    taken[order[:k]] = True
+    for coalition, expected in ((~taken, curves.deletion[k]), (taken, curves.insertion[k])):
+        image = perturbed(mni_t1, ex.feature_map, ex.feature_ids, coalition, float(mni_t1.mean()))
+        assert reference_values(net, image, roi, masks, [1], "soft_dice", **TILING)[0] == pytest.approx(expected, abs=1e-5)
+    assert ex.stats["faithfulness_forwards"] == curves.forwards > 0
+    ex.save(tmp_path)
+    entry = json.loads((tmp_path / "explanation.json").read_text())["faithfulness"]
+    assert entry["deletion_auc"] == pytest.approx(curves.deletion_auc) and len(entry["random_insertion"]) == m + 1
+
+
+def test_faithfulness_can_be_turned_off_and_follows_each_target(mni_t1):
+    net = small_unet(1, 3)
+    options = dict(roi=ROI, features="grid", n_features=2, nsamples=16, device="cpu", **TILING)
+    off = segshap.explain(net, mni_t1, target=1, faithfulness=False, **options)
+    assert off.faithfulness == () and off.stats["faithfulness_forwards"] == 0
+    assert off.to_dict()["faithfulness"] is None and off.settings["faithfulness"] is False
+    both = segshap.explain(net, mni_t1, target=[1, 2], **options)
+    entries = both.to_dict()["faithfulness"]
+    assert isinstance(entries, list) and len(entries) == 2
+    for column, curves in enumerate(both.faithfulness):
+        assert curves.deletion[0] == pytest.approx(both.full_value[column], abs=1e-9)
+        assert curves.insertion[0] == pytest.approx(both.base_value[column], abs=1e-9)
+    with pytest.raises(ValueError, match="faithfulness must be True or False"):
+        segshap.explain(net, mni_t1, target=1, faithfulness="no", **options)

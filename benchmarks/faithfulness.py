@@ -27,6 +27,7 @@ from monai.inferers import sliding_window_inference
 
 import segshap
 from common import DEMO_IMAGE, DEMO_MODEL, DEMO_ROI, ROOT, log, pyplot, save_figure, table
+from segshap.faithfulness import ranking_curves
 from segshap.io import read_image
 
 SETTINGS = {
@@ -63,25 +64,11 @@ def gradient_x_input(game) -> tuple[np.ndarray, float]:
     return per_feature, value.item()
 
 
-def curves(game, scores: np.ndarray) -> dict:
-    """Deletion and insertion curves of a ranking, and the coalitions' values for faithfulness correlation."""
-    m = game.n_features
-    order = np.argsort(-scores, kind="stable")
-    deletion = np.ones((m + 1, m), bool)
-    insertion = np.zeros((m + 1, m), bool)
-    for k in range(1, m + 1):
-        deletion[k:, order[k - 1]] = False
-        insertion[k:, order[k - 1]] = True
-    values = game.engine.evaluate(np.concatenate([deletion, insertion]))
-    values = values[:, 0] if values.ndim == 2 else values
-    return {"deletion": values[: m + 1], "insertion": values[m + 1:]}
-
-
 def metrics(game, scores: np.ndarray, subsets: np.ndarray, subset_drops: np.ndarray, full: float) -> dict:
-    curve = curves(game, scores)
+    deletion, insertion = ranking_curves(game.engine.evaluate, np.argsort(-scores, kind="stable"))
     m = game.n_features
     fifth = max(1, math.ceil(m / 5))
-    deletion, insertion = curve["deletion"] / full, curve["insertion"] / full
+    deletion, insertion = deletion / full, insertion / full
     sums = (subsets * scores).sum(1)
     correlation = float(np.corrcoef(sums, subset_drops)[0, 1]) if np.std(sums) > 0 else 0.0
     return {

@@ -61,6 +61,7 @@ OPTION_KEYS = (
     "design",
     "max_forwards",
     "max_seconds",
+    "faithfulness",
     "baseline",
     "device",
     "seed",
@@ -375,13 +376,21 @@ class _EventLogHandler(logging.Handler):
         self.events.emit("log", level=record.levelname.lower(), message=record.getMessage())
 
 
+def _faithfulness_share(stats: dict) -> str:
+    forwards = stats.get("faithfulness_forwards", 0)
+    return f", {forwards} of them for the faithfulness curves" if forwards else ""
+
+
 def _summary(explanation) -> str:
     stats = explanation.stats
     return (
         f"{len(explanation.feature_ids)} features, {stats['evaluations']} coalitions "
         f"({'exact' if explanation.exact else stats['design']}, stopped by {stats['stop_reason']}), "
-        f"{stats['patch_forwards']} patch forwards ({stats['forwards_per_coalition']:.1f} per coalition), "
+        f"{stats['patch_forwards']} patch forwards ({stats['forwards_per_coalition']:.1f} per coalition"
+        f"{_faithfulness_share(stats)}), "
         f"{stats['seconds']:.1f} s"
+        + "".join(f"; {name}: {curves.summary()}" if len(explanation.faithfulness) > 1 else f"; {curves.summary()}"
+                  for name, curves in zip(explanation.target_names, explanation.faithfulness))
     )
 
 
@@ -573,6 +582,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="stop sampling before this many window forwards")
     command.add_argument("--max-seconds", dest="max_seconds", type=float,
                          help="stop sampling before the estimation runs this many seconds")
+    command.add_argument("--no-faithfulness", dest="faithfulness", action="store_const", const=False,
+                         help="skip the deletion and insertion curves computed after the values")
     command.add_argument("--baseline", type=_baseline, help=f"{', '.join(BASELINES)} or a number (default mean)")
     command.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     command.add_argument("--seed", type=int)

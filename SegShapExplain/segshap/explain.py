@@ -9,6 +9,7 @@ The result, an :class:`Explanation`, saves itself as NIfTI volumes, a JSON repor
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -26,6 +27,7 @@ import torch
 from . import features as feature_maps
 from .engine import PatchEngine, predict_labels
 from .estimator import DESIGNS, kernel_shap
+from .faithfulness import Faithfulness, faithfulness_curves
 from .surrogate import adjacent_pairs
 from .geometry import ModelInput
 from .inputs import as_image, as_roi_mask, bounding_box, reference_masks, resolve_device
@@ -96,6 +98,9 @@ class Explanation:
     model_affine : np.ndarray, optional
         The model grid's voxel-to-RAS affine. ``settings["roi_box"]`` and ``settings["support_box"]`` are voxel
         boxes on that grid.
+    faithfulness : tuple of Faithfulness
+        One per target: deletion and insertion curves of the ranking by value and of a random ranking (empty when
+        :func:`explain` was told ``faithfulness=False``).
     """
 
     values: np.ndarray
@@ -118,6 +123,7 @@ class Explanation:
     versions: dict = field(default_factory=dict)
     model_feature_map: np.ndarray | None = None
     model_affine: np.ndarray | None = None
+    faithfulness: tuple[Faithfulness, ...] = ()
 
     @property
     def heatmap(self) -> np.ndarray:
@@ -175,8 +181,16 @@ class Explanation:
             "efficiency_error": self.efficiency_error,
             "exact": self.exact,
             "stats": self.stats,
+            "faithfulness": self._faithfulness_entry(),
             "features": rows,
         }
+
+    def _faithfulness_entry(self) -> dict | list | None:
+        """One dict for one target, a list for several (as ``value``), ``None`` when not computed."""
+        if not self.faithfulness:
+            return None
+        entries = [curves.to_dict() for curves in self.faithfulness]
+        return entries[0] if np.ndim(self.values) == 1 else entries
 
     def save(
         self, out_dir: str | os.PathLike, affine: np.ndarray | None = None, *, volume_format: str = ".nii.gz"
@@ -523,6 +537,7 @@ def explain(
     design: str = "auto",
     max_forwards: int | None = None,
     max_seconds: float | None = None,
+    faithfulness: bool = True,
     **engine_options,
 ) -> Explanation:
     """Explain a model's segmentation of a target class with Shapley values of supervoxels.
@@ -580,6 +595,11 @@ def explain(
         Stop sampling before the window forwards of the explanation would exceed this.
     max_seconds : float, optional
         Stop sampling before the estimation would run longer than this (the set-up before it is not counted).
+    faithfulness : bool
+        After estimating, compute the deletion and insertion curves of the ranking by value and of one random
+        ranking (:attr:`Explanation.faithfulness`): ``4 (M + 1)`` coalitions per target, each one feature away from
+        the one before, so each reruns only that feature's windows. Their forwards (``stats["faithfulness_forwards"]``)
+        are not limited by ``max_forwards`` or ``max_seconds``.
     **engine_options
         Passed to :class:`segshap.PatchEngine` (``patch_size``, ``overlap``, ``blend``, ``margin``, ``batch_size``,
         ``cache_bytes``, ``autocast_dtype``, ...).
@@ -601,6 +621,8 @@ def explain(
     if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
                                     or max_seconds <= 0):
         raise ValueError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r}.")
+    if not isinstance(faithfulness, (bool, np.bool_)):
+        raise ValueError(f"faithfulness must be True or False, got {faithfulness!r}.")
     game = explanation_game(
         model, image, target=target, reference=reference, roi=roi, features=features, n_features=n_features,
         value=value, baseline=baseline, device=device, labelmap=labelmap, affine=affine, **engine_options,
@@ -626,6 +648,9 @@ def explain(
         interactions=lambda: adjacent_pairs(feature_map, engine.feature_ids),
     )
     forwards = engine.stats["patch_forwards"] - forwards_before
+    estimation_seconds = time.perf_counter() - estimation_started
+    curves = _faithfulness(engine, result.values, seed) if faithfulness else ()
+    faithfulness_seconds = time.perf_counter() - estimation_started - estimation_seconds
 
     kept = np.isin(feature_map, engine.feature_ids)
     feature_map = np.where(kept, feature_map, 0).astype(np.int32)
@@ -652,7 +677,9 @@ def explain(
         "stop_reason": {"max_cost": "max_forwards"}.get(result.stop_reason, result.stop_reason),
         "estimation_forwards": forwards,
         "forwards_per_coalition": forwards / max(result.n_evaluations, 1),
-        "estimation_seconds": time.perf_counter() - estimation_started,
+        "estimation_seconds": estimation_seconds,
+        "faithfulness_forwards": sum(c.forwards for c in curves),
+        "faithfulness_seconds": faithfulness_seconds,
         "seconds": time.perf_counter() - started,
     }
     settings = {
@@ -665,6 +692,7 @@ def explain(
         "design": design,
         "max_forwards": max_forwards,
         "max_seconds": max_seconds,
+        "faithfulness": faithfulness,
         "baseline": baseline if isinstance(baseline, (str, int, float)) else "array",
         "device": str(device),
         "seed": seed,
@@ -698,7 +726,19 @@ def explain(
         versions=_versions(),
         model_feature_map=feature_map,
         model_affine=prepared.grid.affine,
+        faithfulness=curves,
     )
+
+
+def _faithfulness(engine: PatchEngine, values: np.ndarray, seed: int) -> tuple[Faithfulness, ...]:
+    """Deletion and insertion curves of each target's ranking (``values``: ``(M, T)``), with their forwards."""
+    _log.info("Checking faithfulness: deletion and insertion curves over %d features", engine.n_features)
+    curves = []
+    for column in range(values.shape[1]):
+        before = engine.stats["patch_forwards"]
+        found = faithfulness_curves(engine.evaluate, values[:, column], column=column, seed=seed)
+        curves.append(dataclasses.replace(found, forwards=engine.stats["patch_forwards"] - before))
+    return tuple(curves)
 
 
 def _forward_progress(progress: Callable[[int, int], None], engine: PatchEngine, max_forwards: int | None):

@@ -30,7 +30,9 @@ def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0)
 
     The slices, zoomed on the features' support, show the image in grey, the heatmap over it in a diverging colour
     map centred at 0 (red: the feature supports the segmentation, blue: it works against it), the target segment's
-    outline in black and the ROI's in dashed gold, and a colour bar. The bar chart shows the features with the largest absolute values, with ±1 standard error bars.
+    outline in black and the ROI's in dashed gold, and a colour bar. The bar chart shows the features with the
+    largest absolute values, with ±1 standard error bars; beside it, when the explanation has them, the deletion and
+    insertion curves of its ranking and of a random one.
 
     Parameters
     ----------
@@ -82,7 +84,8 @@ def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0)
         ax.set_axis_off()
     figure.colorbar(overlay, ax=figure.axes, shrink=0.8, label="Shapley value")
 
-    ax = figure.add_subplot(grid[1, :])
+    curves = explanation.faithfulness[target_index] if explanation.faithfulness else None
+    ax = figure.add_subplot(grid[1, :2] if curves is not None else grid[1, :])
     order = np.argsort(-np.abs(values))[:TOP_FEATURES]
     colours = np.where(values[order] >= 0, "#c0392b", "#2e6da4")
     positions = np.arange(len(order))
@@ -101,5 +104,22 @@ def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0)
         f"v(all) = {np.ravel(explanation.full_value)[target_index]:.3f}, "
         f"v(none) = {np.ravel(explanation.base_value)[target_index]:.3f}"
     )
+    if curves is not None:
+        _plot_faithfulness(figure.add_subplot(grid[1, 2]), curves)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _plot_faithfulness(ax, curves) -> None:
+    """Deletion and insertion curves of the ranking (solid) and of a random ranking (dotted)."""
+    steps = np.linspace(0, 1, curves.deletion.size)
+    for name, ranked, auc, shuffled, colour in (
+        ("deletion", curves.deletion, curves.deletion_auc, curves.random_deletion, "#2e6da4"),
+        ("insertion", curves.insertion, curves.insertion_auc, curves.random_insertion, "#c0392b"),
+    ):
+        ax.plot(steps, ranked, color=colour, label=f"{name} by value (AUC {auc:.3f})")
+        ax.plot(steps, shuffled, color=colour, linestyle=":", label=f"{name}, random order")
+    ax.set_xlabel("fraction of features switched off (deletion) or on (insertion)")
+    ax.set_ylabel("value")
+    ax.set_title("Faithfulness", fontsize=10)
+    ax.legend(fontsize=7)
