@@ -215,15 +215,21 @@ def test_explain_end_to_end_builds_the_nodes_on_the_input_geometry(scene, tmp_pa
     assert nodes.heatmap.GetName() == "T1 oblique SHAP white_matter (slic 20, soft_dice)"
     assert nodes.table.GetName().endswith(" values") and nodes.features.GetName().endswith(" features")
 
-    # Volume rendering: only the strongest features are opaque, zero is transparent.
+    # Volume rendering: only the top features are opaque, zero is transparent.
     opacity = nodes.volumeRendering.GetVolumePropertyNode().GetVolumeProperty().GetScalarOpacity()
     assert opacity.GetValue(0.0) == 0.0 and opacity.GetValue(strongest) > 0.5 and opacity.GetValue(-strongest) > 0.5
+    weakest_top = min(abs(values[i]) for i in nodes.topFeatures)
+    assert all(opacity.GetValue(v) == 0.0 for v in values.values() if abs(v) < weakest_top * 0.5)
 
-    # Slice views: heatmap over the input, features as outlines; a table row recentres them on its feature.
+    # Slice views: the input under the feature segments (one per feature, named with its value); a table row
+    # recentres them on its feature.
     logic.showResults(volume, nodes)
     composite = scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
-    assert composite.GetForegroundVolumeID() == nodes.heatmap.GetID()
-    assert composite.GetLabelVolumeID() == nodes.features.GetID()
+    assert composite.GetBackgroundVolumeID() == volume.GetID() and not composite.GetLabelVolumeID()
+    segments = nodes.segments.GetSegmentation()
+    assert segments.GetNumberOfSegments() == len(set(np.unique(ids)) - {0})
+    assert shNode.GetItemParent(shNode.GetItemByDataNode(nodes.segments)) == nodes.folderItem
+    assert nodes.segments.GetDisplayNode().GetVisibility()
     point = logic.jumpToFeature(nodes.table, 0)
     top = by_id[int(rows[0]["Feature"])]
     np.testing.assert_allclose(point, np.array(top["centroid_ras_mm"]) + shift)

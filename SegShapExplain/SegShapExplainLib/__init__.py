@@ -6,7 +6,7 @@ the module file ``SegShapExplain.py`` only wires these to the panel.
 
 from .logic import ModelDescription, SegShapExplainLogic
 from .results import ExplanationNodes
-from .settings import Baseline, Device, ExplainSettings, FeatureKind, ValueFunction
+from .settings import Baseline, Device, ExplainSettings, FeatureKind, OutlineStyle, ValueFunction
 from .worker import (
     JobCallbacks,
     OutOfMemoryError,
@@ -27,6 +27,7 @@ __all__ = [
     "ValueFunction",
     "Baseline",
     "Device",
+    "OutlineStyle",
     "JobCallbacks",
     "Progress",
     "WorkerJob",

@@ -22,7 +22,7 @@ import slicer
 
 from .exchange import checkScalarVolume, exportSegment, exportVolume
 from .results import ExplanationNodes, importExplanation, importSegmentation, jumpToFeature, showInSliceViews
-from .settings import Device, ExplainSettings
+from .settings import Device, ExplainSettings, OutlineStyle
 from .worker import (
     JobCallbacks,
     ProcessRunner,
@@ -267,9 +267,10 @@ class SegShapExplainLogic:
 
     # ------------------------------------------------------------------------------------------------ display
 
-    def showResults(self, volumeNode, nodes: ExplanationNodes, opacity: float = 0.5) -> None:
-        """Show the heatmap over ``volumeNode`` and the feature outlines in every slice view."""
-        showInSliceViews(self.scene, volumeNode, nodes, opacity)
+    def showResults(self, volumeNode, nodes: ExplanationNodes, opacity: float = 1.0,
+                    outlines: OutlineStyle = OutlineStyle.TOP) -> None:
+        """Show the features over ``volumeNode``, filled by value, with the chosen outlines, in every slice view."""
+        showInSliceViews(self.scene, volumeNode, nodes, opacity, outlines)
 
     def jumpToFeature(self, tableNode, row: int) -> tuple[float, float, float]:
         """Centre the slice views on the feature of ``row`` in an explanation table; returns the point (RAS)."""

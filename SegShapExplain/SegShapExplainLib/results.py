@@ -1,5 +1,14 @@
 """The worker's outputs as MRML nodes: heatmap, feature labelmap, value table, volume rendering, subject hierarchy.
 
+What the slice views show: the input as background and a segmentation with one segment per feature, each filled
+in the colour of its sign (red supports the segmentation, blue works against it) at an opacity that grows with
+|value| (``FAINTEST_ALPHA`` for the weakest, ``STRONGEST_ALPHA`` for the strongest), so weak features let the
+anatomy through and only voxels outside every feature are shown untouched. The top features are also outlined, in
+their own colour at full opacity (outline colour is sign, as the fill's; a neutral colour would be a third one to
+read). Segments are drawn by Slicer's segmentation displayable manager, which blends each segment's opacity over
+the image; a label layer cannot: Slicer's slice view draws the blended layers with their alpha over black, so a
+translucent label entry darkens the anatomy under it. The segments are named with their values for the data probe.
+
 Everything is built first and added to the scene last, inside :class:`SceneAdditions`, so an error half-way
 removes what was added and the scene is as it was.
 """
@@ -16,6 +25,7 @@ import slicer
 import vtk
 
 from .exchange import ensureSegmentationConverters, readVolume
+from .settings import OutlineStyle
 
 DIVERGING_COLOR_NAME = "SegShapExplain diverging"
 DIVERGING_COLOR_TAG = "SegShapExplainDiverging"
@@ -23,10 +33,16 @@ NEGATIVE_RGB = (0.23, 0.30, 0.75)
 """Blue: features that work against the segmentation (Moreland's cool-warm end points)."""
 POSITIVE_RGB = (0.71, 0.02, 0.15)
 """Red: features that support the segmentation."""
+NEUTRAL_RGB = (0.8, 0.8, 0.8)
+"""Grey: a feature whose value is exactly 0 (still a feature: only voxels outside every feature are untouched)."""
+FAINTEST_ALPHA = 0.25
+"""Opacity of the weakest tinted value: the anatomy under a weak feature stays readable."""
+STRONGEST_ALPHA = 0.9
+"""Opacity at the strongest value."""
+TOP_FEATURES = 10
+"""The top features (by |value|) that are outlined and shown in 3D: this many, or all when there are fewer."""
 TABLE_COLUMNS = ("Feature", "Value", "Std. error", "Voxels", "Organ", "R", "A", "S")
 ROLE_ATTRIBUTE = "SegShapExplain.Role"
-STRONGEST_FRACTION = 0.1
-"""The volume rendering shows the features whose |value| is among the strongest tenth."""
 
 
 @dataclass
@@ -38,11 +54,13 @@ class ExplanationNodes:
     heatmap : vtkMRMLScalarVolumeNode
         Each voxel the Shapley value of its feature (0 outside all features), on the input's grid.
     features : vtkMRMLLabelMapVolumeNode
-        The feature ids (0: not a feature).
+        The feature ids (0: not a feature), coloured by value (see the module's docstring).
+    segments : vtkMRMLSegmentationNode
+        One segment per feature (named after its id and value), filled by value and outlined when on top.
     table : vtkMRMLTableNode
         One row per feature, sorted by |value|: ``TABLE_COLUMNS`` (R, A, S: the feature's centroid).
     volumeRendering : vtkMRMLVolumeRenderingDisplayNode or None
-        The strongest positive (red) and negative (blue) features in 3D.
+        The top features in 3D: positive red, negative blue.
     folderItem : int
         The subject hierarchy folder holding the nodes, under the input volume's study.
     report : dict
@@ -51,6 +69,7 @@ class ExplanationNodes:
 
     heatmap: object
     features: object
+    segments: object
     table: object
     volumeRendering: object | None
     folderItem: int
@@ -60,6 +79,17 @@ class ExplanationNodes:
     def values(self) -> dict[int, float]:
         """Feature id to value, as the worker computed them."""
         return {row["id"]: row["value"] for row in self.report["features"]}
+
+    @property
+    def topFeatures(self) -> list[int]:
+        """The ids of the top features (``TOP_FEATURES`` of largest |value|), strongest first."""
+        return topFeatureIds(self.report["features"])
+
+
+def topFeatureIds(rows: list[dict], count: int = TOP_FEATURES) -> list[int]:
+    """The ids of the ``count`` rows of largest |value| that are not 0, strongest first."""
+    ranked = sorted((row for row in rows if row["value"] != 0), key=lambda row: -abs(row["value"]))
+    return [row["id"] for row in ranked[:count]]
 
 
 class SceneAdditions:
@@ -136,14 +166,19 @@ def importExplanation(
             node.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
             node.CreateDefaultDisplayNodes()
         _showDiverging(heatmap.GetDisplayNode(), color, strongest)
+        features.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeLabels")
+        segments = _featureSegments(scene, features, rows, strongest, f"{baseName} segments", added)
+        segments.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
         table = added.addNew("vtkMRMLTableNode", f"{baseName} values")
         table.SetAttribute(ROLE_ATTRIBUTE, "table")
         _fillTable(table, rows, heatmap)
         rendering = None
         if volumeRenderingLogic is not None:
-            rendering = _renderStrongest(volumeRenderingLogic, heatmap, rows, strongest, added)
-        folder = placeInStudy(scene, inputVolume, baseName, [heatmap, features, table], added)
-    return ExplanationNodes(heatmap, features, table, rendering, folder, report)
+            rendering = _renderTop(volumeRenderingLogic, heatmap, rows, strongest)
+        folder = placeInStudy(scene, inputVolume, baseName, [heatmap, features, segments, table], added)
+    nodes = ExplanationNodes(heatmap, features, segments, table, rendering, folder, report)
+    setOutlineStyle(nodes, OutlineStyle.TOP)
+    return nodes
 
 
 def importSegmentation(scene, path: str, classes: dict, inputVolume, name: str):
@@ -204,20 +239,72 @@ def jumpToFeature(tableNode, row: int) -> tuple[float, float, float]:
     return tuple(point)
 
 
-def showInSliceViews(scene, inputVolume, nodes: ExplanationNodes, opacity: float = 0.5) -> None:
-    """Input as background, heatmap as foreground, feature outlines as label layer in every slice view."""
+def showInSliceViews(scene, inputVolume, nodes: ExplanationNodes, opacity: float = 1.0,
+                     outlines: OutlineStyle = OutlineStyle.TOP) -> None:
+    """In every slice view: the input as background, no foreground or label layer (they would cover it), and the
+    feature segments filled by value (``opacity`` scales every fill) with the chosen outlines."""
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
         composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
         composite.SetBackgroundVolumeID(inputVolume.GetID())
-        composite.SetForegroundVolumeID(nodes.heatmap.GetID())
-        composite.SetForegroundOpacity(opacity)
-        composite.SetLabelVolumeID(nodes.features.GetID())
-    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
-        scene.GetNthNodeByClass(index, "vtkMRMLSliceNode").SetUseLabelOutline(True)
+        composite.SetForegroundVolumeID(None)
+        composite.SetLabelVolumeID(None)
+    display = nodes.segments.GetDisplayNode()
+    display.SetVisibility(True)
+    display.SetOpacity2DFill(opacity)
+    setOutlineStyle(nodes, outlines)
+
+
+def setOutlineStyle(nodes: ExplanationNodes, style: OutlineStyle) -> None:
+    """Outline the top features, all of them, or none (each in its own colour)."""
+    display = nodes.segments.GetDisplayNode()
+    shown = {OutlineStyle.TOP: set(topFeatureIds(nodes.report["features"])), OutlineStyle.NONE: set()}.get(style)
+    segments = nodes.segments.GetSegmentation()
+    for index in range(segments.GetNumberOfSegments()):
+        segmentId = segments.GetNthSegmentID(index)
+        feature = segments.GetSegment(segmentId).GetLabelValue()
+        display.SetSegmentVisibility2DOutline(segmentId, shown is None or feature in shown)
+
+
+def _featureSegments(scene, features, rows: list[dict], strongest: float, name: str, added: SceneAdditions):
+    """One segment per feature, named with its value, filled in its sign's colour at an opacity growing with
+    |value|; shown in the slice views only (the 3D view has the volume rendering)."""
+    ensureSegmentationConverters()
+    segmentation = added.addNew("vtkMRMLSegmentationNode", name)
+    segmentation.SetAttribute(ROLE_ATTRIBUTE, "segments")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(features)
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(features, segmentation):
+        raise ValueError(f"Could not make segments of the features of {features.GetName()!r}.")
+    segmentation.CreateDefaultDisplayNodes()
+    display = segmentation.GetDisplayNode()
+    display.SetVisibility3D(False)
+    display.SetOpacity2DOutline(1.0)
+    values = {row["id"]: row["value"] for row in rows}
+    segments = segmentation.GetSegmentation()
+    for index in range(segments.GetNumberOfSegments()):
+        segmentId = segments.GetNthSegmentID(index)
+        segment = segments.GetSegment(segmentId)
+        value = values.get(segment.GetLabelValue(), 0.0)
+        segment.SetName(f"feature {segment.GetLabelValue()} ({value:+.4g})")
+        segment.SetColor(*featureColor(value))
+        display.SetSegmentOpacity2DFill(segmentId, featureOpacity(value, strongest))
+    return segmentation
+
+
+def featureColor(value: float) -> tuple[float, float, float]:
+    """A feature's colour: its sign's (grey for exactly 0, which is still a feature)."""
+    return NEGATIVE_RGB if value < 0 else POSITIVE_RGB if value > 0 else NEUTRAL_RGB
+
+
+def featureOpacity(value: float, strongest: float) -> float:
+    """A feature's fill opacity: ``FAINTEST_ALPHA`` at 0, ``STRONGEST_ALPHA`` at the strongest |value|, growing
+    as its square root so that weak features stay visible."""
+    strength = abs(value) / strongest if strongest > 0 else 0.0
+    return FAINTEST_ALPHA + (STRONGEST_ALPHA - FAINTEST_ALPHA) * math.sqrt(strength)
 
 
 def _divergingColorNode(scene, added: SceneAdditions):
-    """The module's blue-white-red table (one per scene); zero is transparent so unexplained voxels show the image."""
+    """The heatmap's blue-white-red table (one per scene), for a user who shows the heatmap itself as a layer;
+    zero is transparent. 255 entries: a slice layer indexes at most 256."""
     existing = scene.GetSingletonNode(DIVERGING_COLOR_TAG, "vtkMRMLColorTableNode")
     if existing is not None:
         return existing
@@ -231,9 +318,7 @@ def _divergingColorNode(scene, added: SceneAdditions):
     middle = (count - 1) / 2
     for index in range(count):
         t = (index - middle) / middle  # -1 .. 1
-        end = POSITIVE_RGB if t > 0 else NEGATIVE_RGB
-        weight = abs(t)
-        rgb = [1.0 + (c - 1.0) * weight for c in end]  # white at 0, the end colour at +-1
+        rgb = [1.0 + (c - 1.0) * abs(t) for c in (POSITIVE_RGB if t > 0 else NEGATIVE_RGB)]
         color.SetColor(index, f"{t:+.3f}", *rgb, 0.0 if index == middle else 1.0)
     added.add(color)
     return color
@@ -273,25 +358,32 @@ def _fillTable(table, rows: list[dict], heatmap) -> None:
         table.SetAttribute("SegShapExplain.TransformNodeID", heatmap.GetTransformNodeID())
 
 
-def _renderStrongest(logic, heatmap, rows: list[dict], strongest: float, added: SceneAdditions):
-    """Volume rendering of the heatmap in which only the strongest features (by |value|) are opaque."""
-    if strongest <= 0:
+def _renderTop(logic, heatmap, rows: list[dict], strongest: float):
+    """Volume rendering of the heatmap in which only the top features (``topFeatureIds``) are opaque.
+
+    The opacity steps up just below the weakest top feature's |value|. The step is kept at least 1/1000 of the
+    value range wide: closer points make GPU ray casters build lookup tables of millions of entries (and warn).
+    """
+    top = topFeatureIds(rows)
+    if not top:
         return None
-    magnitudes = np.sort(np.abs([row["value"] for row in rows]))[::-1]
-    shown = max(1, int(math.ceil(STRONGEST_FRACTION * len(magnitudes))))
-    threshold = float(magnitudes[shown - 1]) * (1 - 1e-6)
+    values = {row["id"]: abs(row["value"]) for row in rows}
+    threshold = min(values[i] for i in top)
+    weaker = max((v for i, v in values.items() if v < threshold), default=0.0)
+    step = max((threshold - weaker) / 2, strongest / 1000)
+    below = max(threshold - step, strongest / 2000)
     display = logic.CreateDefaultVolumeRenderingNodes(heatmap)
-    propertyNode = display.GetVolumePropertyNode()
-    volumeProperty = propertyNode.GetVolumeProperty()
+    volumeProperty = display.GetVolumePropertyNode().GetVolumeProperty()
     colors = vtk.vtkColorTransferFunction()
     colors.AddRGBPoint(-strongest, *NEGATIVE_RGB)
-    colors.AddRGBPoint(0.0, 1.0, 1.0, 1.0)
+    colors.AddRGBPoint(-below, *NEGATIVE_RGB)
+    colors.AddRGBPoint(below, *POSITIVE_RGB)
     colors.AddRGBPoint(strongest, *POSITIVE_RGB)
     opacity = vtk.vtkPiecewiseFunction()
-    below = threshold * (1 - 1e-3)
-    for x, alpha in ((-strongest, 0.9), (-threshold, 0.5), (-below, 0.0), (below, 0.0), (threshold, 0.5),
-                     (strongest, 0.9)):
-        opacity.AddPoint(x, alpha)
+    points = {-strongest: STRONGEST_ALPHA, -threshold: 0.6, -below: 0.0, below: 0.0, threshold: 0.6,
+              strongest: STRONGEST_ALPHA}
+    for x in sorted(points):
+        opacity.AddPoint(x, points[x])
     volumeProperty.SetColor(colors)
     volumeProperty.SetScalarOpacity(opacity)
     volumeProperty.SetInterpolationTypeToNearest()

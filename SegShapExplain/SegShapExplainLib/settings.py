@@ -74,6 +74,18 @@ class Device(enum.Enum):
         return {Device.AUTO: "Auto (GPU if available)", Device.CUDA: "GPU (CUDA)", Device.CPU: "CPU"}[device]
 
 
+class OutlineStyle(enum.Enum):
+    """Which features the slice views outline, in one neutral colour (sign and strength are the fill's)."""
+
+    TOP = "top"
+    ALL = "all"
+    NONE = "none"
+
+    @staticmethod
+    def label(style: OutlineStyle) -> str:
+        return {OutlineStyle.TOP: "Top features", OutlineStyle.ALL: "All features", OutlineStyle.NONE: "None"}[style]
+
+
 @dataclass(frozen=True)
 class ExplainSettings:
     """Options of one explanation (the worker's ``options``).
