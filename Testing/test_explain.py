@@ -277,3 +277,24 @@ def test_faithfulness_can_be_turned_off_and_follows_each_target(mni_t1):
         assert curves.insertion[0] == pytest.approx(both.base_value[column], abs=1e-9)
     with pytest.raises(ValueError, match="faithfulness must be True or False"):
         segshap.explain(net, mni_t1, target=1, faithfulness="no", **options)
+
+
+@pytest.mark.slow
+def test_save_renders_the_views_as_slicer_shows_them_when_asked(tmp_path, explained, monkeypatch, caplog):
+    import matplotlib.image
+
+    import segshap.report
+
+    _, ex = explained
+    outputs = ex.save(tmp_path / "out", slices=True)
+    picture = matplotlib.image.imread(outputs["slices"])
+    assert outputs["slices"].name == "slices.png" and picture.shape[1] > 3 * picture.shape[0] > 600
+    red = (picture[..., 0] > 0.5) & (picture[..., 1] < 0.35) & (picture[..., 2] < 0.45)
+    assert red.sum() > 100  # the features, in the colour of their sign
+    # Where slicer-core is missing: asked for, it fails and writes nothing; "when possible", it is left out.
+    monkeypatch.setattr(segshap.report, "slicer_views_available", lambda: False)
+    with pytest.raises(RuntimeError, match="slicer-core"):
+        ex.save(tmp_path / "none", slices=True)
+    assert not (tmp_path / "none").exists()
+    assert "slices" not in ex.save(tmp_path / "optional", slices=None)
+    assert "slices.png not made" in caplog.text

@@ -410,6 +410,7 @@ def _explain_job(args: argparse.Namespace) -> dict:
         "roi": args.roi,
         "out": args.out,
         "options": options,
+        "slices": args.slices,
     }
 
 
@@ -427,6 +428,7 @@ def _demo_job(args: argparse.Namespace) -> dict:
         "roi": [list(pair) for pair in DEMO_ROI],
         "out": args.out,
         "options": options,
+        "slices": None,  # when slicer-core is installed
     }
 
 
@@ -434,7 +436,7 @@ def _explain_and_save(job: dict, progress, log: logging.Logger) -> tuple[object,
     explanation = _compute_in_background(lambda: _run(job, progress))
     log.info("Writing outputs to %s", job["out"])
     volume_format = ".nrrd" if volume_suffix(job["image"]) in NRRD_SUFFIXES else ".nii.gz"
-    outputs = explanation.save(job["out"], volume_format=volume_format)
+    outputs = explanation.save(job["out"], volume_format=volume_format, slices=job.get("slices", False))
     return explanation, {name: str(path.absolute()) for name, path in outputs.items()}
 
 
@@ -582,6 +584,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="stop sampling before this many window forwards")
     command.add_argument("--max-seconds", dest="max_seconds", type=float,
                          help="stop sampling before the estimation runs this many seconds")
+    command.add_argument("--slices", action="store_true",
+                         help="also write slices.png: the views as 3D Slicer draws them (needs slicer-core)")
     command.add_argument("--no-faithfulness", dest="faithfulness", action="store_const", const=False,
                          help="skip the deletion and insertion curves computed after the values")
     command.add_argument("--baseline", type=_baseline, help=f"{', '.join(BASELINES)} or a number (default mean)")

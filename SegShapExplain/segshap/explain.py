@@ -193,9 +193,15 @@ class Explanation:
         return entries[0] if np.ndim(self.values) == 1 else entries
 
     def save(
-        self, out_dir: str | os.PathLike, affine: np.ndarray | None = None, *, volume_format: str = ".nii.gz"
+        self,
+        out_dir: str | os.PathLike,
+        affine: np.ndarray | None = None,
+        *,
+        volume_format: str = ".nii.gz",
+        slices: bool | None = False,
     ) -> dict[str, Path]:
-        """Write ``heatmap.nii.gz``, ``features.nii.gz``, ``explanation.json`` and ``overview.png``.
+        """Write ``heatmap.nii.gz``, ``features.nii.gz``, ``explanation.json``, ``overview.png`` and, when asked,
+        ``slices.png``.
 
         Files are written to a staging folder and moved into ``out_dir`` together at the end, so an error or an
         interruption leaves ``out_dir`` as it was.
@@ -209,22 +215,39 @@ class Explanation:
         volume_format : str
             ``".nii.gz"``, ``".nii"`` or ``".nrrd"`` (full-precision geometry, as 3D Slicer writes): the format of
             the heatmap and the feature map.
+        slices : bool or None
+            Also render ``slices.png``: the explanation as 3D Slicer's own slice and 3D views show it (needs
+            slicer-core, the ``views`` extra; rendered in a separate process). ``True`` fails when it cannot be made,
+            ``None`` makes it when it can (a warning says why not otherwise), ``False`` skips it.
 
         Returns
         -------
         dict
-            Output name (``heatmap``, ``features``, ``report``, ``overview``) to its final path.
+            Output name (``heatmap``, ``features``, ``report``, ``overview``, and ``slices`` when written) to its
+            final path.
         """
-        from .report import overview_figure
+        from .report import SLICES_FILE, overview_figure, slicer_views_available, slicer_views_picture
 
         affine = np.asarray(affine if affine is not None else self.affine if self.affine is not None else np.eye(4))
         files = output_files(volume_format)
+        if slices is None and not slicer_views_available():
+            _log.warning("slices.png not made: it needs slicer-core (pip install 'segshap[views]')")
+            slices = False
         with StagedOutput(out_dir) as staging:
             write_image(staging / files["heatmap"], self.heatmap, affine)
             write_image(staging / files["features"], self.feature_map.astype(np.int32), affine)
             report = self.to_dict()
             (staging / files["report"]).write_text(json.dumps(report, indent=1))
             overview_figure(self, staging / files["overview"])
+            if slices is not False:
+                staged = {name: staging / file for name, file in files.items()}
+                try:
+                    slicer_views_picture(self, staged, staging / SLICES_FILE, affine, volume_format)
+                    files["slices"] = SLICES_FILE
+                except RuntimeError as error:
+                    if slices:
+                        raise
+                    _log.warning("slices.png not made: %s", error)
         return {name: Path(out_dir) / file for name, file in files.items()}
 
 

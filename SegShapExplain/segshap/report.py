@@ -1,15 +1,31 @@
-"""The overview figure of an explanation: where the important supervoxels are, and how important they are."""
+"""The pictures of an explanation: the overview figure (matplotlib, always) and the views as 3D Slicer draws them
+(``slices.png``, when slicer-core is installed: the ``views`` extra).
+
+The engine imports no Slicer code: ``slices.png`` is rendered by the Slicer-side ``SegShapExplainLib.views`` in a
+process of its own, so that a graphics driver that fails cannot take the explanation with it.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
 from .geometry import Grid
 from .inputs import bounding_box
 
-__all__ = ["overview_figure"]
+__all__ = ["overview_figure", "slicer_views_available", "slicer_views_picture", "SLICES_FILE"]
+
+SLICES_FILE = "slices.png"
+SLICER_VIEWS_TIMEOUT = 600
+"""Seconds the rendering process may take (the first import of slicer-core on a cold disk is the slow part)."""
+_log = logging.getLogger("segshap")
 
 TOP_FEATURES = 15
 FAINT = 0.01
@@ -123,3 +139,70 @@ def _plot_faithfulness(ax, curves) -> None:
     ax.set_ylabel("value")
     ax.set_title("Faithfulness", fontsize=10)
     ax.legend(fontsize=7)
+
+
+def _lib_folder() -> Path | None:
+    """The folder holding ``SegShapExplainLib`` (beside the engine in a checkout or a Slicer extension)."""
+    spec = importlib.util.find_spec("SegShapExplainLib")
+    if spec is not None and spec.origin:
+        return Path(spec.origin).parent.parent
+    beside = Path(__file__).resolve().parent.parent
+    return beside if (beside / "SegShapExplainLib" / "views.py").is_file() else None
+
+
+def slicer_views_available() -> bool:
+    """Whether ``slices.png`` can be rendered here: slicer-core installed and ``SegShapExplainLib`` found."""
+    return importlib.util.find_spec("slicer") is not None and _lib_folder() is not None
+
+
+def _target_centre(explanation, target_index: int, affine: np.ndarray) -> np.ndarray:
+    """RAS centre of the target segment inside the ROI (of the ROI when the segment is not in it)."""
+    roi = explanation.roi
+    reference = explanation.reference[target_index] & roi
+    shown = reference if reference.any() else roi
+    voxel = np.argwhere(shown).mean(axis=0) if shown.any() else (np.array(roi.shape) - 1) / 2
+    return (affine @ np.append(voxel, 1.0))[:3]
+
+
+def slicer_views_picture(explanation, outputs: dict, path: str | os.PathLike, affine: np.ndarray,
+                         volume_format: str = ".nii.gz", target_index: int = 0) -> None:
+    """Render ``path`` (``slices.png``): axial, sagittal and coronal views through the target and a 3D view of the
+    top features, as 3D Slicer shows the explanation (``SegShapExplainLib.views.explanationPicture``).
+
+    Parameters
+    ----------
+    explanation : segshap.Explanation
+    outputs : dict
+        Its saved ``heatmap``, ``features`` and ``report``, in one folder.
+    path : path
+        The PNG to write.
+    affine : np.ndarray
+        The outputs' voxel-to-RAS affine (the image is written with it as the views' background).
+
+    Raises
+    ------
+    RuntimeError
+        slicer-core or ``SegShapExplainLib`` is missing, or the rendering process failed (its last output quoted).
+    """
+    from .io import write_image
+
+    if not slicer_views_available():
+        raise RuntimeError("slices.png needs slicer-core (pip install 'segshap[views]') and the SegShapExplainLib "
+                           "folder beside the engine; overview.png shows the same explanation without them.")
+    centre = _target_centre(explanation, target_index, affine)
+    lib = str(_lib_folder())
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([lib, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    with tempfile.TemporaryDirectory(prefix="segshap-views-") as scratch:
+        image = Path(scratch) / "image.nii.gz"
+        write_image(image, explanation.image, affine)
+        command = [sys.executable, "-m", "SegShapExplainLib.views", "--image", str(image),
+                   "--outputs", str(Path(outputs["report"]).parent), "--volume-format", volume_format,
+                   "--centre=" + ",".join(f"{c:.4f}" for c in centre), "--out", str(path)]
+        try:
+            result = subprocess.run(command, env=environment, capture_output=True, text=True,
+                                    timeout=SLICER_VIEWS_TIMEOUT)
+        except subprocess.TimeoutExpired as error:
+            raise RuntimeError(f"Rendering slices.png took more than {SLICER_VIEWS_TIMEOUT} s; stopped.") from error
+    if result.returncode != 0 or not Path(path).is_file():
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
+        raise RuntimeError(f"Rendering slices.png failed (exit code {result.returncode}): {tail}")
