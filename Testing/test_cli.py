@@ -336,3 +336,20 @@ def test_a_worker_whose_launcher_is_already_gone_ends_at_once(job, tmp_path):
     done = segshap("worker", "--request", str(request), "--parent-pid", str(gone.pid))
     assert done.returncode == 128 + signal.SIGTERM
     assert done.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_a_reference_outside_the_image_is_said_not_to_overlap(mni_nifti, scripted_model, tmp_path):
+    import nibabel
+    import numpy as np
+
+    image, data, affine = mni_nifti
+    segment = np.zeros(data.shape, np.uint8)
+    segment[44:50, 54:60, 44:50] = 1
+    elsewhere = affine.copy()
+    elsewhere[:3, 3] += 1000.0  # a metre away: drawn on another image
+    nibabel.save(nibabel.Nifti1Image(segment, elsewhere), str(tmp_path / "segment.nii.gz"))
+    done = segshap("explain", "--image", str(image), "--model", str(scripted_model), "--target", "tissue_b",
+                   "--reference", str(tmp_path / "segment.nii.gz"), "--out", str(tmp_path / "out"),
+                   "--device", "cpu", "--quiet")
+    assert done.returncode != 0 and "does not overlap the image" in done.stderr, done.stderr
+    assert "empty" not in done.stderr and not (tmp_path / "out").exists()

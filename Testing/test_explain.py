@@ -4,6 +4,7 @@ features only where they matter, outputs on disk, and errors."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -298,3 +299,23 @@ def test_save_renders_the_views_as_slicer_shows_them_when_asked(tmp_path, explai
     assert not (tmp_path / "none").exists()
     assert "slices" not in ex.save(tmp_path / "optional", slices=None)
     assert "slices.png not made" in caplog.text
+
+
+def test_a_single_slice_is_refused_at_once(mni_t1):
+    with pytest.raises(ValueError, match="single slice"):
+        segshap.explain(small_unet(1, 3), mni_t1[:, :, 50:51], target=1, device="cpu", **TILING)
+
+
+def test_intensities_near_the_float32_limit_give_no_overflow_warning(mni_t1, mni_nifti, scripted_model):
+    _, data, affine = mni_nifti
+    model = segshap.load_model(scripted_model, device="cpu")
+    huge = (mni_t1 / np.abs(mni_t1).max() * np.float32(3e38)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        # The sidecar's z-scoring makes an image scaled by 1e30 the image it was scaled from.
+        scaled = model.preprocess(data * np.float32(1e30), affine).image
+        # The mean baseline of an image whose sum exceeds float32.
+        game = segshap.explanation_game(small_unet(1, 3), huge, target=1, reference=mni_t1 > 1, roi=ROI,
+                                        features="grid", n_features=8, device="cpu", **TILING)
+    np.testing.assert_allclose(scaled, model.preprocess(data, affine).image, atol=1e-4)
+    assert game.baseline == pytest.approx(float(huge.mean(dtype=np.float64)), rel=1e-6)

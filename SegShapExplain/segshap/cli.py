@@ -153,7 +153,7 @@ def _read_reference(path, segment: str | None, targets: dict[int, str], image_gr
                     f"The reference {path} has no segment named {name!r}; its segments are "
                     f"{', '.join(repr(n) for n in segments)}. Choose one with --reference-segment."
                 )
-            return transfer(by_name[name.lower()], grid, image_grid)
+            return _carried(by_name[name.lower()], grid, image_grid, path)
 
         if segment is not None:
             if len(targets) > 1:
@@ -161,7 +161,7 @@ def _read_reference(path, segment: str | None, targets: dict[int, str], image_gr
                                  "after the targets' classes instead.")
             return pick(segment)
         if len(targets) == 1 and len(segments) == 1:
-            return transfer(next(iter(segments.values())), grid, image_grid)
+            return _carried(next(iter(segments.values())), grid, image_grid, path)
         if len(targets) == 1:
             return pick(next(iter(targets.values())))
         labels = np.zeros(image_grid.shape, np.int64)
@@ -171,8 +171,19 @@ def _read_reference(path, segment: str | None, targets: dict[int, str], image_gr
     data, affine = read_image(path)
     if data.ndim != 3 or not np.array_equal(data, np.round(data)) or data.min() < 0:
         raise UsageError(f"The reference {path} must be a 3D segmentation (non-negative integer labels).")
-    labels = transfer(data.astype(np.int64), Grid(data.shape, affine), image_grid)
+    labels = _carried(data.astype(np.int64), Grid(data.shape, affine), image_grid, path)
     return labels > 0 if len(targets) == 1 and labels.max() <= 1 else labels
+
+
+def _carried(labels: np.ndarray, grid: Grid, image_grid: Grid, path) -> np.ndarray:
+    """``labels`` on the image's grid; refused when labelled voxels exist but none lies inside the image."""
+    moved = transfer(labels, grid, image_grid)
+    if labels.any() and not moved.any():
+        raise UsageError(
+            f"The reference {path} does not overlap the image: none of its labelled voxels lies inside the "
+            "image's volume (in RAS). Was it drawn on another image, or saved without its geometry?"
+        )
+    return moved
 
 
 def _load(job: dict) -> tuple[np.ndarray, np.ndarray, LoadedModel, dict]:

@@ -355,13 +355,25 @@ def _targets(model, target) -> tuple[tuple[int, ...], tuple[str, ...], bool]:
     return tuple(indices), tuple(names), single
 
 
+def _refuse_flat(shape: tuple[int, ...], channels_last: bool) -> None:
+    """Refuse an image with a single slice along an axis: a 3D model has no volume to read context from, and
+    tiling it costs as much as a whole series."""
+    spatial = shape[:3] if channels_last or len(shape) == 3 else shape[1:]
+    if len(spatial) == 3 and min(spatial) < 2:
+        axis = "XYZ"[spatial.index(min(spatial))]
+        raise ValueError(
+            f"The image is a single slice along {axis} (spatial shape {tuple(spatial)}); segshap explains 3D "
+            "volumes. Give the whole series (e.g. load the full DICOM series in 3D Slicer and export that volume)."
+        )
+
+
 def _baseline(baseline, x: np.ndarray):
     if isinstance(baseline, str):
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be a number, an array or one of {BASELINES}, got {baseline!r}.")
         if baseline == "zero":
             return 0.0
-        per_channel = [float(c.mean() if baseline == "mean" else c.min()) for c in x]
+        per_channel = [float(c.mean(dtype=np.float64) if baseline == "mean" else c.min()) for c in x]
         if len(per_channel) == 1:
             return per_channel[0]
         return np.broadcast_to(np.asarray(per_channel, np.float32)[:, None, None, None], x.shape).copy()
@@ -471,6 +483,7 @@ def explanation_game(
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model, device=str(device))
     targets, names, single = _targets(model, target)
+    _refuse_flat(np.shape(image), channels_last=isinstance(model, LoadedModel))
     network, prepared, tiling_settings = _prepared(model, image, affine, engine_options)
     x = prepared.image
     spatial = x.shape[1:]

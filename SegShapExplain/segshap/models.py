@@ -191,10 +191,12 @@ def sidecar_preprocess(data: np.ndarray, affine: np.ndarray | None, settings: di
     method = settings.get("normalize", "none")
     if method == "zscore":
         for channel in data:
-            inside = channel[channel > 0] if settings.get("nonzero") else channel
-            if inside.size == 0 or inside.std() == 0:
+            # float64: the squares of float32 intensities above about 1e19 overflow.
+            inside = (channel[channel > 0] if settings.get("nonzero") else channel).astype(np.float64)
+            std = inside.std() if inside.size else 0.0
+            if std == 0:
                 raise ValueError("The image is constant (or has no voxel > 0): it cannot be z-scored.")
-            mean, std = inside.mean(), inside.std()
+            mean = inside.mean()
             channel -= mean
             channel /= std
     elif method == "scale":
