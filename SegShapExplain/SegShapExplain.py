@@ -28,6 +28,7 @@ from SegShapExplainLib import (
     ExplainSettings,
     FeatureKind,
     JobCallbacks,
+    OutlineStyle,
     OutOfMemoryError,
     SegShapExplainLogic,
     SubprocessRunner,
@@ -80,13 +81,15 @@ class SegShapExplainParameterNode:
     baseline: Baseline = Baseline.MEAN
     device: Device = Device.AUTO
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
+    faithfulness: bool = True
+    outlineStyle: OutlineStyle = OutlineStyle.TOP
     resultTable: vtkMRMLTableNode
 
     def settings(self) -> ExplainSettings:
         return ExplainSettings(
             features=self.features, nFeatures=self.nFeatures, value=self.value,
             nSamples=0 if self.autoSamples else self.nSamples, tolerance=self.tolerance, timeLimit=self.timeLimit,
-            baseline=self.baseline, device=self.device, seed=self.seed,
+            baseline=self.baseline, device=self.device, seed=self.seed, faithfulness=self.faithfulness,
         )
 
 
@@ -115,6 +118,8 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._describedModel = None  # (path, trust, device) the listed classes are from
         self._restoringReference = False
         self._retry = None  # starts the last job again (after an out-of-memory error, on the CPU)
+        self._shownResults = None  # the ExplanationNodes in the slice views, restyled when the outline style changes
+        self._outlineStyle = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -187,6 +192,9 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateButtons(self, caller=None, event=None) -> None:
         parameters = self._parameterNode
+        if parameters and self._shownResults and parameters.outlineStyle is not self._outlineStyle:
+            self._outlineStyle = parameters.outlineStyle
+            self.logic.setOutlineStyle(self._shownResults, self._outlineStyle)
         if parameters and (parameters.modelPath, parameters.trustModel, parameters.device) != self._describedModel:
             self.describeModel()
         running = self.job is not None
@@ -332,7 +340,8 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExplained(self, nodes) -> None:
         self._finished(f"Done: {nodes.table.GetAttribute('SegShapExplain.Summary')}.")
-        self.logic.showResults(self._parameterNode.inputVolume, nodes)
+        self._shownResults, self._outlineStyle = nodes, self._parameterNode.outlineStyle
+        self.logic.showResults(self._parameterNode.inputVolume, nodes, outlines=self._outlineStyle)
         self._parameterNode.resultTable = nodes.table
         self.ui.resultsTableView.setMRMLTableNode(nodes.table)
 

@@ -163,6 +163,10 @@ def test_explain_end_to_end_builds_the_nodes_on_the_input_geometry(scene, tmp_pa
     assert any("Estimating" in stage for stage in stages)
     assert list(tmp_path.iterdir()) == []
 
+    # The panel's status line carries the faithfulness of the ranking.
+    summary = nodes.table.GetAttribute("SegShapExplain.Summary")
+    assert "deletion AUC" in summary and "insertion AUC" in summary, summary
+
     # Geometry identical to the input.
     for node in (nodes.heatmap, nodes.features):
         assert node.GetScene() is scene

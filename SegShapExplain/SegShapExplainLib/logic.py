@@ -21,7 +21,14 @@ from pathlib import Path
 import slicer
 
 from .exchange import checkScalarVolume, exportSegment, exportVolume
-from .results import ExplanationNodes, importExplanation, importSegmentation, jumpToFeature, showInSliceViews
+from .results import (
+    ExplanationNodes,
+    importExplanation,
+    importSegmentation,
+    jumpToFeature,
+    setOutlineStyle,
+    showInSliceViews,
+)
 from .settings import Device, ExplainSettings, OutlineStyle
 from .worker import (
     JobCallbacks,
@@ -271,6 +278,10 @@ class SegShapExplainLogic:
                     outlines: OutlineStyle = OutlineStyle.TOP) -> None:
         """Show the features over ``volumeNode``, filled by value, with the chosen outlines, in every slice view."""
         showInSliceViews(self.scene, volumeNode, nodes, opacity, outlines)
+
+    def setOutlineStyle(self, nodes: ExplanationNodes, outlines: OutlineStyle) -> None:
+        """Outline the top features, all of them, or none, in the slice views."""
+        setOutlineStyle(nodes, outlines)
 
     def jumpToFeature(self, tableNode, row: int) -> tuple[float, float, float]:
         """Centre the slice views on the feature of ``row`` in an explanation table; returns the point (RAS)."""

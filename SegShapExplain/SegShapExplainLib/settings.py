@@ -75,7 +75,7 @@ class Device(enum.Enum):
 
 
 class OutlineStyle(enum.Enum):
-    """Which features the slice views outline, in one neutral colour (sign and strength are the fill's)."""
+    """Which features the slice views outline (each in its fill's colour, so an outline's colour is its sign)."""
 
     TOP = "top"
     ALL = "all"
@@ -109,6 +109,9 @@ class ExplainSettings:
     seed : int
     batchSize : int
         Windows per forward pass (halved automatically when the GPU runs out of memory).
+    faithfulness : bool
+        Also compute the deletion and insertion curves of the ranking (and of a random one), whose AUCs the
+        status line shows; they cost about a third more forwards.
     """
 
     features: FeatureKind = FeatureKind.SUPERVOXELS
@@ -121,6 +124,7 @@ class ExplainSettings:
     device: Device = Device.AUTO
     seed: int = 0
     batchSize: int = 4
+    faithfulness: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -150,6 +154,7 @@ class ExplainSettings:
             "device": self.device.value,
             "seed": self.seed,
             "batch_size": self.batchSize,
+            "faithfulness": self.faithfulness,
         }
 
     def shortName(self) -> str:
