@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 
 import numpy as np
@@ -38,6 +39,8 @@ SIZE = (240, 240)
 @pytest.fixture(scope="module")
 def egl() -> bool:
     available = openGLAvailable()
+    if not available and os.environ.get("SEGSHAP_REQUIRE_EGL") == "1":
+        pytest.fail("Mesa's EGL is installed (SEGSHAP_REQUIRE_EGL=1) but an offscreen EGL window does not work.")
     if not available:
         print("No EGL here: slice pixels are checked from the slice logic's blended layers, without OpenGL.")
     return available
