@@ -4,10 +4,11 @@
 egl_present() { ldconfig -p 2>/dev/null | grep -q 'libEGL_mesa\.so'; }
 if ! egl_present && command -v apt-get >/dev/null; then
   if [ "$(id -u)" = 0 ]; then as_root=(); elif sudo -n true 2>/dev/null; then as_root=(sudo -n); else as_root=(false); fi
+  egl_install() {
+    "${as_root[@]}" apt-get install -y --no-install-recommends libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null
+  }
   echo "Installing Mesa's EGL (libegl1 libegl-mesa0 libgl1-mesa-dri) for the rendered-view tests" >&2
-  { "${as_root[@]}" apt-get install -y --no-install-recommends libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null \
-    || { "${as_root[@]}" apt-get update >/dev/null \
-         && "${as_root[@]}" apt-get install -y --no-install-recommends libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null; }
-  } || echo "Could not install Mesa's EGL; the rendered-view tests will check pixels without OpenGL." >&2
+  egl_install || { "${as_root[@]}" apt-get update >/dev/null && egl_install; } \
+    || echo "Could not install Mesa's EGL; the rendered-view tests will check pixels without OpenGL." >&2
 fi
 if egl_present; then export SEGSHAP_REQUIRE_EGL=1; fi

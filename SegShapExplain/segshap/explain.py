@@ -356,8 +356,8 @@ def _targets(model, target) -> tuple[tuple[int, ...], tuple[str, ...], bool]:
 
 
 def _refuse_flat(shape: tuple[int, ...], channels_last: bool) -> None:
-    """Refuse an image with a single slice along an axis: a 3D model has no volume to read context from, and
-    tiling it costs as much as a whole series."""
+    """Refuse an image with a single slice along an axis: a 3D model has no volume to read context from (and
+    such an image ran for minutes with the defaults)."""
     spatial = shape[:3] if channels_last or len(shape) == 3 else shape[1:]
     if len(spatial) == 3 and min(spatial) < 2:
         axis = "XYZ"[spatial.index(min(spatial))]

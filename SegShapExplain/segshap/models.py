@@ -191,12 +191,11 @@ def sidecar_preprocess(data: np.ndarray, affine: np.ndarray | None, settings: di
     method = settings.get("normalize", "none")
     if method == "zscore":
         for channel in data:
-            # float64: the squares of float32 intensities above about 1e19 overflow.
-            inside = (channel[channel > 0] if settings.get("nonzero") else channel).astype(np.float64)
-            std = inside.std() if inside.size else 0.0
-            if std == 0:
+            inside = channel[channel > 0] if settings.get("nonzero") else channel
+            # In float64: the squares of float32 intensities above about 1e19 overflow.
+            if inside.size == 0 or inside.std(dtype=np.float64) == 0:
                 raise ValueError("The image is constant (or has no voxel > 0): it cannot be z-scored.")
-            mean = inside.mean()
+            mean, std = inside.mean(dtype=np.float64), inside.std(dtype=np.float64)
             channel -= mean
             channel /= std
     elif method == "scale":
