@@ -38,7 +38,8 @@ _segshap_reference_base_python() {
     return 1
 }
 
-want="$(sha256sum "$root/scripts/reference_requirements.txt" "$root/scripts/reference_env.sh" | sha256sum | cut -d' ' -f1)"
+# The contents alone, not their paths: a checkout moved or cloned elsewhere reuses its environment.
+want="$(cat "$root/scripts/reference_requirements.txt" "$root/scripts/reference_env.sh" | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$ref/bin/python" ] || [ "$(cat "$ref/.segshap-stamp" 2>/dev/null)" != "$want" ] \
         || ! _segshap_python_at_least_312 "$ref/bin/python"; then
     python_bin="$(_segshap_reference_base_python)" || { return 1 2>/dev/null || exit 1; }
