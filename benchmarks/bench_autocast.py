@@ -2,7 +2,7 @@
 
 Usage::
 
-    bash scripts/bench.sh --autocast [--coalitions 32]
+    bash scripts/bench.sh --autocast [--coalitions 32] [--device cuda]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--coalitions", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda)")
     args = parser.parse_args()
     print(f"machine: {machine_line(machine())}")
     image, white, head = load_volume()
@@ -37,7 +38,8 @@ def main() -> None:
             results = {}
             for dtype in (None, torch.bfloat16):
                 engine = segshap.PatchEngine(model, image, features, reference=reference, value=value,
-                                             patch_size=PATCH, overlap=OVERLAP, autocast_dtype=dtype)
+                                             patch_size=PATCH, overlap=OVERLAP, autocast_dtype=dtype,
+                                             device=args.device)
                 coalitions = sample_coalitions(engine.n_features, args.coalitions, "kernel",
                                                np.random.default_rng(args.seed))
                 started = time.perf_counter()

@@ -12,7 +12,7 @@ weights), 64^3 windows, overlap 0.5, Gaussian blending, soft Dice on a white-mat
 Baselines are slow, so they run on the first ``--naive`` / ``--roi-all-on`` coalitions; per-coalition seconds are
 compared, and their values are checked against the engine's on those coalitions. Usage::
 
-    bash scripts/bench.sh [--coalitions 256] [--naive 8] [--roi-all-on 64]
+    bash scripts/bench.sh --engine [--coalitions 256] [--naive 8] [--roi-all-on 64] [--device cuda]
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def perturb(image, features, feature_ids, coalition, baseline):
     return np.where(off, np.float32(baseline), image).astype(np.float32)
 
 
-def naive_values(model, image, features, reference, engine, coalitions, baseline, batch_size):
+def naive_values(model, image, features, reference, engine, coalitions, baseline, batch_size, device):
     """Full-volume MONAI sliding-window inference per coalition, soft Dice on the engine's ROI."""
     roi = np.zeros(image.shape, bool)
     roi[tuple(slice(a, b) for a, b in engine.roi_box)] = True
@@ -155,8 +155,9 @@ def naive_values(model, image, features, reference, engine, coalitions, baseline
     for coalition in coalitions:
         x = torch.from_numpy(perturb(image, features, engine.feature_ids, coalition, baseline))[None, None]
         with torch.inference_mode():
-            logits = sliding_window_inference(x, PATCH, batch_size, model, overlap=OVERLAP, mode="gaussian")
-        p = torch.softmax(logits, 1)[0, 1].numpy()[roi].astype(np.float64)
+            logits = sliding_window_inference(x.to(device), PATCH, batch_size, model, overlap=OVERLAP,
+                                              mode="gaussian")
+        p = torch.softmax(logits, 1)[0, 1].cpu().numpy()[roi].astype(np.float64)
         r = reference[roi]
         values.append(2 * (p * r).sum() / (p.sum() + r.sum()))
     return np.array(values)
@@ -171,7 +172,7 @@ def timed(fn):
 def run_feature_set(name, model, image, features, reference, coalitions, args) -> dict:
     print(f"\n== {name}: {features.max()} features in the volume", flush=True)
     options = dict(reference=reference, value="soft_dice", patch_size=PATCH, overlap=OVERLAP, blend="gaussian",
-                   baseline=args.baseline, batch_size=args.batch_size)
+                   baseline=args.baseline, batch_size=args.batch_size, device=args.device)
     engine_options = dict(options, cache_bytes=int(args.cache_gib * 2**30))
     engine, setup = timed(lambda: segshap.PatchEngine(model, image, features, **engine_options))
     m = engine.n_features
@@ -225,7 +226,7 @@ def run_feature_set(name, model, image, features, reference, coalitions, args) -
 
     k = min(args.naive, len(chosen))
     naive, naive_s = timed(lambda: naive_values(model, image, features, reference, engine, chosen[:k],
-                                                args.baseline, args.batch_size))
+                                                args.baseline, args.batch_size, args.device))
     result.update({
         "naive_coalitions": k, "naive_s_per_coalition": naive_s / k,
         "naive_forwards_per_coalition": engine.tiling.n_windows,
@@ -256,6 +257,7 @@ def main() -> None:
                              "per axis; 16: 4 per axis, the most a 56-voxel ROI can touch)")
     parser.add_argument("--features", nargs="+", choices=("organs", "organ-tiling", "supervoxels"),
                         default=["organs", "organ-tiling", "supervoxels"], help="the feature sets to run")
+    parser.add_argument("--device", default="cpu", help="where the model runs, for all three (cpu, cuda)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
@@ -266,7 +268,7 @@ def main() -> None:
     print(f"volume {image.shape}, target segment of {reference.sum()} voxels "
           f"(bounding box {[int(s.stop - s.start) for s in ndimage.find_objects(reference.astype(int))[0]]})")
     torch.manual_seed(args.seed)
-    model = UNet(3, 1, 3, (16, 32, 64, 128), (2, 2, 2), num_res_units=2).eval()
+    model = UNet(3, 1, 3, (16, 32, 64, 128), (2, 2, 2), num_res_units=2).eval().to(args.device)
 
     def coalitions(m: int) -> np.ndarray:
         return sample_coalitions(m, args.coalitions, args.sampling, np.random.default_rng(args.seed + m))
