@@ -131,6 +131,7 @@ def test_bundle_preprocessing_matches_the_bundles_own_pipeline(bundle, lps_image
     assert ours.grid.axcodes == ("R", "A", "S") and np.allclose(ours.grid.spacing, 2.0)
 
 
+@pytest.mark.slow
 def test_engine_values_equal_the_bundles_inferer_on_perturbed_images(bundle, lps_image):
     model = segshap.load_model(bundle, trust=True, device="cpu")
     data, affine = read_image(lps_image)
@@ -158,10 +159,12 @@ def test_engine_values_equal_the_bundles_inferer_on_perturbed_images(bundle, lps
         assert value == pytest.approx(2 * (p * r).sum() / (p.sum() + r.sum()), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_the_cli_explains_a_trusted_bundle_and_refuses_an_untrusted_one(bundle, lps_image, tmp_path):
     arguments = [sys.executable, "-m", "segshap.cli", "explain", "--image", str(lps_image), "--model", str(bundle),
                  "--target", "white_matter", "--roi", "40:60,45:65,25:40", "--features", "grid", "--n-features", "8",
-                 "--nsamples", "20", "--device", "cpu", "--quiet", "--out", str(tmp_path / "out")]
+                 "--nsamples", "20", "--no-faithfulness", "--device", "cpu", "--quiet", "--out",
+                 str(tmp_path / "out")]
     refused = subprocess.run(arguments, capture_output=True, text=True)
     assert refused.returncode == 2 and "--trust-model" in refused.stderr and not (tmp_path / "out").exists()
     done = subprocess.run(arguments + ["--trust-model"], capture_output=True, text=True)

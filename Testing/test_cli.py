@@ -31,6 +31,7 @@ def job(mni_nifti, scripted_model, tmp_path):
     return ["--image", str(image), "--model", str(scripted_model), "--roi", ROI, "--out", str(tmp_path / "out")]
 
 
+@pytest.mark.slow
 def test_explain_writes_the_outputs_and_says_where(job, tmp_path):
     done = segshap("explain", *job, "--target", "tissue_a", "--features", "grid", "--n-features", "8",
                    "--nsamples", "120", "--device", "cpu")
@@ -61,6 +62,7 @@ def test_explain_writes_the_outputs_and_says_where(job, tmp_path):
          "has no segment named 'liver'; its segments are 'tissue_a', 'other'"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_gives_one_line_and_exit_code_2(job, tmp_path, change, fragment):
     (tmp_path / "broken.nii.gz").write_text("this is not an image")
     (tmp_path / "out").mkdir()
@@ -96,13 +98,14 @@ def _segmentation(image: str, folder: Path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_nrrd_image_and_slicer_segmentation_in_nrrd_outputs_with_the_same_geometry_out(job, tmp_path):
     data, affine = read_image(job[1])
     write_image(tmp_path / "image.nrrd", data, affine)
     reference = _segmentation(job[1], tmp_path)
     job[1] = str(tmp_path / "image.nrrd")
     done = segshap("explain", *job, "--target", "tissue_a", "--reference", reference, "--features", "grid",
-                   "--n-features", "8", "--nsamples", "30", "--device", "cpu", "--quiet")
+                   "--n-features", "8", "--nsamples", "30", "--no-faithfulness", "--device", "cpu", "--quiet")
     assert done.returncode == 0, done.stderr
     heat, heat_affine = read_image(tmp_path / "out" / "heatmap.nrrd")
     assert heat.shape == data.shape and np.array_equal(heat_affine, affine)
@@ -116,7 +119,7 @@ def _request(tmp_path, job_args, **extra) -> Path:
     request = {
         "image": arguments["--image"], "model": arguments["--model"], "target": "tissue_b",
         "roi": [[40, 52], [50, 62], [40, 52]], "out": arguments["--out"],
-        "options": {"features": "grid", "n_features": 8, "nsamples": 200, "device": "cpu"},
+        "options": {"features": "grid", "n_features": 8, "nsamples": 200, "faithfulness": False, "device": "cpu"},
     }
     request.update(extra)
     path = tmp_path / "request.json"
@@ -124,6 +127,7 @@ def _request(tmp_path, job_args, **extra) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_worker_reports_json_events_and_the_outputs(job, tmp_path):
     done = segshap("worker", "--request", str(_request(tmp_path, job)))
     assert done.returncode == 0, done.stderr
@@ -140,6 +144,7 @@ def test_worker_reports_json_events_and_the_outputs(job, tmp_path):
     assert set(outputs) == {"heatmap", "features", "report", "overview"} and all(Path(p).is_file() for p in outputs.values())
 
 
+@pytest.mark.slow
 def test_worker_takes_nrrd_and_a_named_slicer_segment_as_the_slicer_module_sends_them(job, tmp_path):
     data, affine = read_image(job[1])
     write_image(tmp_path / "volume.nrrd", data, affine)
@@ -174,6 +179,7 @@ def test_worker_errors_are_one_event_and_exit_code_2(job, tmp_path, extra, fragm
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
 def test_a_signal_stops_the_run_within_2_seconds_and_writes_nothing(job, tmp_path, signum):
     request = _request(tmp_path, job, options={"features": "grid", "n_features": 30, "nsamples": 100000,
                                                "device": "cpu"})
@@ -202,6 +208,7 @@ def test_demo_runs_on_the_embedded_model_and_image(tmp_path):
     assert str(tmp_path / "demo") in done.stdout
 
 
+@pytest.mark.slow
 def test_reference_and_roi_files_are_read(mni_nifti, scripted_model, tmp_path):
     import nibabel
     import numpy as np
@@ -215,7 +222,8 @@ def test_reference_and_roi_files_are_read(mni_nifti, scripted_model, tmp_path):
     nibabel.save(nibabel.Nifti1Image(roi, affine), str(tmp_path / "roi.nii.gz"))
     done = segshap("explain", "--image", str(image), "--model", str(scripted_model), "--target", "tissue_b",
                    "--reference", str(tmp_path / "segment.nii.gz"), "--roi", str(tmp_path / "roi.nii.gz"),
-                   "--features", "fcc", "--n-features", "6", "--nsamples", "60", "--out", str(tmp_path / "out"),
+                   "--features", "fcc", "--n-features", "6", "--nsamples", "60", "--no-faithfulness", "--out",
+                   str(tmp_path / "out"),
                    "--device", "cpu", "--quiet")
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "out" / "explanation.json").read_text())
@@ -233,6 +241,7 @@ def test_worker_describes_a_model_without_an_image(scripted_model, tmp_path):
     assert model["format"] == "torchscript" and model["device"] == "cpu" and model["in_channels"] == 1
 
 
+@pytest.mark.slow
 def test_worker_segments_the_image_on_its_grid(mni_nifti, scripted_model, tmp_path):
     from segshap import load_model, predict
 
@@ -291,6 +300,7 @@ def test_out_of_memory_halves_the_batch_then_asks_for_the_cpu():
 
 
 @pytest.mark.parametrize("kill_after_s", [None, 0.2, 3.0])
+@pytest.mark.slow
 def test_worker_ends_when_its_parent_dies(job, tmp_path, kill_after_s):
     """A worker whose launcher (3D Slicer, or a launcher script) dies does not run on unattended: whether the
     launcher dies before the worker has started (None: it exits right after spawning it), while it starts (torch

@@ -68,6 +68,7 @@ def test_chains_evaluate_no_coalition_twice_and_keep_efficiency(n_features, budg
     assert np.all(np.isfinite(result.stderr)) and np.all(result.stderr >= 0)
 
 
+@pytest.mark.slow
 def test_chain_standard_errors_cover_the_true_error_as_claimed():
     n_features = 12
     game, _ = nonlinear(n_features, seed=0)
@@ -110,6 +111,7 @@ def _local_cost(coalitions: np.ndarray) -> float:
     return total
 
 
+@pytest.mark.slow
 def test_auto_picks_chains_when_they_fit_and_their_coalitions_are_cheap():
     game, _ = nonlinear(20, seed=3)
     assert kernel_shap(game, 20, 400, design="auto").design == "leverage"  # every coalition costs the same
@@ -142,6 +144,7 @@ def test_a_cost_limit_stops_before_it_is_exceeded(design):
         kernel_shap(game, 16, 500, max_cost=10)
 
 
+@pytest.mark.slow
 def test_a_time_limit_stops_at_the_pace_so_far():
     game, _ = nonlinear(40, seed=2)
 
@@ -211,6 +214,7 @@ def _real_game(name: str):
 
 
 @pytest.mark.parametrize("design, multiple, most", [("leverage", 8, 0.6), ("chains", 16, 0.8)])
+@pytest.mark.slow
 def test_the_tree_adjustment_lowers_the_error_on_a_real_models_game(monkeypatch, design, multiple, most):
     """On an exactly enumerated game of the demo model (benchmarks/real_games.py), where high-order interactions
     matter, the boosted-tree adjustment cuts the error at equal coalitions; switched off, the estimate is the

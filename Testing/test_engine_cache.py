@@ -84,6 +84,7 @@ def test_seen_keys_are_never_run_again(setting):
     assert engine.stats["patch_forwards"] == forwards
 
 
+@pytest.mark.slow
 def test_values_do_not_depend_on_batching_or_the_cache_budget(setting):
     image, reference, features = setting
     model = PerSample(small_unet())
@@ -196,6 +197,7 @@ def test_feature_windows_and_forward_cost_tell_what_evaluation_runs(setting):
         assert engine.forward_cost(coalitions) == 0
 
 
+@pytest.mark.slow
 def test_a_chain_step_runs_only_the_windows_of_the_feature_it_switches(setting):
     """Walking a permutation chain with retain=, a step reruns just the switched feature's windows, even with no
     cache budget at all: what the walk continues from is kept, everything else is forgotten."""

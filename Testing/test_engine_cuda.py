@@ -41,6 +41,7 @@ def test_values_equal_full_volume_inference_on_cuda(mni_t1, blend):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, cuda])])
+@pytest.mark.slow
 def test_bf16_autocast_is_close_but_not_exact(mni_t1, device):
     image, reference, features = _setting(mni_t1)
     options = dict(reference=reference, patch_size=PATCH, device=device, batch_size=4)

@@ -51,7 +51,7 @@ def _assert_soft_dice_matches_monai(engine, model, image, features, reference, r
 
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("blend", ["gaussian", "constant"])
-@pytest.mark.parametrize("overlap", [0.25, 0.5])
+@pytest.mark.parametrize("overlap", [0.25, pytest.param(0.5, marks=pytest.mark.slow)])
 def test_values_equal_full_volume_inference(mni_t1, name, blend, overlap):
     image, reference, roi = _case(mni_t1, name)
     features = grid_features(image.shape, 7)

@@ -88,7 +88,7 @@ def test_known_games_are_recovered_from_a_small_budget(make_game, n_features, bu
     np.testing.assert_allclose(result.values, truth, atol=1e-9 * max(1.0, np.abs(truth).max()))
 
 
-@pytest.mark.parametrize("n_features, budget", [(12, 96), (30, 500), (200, 1000)])
+@pytest.mark.parametrize("n_features, budget", [(12, 96), (30, 500), pytest.param(200, 1000, marks=pytest.mark.slow)])
 def test_efficiency_and_no_duplicate_evaluations(n_features, budget):
     game, _ = nonlinear(n_features, seed=5)
     recorder = Recorder(game)
@@ -105,6 +105,7 @@ def test_efficiency_and_no_duplicate_evaluations(n_features, budget):
     assert np.all(np.isfinite(result.stderr)) and np.all(result.stderr >= 0)
 
 
+@pytest.mark.slow
 def test_standard_errors_cover_the_true_error_as_claimed():
     n_features = 12
     game, _ = nonlinear(n_features, seed=0)
@@ -116,6 +117,7 @@ def test_standard_errors_cover_the_true_error_as_claimed():
     assert 0.8 <= np.sqrt(np.mean(z**2)) <= 1.25
 
 
+@pytest.mark.slow
 def test_tolerance_stops_early_once_converged():
     game, _ = nonlinear(20, seed=7)
     calls = []

@@ -27,6 +27,7 @@ def explained(mni_t1):
     return net, explanation
 
 
+@pytest.mark.slow
 def test_values_are_exact_and_the_end_points_are_full_inference(mni_t1, explained):
     net, ex = explained
     assert ex.values.shape == ex.stderr.shape == ex.feature_ids.shape and ex.feature_ids.size > 8
@@ -105,6 +106,7 @@ def test_a_failed_save_leaves_the_folder_as_it_was(tmp_path, explained, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+@pytest.mark.slow
 def test_loaded_model_preprocesses_and_takes_class_names(mni_nifti, scripted_model):
     _, data, affine = mni_nifti
     model = segshap.load_model(scripted_model, device="cpu")
@@ -193,6 +195,7 @@ def test_missing_or_foreign_model_files_are_refused(tmp_path, scripted_model):
         segshap.load_model(fake)
 
 
+@pytest.mark.slow
 def test_the_explanation_game_is_the_game_explain_estimates(mni_t1):
     """Enumerating every coalition of ``explanation_game``'s engine gives the values ``explain`` computes exactly."""
     import itertools
@@ -219,6 +222,7 @@ def test_the_explanation_game_is_the_game_explain_estimates(mni_t1):
     np.testing.assert_allclose(explained.values, shapley, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_a_forward_budget_and_the_design_are_kept_and_reported(mni_t1, tmp_path):
     """max_forwards bounds what the estimation runs; progress counts forwards; explanation.json says how it went."""
     net = small_unet(1, 3)

@@ -103,6 +103,7 @@ def d3_points(low: float, high: float) -> np.ndarray:
     return points[points.sum(axis=1) % 2 == 0]
 
 
+@pytest.mark.slow
 def test_nearest_d3_point_is_exactly_nearest():
     rng = np.random.default_rng(0)
     q = rng.uniform(-4, 4, size=(3, 5000))
@@ -171,6 +172,7 @@ def test_regular_partitions_work_only_inside_the_support():
 # slic
 
 
+@pytest.mark.slow
 def test_slic_on_mri_gives_about_n_segments_in_the_mask(mni_slic, brain):
     n = assert_feature_map(mni_slic, brain.shape)
     assert 160 <= n <= 240

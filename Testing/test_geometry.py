@@ -208,6 +208,7 @@ def ras_model(scripted_model):
     return segshap.load_model(scripted_model, config=config, device="cpu")
 
 
+@pytest.mark.slow
 def test_explaining_an_image_in_its_own_space_maps_outputs_back_exactly(ras_model, mni_nifti, tmp_path):
     """A real MRI stored oblique, LPS and anisotropic: perturbation on the model's grid, outputs on the image's."""
     _, template, template_affine = mni_nifti
@@ -222,7 +223,7 @@ def test_explaining_an_image_in_its_own_space_maps_outputs_back_exactly(ras_mode
     reference[45:55, 35:45, 30:40] = True
     explanation = segshap.explain(
         ras_model, image, affine=image_affine, target=1, reference=reference, roi=((40, 60), (30, 50), (25, 45)),
-        features="grid", n_features=12, nsamples=30, device="cpu",
+        features="grid", n_features=12, nsamples=30, device="cpu", faithfulness=False,
     )
     model_affine = explanation.model_affine
     model_grid = Grid(explanation.model_feature_map.shape, model_affine)
@@ -258,6 +259,7 @@ def test_explaining_an_image_in_its_own_space_maps_outputs_back_exactly(ras_mode
         np.testing.assert_array_equal(features, explanation.feature_map)
 
 
+@pytest.mark.slow
 def test_an_image_coarser_than_the_model_grid_keeps_every_feature_in_the_report(ras_model, mni_nifti, tmp_path):
     """16 mm voxels for a 2 mm model: features smaller than an image voxel cover no image voxel centre, yet they
     are reported (with their model-grid voxels and centroid) and the outputs are written."""
@@ -267,6 +269,7 @@ def test_an_image_coarser_than_the_model_grid_keeps_every_feature_in_the_report(
     explanation = segshap.explain(
         ras_model, image, affine=coarse_affine, target=1, reference=np.ones(image.shape, bool),
         roi=((6, 7), (7, 8), (6, 7)), features="grid", n_features=2000, nsamples=16, device="cpu",
+        faithfulness=False,
     )
     shown = set(np.unique(explanation.feature_map)) - {0}
     assert len(shown) < explanation.feature_ids.size  # some features are smaller than an image voxel
@@ -289,7 +292,7 @@ def test_a_pure_reorientation_maps_features_back_by_flipping_only(ras_model, mni
     lps_image = np.ascontiguousarray(template[::-1, ::-1])
     explanation = segshap.explain(
         ras_model, lps_image, affine=lps_affine, target=1, roi=((40, 60), (40, 60), (40, 60)), features="fcc",
-        n_features=8, nsamples=20, device="cpu", reference=np.ones(template.shape, bool),
+        n_features=8, nsamples=20, device="cpu", reference=np.ones(template.shape, bool), faithfulness=False,
     )
     np.testing.assert_allclose(explanation.model_affine, template_affine, atol=1e-9)
     np.testing.assert_array_equal(explanation.feature_map, explanation.model_feature_map[::-1, ::-1])

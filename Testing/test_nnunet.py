@@ -85,6 +85,7 @@ def test_preprocessing_equals_nnunets_own_from_the_file(model_folder, image_file
     np.testing.assert_allclose(ours.image, theirs, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_engine_values_equal_nnunets_own_prediction_on_perturbed_images(model_folder, image_file):
     model = segshap.load_model(model_folder, device="cpu")
     predictor, *_ = nnunet_predictor(model)
@@ -110,6 +111,7 @@ def test_engine_values_equal_nnunets_own_prediction_on_perturbed_images(model_fo
         assert value == pytest.approx(2 * (p * r).sum() / (p.sum() + r.sum()), abs=2e-5)
 
 
+@pytest.mark.slow
 def test_predictions_map_back_onto_the_image_as_nnunet_exports_them(model_folder, image_file):
     """At the model's spacing nnU-Net's export is a pure crop/transpose inverse: ours must land voxel for voxel."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
@@ -125,18 +127,19 @@ def test_predictions_map_back_onto_the_image_as_nnunet_exports_them(model_folder
     assert agreement > 0.999
 
 
+@pytest.mark.slow
 def test_the_cli_explains_an_nnunet_folder_on_a_resampled_image(model_folder, mni_nifti, tmp_path):
     """An anisotropic image: nnU-Net resamples it; the outputs come back on the image's grid."""
     _, template, template_affine = mni_nifti
     data = np.ascontiguousarray(template[20:76, 25:89, 20:70:2])  # 2 x 2 x 4 mm
     affine = template_affine @ np.diag([1.0, 1.0, 2.0, 1.0])
     nibabel.save(nibabel.Nifti1Image(data, affine), str(tmp_path / "aniso.nii.gz"))
-    (tmp_path / "options.json").write_text(json.dumps({"folds": [0]}))
+    (tmp_path / "options.json").write_text(json.dumps({"folds": [0], "use_mirroring": False}))
     done = subprocess.run(
         [sys.executable, "-m", "segshap.cli", "explain", "--image", str(tmp_path / "aniso.nii.gz"), "--model",
          str(model_folder), "--model-config", str(tmp_path / "options.json"), "--target", "gray_matter",
-         "--roi", "20:36,20:44,8:16", "--features", "grid", "--n-features", "8", "--nsamples", "20", "--device",
-         "cpu", "--quiet", "--out", str(tmp_path / "out")],
+         "--roi", "20:36,20:44,8:16", "--features", "grid", "--n-features", "8", "--nsamples", "20",
+         "--no-faithfulness", "--device", "cpu", "--quiet", "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr

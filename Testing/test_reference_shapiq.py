@@ -39,6 +39,7 @@ def shapiq_reference(tmp_path: Path, table: np.ndarray, budgets: list[int], seed
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 def test_shapiq_approximators_recover_a_known_game_at_full_budget(tmp_path):
     (first, phi, b), (second, phi_second, _) = closed_form_game(0), closed_form_game(1)
     seeds, full = [0, 1], 2**M

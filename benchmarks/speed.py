@@ -154,7 +154,7 @@ def run_case(name: str, settings: dict) -> dict:
     if reference_available():
         with PeakMemory() as memory:
             _, coalitions, values, shap_s = shap_kernel_explainer(m, settings["timed"], 0, lambda c: naive_values(
-                model, image, features, reference, engine, c, BASELINE, BATCH_SIZE))
+                model, image, features, reference, engine, c, BASELINE, BATCH_SIZE, "cpu"))
         rows["shap"] = {
             "s_per_coalition": shap_s / len(coalitions), "timed": len(coalitions),
             "explanation_s": shap_s / len(coalitions) * len(chosen), "forwards": windows * len(chosen),
