@@ -22,6 +22,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
 from SegShapExplainLib import (
     Baseline,
     Device,
@@ -87,9 +88,16 @@ class SegShapExplainParameterNode:
 
     def settings(self) -> ExplainSettings:
         return ExplainSettings(
-            features=self.features, nFeatures=self.nFeatures, value=self.value,
-            nSamples=0 if self.autoSamples else self.nSamples, tolerance=self.tolerance, timeLimit=self.timeLimit,
-            baseline=self.baseline, device=self.device, seed=self.seed, faithfulness=self.faithfulness,
+            features=self.features,
+            nFeatures=self.nFeatures,
+            value=self.value,
+            nSamples=0 if self.autoSamples else self.nSamples,
+            tolerance=self.tolerance,
+            timeLimit=self.timeLimit,
+            baseline=self.baseline,
+            device=self.device,
+            seed=self.seed,
+            faithfulness=self.faithfulness,
         )
 
 
@@ -198,11 +206,14 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameters and (parameters.modelPath, parameters.trustModel, parameters.device) != self._describedModel:
             self.describeModel()
         running = self.job is not None
-        ready = bool(parameters and parameters.inputVolume and str(parameters.modelPath) not in ("", ".")
-                     and parameters.target)
+        ready = bool(
+            parameters and parameters.inputVolume and str(parameters.modelPath) not in ("", ".") and parameters.target
+        )
         self.ui.explainButton.text = "Cancel" if running else "Explain"
         self.ui.explainButton.enabled = running or ready
-        self.ui.explainButton.toolTip = "" if running or ready else "Choose an input volume, a model and a target class."
+        self.ui.explainButton.toolTip = (
+            "" if running or ready else "Choose an input volume, a model and a target class."
+        )
         self.ui.segmentWithModelButton.enabled = not running and bool(parameters and parameters.inputVolume)
         self.ui.nSamplesSpinBox.enabled = bool(parameters and not parameters.autoSamples)
         self.ui.toleranceSpinBox.enabled = bool(parameters and parameters.autoSamples)
@@ -227,7 +238,8 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onChooseModelFolder(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(
-            slicer.util.mainWindow(), "Model folder (MONAI bundle or nnU-Net)", str(self._parameterNode.modelPath))
+            slicer.util.mainWindow(), "Model folder (MONAI bundle or nnU-Net)", str(self._parameterNode.modelPath)
+        )
         if folder:
             self._parameterNode.modelPath = pathlib.Path(folder)
 
@@ -249,7 +261,9 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.modelInfoLabel.text = "Reading the model..."
         self.modelJob = self.logic.describeModelAsync(
-            str(path), device=self._parameterNode.device, trustModel=self._parameterNode.trustModel,
+            str(path),
+            device=self._parameterNode.device,
+            trustModel=self._parameterNode.trustModel,
             callbacks=JobCallbacks(onDone=self.onModelDescribed, onError=self.onModelFailed),
         )
         self.timer.start()
@@ -262,8 +276,10 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.targetComboBox.addItems(classes)
         self.ui.targetComboBox.setCurrentText(wanted if wanted in classes else classes[-1] if classes else "")
         where = f"GPU ({description.cudaDevices[0]})" if description.cudaDevices else "CPU"
-        self.ui.modelInfoLabel.text = (f"{description.format} model, {len(description.classes)} classes, "
-                                       f"patch {'x'.join(map(str, description.patchSize))}; runs on the {where}.")
+        self.ui.modelInfoLabel.text = (
+            f"{description.format} model, {len(description.classes)} classes, "
+            f"patch {'x'.join(map(str, description.patchSize))}; runs on the {where}."
+        )
 
     def onModelFailed(self, error: BaseException) -> None:
         self.modelJob = None
@@ -283,11 +299,20 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         reference = parameters.referenceSegmentation
         self.job = self.logic.explainAsync(
-            parameters.inputVolume, str(parameters.modelPath), parameters.target,
-            reference, parameters.referenceSegmentId if reference else None, parameters.settings(),
+            parameters.inputVolume,
+            str(parameters.modelPath),
+            parameters.target,
+            reference,
+            parameters.referenceSegmentId if reference else None,
+            parameters.settings(),
             trustModel=parameters.trustModel,
-            callbacks=JobCallbacks(onProgress=self.onProgress, onLog=self.onStage, onDone=self.onExplained,
-                                   onError=self.onFailed, onCancelled=self.onCancelled),
+            callbacks=JobCallbacks(
+                onProgress=self.onProgress,
+                onLog=self.onStage,
+                onDone=self.onExplained,
+                onError=self.onFailed,
+                onCancelled=self.onCancelled,
+            ),
         )
         self.ui.progressBar.visible = True
         self.ui.progressBar.value = 0
@@ -306,10 +331,13 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def startSegmentation(self) -> None:
         parameters = self._parameterNode
         self.job = self.logic.segmentAsync(
-            parameters.inputVolume, str(parameters.modelPath), device=parameters.device,
+            parameters.inputVolume,
+            str(parameters.modelPath),
+            device=parameters.device,
             trustModel=parameters.trustModel,
-            callbacks=JobCallbacks(onLog=self.onStage, onDone=self.onSegmented, onError=self.onFailed,
-                                   onCancelled=self.onCancelled),
+            callbacks=JobCallbacks(
+                onLog=self.onStage, onDone=self.onSegmented, onError=self.onFailed, onCancelled=self.onCancelled
+            ),
         )
         self.ui.statusLabel.text = "Segmenting with the model..."
         self.timer.start()
@@ -390,16 +418,20 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             try:
                 import PyTorchUtils
             except ModuleNotFoundError:
-                raise RuntimeError("SegShapExplain needs the PyTorch extension: install 'PyTorch' from the "
-                                   "Extensions Manager, restart 3D Slicer and try again.") from None
+                raise RuntimeError(
+                    "SegShapExplain needs the PyTorch extension: install 'PyTorch' from the "
+                    "Extensions Manager, restart 3D Slicer and try again."
+                ) from None
             if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
                 raise RuntimeError("PyTorch could not be installed; pip's messages are in the Python console.")
         if any(item != "torch" for item in missing):
             _pipInstall(requirementsFile())
         still = missingPackages()
         if still:
-            raise RuntimeError(f"Still missing after installing: {', '.join(still)}. Restart 3D Slicer and try "
-                               "again; pip's messages are in the Python console.")
+            raise RuntimeError(
+                f"Still missing after installing: {', '.join(still)}. Restart 3D Slicer and try "
+                "again; pip's messages are in the Python console."
+            )
         self._describedModel = None  # list the model's classes now that the worker can run
         self.updateButtons()
         return True
@@ -419,7 +451,10 @@ class _ConsoleProcess:
         self.lines: list[str] = []
         self.code: int | None = None
         self.process = slicer.util.launchConsoleProcess(
-            list(command), updateEnvironment=env, blocking=False, logCallback=self.lines.append,
+            list(command),
+            updateEnvironment=env,
+            blocking=False,
+            logCallback=self.lines.append,
             completedCallback=self._completed,
         )
 
@@ -444,8 +479,12 @@ def _pipInstall(requirements: pathlib.Path) -> None:
         slicer.util.pip_install(["-r", str(requirements)])
         return
     # The panel has asked already: no second prompt.
-    pydeps.pip_ensure(pydeps.load_requirements(str(requirements)), skip_packages=["torch"], prompt_install=False,
-                      requester="SegShapExplain")
+    pydeps.pip_ensure(
+        pydeps.load_requirements(str(requirements)),
+        skip_packages=["torch"],
+        prompt_install=False,
+        requester="SegShapExplain",
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -505,9 +544,15 @@ class SegShapExplainTest(ScriptedLoadableModuleTest):
         logic, volume, segmentation, segmentId = self._inputs()
         before = slicer.mrmlScene.GetNumberOfNodes()
         stages = []
-        job = logic.explainAsync(volume, str(DEMO_MODEL), "white_matter", segmentation, segmentId,
-                                 ExplainSettings(nFeatures=60, nSamples=20000, device=Device.CPU),
-                                 callbacks=JobCallbacks(onLog=stages.append))
+        job = logic.explainAsync(
+            volume,
+            str(DEMO_MODEL),
+            "white_matter",
+            segmentation,
+            segmentId,
+            ExplainSettings(nFeatures=60, nSamples=20000, device=Device.CPU),
+            callbacks=JobCallbacks(onLog=stages.append),
+        )
         while not any("Estimating" in stage for stage in stages):
             self.assertFalse(job.poll(), f"the run ended before it could be cancelled: {job.error}")
             slicer.app.processEvents()

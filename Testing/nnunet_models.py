@@ -18,8 +18,15 @@ FOLDER_NAME = f"nnUNetTrainer__nnUNetPlans__{CONFIGURATION}"
 LABELS = {"background": 0, "gray_matter": 1, "white_matter": 2}
 
 
-def plans(patch_size=(32, 32, 32), spacing=(2.0, 2.0, 2.0), transpose_forward=(0, 1, 2), reader="SimpleITKIO",
-          normalization="ZScoreNormalization", features=(4, 8, 16, 32), data_order=3) -> dict:
+def plans(
+    patch_size=(32, 32, 32),
+    spacing=(2.0, 2.0, 2.0),
+    transpose_forward=(0, 1, 2),
+    reader="SimpleITKIO",
+    normalization="ZScoreNormalization",
+    features=(4, 8, 16, 32),
+    data_order=3,
+) -> dict:
     stages = len(features)
     configuration = {
         "data_identifier": f"nnUNetPlans_{CONFIGURATION}",
@@ -70,8 +77,15 @@ def plans(patch_size=(32, 32, 32), spacing=(2.0, 2.0, 2.0), transpose_forward=(0
         "experiment_planner_used": "ExperimentPlanner",
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {
-            "0": {"max": 100.0, "mean": 40.0, "median": 38.0, "min": 0.0, "percentile_00_5": 1.0,
-                  "percentile_99_5": 95.0, "std": 20.0}
+            "0": {
+                "max": 100.0,
+                "mean": 40.0,
+                "median": 38.0,
+                "min": 0.0,
+                "percentile_00_5": 1.0,
+                "percentile_99_5": 95.0,
+                "std": 20.0,
+            }
         },
     }
 
@@ -117,8 +131,13 @@ def make_model_folder(root: Path, folds=(0, 1), seed: int = 0, **plan_options) -
             },
             "_best_ema": np.float64(0.5),
             "current_epoch": 1,
-            "init_args": {"plans": plan, "configuration": CONFIGURATION, "fold": fold, "dataset_json": dataset,
-                          "device": torch.device("cpu")},
+            "init_args": {
+                "plans": plan,
+                "configuration": CONFIGURATION,
+                "fold": fold,
+                "dataset_json": dataset,
+                "device": torch.device("cpu"),
+            },
             "trainer_name": "nnUNetTrainer",
             "inference_allowed_mirroring_axes": (0, 1, 2),
         }

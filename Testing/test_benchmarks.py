@@ -14,10 +14,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from common import write_section  # noqa: E402
 from real_games import coalition_table  # noqa: E402
 
 from segshap.estimator import shapley_from_enumeration  # noqa: E402
-from common import write_section  # noqa: E402
 
 
 def test_exact_shapley_values_from_a_value_table_in_the_games_bit_order():
@@ -34,8 +34,12 @@ def test_exact_shapley_values_from_a_value_table_in_the_games_bit_order():
     for i, rest in itertools.product(range(m), range(2**m)):
         if not (rest >> i) & 1:
             s = bin(rest).count("1")
-            by_definition[i] += (math.factorial(s) * math.factorial(m - s - 1) / math.factorial(m)
-                                 * (values[rest | 1 << i] - values[rest]))
+            by_definition[i] += (
+                math.factorial(s)
+                * math.factorial(m - s - 1)
+                / math.factorial(m)
+                * (values[rest | 1 << i] - values[rest])
+            )
     np.testing.assert_allclose(shapley_from_enumeration(coalitions, values), by_definition, atol=1e-12)
 
 
@@ -54,13 +58,21 @@ def test_the_runs_check_names_each_broken_invariant():
     from run import check
 
     def case(ours, other, diff):
-        return {"methods": {"ours": {"forwards": ours, "max_abs_diff": 0.0},
-                            "captum": {"forwards": other, "max_abs_diff": diff}}}
+        return {
+            "methods": {
+                "ours": {"forwards": ours, "max_abs_diff": 0.0},
+                "captum": {"forwards": other, "max_abs_diff": diff},
+            }
+        }
 
     accuracy = {"methods": ["captum", "ours_auto", "permutation", "regression_msr", "shap"]}
     assert check({"speed": {"cases": {"organs": case(10, 50, 1e-9)}}, "accuracy": accuracy}) == []
-    problems = check({"speed": {"cases": {"organs": case(10, 5, 1e-9), "slic": case(10, 50, 3e-3)}},
-                      "accuracy": {"methods": ["ours_auto"]}})
+    problems = check(
+        {
+            "speed": {"cases": {"organs": case(10, 5, 1e-9), "slic": case(10, 50, 3e-3)}},
+            "accuracy": {"methods": ["ours_auto"]},
+        }
+    )
     assert len(problems) == 3
     assert "organs: captum ran 5 forwards" in problems[0] and "slic: captum's values differ" in problems[1]
     assert "captum" in problems[2]

@@ -10,18 +10,23 @@ import nibabel
 import numpy as np
 import pytest
 import torch
+from conftest import perturbed
 from monai.networks.nets import UNet
 
 import segshap
-from conftest import perturbed
 from segshap.io import read_image
 
 CONFIG = {
     "bundle_root": ".",
     "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
     "network_def": {
-        "_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16],
-        "strides": [2, 2], "num_res_units": 1,
+        "_target_": "UNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 3,
+        "channels": [4, 8, 16],
+        "strides": [2, 2],
+        "num_res_units": 1,
     },
     "network": "$@network_def.to(@device)",
     "preprocessing": {
@@ -35,16 +40,26 @@ CONFIG = {
             {"_target_": "EnsureTyped", "keys": "image"},
         ],
     },
-    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 4, "overlap": 0.5,
-                "mode": "gaussian"},
+    "inferer": {
+        "_target_": "SlidingWindowInferer",
+        "roi_size": [32, 32, 32],
+        "sw_batch_size": 4,
+        "overlap": 0.5,
+        "mode": "gaussian",
+    },
     "postprocessing": {"_target_": "Activationsd", "keys": "pred", "softmax": True},
 }
 METADATA = {
     "version": "0.1.0",
     "network_data_format": {
         "inputs": {"image": {"type": "image", "num_channels": 1, "spatial_shape": [32, 32, 32]}},
-        "outputs": {"pred": {"type": "image", "num_channels": 3,
-                             "channel_def": {"0": "background", "1": "gray_matter", "2": "white_matter"}}},
+        "outputs": {
+            "pred": {
+                "type": "image",
+                "num_channels": 3,
+                "channel_def": {"0": "background", "1": "gray_matter", "2": "white_matter"},
+            }
+        },
     },
 }
 
@@ -140,8 +155,17 @@ def test_engine_values_equal_the_bundles_inferer_on_perturbed_images(bundle, lps
     reference = np.zeros(x.shape[1:], bool)
     reference[40:55, 45:60, 30:45] = True
     roi = ((35, 60), (40, 65), (25, 50))
-    engine = segshap.PatchEngine(model.network, x, features, reference=reference, target=2, roi=roi,
-                                 baseline=float(x.mean()), device="cpu", **model.tiling_options)
+    engine = segshap.PatchEngine(
+        model.network,
+        x,
+        features,
+        reference=reference,
+        target=2,
+        roi=roi,
+        baseline=float(x.mean()),
+        device="cpu",
+        **model.tiling_options,
+    )
     rng = np.random.default_rng(3)
     coalitions = rng.random((4, engine.n_features)) < 0.5
     values = engine.evaluate(coalitions)
@@ -161,10 +185,32 @@ def test_engine_values_equal_the_bundles_inferer_on_perturbed_images(bundle, lps
 
 @pytest.mark.slow
 def test_the_cli_explains_a_trusted_bundle_and_refuses_an_untrusted_one(bundle, lps_image, tmp_path):
-    arguments = [sys.executable, "-m", "segshap.cli", "explain", "--image", str(lps_image), "--model", str(bundle),
-                 "--target", "white_matter", "--roi", "40:60,45:65,25:40", "--features", "grid", "--n-features", "8",
-                 "--nsamples", "20", "--no-faithfulness", "--device", "cpu", "--quiet", "--out",
-                 str(tmp_path / "out")]
+    arguments = [
+        sys.executable,
+        "-m",
+        "segshap.cli",
+        "explain",
+        "--image",
+        str(lps_image),
+        "--model",
+        str(bundle),
+        "--target",
+        "white_matter",
+        "--roi",
+        "40:60,45:65,25:40",
+        "--features",
+        "grid",
+        "--n-features",
+        "8",
+        "--nsamples",
+        "20",
+        "--no-faithfulness",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     refused = subprocess.run(arguments, capture_output=True, text=True)
     assert refused.returncode == 2 and "--trust-model" in refused.stderr and not (tmp_path / "out").exists()
     done = subprocess.run(arguments + ["--trust-model"], capture_output=True, text=True)
@@ -184,10 +230,14 @@ def test_the_cli_explains_a_trusted_bundle_and_refuses_an_untrusted_one(bundle, 
         (lambda c, m, root: c["inferer"].update(padding_mode="reflect"), "pads with 'reflect'"),
         (lambda c, m, root: c.pop("network_def"), "no 'network_def'"),
         (lambda c, m, root: (root / "models" / "model.pt").unlink(), "has no weights"),
-        (lambda c, m, root: m["network_data_format"]["outputs"]["pred"].update(channel_def={"0": "a", "1": "b"}),
-         "lists 2 classes but the network outputs 3 channels"),
-        (lambda c, m, root: torch.save(torch.nn.Linear(2, 2), root / "models" / "model.pt"),
-         "Cannot load the checkpoint .* safely"),
+        (
+            lambda c, m, root: m["network_data_format"]["outputs"]["pred"].update(channel_def={"0": "a", "1": "b"}),
+            "lists 2 classes but the network outputs 3 channels",
+        ),
+        (
+            lambda c, m, root: torch.save(torch.nn.Linear(2, 2), root / "models" / "model.pt"),
+            "Cannot load the checkpoint .* safely",
+        ),
         (lambda c, m, root: c["network_def"].update(channels=[4, 8, 32]), "does not fit the bundle's network_def"),
     ],
 )

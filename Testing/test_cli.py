@@ -33,12 +33,28 @@ def job(mni_nifti, scripted_model, tmp_path):
 
 @pytest.mark.slow
 def test_explain_writes_the_outputs_and_says_where(job, tmp_path):
-    done = segshap("explain", *job, "--target", "tissue_a", "--features", "grid", "--n-features", "8",
-                   "--nsamples", "120", "--device", "cpu")
+    done = segshap(
+        "explain",
+        *job,
+        "--target",
+        "tissue_a",
+        "--features",
+        "grid",
+        "--n-features",
+        "8",
+        "--nsamples",
+        "120",
+        "--device",
+        "cpu",
+    )
     assert done.returncode == 0, done.stderr
     assert f"Outputs in {tmp_path / 'out'}" in done.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "explanation.json", "features.nii.gz", "heatmap.nii.gz", "overview.png"]
+        "explanation.json",
+        "features.nii.gz",
+        "heatmap.nii.gz",
+        "overview.png",
+    ]
     report = json.loads((tmp_path / "out" / "explanation.json").read_text())
     assert report["targets"] == [{"index": 1, "name": "tissue_a"}]
     # Chains use whole walks only, so they may leave part of the budget unspent.
@@ -58,8 +74,10 @@ def test_explain_writes_the_outputs_and_says_where(job, tmp_path):
         (lambda a, tmp: a.__setitem__(3, str(tmp / "none.pt")), "No such model"),
         (lambda a, tmp: a.__setitem__(3, str(tmp)), "is not a model segshap knows"),
         (lambda a, tmp: a.__setitem__(1, _two_channel_image(tmp)), "has 2 channels (shape (20, 20, 20, 2))"),
-        (lambda a, tmp: a.extend(["--reference", _segmentation(a[1], tmp), "--reference-segment", "liver"]),
-         "has no segment named 'liver'; its segments are 'tissue_a', 'other'"),
+        (
+            lambda a, tmp: a.extend(["--reference", _segmentation(a[1], tmp), "--reference-segment", "liver"]),
+            "has no segment named 'liver'; its segments are 'tissue_a', 'other'",
+        ),
     ],
 )
 @pytest.mark.slow
@@ -104,8 +122,24 @@ def test_nrrd_image_and_slicer_segmentation_in_nrrd_outputs_with_the_same_geomet
     write_image(tmp_path / "image.nrrd", data, affine)
     reference = _segmentation(job[1], tmp_path)
     job[1] = str(tmp_path / "image.nrrd")
-    done = segshap("explain", *job, "--target", "tissue_a", "--reference", reference, "--features", "grid",
-                   "--n-features", "8", "--nsamples", "30", "--no-faithfulness", "--device", "cpu", "--quiet")
+    done = segshap(
+        "explain",
+        *job,
+        "--target",
+        "tissue_a",
+        "--reference",
+        reference,
+        "--features",
+        "grid",
+        "--n-features",
+        "8",
+        "--nsamples",
+        "30",
+        "--no-faithfulness",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert done.returncode == 0, done.stderr
     heat, heat_affine = read_image(tmp_path / "out" / "heatmap.nrrd")
     assert heat.shape == data.shape and np.array_equal(heat_affine, affine)
@@ -117,8 +151,11 @@ def test_nrrd_image_and_slicer_segmentation_in_nrrd_outputs_with_the_same_geomet
 def _request(tmp_path, job_args, **extra) -> Path:
     arguments = dict(zip(job_args[::2], job_args[1::2]))
     request = {
-        "image": arguments["--image"], "model": arguments["--model"], "target": "tissue_b",
-        "roi": [[40, 52], [50, 62], [40, 52]], "out": arguments["--out"],
+        "image": arguments["--image"],
+        "model": arguments["--model"],
+        "target": "tissue_b",
+        "roi": [[40, 52], [50, 62], [40, 52]],
+        "out": arguments["--out"],
         "options": {"features": "grid", "n_features": 8, "nsamples": 200, "faithfulness": False, "device": "cpu"},
     }
     request.update(extra)
@@ -141,7 +178,9 @@ def test_worker_reports_json_events_and_the_outputs(job, tmp_path):
     # Progress counts window forwards, and ends at those the estimation ran.
     stats = json.loads(Path(outputs["report"]).read_text())["stats"]
     assert progress[-1]["done"] == progress[-1]["total"] == stats["estimation_forwards"] > 0
-    assert set(outputs) == {"heatmap", "features", "report", "overview"} and all(Path(p).is_file() for p in outputs.values())
+    assert set(outputs) == {"heatmap", "features", "report", "overview"} and all(
+        Path(p).is_file() for p in outputs.values()
+    )
 
 
 @pytest.mark.slow
@@ -149,8 +188,14 @@ def test_worker_takes_nrrd_and_a_named_slicer_segment_as_the_slicer_module_sends
     data, affine = read_image(job[1])
     write_image(tmp_path / "volume.nrrd", data, affine)
     reference = _segmentation(job[1], tmp_path)
-    request = _request(tmp_path, job, image=str(tmp_path / "volume.nrrd"), reference=reference,
-                       reference_segment="tissue_a", trust_model=False)
+    request = _request(
+        tmp_path,
+        job,
+        image=str(tmp_path / "volume.nrrd"),
+        reference=reference,
+        reference_segment="tissue_a",
+        trust_model=False,
+    )
     done = segshap("worker", "--request", str(request))
     assert done.returncode == 0, done.stderr
     outputs = json.loads(done.stdout.splitlines()[-1])["outputs"]
@@ -159,7 +204,9 @@ def test_worker_takes_nrrd_and_a_named_slicer_segment_as_the_slicer_module_sends
     assert heat.shape == data.shape and np.array_equal(heat_affine, affine)
     unknown = _request(tmp_path, job, reference=reference, reference_segment="tumour")
     failed = segshap("worker", "--request", str(unknown))
-    assert failed.returncode == 2 and "no segment named 'tumour'" in json.loads(failed.stdout.splitlines()[-1])["message"]
+    assert (
+        failed.returncode == 2 and "no segment named 'tumour'" in json.loads(failed.stdout.splitlines()[-1])["message"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -181,11 +228,14 @@ def test_worker_errors_are_one_event_and_exit_code_2(job, tmp_path, extra, fragm
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.slow
 def test_a_signal_stops_the_run_within_2_seconds_and_writes_nothing(job, tmp_path, signum):
-    request = _request(tmp_path, job, options={"features": "grid", "n_features": 30, "nsamples": 100000,
-                                               "device": "cpu"})
+    request = _request(
+        tmp_path, job, options={"features": "grid", "n_features": 30, "nsamples": 100000, "device": "cpu"}
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "segshap.cli", "worker", "--request", str(request)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     for line in process.stdout:  # wait until the estimation runs
         if json.loads(line)["event"] == "progress":
@@ -220,11 +270,31 @@ def test_reference_and_roi_files_are_read(mni_nifti, scripted_model, tmp_path):
     roi[42:52, 52:62, 42:52] = 1
     nibabel.save(nibabel.Nifti1Image(segment, affine), str(tmp_path / "segment.nii.gz"))
     nibabel.save(nibabel.Nifti1Image(roi, affine), str(tmp_path / "roi.nii.gz"))
-    done = segshap("explain", "--image", str(image), "--model", str(scripted_model), "--target", "tissue_b",
-                   "--reference", str(tmp_path / "segment.nii.gz"), "--roi", str(tmp_path / "roi.nii.gz"),
-                   "--features", "fcc", "--n-features", "6", "--nsamples", "60", "--no-faithfulness", "--out",
-                   str(tmp_path / "out"),
-                   "--device", "cpu", "--quiet")
+    done = segshap(
+        "explain",
+        "--image",
+        str(image),
+        "--model",
+        str(scripted_model),
+        "--target",
+        "tissue_b",
+        "--reference",
+        str(tmp_path / "segment.nii.gz"),
+        "--roi",
+        str(tmp_path / "roi.nii.gz"),
+        "--features",
+        "fcc",
+        "--n-features",
+        "6",
+        "--nsamples",
+        "60",
+        "--no-faithfulness",
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "out" / "explanation.json").read_text())
     assert report["settings"]["roi_box"] == [[42, 52], [52, 62], [42, 52]]
@@ -248,9 +318,17 @@ def test_worker_segments_the_image_on_its_grid(mni_nifti, scripted_model, tmp_pa
     image, data, affine = mni_nifti
     write_image(tmp_path / "volume.nrrd", data, affine)
     request = tmp_path / "segment.json"
-    request.write_text(json.dumps({"task": "segment", "image": str(tmp_path / "volume.nrrd"),
-                                   "model": str(scripted_model), "out": str(tmp_path / "seg"),
-                                   "options": {"device": "cpu", "batch_size": 2}}))
+    request.write_text(
+        json.dumps(
+            {
+                "task": "segment",
+                "image": str(tmp_path / "volume.nrrd"),
+                "model": str(scripted_model),
+                "out": str(tmp_path / "seg"),
+                "options": {"device": "cpu", "batch_size": 2},
+            }
+        )
+    )
     done = segshap("worker", "--request", str(request))
     assert done.returncode == 0, done.stderr
     event = json.loads(done.stdout.splitlines()[-1])
@@ -305,17 +383,21 @@ def test_worker_ends_when_its_parent_dies(job, tmp_path, kill_after_s):
     """A worker whose launcher (3D Slicer, or a launcher script) dies does not run on unattended: whether the
     launcher dies before the worker has started (None: it exits right after spawning it), while it starts (torch
     is still importing) or while it computes."""
-    request = _request(tmp_path, job, options={"features": "grid", "n_features": 30, "nsamples": 100000,
-                                               "device": "cpu"})
+    request = _request(
+        tmp_path, job, options={"features": "grid", "n_features": 30, "nsamples": 100000, "device": "cpu"}
+    )
     pid_file = tmp_path / "worker.pid"
     then = "os._exit(0)" if kill_after_s is None else "time.sleep(600)"
-    parent = subprocess.Popen([
-        sys.executable, "-c",
-        "import os, subprocess, sys, time; "
-        f"p = subprocess.Popen([sys.executable, '-m', 'segshap.cli', 'worker', '--request', {str(request)!r}, "
-        "'--parent-pid', str(os.getpid())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
-        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); {then}",
-    ])
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, subprocess, sys, time; "
+            f"p = subprocess.Popen([sys.executable, '-m', 'segshap.cli', 'worker', '--request', {str(request)!r}, "
+            "'--parent-pid', str(os.getpid())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); {then}",
+        ]
+    )
     deadline = time.monotonic() + 60
     while not (pid_file.exists() and pid_file.read_text()):
         assert time.monotonic() < deadline
@@ -358,8 +440,21 @@ def test_a_reference_outside_the_image_is_said_not_to_overlap(mni_nifti, scripte
     elsewhere = affine.copy()
     elsewhere[:3, 3] += 1000.0  # a metre away: drawn on another image
     nibabel.save(nibabel.Nifti1Image(segment, elsewhere), str(tmp_path / "segment.nii.gz"))
-    done = segshap("explain", "--image", str(image), "--model", str(scripted_model), "--target", "tissue_b",
-                   "--reference", str(tmp_path / "segment.nii.gz"), "--out", str(tmp_path / "out"),
-                   "--device", "cpu", "--quiet")
+    done = segshap(
+        "explain",
+        "--image",
+        str(image),
+        "--model",
+        str(scripted_model),
+        "--target",
+        "tissue_b",
+        "--reference",
+        str(tmp_path / "segment.nii.gz"),
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert done.returncode != 0 and "does not overlap the image" in done.stderr, done.stderr
     assert "empty" not in done.stderr and not (tmp_path / "out").exists()

@@ -16,8 +16,8 @@ from test_estimator import Recorder, enumerated_shapley
 import segshap.chains
 import segshap.estimator
 from segshap import kernel_shap
-from segshap.estimator import shapley_from_enumeration
 from segshap.chains import loop_coalitions
+from segshap.estimator import shapley_from_enumeration
 from segshap.surrogate import adjacent_pairs, fit_boosted_trees, fit_surrogate
 
 
@@ -117,6 +117,7 @@ def test_auto_picks_chains_when_they_fit_and_their_coalitions_are_cheap():
     assert kernel_shap(game, 20, 400, design="auto").design == "leverage"  # every coalition costs the same
     assert kernel_shap(game, 20, 400, design="auto", cost=_local_cost).design == "chains"
     assert kernel_shap(game, 20, 39, design="auto", cost=_local_cost).design == "leverage"  # no chain fits
+
     # The chains' error per coalition grows with the budget in multiples of M: the same 3x cheaper coalitions
     # win at 4M and lose at 16M ...
     def cheaper(factor):  # a walk's coalitions cost 1, any others `factor`
@@ -196,8 +197,13 @@ def test_boosted_trees_shapley_values_are_exact_for_the_trees():
     rng = np.random.default_rng(0)
     m = 8
     coalitions = ((np.arange(2**m)[:, None] >> np.arange(m)) & 1).astype(bool)
-    values = np.stack([np.sin(coalitions @ rng.normal(size=m)) * coalitions[:, 0],
-                       (coalitions[:, 1] & coalitions[:, 2] & ~coalitions[:, 3]).astype(float)], axis=1)
+    values = np.stack(
+        [
+            np.sin(coalitions @ rng.normal(size=m)) * coalitions[:, 0],
+            (coalitions[:, 1] & coalitions[:, 2] & ~coalitions[:, 3]).astype(float),
+        ],
+        axis=1,
+    )
     trees = fit_boosted_trees(coalitions[::3], values[::3], seed=1)
     predicted = trees(coalitions)
     np.testing.assert_allclose(trees.shapley_values(), shapley_from_enumeration(coalitions, predicted), atol=1e-12)

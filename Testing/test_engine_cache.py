@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import CountingModel, PerSample, grid_features, perturbed, reference_values, small_unet
 from monai.inferers import sliding_window_inference
 
 import segshap
-from conftest import CountingModel, PerSample, grid_features, perturbed, reference_values, small_unet
 
 PATCH = (16, 16, 16)
 
@@ -107,8 +107,9 @@ def test_values_do_not_depend_on_batching_or_the_cache_budget(setting):
 
 def test_cached_outputs_reuse_their_memory_from_call_to_call(setting):
     image, reference, features = setting
-    engine = segshap.PatchEngine(PerSample(small_unet()), image, features, reference=reference, patch_size=PATCH,
-                                 cache_bytes=0)
+    engine = segshap.PatchEngine(
+        PerSample(small_unet()), image, features, reference=reference, patch_size=PATCH, cache_bytes=0
+    )
     coalitions = np.random.default_rng(3).random((10, engine.n_features)) < 0.5
     first = engine.evaluate(coalitions)
     after_first = engine.stats
@@ -124,13 +125,15 @@ def test_only_windows_touching_the_roi_run_and_only_their_features_count(setting
     image, reference, features = setting
     model = CountingModel(PerSample(small_unet()))
     roi = ((2, 10), (30, 40), (0, 6))
-    engine = segshap.PatchEngine(model, image, features, reference=np.ones(image.shape, bool), roi=roi,
-                                 patch_size=PATCH, overlap=0.5)
+    engine = segshap.PatchEngine(
+        model, image, features, reference=np.ones(image.shape, bool), roi=roi, patch_size=PATCH, overlap=0.5
+    )
     roi_mask = np.zeros(image.shape, dtype=bool)
     roi_mask[tuple(slice(a, b) for a, b in roi)] = True
     padded_roi = engine.tiling.pad(roi_mask, False)
     touching = [
-        w for w in range(engine.tiling.n_windows)
+        w
+        for w in range(engine.tiling.n_windows)
         if padded_roi[tuple(slice(a, b) for a, b in engine.tiling.window_box(w))].any()
     ]
     assert engine.windows.tolist() == touching
@@ -148,8 +151,10 @@ def test_only_windows_touching_the_roi_run_and_only_their_features_count(setting
     x = perturbed(image, features, outside, np.zeros(outside.size, bool), 5.0)
     with torch.no_grad():
         full = sliding_window_inference(torch.from_numpy(x)[None], PATCH, 4, model, overlap=0.5, mode="gaussian")
-    assert not torch.equal(full, sliding_window_inference(
-        torch.from_numpy(image)[None, None], PATCH, 4, model, overlap=0.5, mode="gaussian"))
+    assert not torch.equal(
+        full,
+        sliding_window_inference(torch.from_numpy(image)[None, None], PATCH, 4, model, overlap=0.5, mode="gaussian"),
+    )
     want = reference_values(model, x, roi_mask, [np.ones(image.shape, bool)], [1], "soft_dice", PATCH, 0.5, "gaussian")
     assert abs(engine.evaluate(everything)[0] - want[0]) <= 1e-5
 
@@ -164,8 +169,11 @@ def test_features_that_equal_the_baseline_change_nothing(setting):
     columns = _window_columns(engine, image, features)
     air_only = np.setdiff1d(np.unique(features[:, 20:, :]), np.unique(features[:, :20, :]))
     assert air_only.size and not np.isin(air_only, engine.feature_ids).any()
-    assert any(c.size < np.unique(engine.tiling.pad(features, 0)[tuple(
-        slice(a, b) for a, b in engine.tiling.window_box(w))]).size - 1 for w, c in columns.items())
+    assert any(
+        c.size
+        < np.unique(engine.tiling.pad(features, 0)[tuple(slice(a, b) for a, b in engine.tiling.window_box(w))]).size - 1
+        for w, c in columns.items()
+    )
     coalitions = np.random.default_rng(3).random((10, engine.n_features)) < 0.5
     values = engine.evaluate(coalitions)
     extremes = np.array([np.ones(engine.n_features, bool), np.zeros(engine.n_features, bool)])
@@ -202,8 +210,9 @@ def test_a_chain_step_runs_only_the_windows_of_the_feature_it_switches(setting):
     """Walking a permutation chain with retain=, a step reruns just the switched feature's windows, even with no
     cache budget at all: what the walk continues from is kept, everything else is forgotten."""
     image, reference, features = setting
-    engine = segshap.PatchEngine(small_unet(), image, features, reference=reference, patch_size=PATCH, batch_size=4,
-                                 cache_bytes=0)
+    engine = segshap.PatchEngine(
+        small_unet(), image, features, reference=reference, patch_size=PATCH, batch_size=4, cache_bytes=0
+    )
     m = engine.n_features
     window_features = {}
     for j, windows in enumerate(engine.feature_windows):
@@ -227,5 +236,7 @@ def test_a_chain_step_runs_only_the_windows_of_the_feature_it_switches(setting):
     two[0, order[0] if order[0] != 0 else order[1]] = True
     before = engine.stats["patch_forwards"]
     engine.evaluate(two)
-    touched = set(engine.feature_windows[0].tolist()) | set(engine.feature_windows[int(np.flatnonzero(two[0])[-1])].tolist())
+    touched = set(engine.feature_windows[0].tolist()) | set(
+        engine.feature_windows[int(np.flatnonzero(two[0])[-1])].tolist()
+    )
     assert engine.stats["patch_forwards"] - before == len(touched)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import PerSample, grid_features, perturbed, reference_values, small_unet
 
 import segshap
-from conftest import PerSample, grid_features, perturbed, reference_values, small_unet
 
 PATCH = (32, 32, 32)
 
@@ -27,16 +27,18 @@ def _setting(mni_t1):
 def test_values_equal_full_volume_inference_on_cuda(mni_t1, blend):
     image, reference, features = _setting(mni_t1)
     model = PerSample(small_unet()).cuda()
-    engine = segshap.PatchEngine(model, image, features, reference=reference, patch_size=PATCH, blend=blend,
-                                 device="cuda", batch_size=8)
+    engine = segshap.PatchEngine(
+        model, image, features, reference=reference, patch_size=PATCH, blend=blend, device="cuda", batch_size=8
+    )
     coalitions = np.random.default_rng(0).random((6, engine.n_features)) < 0.5
     values = engine.evaluate(coalitions)
     roi = np.zeros(image.shape, dtype=bool)
     roi[tuple(slice(a, b) for a, b in engine.roi_box)] = True
     for coalition, value in zip(coalitions, values):
         x = perturbed(image, features, engine.feature_ids, coalition, 0.0)
-        want = reference_values(lambda t: model(t.cuda()).cpu(), x, roi, [reference], [1], "soft_dice", PATCH,
-                                0.5, blend)
+        want = reference_values(
+            lambda t: model(t.cuda()).cpu(), x, roi, [reference], [1], "soft_dice", PATCH, 0.5, blend
+        )
         assert abs(value - want[0]) <= 1e-5
 
 

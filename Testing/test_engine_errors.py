@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import grid_features, small_unet
 from monai.networks.nets import UNet
 
 import segshap
-from conftest import grid_features, small_unet
 
 SHAPE = (20, 18, 22)
 PATCH = (16, 16, 16)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import PerSample, grid_features, perturbed, reference_values, small_unet
 
 import segshap
-from conftest import PerSample, grid_features, perturbed, reference_values, small_unet
 
 VALUES = ("soft_dice", "dice", "tp", "fp", "mean_prob")
 PATCH = (24, 24, 24)
@@ -44,8 +44,18 @@ def _assert_soft_dice_matches_monai(engine, model, image, features, reference, r
     roi_mask[tuple(slice(a, b) for a, b in engine.roi_box)] = True
     for coalition, value in zip(coalitions, engine.evaluate(coalitions)):
         x = perturbed(image, features, engine.feature_ids, coalition, 0.0)
-        want = reference_values(model, x, roi_mask, [reference], [1], "soft_dice", engine.tiling.patch_size, 0.5,
-                                "gaussian", engine.batch_size)
+        want = reference_values(
+            model,
+            x,
+            roi_mask,
+            [reference],
+            [1],
+            "soft_dice",
+            engine.tiling.patch_size,
+            0.5,
+            "gaussian",
+            engine.batch_size,
+        )
         assert abs(value - want[0]) <= 1e-5
 
 
@@ -60,8 +70,18 @@ def test_values_equal_full_volume_inference(mni_t1, name, blend, overlap):
     baseline = float(image.min())
     engines = {
         value: segshap.PatchEngine(
-            model, image, features, reference=reference, target=1, value=value, roi=roi, margin=4,
-            patch_size=PATCH, overlap=overlap, blend=blend, baseline=baseline,
+            model,
+            image,
+            features,
+            reference=reference,
+            target=1,
+            value=value,
+            roi=roi,
+            margin=4,
+            patch_size=PATCH,
+            overlap=overlap,
+            blend=blend,
+            baseline=baseline,
         )
         for value in VALUES
     }
@@ -100,8 +120,15 @@ def test_several_targets_from_one_pass_with_channels_and_baseline_image(mni_t1):
     features = grid_features(image.shape, 8)
     model = PerSample(small_unet(in_channels=2))
     engine = segshap.PatchEngine(
-        model, image2, features, reference=labels, target=[1, 2], value="mean_prob", patch_size=PATCH,
-        baseline=baseline.astype(np.float32), margin=2,
+        model,
+        image2,
+        features,
+        reference=labels,
+        target=[1, 2],
+        value="mean_prob",
+        patch_size=PATCH,
+        baseline=baseline.astype(np.float32),
+        margin=2,
     )
     coalitions = _coalitions(np.random.default_rng(2), engine.n_features, 4)
     values = engine.evaluate(coalitions)
@@ -117,7 +144,14 @@ def test_several_targets_from_one_pass_with_channels_and_baseline_image(mni_t1):
         np.testing.assert_allclose(row, want, atol=1e-5, rtol=0)
     # One target on the same ROI needs exactly the same forwards: the second target came for free.
     single = segshap.PatchEngine(
-        model, image2, features, reference=labels, target=2, value="mean_prob", roi=roi_mask, patch_size=PATCH,
+        model,
+        image2,
+        features,
+        reference=labels,
+        target=2,
+        value="mean_prob",
+        roi=roi_mask,
+        patch_size=PATCH,
         baseline=baseline.astype(np.float32),
     )
     np.testing.assert_array_equal(single.feature_ids, engine.feature_ids)
@@ -144,7 +178,9 @@ def test_reference_defaults_to_the_unperturbed_prediction(mni_t1, roi_given):
     from monai.inferers import sliding_window_inference
 
     with torch.no_grad():
-        full = sliding_window_inference(torch.from_numpy(image)[None, None], PATCH, 4, model, overlap=0.5, mode="gaussian")
+        full = sliding_window_inference(
+            torch.from_numpy(image)[None, None], PATCH, 4, model, overlap=0.5, mode="gaussian"
+        )
     predicted = full[0].argmax(0).numpy() == 2
     for coalition, value in zip(coalitions, values):
         x = perturbed(image, features, engine.feature_ids, coalition, 0.0)

@@ -145,7 +145,9 @@ def test_error_is_at_most_half_of_shap_at_budget_8m(n_features):
     shap_error = np.mean(np.linalg.norm(shap_values - truth, axis=1))
     ours = [kernel_shap(game, n_features, budget, seed=s).values for s in seeds]
     our_error = np.mean(np.linalg.norm(np.array(ours) - truth, axis=1))
-    print(f"M={n_features}: mean L2 error ours {our_error:.4g}, shap {shap_error:.4g}, ratio {our_error / shap_error:.2f}")
+    print(
+        f"M={n_features}: mean L2 error ours {our_error:.4g}, shap {shap_error:.4g}, ratio {our_error / shap_error:.2f}"
+    )
     assert our_error <= 0.5 * shap_error
 
 

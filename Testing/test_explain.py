@@ -21,7 +21,15 @@ TILING = {"patch_size": (32, 32, 32), "overlap": 0.25, "blend": "gaussian"}
 def explained(mni_t1):
     net = small_unet(1, 3)
     explanation = segshap.explain(
-        net, mni_t1, target=1, roi=ROI, features="grid", n_features=8, nsamples=200, device="cpu", affine=np.diag([2, 2, 2, 1.0]),
+        net,
+        mni_t1,
+        target=1,
+        roi=ROI,
+        features="grid",
+        n_features=8,
+        nsamples=200,
+        device="cpu",
+        affine=np.diag([2, 2, 2, 1.0]),
         **TILING,
     )
     return net, explanation
@@ -37,8 +45,10 @@ def test_values_are_exact_and_the_end_points_are_full_inference(mni_t1, explaine
     prediction = segshap.predict(net, mni_t1, device="cpu", **TILING)
     masks = [prediction == 1]
     baseline = float(mni_t1.mean())
-    for coalition, expected in ((np.ones(ex.feature_ids.size, bool), ex.full_value),
-                                (np.zeros(ex.feature_ids.size, bool), ex.base_value)):
+    for coalition, expected in (
+        (np.ones(ex.feature_ids.size, bool), ex.full_value),
+        (np.zeros(ex.feature_ids.size, bool), ex.base_value),
+    ):
         image = perturbed(mni_t1, ex.feature_map, ex.feature_ids, coalition, baseline)
         value = reference_values(net, image, roi, masks, [1], "soft_dice", **TILING)[0]
         assert value == pytest.approx(expected, abs=1e-5)
@@ -117,8 +127,15 @@ def test_loaded_model_preprocesses_and_takes_class_names(mni_nifti, scripted_mod
     assert prepared.grid.same_as(prepared.source)  # the template is on the model's 2 mm RAS grid already
     assert abs(x[0][brain].mean()) < 1e-4 and abs(x[0][brain].std() - 1) < 1e-4
     by_name = segshap.explain(
-        scripted_model, data, target=["tissue_a", "tissue_b"], roi=ROI, features="fcc", n_features=6,
-        nsamples=40, device="cpu", affine=affine,
+        scripted_model,
+        data,
+        target=["tissue_a", "tissue_b"],
+        roi=ROI,
+        features="fcc",
+        n_features=6,
+        nsamples=40,
+        device="cpu",
+        affine=affine,
     )
     assert by_name.target_names == ("tissue_a", "tissue_b") and by_name.targets == (1, 2)
     assert by_name.values.shape == (by_name.feature_ids.size, 2) and not by_name.exact
@@ -131,8 +148,14 @@ def test_organ_features_carry_their_labels(mni_t1):
     labelmap[30:50] = 3
     labelmap[50:70] = 7
     ex = segshap.explain(
-        small_unet(1, 3), mni_t1, target=1, roi=((44, 56), (50, 62), (40, 52)), features="organs", labelmap=labelmap,
-        device="cpu", **TILING,
+        small_unet(1, 3),
+        mni_t1,
+        target=1,
+        roi=((44, 56), (50, 62), (40, 52)),
+        features="organs",
+        labelmap=labelmap,
+        device="cpu",
+        **TILING,
     )
     assert ex.exact and sorted(ex.organ_labels.tolist()) == [3, 7]
     for feature, label in zip(ex.feature_ids, ex.organ_labels):
@@ -212,7 +235,7 @@ def test_the_explanation_game_is_the_game_explain_estimates(mni_t1):
     for coalition, value in table.items():
         for i in range(m):
             if coalition[i]:
-                without = coalition[:i] + (False,) + coalition[i + 1:]
+                without = coalition[:i] + (False,) + coalition[i + 1 :]
                 size = sum(coalition) - 1
                 weight = math.factorial(size) * math.factorial(m - size - 1) / math.factorial(m)
                 shapley[i] += weight * (value - table[without])
@@ -228,8 +251,18 @@ def test_a_forward_budget_and_the_design_are_kept_and_reported(mni_t1, tmp_path)
     net = small_unet(1, 3)
     reports = []
     ex = segshap.explain(
-        net, mni_t1, target=1, roi=ROI, features="grid", n_features=27, nsamples=5000, device="cpu",
-        design="chains", max_forwards=150, progress=lambda done, total: reports.append((done, total)), **TILING,
+        net,
+        mni_t1,
+        target=1,
+        roi=ROI,
+        features="grid",
+        n_features=27,
+        nsamples=5000,
+        device="cpu",
+        design="chains",
+        max_forwards=150,
+        progress=lambda done, total: reports.append((done, total)),
+        **TILING,
     )
     stats = ex.stats
     assert stats["design"] == "chains" and stats["stop_reason"] == "max_forwards"
@@ -251,7 +284,9 @@ def test_faithfulness_curves_are_the_game_s_values_along_the_ranking(mni_t1, exp
     m = ex.feature_ids.size
     assert curves.deletion.shape == curves.insertion.shape == curves.random_deletion.shape == (m + 1,)
     for start, end in ((curves.deletion, curves.insertion), (curves.random_deletion, curves.random_insertion)):
-        assert start[0] == pytest.approx(ex.full_value, abs=1e-9) and start[-1] == pytest.approx(ex.base_value, abs=1e-9)
+        assert start[0] == pytest.approx(ex.full_value, abs=1e-9) and start[-1] == pytest.approx(
+            ex.base_value, abs=1e-9
+        )
         assert end[0] == pytest.approx(ex.base_value, abs=1e-9) and end[-1] == pytest.approx(ex.full_value, abs=1e-9)
     roi = np.zeros(mni_t1.shape, bool)
     roi[tuple(slice(a, b) for a, b in ROI)] = True
@@ -261,7 +296,9 @@ def test_faithfulness_curves_are_the_game_s_values_along_the_ranking(mni_t1, exp
     taken[order[:k]] = True
     for coalition, expected in ((~taken, curves.deletion[k]), (taken, curves.insertion[k])):
         image = perturbed(mni_t1, ex.feature_map, ex.feature_ids, coalition, float(mni_t1.mean()))
-        assert reference_values(net, image, roi, masks, [1], "soft_dice", **TILING)[0] == pytest.approx(expected, abs=1e-5)
+        assert reference_values(net, image, roi, masks, [1], "soft_dice", **TILING)[0] == pytest.approx(
+            expected, abs=1e-5
+        )
     assert ex.stats["faithfulness_forwards"] == curves.forwards > 0
     ex.save(tmp_path)
     entry = json.loads((tmp_path / "explanation.json").read_text())["faithfulness"]
@@ -319,7 +356,16 @@ def test_intensities_near_the_float32_limit_give_no_overflow_warning(mni_t1, mni
         # The sidecar's z-scoring makes an image scaled by 1e30 the image it was scaled from.
         scaled = model.preprocess(data * np.float32(1e30), affine).image
         # The mean baseline of an image whose sum exceeds float32.
-        game = segshap.explanation_game(small_unet(1, 3), huge, target=1, reference=mni_t1 > 1, roi=ROI,
-                                        features="grid", n_features=8, device="cpu", **TILING)
+        game = segshap.explanation_game(
+            small_unet(1, 3),
+            huge,
+            target=1,
+            reference=mni_t1 > 1,
+            roi=ROI,
+            features="grid",
+            n_features=8,
+            device="cpu",
+            **TILING,
+        )
     np.testing.assert_allclose(scaled, model.preprocess(data, affine).image, atol=1e-4)
     assert game.baseline == pytest.approx(float(huge.mean(dtype=np.float64)), rel=1e-6)

@@ -10,9 +10,9 @@ import json
 import nibabel
 import numpy as np
 import pytest
+from conftest import TEST_SIDECAR
 
 import segshap
-from conftest import TEST_SIDECAR
 from segshap.geometry import Grid, reorient, resample, transfer
 from segshap.io import read_image, read_segmentation, write_image
 
@@ -110,10 +110,16 @@ def test_nrrd_and_nifti_give_the_same_world_geometry(tmp_path):
     affine = oblique_affine()
     # NRRD as 3D Slicer writes it: LPS space, one direction vector per axis.
     lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]
-    nrrd.write(str(tmp_path / "image.nrrd"), data, {
-        "space": "left-posterior-superior", "space directions": lps[:, :3].T, "space origin": lps[:, 3],
-        "kinds": ["domain"] * 3,
-    })
+    nrrd.write(
+        str(tmp_path / "image.nrrd"),
+        data,
+        {
+            "space": "left-posterior-superior",
+            "space directions": lps[:, :3].T,
+            "space origin": lps[:, 3],
+            "kinds": ["domain"] * 3,
+        },
+    )
     nibabel.save(nibabel.Nifti1Image(data, affine), str(tmp_path / "image.nii.gz"))
     from_nrrd, nrrd_affine = read_image(tmp_path / "image.nrrd")
     from_nifti, nifti_affine = read_image(tmp_path / "image.nii.gz")
@@ -151,10 +157,14 @@ def write_slicer_segmentation(path, layers: np.ndarray, affine: np.ndarray, segm
         "kinds": ["list", "domain", "domain", "domain"],
     }
     for index, (name, layer, label) in enumerate(segments):
-        header.update({
-            f"Segment{index}_ID": f"Segment_{index + 1}", f"Segment{index}_Name": name,
-            f"Segment{index}_Layer": str(layer), f"Segment{index}_LabelValue": str(label),
-        })
+        header.update(
+            {
+                f"Segment{index}_ID": f"Segment_{index + 1}",
+                f"Segment{index}_Name": name,
+                f"Segment{index}_Layer": str(layer),
+                f"Segment{index}_LabelValue": str(label),
+            }
+        )
     nrrd.write(str(path), np.ascontiguousarray(layers.astype(np.uint8)), header)
 
 
@@ -168,8 +178,9 @@ def test_slicer_segmentations_are_read_by_segment_name_and_placed_by_their_geome
     layers[0, 1:4, 1:4, 1:3] = 1  # liver
     layers[0, 5:7, 2:5, 0:2] = 2  # spleen, same layer
     layers[1, 2:6, 2:6, 1:4] = 1  # tumour, overlapping the liver, on a second layer
-    write_slicer_segmentation(tmp_path / "ref.seg.nrrd", layers, seg_affine,
-                              [("liver", 0, 1), ("spleen", 0, 2), ("tumour", 1, 1)])
+    write_slicer_segmentation(
+        tmp_path / "ref.seg.nrrd", layers, seg_affine, [("liver", 0, 1), ("spleen", 0, 2), ("tumour", 1, 1)]
+    )
     segments, affine = read_segmentation(tmp_path / "ref.seg.nrrd")
     assert list(segments) == ["liver", "spleen", "tumour"]
     np.testing.assert_allclose(affine, seg_affine, atol=1e-12)
@@ -188,8 +199,11 @@ def test_slicer_segmentations_are_read_by_segment_name_and_placed_by_their_geome
     nrrd.write(str(tmp_path / "single.seg.nrrd"), np.ascontiguousarray(data[0]), header)
     single, _ = read_segmentation(tmp_path / "single.seg.nrrd")
     assert list(single) == ["liver", "spleen"] and np.array_equal(single["spleen"], layers[0] == 2)
-    old_header = {k: v for k, v in nrrd.read_header(str(tmp_path / "ref.seg.nrrd")).items()
-                  if not k.endswith(("_Layer", "_LabelValue")) and not k.startswith("Segment2")}
+    old_header = {
+        k: v
+        for k, v in nrrd.read_header(str(tmp_path / "ref.seg.nrrd")).items()
+        if not k.endswith(("_Layer", "_LabelValue")) and not k.startswith("Segment2")
+    }
     binary = np.stack([layers[0] == 1, layers[1] == 1]).astype(np.uint8)
     nrrd.write(str(tmp_path / "old.seg.nrrd"), binary, old_header)
     old, _ = read_segmentation(tmp_path / "old.seg.nrrd")
@@ -222,8 +236,17 @@ def test_explaining_an_image_in_its_own_space_maps_outputs_back_exactly(ras_mode
     reference = np.zeros(image_grid.shape, bool)
     reference[45:55, 35:45, 30:40] = True
     explanation = segshap.explain(
-        ras_model, image, affine=image_affine, target=1, reference=reference, roi=((40, 60), (30, 50), (25, 45)),
-        features="grid", n_features=12, nsamples=30, device="cpu", faithfulness=False,
+        ras_model,
+        image,
+        affine=image_affine,
+        target=1,
+        reference=reference,
+        roi=((40, 60), (30, 50), (25, 45)),
+        features="grid",
+        n_features=12,
+        nsamples=30,
+        device="cpu",
+        faithfulness=False,
     )
     model_affine = explanation.model_affine
     model_grid = Grid(explanation.model_feature_map.shape, model_affine)
@@ -267,8 +290,16 @@ def test_an_image_coarser_than_the_model_grid_keeps_every_feature_in_the_report(
     coarse_affine = template_affine @ np.diag([8.0, 8.0, 8.0, 1.0])
     image = np.ascontiguousarray(template[::8, ::8, ::8])
     explanation = segshap.explain(
-        ras_model, image, affine=coarse_affine, target=1, reference=np.ones(image.shape, bool),
-        roi=((6, 7), (7, 8), (6, 7)), features="grid", n_features=2000, nsamples=16, device="cpu",
+        ras_model,
+        image,
+        affine=coarse_affine,
+        target=1,
+        reference=np.ones(image.shape, bool),
+        roi=((6, 7), (7, 8), (6, 7)),
+        features="grid",
+        n_features=2000,
+        nsamples=16,
+        device="cpu",
         faithfulness=False,
     )
     shown = set(np.unique(explanation.feature_map)) - {0}
@@ -291,8 +322,17 @@ def test_a_pure_reorientation_maps_features_back_by_flipping_only(ras_model, mni
     lps_affine = template_affine @ flip
     lps_image = np.ascontiguousarray(template[::-1, ::-1])
     explanation = segshap.explain(
-        ras_model, lps_image, affine=lps_affine, target=1, roi=((40, 60), (40, 60), (40, 60)), features="fcc",
-        n_features=8, nsamples=20, device="cpu", reference=np.ones(template.shape, bool), faithfulness=False,
+        ras_model,
+        lps_image,
+        affine=lps_affine,
+        target=1,
+        roi=((40, 60), (40, 60), (40, 60)),
+        features="fcc",
+        n_features=8,
+        nsamples=20,
+        device="cpu",
+        reference=np.ones(template.shape, bool),
+        faithfulness=False,
     )
     np.testing.assert_allclose(explanation.model_affine, template_affine, atol=1e-9)
     np.testing.assert_array_equal(explanation.feature_map, explanation.model_feature_map[::-1, ::-1])

@@ -18,9 +18,10 @@ import torch
 
 pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed: install segshap's nnunet extra to run these")
 
-import segshap  # noqa: E402
 from conftest import perturbed  # noqa: E402
 from nnunet_models import make_model_folder  # noqa: E402
+
+import segshap  # noqa: E402
 from segshap.io import read_image  # noqa: E402
 
 
@@ -52,9 +53,15 @@ def nnunet_predictor(model):
     dataset = json.loads((folder / "dataset.json").read_text())
     manager = PlansManager(plans)
     configuration = manager.get_configuration("3d_fullres")
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
-                                allow_tqdm=False)
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=True,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        verbose=False,
+        allow_tqdm=False,
+    )
     network = copy.deepcopy(model.network.networks[0])  # nnU-Net loads each fold's weights into it in turn
     parameters = [{k: v.clone() for k, v in net.state_dict().items()} for net in model.network.networks]
     predictor.manual_initialization(network, manager, configuration, parameters, dataset, "nnUNetTrainer", (0, 1, 2))
@@ -78,7 +85,8 @@ def test_preprocessing_equals_nnunets_own_from_the_file(model_folder, image_file
     _, manager, configuration, dataset = nnunet_predictor(model)
     data, properties = SimpleITKIO().read_images([str(image_file)])
     theirs, _, _ = configuration.preprocessor_class(verbose=False).run_case_npy(
-        data, None, properties, manager, configuration, dataset)
+        data, None, properties, manager, configuration, dataset
+    )
     image, affine = read_image(image_file)
     ours = model.preprocess(image, affine)
     assert ours.image.shape == theirs.shape and ours.image.shape != (1, *image.shape)  # cropped and transposed
@@ -97,8 +105,18 @@ def test_engine_values_equal_nnunets_own_prediction_on_perturbed_images(model_fo
     reference[10:30, 5:25, 20:40] = True
     # The ROI reaches the image's border, where nnU-Net's float16 weights are tiny: exactness matters most there.
     roi = ((0, 34), (0, 30), (15, spatial[2]))
-    engine = segshap.PatchEngine(model.network, x, features, reference=reference, target=1, roi=roi,
-                                 baseline=0.0, device="cpu", batch_size=2, **model.tiling_options)
+    engine = segshap.PatchEngine(
+        model.network,
+        x,
+        features,
+        reference=reference,
+        target=1,
+        roi=roi,
+        baseline=0.0,
+        device="cpu",
+        batch_size=2,
+        **model.tiling_options,
+    )
     rng = np.random.default_rng(0)
     coalitions = np.vstack([np.ones(engine.n_features, bool), rng.random((2, engine.n_features)) < 0.5])
     values = engine.evaluate(coalitions)
@@ -136,11 +154,37 @@ def test_the_cli_explains_an_nnunet_folder_on_a_resampled_image(model_folder, mn
     nibabel.save(nibabel.Nifti1Image(data, affine), str(tmp_path / "aniso.nii.gz"))
     (tmp_path / "options.json").write_text(json.dumps({"folds": [0], "use_mirroring": False}))
     done = subprocess.run(
-        [sys.executable, "-m", "segshap.cli", "explain", "--image", str(tmp_path / "aniso.nii.gz"), "--model",
-         str(model_folder), "--model-config", str(tmp_path / "options.json"), "--target", "gray_matter",
-         "--roi", "20:36,20:44,8:16", "--features", "grid", "--n-features", "8", "--nsamples", "20",
-         "--no-faithfulness", "--device", "cpu", "--quiet", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "segshap.cli",
+            "explain",
+            "--image",
+            str(tmp_path / "aniso.nii.gz"),
+            "--model",
+            str(model_folder),
+            "--model-config",
+            str(tmp_path / "options.json"),
+            "--target",
+            "gray_matter",
+            "--roi",
+            "20:36,20:44,8:16",
+            "--features",
+            "grid",
+            "--n-features",
+            "8",
+            "--nsamples",
+            "20",
+            "--no-faithfulness",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     heat, heat_affine = read_image(tmp_path / "out" / "heatmap.nii.gz")
@@ -154,14 +198,25 @@ def test_the_cli_explains_an_nnunet_folder_on_a_resampled_image(model_folder, mn
 
 @pytest.mark.parametrize(
     "transpose_forward, reader, flips",
-    [((0, 1, 2), "SimpleITKIO", (1, 1, 1)), ((2, 0, 1), "SimpleITKIO", (-1, -1, 1)),
-     ((1, 2, 0), "NibabelIOWithReorient", (-1, -1, 1))],
+    [
+        ((0, 1, 2), "SimpleITKIO", (1, 1, 1)),
+        ((2, 0, 1), "SimpleITKIO", (-1, -1, 1)),
+        ((1, 2, 0), "NibabelIOWithReorient", (-1, -1, 1)),
+    ],
 )
 def test_the_model_grid_affine_places_nnunets_resampled_voxels(tmp_path, transpose_forward, reader, flips):
     """A linear ramp through nnU-Net's own crop, transpose and (linear) resampling: each preprocessed voxel holds
     the ramp's value at the image position our model-grid affine gives it (a half-voxel error would show as >= 0.5)."""
-    folder = make_model_folder(tmp_path, folds=(0,), transpose_forward=transpose_forward, reader=reader,
-                               normalization="NoNormalization", patch_size=(16, 16, 16), features=(2, 4), data_order=1)
+    folder = make_model_folder(
+        tmp_path,
+        folds=(0,),
+        transpose_forward=transpose_forward,
+        reader=reader,
+        normalization="NoNormalization",
+        patch_size=(16, 16, 16),
+        features=(2, 4),
+        data_order=1,
+    )
     model = segshap.load_model(folder, device="cpu")
     shape = (20, 24, 10)
     affine = np.diag([1.0 * flips[0], 1.5 * flips[1], 2.5 * flips[2], 1.0])
@@ -214,8 +269,9 @@ def test_nnunet_tiling_places_windows_where_nnunet_does(shape, step):
     tiling = segshap.nnunet_tiling(shape, (32, 32, 32), step, folds=2)
     expected = itertools.product(*compute_steps_for_sliding_window(shape, (32, 32, 32), step))
     assert tiling.starts.tolist() == [list(start) for start in expected]
-    gaussian = compute_gaussian((32, 32, 32), sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float16,
-                                device=torch.device("cpu"))
+    gaussian = compute_gaussian(
+        (32, 32, 32), sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float16, device=torch.device("cpu")
+    )
     assert torch.equal(tiling.importance_map("cpu"), gaussian.float()) and tiling.accumulation_dtype == torch.float16
     # Through make_tiling, a step stored as 1 - overlap comes back as written.
     again = segshap.tiling.make_tiling("nnunet", shape, 32, overlap=1 - step, folds=2)
@@ -230,19 +286,40 @@ def test_on_cuda_values_follow_nnunets_cuda_predictor(model_folder, image_file):
 
     model = segshap.load_model(model_folder, device="cuda")
     _, manager, configuration, dataset = nnunet_predictor(model)
-    predictor = nnUNetPredictor(tile_step_size=0.5, perform_everything_on_device=True, device=torch.device("cuda"),
-                                verbose=False, allow_tqdm=False)
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5,
+        perform_everything_on_device=True,
+        device=torch.device("cuda"),
+        verbose=False,
+        allow_tqdm=False,
+    )
     parameters = [{k: v.clone() for k, v in net.state_dict().items()} for net in model.network.networks]
-    predictor.manual_initialization(copy.deepcopy(model.network.networks[0]), manager, configuration, parameters,
-                                    dataset, "nnUNetTrainer", (0, 1, 2))
+    predictor.manual_initialization(
+        copy.deepcopy(model.network.networks[0]),
+        manager,
+        configuration,
+        parameters,
+        dataset,
+        "nnUNetTrainer",
+        (0, 1, 2),
+    )
     image, affine = read_image(image_file)
     x = model.preprocess(image, affine).image
     reference = np.zeros(x.shape[1:], bool)
     reference[10:30, 5:25, 20:40] = True
     roi = ((0, 34), (0, 30), (15, x.shape[3]))
     features = segshap.features.grid(x.shape[1:], 9)
-    engine = segshap.PatchEngine(model.network, x, features, reference=reference, target=1, roi=roi, baseline=0.0,
-                                 device="cuda", **model.tiling_options)
+    engine = segshap.PatchEngine(
+        model.network,
+        x,
+        features,
+        reference=reference,
+        target=1,
+        roi=roi,
+        baseline=0.0,
+        device="cuda",
+        **model.tiling_options,
+    )
     coalition = np.random.default_rng(1).random((1, engine.n_features)) < 0.5
     value = engine.evaluate(coalition)[0]
     image_in = perturbed(x, features, engine.feature_ids, coalition[0], 0.0)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import subprocess
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from SegShapExplainLib.dependencies import distributionName, readRequirements, requirementsFile
 
@@ -49,8 +50,10 @@ def test_slicer_requirements_are_the_engine_s_dependencies_without_torch():
 
 
 def _panel() -> tuple[str, str]:
-    return ((ROOT / "Resources" / "UI" / "SegShapExplain.ui").read_text(),
-            (ROOT / "SegShapExplain" / "SegShapExplain.py").read_text())
+    return (
+        (ROOT / "Resources" / "UI" / "SegShapExplain.ui").read_text(),
+        (ROOT / "SegShapExplain" / "SegShapExplain.py").read_text(),
+    )
 
 
 def test_panel_widgets_bind_to_parameters_that_exist():
@@ -59,7 +62,9 @@ def test_panel_widgets_bind_to_parameters_that_exist():
     ui, module = _panel()
     bound = set(re.findall(r'<property name="SlicerParameterName" stdset="0">\s*<string>(\w+)</string>', ui))
     tree = ast.parse(module)
-    wrapper = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "SegShapExplainParameterNode")
+    wrapper = next(
+        node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "SegShapExplainParameterNode"
+    )
     fields = {statement.target.id for statement in wrapper.body if isinstance(statement, ast.AnnAssign)}
     assert bound and bound <= fields
 

@@ -33,8 +33,7 @@ def shapiq_reference(tmp_path: Path, table: np.ndarray, budgets: list[int], seed
     """The benchmarks' protocol (``benchmarks/common.run_reference``): payload.json and arrays.npz in a folder."""
     np.savez(tmp_path / "arrays.npz", table=table)
     (tmp_path / "payload.json").write_text(json.dumps({"budgets": budgets, "seeds": seeds, "methods": methods}))
-    done = subprocess.run([reference_python(), str(SCRIPT), str(tmp_path)], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([reference_python(), str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
@@ -66,8 +65,9 @@ def test_shapiq_approximators_recover_a_known_game_at_full_budget(tmp_path):
             assert all(d < full for d in answer["distinct"][method][str(full)])  # it re-evaluates coalitions
         else:
             # The regressions see every coalition once: exact (to the tolerance above; errors measured: below 3e-7).
-            np.testing.assert_allclose(estimates, np.broadcast_to(exact, estimates.shape), atol=tolerance,
-                                       err_msg=method)
+            np.testing.assert_allclose(
+                estimates, np.broadcast_to(exact, estimates.shape), atol=tolerance, err_msg=method
+            )
             assert answer["evaluations"][method][str(full)] == answer["distinct"][method][str(full)] == [full] * 2
 
 

@@ -130,8 +130,9 @@ def _snapshot(scene) -> tuple:
 def _logic(scene, tmp_path) -> SegShapExplainLogic:
     rendering = slicer.vtkSlicerVolumeRenderingLogic()
     rendering.SetMRMLScene(scene)
-    return SegShapExplainLogic(scene, python=sys.executable, volumeRenderingLogic=rendering,
-                               temporaryFolder=str(tmp_path))
+    return SegShapExplainLogic(
+        scene, python=sys.executable, volumeRenderingLogic=rendering, temporaryFolder=str(tmp_path)
+    )
 
 
 def _segment_id(scene) -> tuple:
@@ -155,8 +156,16 @@ def test_explain_end_to_end_builds_the_nodes_on_the_input_geometry(scene, tmp_pa
     volume.SetAndObserveTransformNodeID(transform.GetID())
     segmentation.SetAndObserveTransformNodeID(transform.GetID())
     progress, stages = [], []
-    nodes = logic.explain(volume, str(MODEL), "white_matter", segmentation, segment, SMALL,
-                          onProgress=progress.append, onLog=stages.append)
+    nodes = logic.explain(
+        volume,
+        str(MODEL),
+        "white_matter",
+        segmentation,
+        segment,
+        SMALL,
+        onProgress=progress.append,
+        onLog=stages.append,
+    )
 
     # Progress and stages came through; the job's folder is gone.
     assert progress and progress[-1].done == progress[-1].total > 0  # window forwards
@@ -197,8 +206,9 @@ def test_explain_end_to_end_builds_the_nodes_on_the_input_geometry(scene, tmp_pa
     table = nodes.table.GetTable()
     assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == list(TABLE_COLUMNS)
     rows = [{name: table.GetValueByName(r, name) for name in TABLE_COLUMNS} for r in range(table.GetNumberOfRows())]
-    rows = [{name: cell.ToString() if name == "Organ" else cell.ToDouble() for name, cell in row.items()}
-            for row in rows]
+    rows = [
+        {name: cell.ToString() if name == "Organ" else cell.ToDouble() for name, cell in row.items()} for row in rows
+    ]
     by_id = {row["id"]: row for row in nodes.report["features"]}
     assert sorted(int(row["Feature"]) for row in rows) == sorted(by_id)
     magnitudes = [abs(float(row["Value"])) for row in rows]
@@ -255,14 +265,17 @@ def test_segment_with_model_and_describe(scene, tmp_path, oblique_t1):
     names = {segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())}
     assert names == {"gray_matter", "white_matter"}
     shNode = scene.GetSubjectHierarchyNode()
-    assert shNode.GetItemParent(shNode.GetItemByDataNode(segmentation)) == \
-        shNode.GetItemParent(shNode.GetItemByDataNode(volume))
+    assert shNode.GetItemParent(shNode.GetItemByDataNode(segmentation)) == shNode.GetItemParent(
+        shNode.GetItemByDataNode(volume)
+    )
     # Voxel for voxel the model's prediction on this image (computed here in-process), on the volume's grid.
     labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "exported")
     ids = vtk.vtkStringArray()
     segments.GetSegmentIDs(ids)
     assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation, ids, labels, volume)
-    names_by_label = {index + 1: segments.GetSegment(ids.GetValue(index)).GetName() for index in range(ids.GetNumberOfValues())}
+    names_by_label = {
+        index + 1: segments.GetSegment(ids.GetValue(index)).GetName() for index in range(ids.GetNumberOfValues())
+    }
     exported = np.vectorize(lambda v: {0: "background", **names_by_label}[v])(_voxels(labels))
     voxels, affine = oblique_t1
     predicted = segshap.predict(segshap.load_model(MODEL, device="cpu"), voxels, affine=affine, device="cpu")
@@ -280,9 +293,13 @@ def test_cancel_mid_run_leaves_the_scene_as_it_was(scene, tmp_path):
     volume = scene.GetFirstNodeByName("T1 oblique")
     before = _snapshot(scene)
     stages, cancelled = [], []
-    job = logic.explainAsync(volume, str(MODEL), "white_matter",
-                             settings=ExplainSettings(nFeatures=60, nSamples=20000, device=Device.CPU),
-                             callbacks=JobCallbacks(onLog=stages.append, onCancelled=lambda: cancelled.append(1)))
+    job = logic.explainAsync(
+        volume,
+        str(MODEL),
+        "white_matter",
+        settings=ExplainSettings(nFeatures=60, nSamples=20000, device=Device.CPU),
+        callbacks=JobCallbacks(onLog=stages.append, onCancelled=lambda: cancelled.append(1)),
+    )
     deadline = time.monotonic() + 120
     while not any("Estimating" in stage for stage in stages):
         assert not job.poll(), f"the job ended before it could be cancelled: {job.error}"
@@ -404,8 +421,10 @@ def test_a_crashing_worker_reports_its_last_output():
 
 
 def test_an_out_of_memory_error_event_is_its_own_exception():
-    script = ("import json; print(json.dumps({'event': 'error', 'message': 'The GPU ran out of memory', "
-              "'reason': 'out_of_memory'})); raise SystemExit(1)")
+    script = (
+        "import json; print(json.dumps({'event': 'error', 'message': 'The GPU ran out of memory', "
+        "'reason': 'out_of_memory'})); raise SystemExit(1)"
+    )
     with pytest.raises(OutOfMemoryError, match="ran out of memory"):
         _job(script).wait()
 

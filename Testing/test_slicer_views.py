@@ -47,7 +47,7 @@ def egl() -> bool:
 
 
 @pytest.fixture(scope="module")
-def shown(egl, oblique_t1, tmp_path_factory):
+def shown(egl, oblique_t1, tmp_path_factory):  # noqa: F811  (the fixture imported above)
     """A scene with Slicer's views, the oblique T1 and the demo model's explanation of its white matter."""
     scene = slicer.vtkMRMLScene()
     views = HeadlessViews(scene, openGL=egl)
@@ -56,8 +56,12 @@ def shown(egl, oblique_t1, tmp_path_factory):
     slicer.util.updateVolumeFromArray(volume, np.ascontiguousarray(voxels.transpose(2, 1, 0)))
     volume.SetIJKToRASMatrix(_matrix(affine))
     volume.CreateDefaultDisplayNodes()
-    logic = SegShapExplainLogic(scene, python=sys.executable, volumeRenderingLogic=views.volumeRendering,
-                                temporaryFolder=str(tmp_path_factory.mktemp("jobs")))
+    logic = SegShapExplainLogic(
+        scene,
+        python=sys.executable,
+        volumeRenderingLogic=views.volumeRendering,
+        temporaryFolder=str(tmp_path_factory.mktemp("jobs")),
+    )
     nodes = logic.explain(volume, str(MODEL), "white_matter", settings=SMALL)
     yield scene, views, volume, nodes, logic
     views.close()
@@ -76,8 +80,10 @@ def _expected(background: np.ndarray, rgb, alpha: float) -> np.ndarray:
 
 
 def _composites(scene) -> list:
-    return [scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
-            for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+    return [
+        scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))
+    ]
 
 
 def _hide(scene, volume) -> None:
@@ -147,7 +153,9 @@ def test_only_feature_pixels_change_and_the_strongest_show_the_end_colours(shown
             # Inside, every feature is tinted by its value: none is invisible, the strongest is the most opaque.
             for other in np.unique(ids[ids > 0]):
                 pixels = _inside(ids, other)
-                expected = _expected(plain[pixels], featureColor(values[other]), featureOpacity(values[other], strongest))
+                expected = _expected(
+                    plain[pixels], featureColor(values[other]), featureOpacity(values[other], strongest)
+                )
                 np.testing.assert_allclose(after[pixels], expected, atol=3, err_msg=f"{name}, feature {other}")
             mine = _inside(ids, feature)
             if mine.any():
@@ -170,9 +178,11 @@ def test_a_feature_of_two_percent_is_visibly_tinted(shown, egl, tmp_path):
         if row["id"] == weak:
             row["value"] = 0.02 * strongest
     (tmp_path / "explanation.json").write_text(json.dumps(report))
-    outputs = {"heatmap": _write(nodes.heatmap, tmp_path / "heatmap.nrrd"),
-               "features": _write(nodes.features, tmp_path / "features.nrrd"),
-               "report": tmp_path / "explanation.json"}
+    outputs = {
+        "heatmap": _write(nodes.heatmap, tmp_path / "heatmap.nrrd"),
+        "features": _write(nodes.features, tmp_path / "features.nrrd"),
+        "report": tmp_path / "explanation.json",
+    }
     edited = importExplanation(scene, outputs, volume, "two percent")
     _through(views, volume, rows[weak])
     seen = 0
@@ -251,8 +261,11 @@ def test_the_3d_view_shows_only_the_top_features_without_warnings(shown, egl, tm
         rendered = views.renderThreeD((200, 200), bounds).astype(int)
         empty_heat = np.zeros_like(original)
         results = {}
-        for name, keep in (("top only", np.isin(ids, list(top))), ("without top", ~np.isin(ids, list(top))),
-                           ("nothing", np.zeros(ids.shape, bool))):
+        for name, keep in (
+            ("top only", np.isin(ids, list(top))),
+            ("without top", ~np.isin(ids, list(top))),
+            ("nothing", np.zeros(ids.shape, bool)),
+        ):
             heat[:] = np.where(keep, original, empty_heat)
             slicer.util.arrayFromVolumeModified(nodes.heatmap)
             results[name] = views.renderThreeD((200, 200), bounds).astype(int)

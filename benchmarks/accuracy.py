@@ -21,10 +21,10 @@ import contextlib
 
 import numpy as np
 import torch
-
-import segshap
 from common import log, plain_estimates, pyplot, reference_available, run_reference, save_figure, table
 from real_games import load_games
+
+import segshap
 
 SETTINGS = {
     "quick": {"games": 2, "seeds": 3, "multipliers": (4, 8, 16)},
@@ -32,9 +32,16 @@ SETTINGS = {
 }
 OURS = ("ours_auto", "ours_chains", "ours_leverage_plain")
 SHAPIQ = ("regression_msr", "leverage_shap", "permutation")
-LABELS = {"ours_auto": "ours (auto)", "ours_chains": "ours (chains)", "ours_leverage_plain": "Leverage SHAP, plain",
-          "shap": "shap", "regression_msr": "shapiq RegressionMSR", "leverage_shap": "shapiq LeverageSHAP",
-          "permutation": "shapiq permutation", "captum": "captum"}
+LABELS = {
+    "ours_auto": "ours (auto)",
+    "ours_chains": "ours (chains)",
+    "ours_leverage_plain": "Leverage SHAP, plain",
+    "shap": "shap",
+    "regression_msr": "shapiq RegressionMSR",
+    "leverage_shap": "shapiq LeverageSHAP",
+    "permutation": "shapiq permutation",
+    "captum": "captum",
+}
 
 
 def _lookup(values: np.ndarray, coalitions: np.ndarray) -> np.ndarray:
@@ -69,8 +76,11 @@ def captum_kernel_shap(evaluate, m: int, budget: int, seed: int) -> tuple[np.nda
     for target in range(t):
         evaluated[0] = 0
         attribution = KernelShap(lambda x, target=target: forward(x, target)).attribute(
-            torch.ones(1, m), baselines=torch.zeros(1, m), feature_mask=torch.arange(m)[None],
-            n_samples=budget, perturbations_per_eval=budget,
+            torch.ones(1, m),
+            baselines=torch.zeros(1, m),
+            feature_mask=torch.arange(m)[None],
+            n_samples=budget,
+            perturbations_per_eval=budget,
         )
         estimates.append(attribution[0].double().numpy())
     return np.stack(estimates, 1), evaluated[0]
@@ -85,22 +95,30 @@ def _references(values: np.ndarray, exact: np.ndarray, budgets: list[int], seeds
     """shap's and shapiq's errors and evaluations on one game, per method and budget."""
     m, t = exact.shape
     out: dict[str, dict] = {}
-    per_target = [run_reference("shap_kernel.py", {"budgets": budgets, "seeds": seeds}, {"table": values[:, k]})
-                  for k in range(t)]
+    per_target = [
+        run_reference("shap_kernel.py", {"budgets": budgets, "seeds": seeds}, {"table": values[:, k]}) for k in range(t)
+    ]
     out["shap"] = {}
     for budget in budgets:
-        estimates = [np.stack([np.array(answer["estimates"][str(budget)][s]) for answer in per_target], 1)
-                     for s in range(len(seeds))]
-        out["shap"][budget] = {"errors": [relative_error(e, exact) for e in estimates],
-                               "evaluations": per_target[0]["evaluations"][str(budget)]}
-    answer = run_reference("shapiq_reference.py", {"budgets": budgets, "seeds": seeds, "methods": list(SHAPIQ)},
-                           {"table": values})
+        estimates = [
+            np.stack([np.array(answer["estimates"][str(budget)][s]) for answer in per_target], 1)
+            for s in range(len(seeds))
+        ]
+        out["shap"][budget] = {
+            "errors": [relative_error(e, exact) for e in estimates],
+            "evaluations": per_target[0]["evaluations"][str(budget)],
+        }
+    answer = run_reference(
+        "shapiq_reference.py", {"budgets": budgets, "seeds": seeds, "methods": list(SHAPIQ)}, {"table": values}
+    )
     for method in SHAPIQ:
         out[method] = {}
         for budget in budgets:
             estimates = [np.array(e).reshape(m, t) for e in answer["estimates"][method][str(budget)]]
-            out[method][budget] = {"errors": [relative_error(e, exact) for e in estimates],
-                                   "evaluations": answer["evaluations"][method][str(budget)]}
+            out[method][budget] = {
+                "errors": [relative_error(e, exact) for e in estimates],
+                "evaluations": answer["evaluations"][method][str(budget)],
+            }
     out["versions"] = answer["versions"]
     return out
 
@@ -121,25 +139,44 @@ def run(mode: str) -> dict:
             methods[name] = {}
             for budget in budgets:
                 runs = [ours(name, values, budget, seed) for seed in seeds]
-                methods[name][budget] = {"errors": [relative_error(e, exact) for e, _ in runs],
-                                         "evaluations": [int(n) for _, n in runs]}
+                methods[name][budget] = {
+                    "errors": [relative_error(e, exact) for e, _ in runs],
+                    "evaluations": [int(n) for _, n in runs],
+                }
         methods["captum"] = {}
         for budget in budgets:
-            runs = [captum_kernel_shap(lambda c: _lookup(values, c), m, budget, seed) for seed in seeds]
-            methods["captum"][budget] = {"errors": [relative_error(e, exact) for e, _ in runs],
-                                         "evaluations": [int(n) for _, n in runs]}
+            runs = [captum_kernel_shap(lambda c, values=values: _lookup(values, c), m, budget, seed) for seed in seeds]
+            methods["captum"][budget] = {
+                "errors": [relative_error(e, exact) for e, _ in runs],
+                "evaluations": [int(n) for _, n in runs],
+            }
         if reference_available():
             references = _references(values, exact, budgets, seeds)
             versions = references.pop("versions")
             methods.update(references)
         else:
             log("accuracy: .venv-ref is missing; run scripts/reference_env.sh to include shap and shapiq")
-        log(f"accuracy/{game['name']}: " + ", ".join(
-            f"{name} {np.mean(methods[name][8 * m]['errors']):.3f}" for name in methods if 8 * m in methods[name]))
-        results.append({"name": game["name"], "features": m, "info": game["info"],
-                        "methods": {name: {str(b): entry for b, entry in per.items()} for name, per in methods.items()}})
-    return {"games": results, "multipliers": multipliers, "seeds": len(seeds), "reference_versions": versions,
-            "methods": sorted(set().union(*(g["methods"] for g in results)))}
+        log(
+            f"accuracy/{game['name']}: "
+            + ", ".join(
+                f"{name} {np.mean(methods[name][8 * m]['errors']):.3f}" for name in methods if 8 * m in methods[name]
+            )
+        )
+        results.append(
+            {
+                "name": game["name"],
+                "features": m,
+                "info": game["info"],
+                "methods": {name: {str(b): entry for b, entry in per.items()} for name, per in methods.items()},
+            }
+        )
+    return {
+        "games": results,
+        "multipliers": multipliers,
+        "seeds": len(seeds),
+        "reference_versions": versions,
+        "methods": sorted(set().union(*(g["methods"] for g in results))),
+    }
 
 
 def mean_errors(result: dict) -> dict[str, list[float]]:
@@ -148,8 +185,11 @@ def mean_errors(result: dict) -> dict[str, list[float]]:
     for name in result["methods"]:
         rows = []
         for k in result["multipliers"]:
-            per_game = [np.mean(g["methods"][name][str(k * g["features"])]["errors"])
-                        for g in result["games"] if name in g["methods"]]
+            per_game = [
+                np.mean(g["methods"][name][str(k * g["features"])]["errors"])
+                for g in result["games"]
+                if name in g["methods"]
+            ]
             rows.append(float(np.mean(per_game)))
         out[name] = rows
     return out
@@ -158,8 +198,10 @@ def mean_errors(result: dict) -> dict[str, list[float]]:
 def markdown(result: dict, plot_path: str | None) -> str:
     errors = mean_errors(result)
     names = [n for n in LABELS if n in errors]
-    best_shapiq = [min(errors[n][i] for n in SHAPIQ if n in errors) if any(n in errors for n in SHAPIQ) else None
-                   for i in range(len(result["multipliers"]))]
+    best_shapiq = [
+        min(errors[n][i] for n in SHAPIQ if n in errors) if any(n in errors for n in SHAPIQ) else None
+        for i in range(len(result["multipliers"]))
+    ]
     rows = []
     for i, k in enumerate(result["multipliers"]):
         row = [f"{k}M"] + [f"{errors[n][i]:.4f}" for n in names]
@@ -176,8 +218,9 @@ def markdown(result: dict, plot_path: str | None) -> str:
     middle = result["multipliers"][len(result["multipliers"]) // 2]
     for g in result["games"]:
         budget = str(middle * g["features"])
-        per_game_rows.append([g["name"]] + [f"{np.mean(g['methods'][n][budget]['errors']):.4f}"
-                                            for n in names if n in g["methods"]])
+        per_game_rows.append(
+            [g["name"]] + [f"{np.mean(g['methods'][n][budget]['errors']):.4f}" for n in names if n in g["methods"]]
+        )
     text = [
         f"Games: {games}; each an exactly enumerated table of a real model's values on the demo MRI "
         "(`benchmarks/real_games.py`), queried by every estimator. Relative L2 error against the exact values, "
@@ -191,11 +234,15 @@ def markdown(result: dict, plot_path: str | None) -> str:
         table(["game"] + [LABELS[n] for n in names], per_game_rows),
     ]
     if result.get("reference_versions"):
-        text += ["", "Reference versions: " + ", ".join(f"{k} {v}" for k, v in result["reference_versions"].items())
-                 + "."]
+        text += [
+            "",
+            "Reference versions: " + ", ".join(f"{k} {v}" for k, v in result["reference_versions"].items()) + ".",
+        ]
     else:
-        text += ["", "shap and shapiq were not run: their environment (`.venv-ref`, `scripts/reference_env.sh`) is "
-                 "missing."]
+        text += [
+            "",
+            "shap and shapiq were not run: their environment (`.venv-ref`, `scripts/reference_env.sh`) is missing.",
+        ]
     if plot_path:
         text += ["", f"![Error against coalitions]({plot_path})"]
     return "\n".join(text)
@@ -205,8 +252,16 @@ def plot(result: dict, path) -> None:
     plt = pyplot()
 
     errors = mean_errors(result)
-    styles = {"ours_auto": "o-", "ours_chains": "o--", "ours_leverage_plain": "o:", "shap": "s--",
-              "regression_msr": "D-", "leverage_shap": "D:", "permutation": "D--", "captum": "^:"}
+    styles = {
+        "ours_auto": "o-",
+        "ours_chains": "o--",
+        "ours_leverage_plain": "o:",
+        "shap": "s--",
+        "regression_msr": "D-",
+        "leverage_shap": "D:",
+        "permutation": "D--",
+        "captum": "^:",
+    }
     figure, axes = plt.subplots(figsize=(6, 4.2))
     for name, style in styles.items():
         if name in errors:

@@ -12,14 +12,20 @@ import time
 
 import numpy as np
 import torch
-from monai.networks.nets import UNet
-
-import segshap
 from bench_engine import (
-    OVERLAP, PATCH, TARGET_CORNER, load_volume, organ_tiling, sample_coalitions, supervoxels,
+    OVERLAP,
+    PATCH,
+    TARGET_CORNER,
+    load_volume,
+    organ_tiling,
+    sample_coalitions,
+    supervoxels,
     white_matter_segment,
 )
 from common import machine, machine_line
+from monai.networks.nets import UNet
+
+import segshap
 
 
 def main() -> None:
@@ -37,17 +43,29 @@ def main() -> None:
         for value in ("soft_dice", "dice"):
             results = {}
             for dtype in (None, torch.bfloat16):
-                engine = segshap.PatchEngine(model, image, features, reference=reference, value=value,
-                                             patch_size=PATCH, overlap=OVERLAP, autocast_dtype=dtype,
-                                             device=args.device)
-                coalitions = sample_coalitions(engine.n_features, args.coalitions, "kernel",
-                                               np.random.default_rng(args.seed))
+                engine = segshap.PatchEngine(
+                    model,
+                    image,
+                    features,
+                    reference=reference,
+                    value=value,
+                    patch_size=PATCH,
+                    overlap=OVERLAP,
+                    autocast_dtype=dtype,
+                    device=args.device,
+                )
+                coalitions = sample_coalitions(
+                    engine.n_features, args.coalitions, "kernel", np.random.default_rng(args.seed)
+                )
                 started = time.perf_counter()
                 results[dtype] = engine.evaluate(coalitions), time.perf_counter() - started
             (exact, exact_s), (fast, fast_s) = results[None], results[torch.bfloat16]
             difference = np.abs(fast - exact)
-            print(f"{name}, {value}: bf16 - fp32 max |diff| {difference.max():.2e}, mean {difference.mean():.2e} "
-                  f"(values {exact.min():.3f}..{exact.max():.3f}); time bf16/fp32 {fast_s / exact_s:.2f}", flush=True)
+            print(
+                f"{name}, {value}: bf16 - fp32 max |diff| {difference.max():.2e}, mean {difference.mean():.2e} "
+                f"(values {exact.min():.3f}..{exact.max():.3f}); time bf16/fp32 {fast_s / exact_s:.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

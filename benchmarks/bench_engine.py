@@ -23,12 +23,12 @@ import time
 
 import numpy as np
 import torch
+from common import machine, machine_line
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 from scipy import ndimage
 
 import segshap
-from common import machine, machine_line
 
 SHAPE = (256, 256, 192)
 TARGET_CORNER = (104, 104, 72)
@@ -155,8 +155,7 @@ def naive_values(model, image, features, reference, engine, coalitions, baseline
     for coalition in coalitions:
         x = torch.from_numpy(perturb(image, features, engine.feature_ids, coalition, baseline))[None, None]
         with torch.inference_mode():
-            logits = sliding_window_inference(x.to(device), PATCH, batch_size, model, overlap=OVERLAP,
-                                              mode="gaussian")
+            logits = sliding_window_inference(x.to(device), PATCH, batch_size, model, overlap=OVERLAP, mode="gaussian")
         p = torch.softmax(logits, 1)[0, 1].cpu().numpy()[roi].astype(np.float64)
         r = reference[roi]
         values.append(2 * (p * r).sum() / (p.sum() + r.sum()))
@@ -171,15 +170,26 @@ def timed(fn):
 
 def run_feature_set(name, model, image, features, reference, coalitions, args) -> dict:
     print(f"\n== {name}: {features.max()} features in the volume", flush=True)
-    options = dict(reference=reference, value="soft_dice", patch_size=PATCH, overlap=OVERLAP, blend="gaussian",
-                   baseline=args.baseline, batch_size=args.batch_size, device=args.device)
+    options = dict(
+        reference=reference,
+        value="soft_dice",
+        patch_size=PATCH,
+        overlap=OVERLAP,
+        blend="gaussian",
+        baseline=args.baseline,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     engine_options = dict(options, cache_bytes=int(args.cache_gib * 2**30))
     engine, setup = timed(lambda: segshap.PatchEngine(model, image, features, **engine_options))
     m = engine.n_features
     per_window = [ids.size for ids in window_features(engine, image, features, args.baseline)]
-    print(f"   engine: {m} features can change the value, {engine.stats['windows']} of "
-          f"{engine.tiling.n_windows} windows touch the ROI, {np.mean(per_window):.1f} features per window "
-          f"(max {max(per_window)}); set-up {setup:.1f} s", flush=True)
+    print(
+        f"   engine: {m} features can change the value, {engine.stats['windows']} of "
+        f"{engine.tiling.n_windows} windows touch the ROI, {np.mean(per_window):.1f} features per window "
+        f"(max {max(per_window)}); set-up {setup:.1f} s",
+        flush=True,
+    )
     chosen = coalitions(m)
     setup_forwards, setup_forward_s = engine.stats["patch_forwards"], engine.stats["forward_seconds"]
     values, evaluate = timed(lambda: engine.evaluate(chosen))
@@ -192,52 +202,80 @@ def run_feature_set(name, model, image, features, reference, coalitions, args) -
     distinct = len({(i, tuple(row[c])) for i, c in enumerate(columns) for row in np.concatenate([extremes, chosen])})
     engine_total = setup + evaluate
     result = {
-        "features": m, "features_per_window_mean": float(np.mean(per_window)),
-        "features_per_window_max": max(per_window), "windows_run": stats["windows"],
+        "features": m,
+        "features_per_window_mean": float(np.mean(per_window)),
+        "features_per_window_max": max(per_window),
+        "windows_run": stats["windows"],
         "windows_total": engine.tiling.n_windows,
-        "coalitions": len(chosen), "engine_s_per_coalition": engine_total / len(chosen),
-        "engine_setup_s": setup, "engine_evaluate_s": evaluate,
-        "engine_patch_forwards": stats["patch_forwards"], "distinct_keys": distinct,
+        "coalitions": len(chosen),
+        "engine_s_per_coalition": engine_total / len(chosen),
+        "engine_setup_s": setup,
+        "engine_evaluate_s": evaluate,
+        "engine_patch_forwards": stats["patch_forwards"],
+        "distinct_keys": distinct,
         "engine_forward_s": stats["forward_seconds"],
         "engine_outside_model_share": 1 - stats["forward_seconds"] / stats["total_seconds"],
-        "engine_setup_forwards": setup_forwards, "engine_setup_forward_s": setup_forward_s,
-        "cache_hits": stats["cache_hits"], "cache_bytes": stats["cache_bytes"],
+        "engine_setup_forwards": setup_forwards,
+        "engine_setup_forward_s": setup_forward_s,
+        "cache_hits": stats["cache_hits"],
+        "cache_bytes": stats["cache_bytes"],
         "cache_evictions": stats["cache_evictions"],
     }
-    print(f"   engine: {result['engine_s_per_coalition']:.3f} s/coalition, {stats['patch_forwards']} forwards "
-          f"({distinct} distinct keys, {stats['cache_evictions']} evictions, "
-          f"{stats['cache_bytes'] / 2**30:.1f} GiB cached), "
-          f"{100 * result['engine_outside_model_share']:.1f}% outside the model", flush=True)
+    print(
+        f"   engine: {result['engine_s_per_coalition']:.3f} s/coalition, {stats['patch_forwards']} forwards "
+        f"({distinct} distinct keys, {stats['cache_evictions']} evictions, "
+        f"{stats['cache_bytes'] / 2**30:.1f} GiB cached), "
+        f"{100 * result['engine_outside_model_share']:.1f}% outside the model",
+        flush=True,
+    )
 
     # The paper's scheme: ROI windows, all-on (and all-off) outputs reused, nothing else remembered.
     k = min(args.roi_all_on, len(chosen))
     paper = segshap.PatchEngine(model, image, features, cache_bytes=0, **options)
     paper_values = []
     _, paper_eval = timed(lambda: paper_values.extend(paper.evaluate(c[None])[0] for c in chosen[:k]))
-    result.update({
-        # Its set-up (all-on and all-off outputs of the ROI windows) is the engine's, amortised the same way.
-        "roi_all_on_coalitions": k, "roi_all_on_s_per_coalition": setup / len(chosen) + paper_eval / k,
-        "roi_all_on_forwards_per_coalition": (paper.stats["patch_forwards"] - setup_forwards) / k,
-        "roi_all_on_max_abs_diff": float(np.abs(np.array(paper_values) - values[:k]).max()),
-    })
-    print(f"   roi_all_on: {result['roi_all_on_s_per_coalition']:.3f} s/coalition over {k} coalitions, "
-          f"{result['roi_all_on_forwards_per_coalition']:.1f} forwards/coalition, max |diff| "
-          f"{result['roi_all_on_max_abs_diff']:.1e}", flush=True)
+    result.update(
+        {
+            # Its set-up (all-on and all-off outputs of the ROI windows) is the engine's, amortised the same way.
+            "roi_all_on_coalitions": k,
+            "roi_all_on_s_per_coalition": setup / len(chosen) + paper_eval / k,
+            "roi_all_on_forwards_per_coalition": (paper.stats["patch_forwards"] - setup_forwards) / k,
+            "roi_all_on_max_abs_diff": float(np.abs(np.array(paper_values) - values[:k]).max()),
+        }
+    )
+    print(
+        f"   roi_all_on: {result['roi_all_on_s_per_coalition']:.3f} s/coalition over {k} coalitions, "
+        f"{result['roi_all_on_forwards_per_coalition']:.1f} forwards/coalition, max |diff| "
+        f"{result['roi_all_on_max_abs_diff']:.1e}",
+        flush=True,
+    )
 
     k = min(args.naive, len(chosen))
-    naive, naive_s = timed(lambda: naive_values(model, image, features, reference, engine, chosen[:k],
-                                                args.baseline, args.batch_size, args.device))
-    result.update({
-        "naive_coalitions": k, "naive_s_per_coalition": naive_s / k,
-        "naive_forwards_per_coalition": engine.tiling.n_windows,
-        "naive_max_abs_diff": float(np.abs(naive - values[:k]).max()),
-    })
+    naive, naive_s = timed(
+        lambda: naive_values(
+            model, image, features, reference, engine, chosen[:k], args.baseline, args.batch_size, args.device
+        )
+    )
+    result.update(
+        {
+            "naive_coalitions": k,
+            "naive_s_per_coalition": naive_s / k,
+            "naive_forwards_per_coalition": engine.tiling.n_windows,
+            "naive_max_abs_diff": float(np.abs(naive - values[:k]).max()),
+        }
+    )
     result["speedup_vs_naive"] = result["naive_s_per_coalition"] / result["engine_s_per_coalition"]
     result["speedup_vs_roi_all_on"] = result["roi_all_on_s_per_coalition"] / result["engine_s_per_coalition"]
-    print(f"   naive: {result['naive_s_per_coalition']:.2f} s/coalition over {k} coalitions, max |diff| "
-          f"{result['naive_max_abs_diff']:.1e}", flush=True)
-    print(f"   speed-up: {result['speedup_vs_naive']:.1f}x vs naive, "
-          f"{result['speedup_vs_roi_all_on']:.1f}x vs roi_all_on", flush=True)
+    print(
+        f"   naive: {result['naive_s_per_coalition']:.2f} s/coalition over {k} coalitions, max |diff| "
+        f"{result['naive_max_abs_diff']:.1e}",
+        flush=True,
+    )
+    print(
+        f"   speed-up: {result['speedup_vs_naive']:.1f}x vs naive, "
+        f"{result['speedup_vs_roi_all_on']:.1f}x vs roi_all_on",
+        flush=True,
+    )
     return result
 
 
@@ -250,13 +288,26 @@ def main() -> None:
     parser.add_argument("--baseline", type=float, default=0.0)
     parser.add_argument("--cache-gib", type=float, default=8.0, help="the engine's cache budget")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sampling", choices=("kernel", "uniform"), default="kernel",
-                        help="how coalitions are drawn: as KernelSHAP does (default) or each feature on with p=1/2")
-    parser.add_argument("--shift", type=int, default=0,
-                        help="move the target by this many voxels along every axis (0: its ROI touches 3 windows "
-                             "per axis; 16: 4 per axis, the most a 56-voxel ROI can touch)")
-    parser.add_argument("--features", nargs="+", choices=("organs", "organ-tiling", "supervoxels"),
-                        default=["organs", "organ-tiling", "supervoxels"], help="the feature sets to run")
+    parser.add_argument(
+        "--sampling",
+        choices=("kernel", "uniform"),
+        default="kernel",
+        help="how coalitions are drawn: as KernelSHAP does (default) or each feature on with p=1/2",
+    )
+    parser.add_argument(
+        "--shift",
+        type=int,
+        default=0,
+        help="move the target by this many voxels along every axis (0: its ROI touches 3 windows "
+        "per axis; 16: 4 per axis, the most a 56-voxel ROI can touch)",
+    )
+    parser.add_argument(
+        "--features",
+        nargs="+",
+        choices=("organs", "organ-tiling", "supervoxels"),
+        default=["organs", "organ-tiling", "supervoxels"],
+        help="the feature sets to run",
+    )
     parser.add_argument("--device", default="cpu", help="where the model runs, for all three (cpu, cuda)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
@@ -265,8 +316,10 @@ def main() -> None:
     print(f"settings: {vars(args)}")
     image, white, head = load_volume()
     reference = white_matter_segment(white, tuple(c + args.shift for c in TARGET_CORNER))
-    print(f"volume {image.shape}, target segment of {reference.sum()} voxels "
-          f"(bounding box {[int(s.stop - s.start) for s in ndimage.find_objects(reference.astype(int))[0]]})")
+    print(
+        f"volume {image.shape}, target segment of {reference.sum()} voxels "
+        f"(bounding box {[int(s.stop - s.start) for s in ndimage.find_objects(reference.astype(int))[0]]})"
+    )
     torch.manual_seed(args.seed)
     model = UNet(3, 1, 3, (16, 32, 64, 128), (2, 2, 2), num_res_units=2).eval().to(args.device)
 

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_PYTHON = Path(os.environ.get("SEGSHAP_REFERENCE_PYTHON")
-                        or Path(os.environ.get("SEGSHAP_REFERENCE_VENV", ROOT / ".venv-ref")) / "bin" / "python")
+REFERENCE_PYTHON = Path(
+    os.environ.get("SEGSHAP_REFERENCE_PYTHON")
+    or Path(os.environ.get("SEGSHAP_REFERENCE_VENV", ROOT / ".venv-ref")) / "bin" / "python"
+)
 """shap's Python (``.venv-ref``, see ``scripts/reference_env.sh``)."""
 DEMO_MODEL = ROOT / "Resources" / "Models" / "demo_gmwm.pt"
 DEMO_IMAGE = ROOT / "Resources" / "Demo" / "mni152_t1_2mm.nii.gz"
@@ -57,8 +59,10 @@ def machine() -> dict:
 
 def machine_line(record: dict) -> str:
     gpu = record["gpu"] or "no GPU"
-    return (f"{record['cpu']}, {record['cores']} cores, {record['memory_gib']} GiB, {gpu}; torch {record['torch']} "
-            f"({record['torch_threads']} threads), MONAI {record['monai']}, Python {record['python']}")
+    return (
+        f"{record['cpu']}, {record['cores']} cores, {record['memory_gib']} GiB, {gpu}; torch {record['torch']} "
+        f"({record['torch_threads']} threads), MONAI {record['monai']}, Python {record['python']}"
+    )
 
 
 def peak_rss_gib() -> float:
@@ -76,20 +80,26 @@ def run_reference(script: str, payload: dict, arrays: dict[str, np.ndarray]) -> 
     with tempfile.TemporaryDirectory(prefix="segshap-bench-") as folder:
         np.savez(Path(folder) / "arrays.npz", **arrays)
         (Path(folder) / "payload.json").write_text(json.dumps(payload))
-        done = subprocess.run([str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / script), folder],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / script), folder], capture_output=True, text=True
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{script} failed in {REFERENCE_PYTHON}:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout)
 
 
-def shap_kernel_explainer(m: int, nsamples: int, seed: int, evaluate) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                           float]:
+def shap_kernel_explainer(
+    m: int, nsamples: int, seed: int, evaluate
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """``shap.KernelExplainer(l1_reg=False)`` in the shap environment (``benchmarks/shap_bridge.py``) on a game
     that lives in this process: ``evaluate`` maps ``(n, m)`` bool coalitions to ``(n,)`` or ``(n, T)`` values.
     Returns shap's estimate ``(m, T)``, the coalitions it asked for and their values, and the wall seconds."""
-    process = subprocess.Popen([str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / "shap_bridge.py"), str(m),
-                                str(nsamples), str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / "shap_bridge.py"), str(m), str(nsamples), str(seed)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     started = time.perf_counter()
     asked, answered, estimate = [], [], None
     for line in process.stdout:

@@ -33,33 +33,70 @@ import json
 import time
 
 import numpy as np
+from accuracy import captum_kernel_shap
+from common import (
+    DEMO_IMAGE,
+    DEMO_MODEL,
+    DEMO_ROI,
+    ROOT,
+    log,
+    plain_estimates,
+    pyplot,
+    reference_available,
+    save_figure,
+    shap_kernel_explainer,
+    table,
+)
 
 import segshap
-from accuracy import captum_kernel_shap
-from common import (DEMO_IMAGE, DEMO_MODEL, DEMO_ROI, ROOT, log, plain_estimates, pyplot, reference_available,
-                    save_figure, shap_kernel_explainer, table)
 from segshap.io import read_image
 from segshap.surrogate import adjacent_pairs
 
 SETTINGS = {
-    "quick": {"n_features": 45, "multipliers": (2, 4, 8), "ours_multipliers": (2, 4, 8, 16), "seeds": 2,
-              "reference_runs": 3, "reference_multiple": 24},
-    "full": {"n_features": 165, "multipliers": (2, 4, 8), "ours_multipliers": (2, 4, 8, 16), "seeds": 2,
-             "reference_runs": 10, "reference_multiple": 32},
+    "quick": {
+        "n_features": 45,
+        "multipliers": (2, 4, 8),
+        "ours_multipliers": (2, 4, 8, 16),
+        "seeds": 2,
+        "reference_runs": 3,
+        "reference_multiple": 24,
+    },
+    "full": {
+        "n_features": 165,
+        "multipliers": (2, 4, 8),
+        "ours_multipliers": (2, 4, 8, 16),
+        "seeds": 2,
+        "reference_runs": 10,
+        "reference_multiple": 32,
+    },
 }
 """``multipliers``: budgets (in coalitions, multiples of M) of every method; ``ours_multipliers``: those of ours'
 ``auto`` and ``chains``, whose forwards at 16M still fall among the paper's scheme's."""
 TARGETS = ("white_matter", "gray_matter")
 METHODS = ("ours_auto", "ours_chains", "ours_leverage", "paper_leverage", "paper_shap", "shap", "captum")
-LABELS = {"ours_auto": "ours (auto)", "ours_chains": "ours (chains)", "ours_leverage": "ours (leverage)",
-          "paper_leverage": "paper's scheme, Leverage SHAP", "paper_shap": "paper's scheme, shap's sampling",
-          "shap": "shap, full-volume inference", "captum": "captum, full-volume inference"}
+LABELS = {
+    "ours_auto": "ours (auto)",
+    "ours_chains": "ours (chains)",
+    "ours_leverage": "ours (leverage)",
+    "paper_leverage": "paper's scheme, Leverage SHAP",
+    "paper_shap": "paper's scheme, shap's sampling",
+    "shap": "shap, full-volume inference",
+    "captum": "captum, full-volume inference",
+}
 REFERENCE_FILE = ROOT / "benchmarks" / "results" / "efficiency_reference.json"
 
 
 def _game(inputs: dict, n_features: int):
-    return segshap.explanation_game(inputs["model"], inputs["image"], target=list(TARGETS), roi=DEMO_ROI,
-                                    features="slic", n_features=n_features, device="cpu", affine=inputs["affine"])
+    return segshap.explanation_game(
+        inputs["model"],
+        inputs["image"],
+        target=list(TARGETS),
+        roi=DEMO_ROI,
+        features="slic",
+        n_features=n_features,
+        device="cpu",
+        affine=inputs["affine"],
+    )
 
 
 def _estimate(inputs: dict, n_features: int, budget: int, seed: int, design: str):
@@ -69,8 +106,15 @@ def _estimate(inputs: dict, n_features: int, budget: int, seed: int, design: str
     pairs = adjacent_pairs(game.feature_map, engine.feature_ids)
     before = engine.stats["patch_forwards"]
     started = time.perf_counter()
-    result = segshap.kernel_shap(engine.evaluate, engine.n_features, budget, seed=seed, design=design,
-                                 cost=engine.forward_cost, interactions=pairs)
+    result = segshap.kernel_shap(
+        engine.evaluate,
+        engine.n_features,
+        budget,
+        seed=seed,
+        design=design,
+        cost=engine.forward_cost,
+        interactions=pairs,
+    )
     seconds = time.perf_counter() - started
     return result, engine.stats["patch_forwards"] - before, seconds, game
 
@@ -118,15 +162,22 @@ def reference(inputs: dict, settings: dict, mode: str, probe) -> dict:
         for k in range(settings["reference_runs"]):
             result, forwards, seconds, _ = _estimate(inputs, n, settings["reference_multiple"] * m, 1000 + k, "chains")
             runs.append(result.values)
-            log(f"efficiency: reference run {k + 1}: {result.n_evaluations} coalitions, {forwards} forwards, "
-                f"{seconds:.0f} s")
+            log(
+                f"efficiency: reference run {k + 1}: {result.n_evaluations} coalitions, {forwards} forwards, "
+                f"{seconds:.0f} s"
+            )
     runs = np.array(runs)
     mean = runs.mean(axis=0)
     se = runs.std(axis=0, ddof=1) / np.sqrt(len(runs))
-    stored[mode] = {"fingerprint": fingerprint, "runs": len(runs), "multiple": settings["reference_multiple"],
-                    "relative_se": float(np.mean(np.linalg.norm(se, axis=0) / np.linalg.norm(mean, axis=0))),
-                    "values": mean.tolist(), "made_by": "benchmarks/efficiency.py reference()",
-                    "date": datetime.date.today().isoformat()}
+    stored[mode] = {
+        "fingerprint": fingerprint,
+        "runs": len(runs),
+        "multiple": settings["reference_multiple"],
+        "relative_se": float(np.mean(np.linalg.norm(se, axis=0) / np.linalg.norm(mean, axis=0))),
+        "values": mean.tolist(),
+        "made_by": "benchmarks/efficiency.py reference()",
+        "date": datetime.date.today().isoformat(),
+    }
     REFERENCE_FILE.parent.mkdir(parents=True, exist_ok=True)
     REFERENCE_FILE.write_text(json.dumps(stored, indent=1))
     return stored[mode]
@@ -141,8 +192,10 @@ def run(mode: str) -> dict:
     m, windows = shared.n_features, len(shared.engine.windows)
     full_windows = shared.engine.tiling.n_windows
     per_feature = float(np.mean([len(w) for w in shared.engine.feature_windows]))
-    log(f"efficiency: M = {m} features ({n} SLIC segments asked), {windows} of the volume's {full_windows} windows "
-        f"touch the ROI, a feature changes {per_feature:.1f} of them on average")
+    log(
+        f"efficiency: M = {m} features ({n} SLIC segments asked), {windows} of the volume's {full_windows} windows "
+        f"touch the ROI, a feature changes {per_feature:.1f} of them on average"
+    )
     started = time.perf_counter()
     for _ in range(2):
         segshap.predict(inputs["model"], image, device="cpu", affine=affine)
@@ -154,8 +207,17 @@ def run(mode: str) -> dict:
     runs: dict[str, list[dict]] = {name: [] for name in METHODS}
 
     def record(name, multiple, seed, estimate, forwards, seconds, coalitions, **extra):
-        runs[name].append({"multiple": multiple, "seed": seed, "coalitions": int(coalitions), "forwards": int(forwards),
-                           "seconds": float(seconds), "error": relative_error(estimate, reference_values), **extra})
+        runs[name].append(
+            {
+                "multiple": multiple,
+                "seed": seed,
+                "coalitions": int(coalitions),
+                "forwards": int(forwards),
+                "seconds": float(seconds),
+                "error": relative_error(estimate, reference_values),
+                **extra,
+            }
+        )
 
     for multiple in settings["ours_multipliers"]:
         budget = multiple * m
@@ -167,18 +229,33 @@ def run(mode: str) -> dict:
             for design in designs:
                 if design not in done:
                     done[design] = _estimate(inputs, n, budget, seed, design)
-            for name, (result, forwards, seconds, _) in [("ours_auto", auto)] + [(f"ours_{d}", done[d])
-                                                                               for d in designs]:
-                record(name, multiple, seed, result.values, forwards, seconds, result.n_evaluations,
-                       design=result.design, adjusted=result.adjusted)
+            for name, (result, forwards, seconds, _) in [("ours_auto", auto)] + [
+                (f"ours_{d}", done[d]) for d in designs
+            ]:
+                record(
+                    name,
+                    multiple,
+                    seed,
+                    result.values,
+                    forwards,
+                    seconds,
+                    result.n_evaluations,
+                    design=result.design,
+                    adjusted=result.adjusted,
+                )
             if "leverage" not in designs:
                 continue
             result, _, _, game = done["leverage"]
             # The paper's scheme: the plain estimate from the same draws, looked up from what ours evaluated.
             known = {row.tobytes(): value for row, value in zip(result.coalitions, result.coalition_values)}
             with plain_estimates():
-                plain = segshap.kernel_shap(lambda c: np.array([known[row.tobytes()] for row in c]), m, budget,
-                                            seed=seed, design="leverage")
+                plain = segshap.kernel_shap(
+                    lambda c, known=known: np.array([known[row.tobytes()] for row in c]),
+                    m,
+                    budget,
+                    seed=seed,
+                    design="leverage",
+                )
             per_forward = game.engine.stats["total_seconds"] / max(game.engine.stats["patch_forwards"], 1)
             paper = _paper_forwards(game, _distinct_inner(plain.coalitions))
             record("paper_leverage", multiple, seed, plain.values, paper, paper * per_forward, plain.n_evaluations)
@@ -187,17 +264,36 @@ def run(mode: str) -> dict:
                 inner = _distinct_inner(asked)
                 paper = _paper_forwards(shared, inner)
                 record("paper_shap", multiple, seed, estimate, paper, paper * per_forward, len(inner) + 2)
-                record("shap", multiple, seed, estimate, full_windows * (len(inner) + 2),
-                       full_inference * (len(inner) + 2), len(inner) + 2)
+                record(
+                    "shap",
+                    multiple,
+                    seed,
+                    estimate,
+                    full_windows * (len(inner) + 2),
+                    full_inference * (len(inner) + 2),
+                    len(inner) + 2,
+                )
             estimate, evaluated = captum_kernel_shap(shared.engine.evaluate, m, budget, seed)
             record("captum", multiple, seed, estimate, full_windows * evaluated, full_inference * evaluated, evaluated)
-            log(f"efficiency: {multiple}M seed {seed}: " + ", ".join(
-                f"{name} {rows[-1]['error']:.3f} ({rows[-1]['forwards']} fw)" for name, rows in runs.items() if rows))
-    return {"features": m, "n_features_asked": n, "windows": windows, "windows_total": full_windows,
-            "windows_per_feature": per_feature, "full_inference_s": full_inference, "targets": list(TARGETS),
-            "reference": {key: ref[key] for key in ("runs", "multiple", "relative_se", "values")},
-            "multipliers": sorted(set(settings["multipliers"]) | set(settings["ours_multipliers"])),
-            "seeds": settings["seeds"], "runs": {name: rows for name, rows in runs.items() if rows}}
+            log(
+                f"efficiency: {multiple}M seed {seed}: "
+                + ", ".join(
+                    f"{name} {rows[-1]['error']:.3f} ({rows[-1]['forwards']} fw)" for name, rows in runs.items() if rows
+                )
+            )
+    return {
+        "features": m,
+        "n_features_asked": n,
+        "windows": windows,
+        "windows_total": full_windows,
+        "windows_per_feature": per_feature,
+        "full_inference_s": full_inference,
+        "targets": list(TARGETS),
+        "reference": {key: ref[key] for key in ("runs", "multiple", "relative_se", "values")},
+        "multipliers": sorted(set(settings["multipliers"]) | set(settings["ours_multipliers"])),
+        "seeds": settings["seeds"],
+        "runs": {name: rows for name, rows in runs.items() if rows},
+    }
 
 
 def curves(result: dict) -> dict[str, dict[str, list[float]]]:
@@ -205,9 +301,13 @@ def curves(result: dict) -> dict[str, dict[str, list[float]]]:
     out = {}
     for name, rows in result["runs"].items():
         multiples = sorted({r["multiple"] for r in rows})
-        out[name] = {"multiples": multiples, **{
-            key: [float(np.mean([r[key] for r in rows if r["multiple"] == k])) for k in multiples]
-            for key in ("forwards", "seconds", "error")}}
+        out[name] = {
+            "multiples": multiples,
+            **{
+                key: [float(np.mean([r[key] for r in rows if r["multiple"] == k])) for k in multiples]
+                for key in ("forwards", "seconds", "error")
+            },
+        }
     return out
 
 
@@ -244,8 +344,10 @@ def markdown(result: dict, plot_path: str | None) -> str:
         for name in methods:
             if k in data[name]["multiples"]:
                 i = data[name]["multiples"].index(k)
-                row.append(f"{data[name]['error'][i]:.4f} ({data[name]['forwards'][i]:.0f} fw, "
-                           f"{data[name]['seconds'][i]:.0f} s)")
+                row.append(
+                    f"{data[name]['error'][i]:.4f} ({data[name]['forwards'][i]:.0f} fw, "
+                    f"{data[name]['seconds'][i]:.0f} s)"
+                )
             else:
                 row.append("—")
         rows.append(row)
@@ -263,9 +365,10 @@ def markdown(result: dict, plot_path: str | None) -> str:
     at_least = "≥" if ours_bound == "≤" else ""
     reach_text = "; ".join(
         f"{LABELS[name]} {reach[name][1]}{reach[name][0]:.1f} s ({reach_forwards[name][1]}"
-        f"{reach_forwards[name][0]:.0f} forwards)" + ("" if name == "ours_auto" else
-                                                       f", {at_least}{reach[name][0] / ours_s:.1f}× ours")
-        for name in methods)
+        f"{reach_forwards[name][0]:.0f} forwards)"
+        + ("" if name == "ours_auto" else f", {at_least}{reach[name][0] / ours_s:.1f}× ours")
+        for name in methods
+    )
     text = [
         f"Case: the demo model on the demo MRI, soft Dice of {' and '.join(result['targets'])} inside the demo ROI, "
         f"over {result['features']} SLIC supervoxels that can change a value ({result['n_features_asked']} asked); "
@@ -280,7 +383,7 @@ def markdown(result: dict, plot_path: str | None) -> str:
         "",
         table(["budget"] + [LABELS[n] for n in methods], rows),
         "",
-        f"`design=\"auto\"` chose {', '.join(designs)}. Ours (auto) over the paper's scheme (Leverage SHAP) at equal "
+        f'`design="auto"` chose {", ".join(designs)}. Ours (auto) over the paper\'s scheme (Leverage SHAP) at equal '
         f"forwards (interpolated along the paper's curve): {'; '.join(ratios) if ratios else 'outside its range'}.",
         "",
         f"Seconds to reach {GOAL:.0%} error (interpolated between budgets; ≤: already at the first budget; ≈: "
@@ -292,8 +395,15 @@ def markdown(result: dict, plot_path: str | None) -> str:
     return "\n".join(text)
 
 
-STYLES = {"ours_auto": "o-", "ours_chains": "o--", "ours_leverage": "o:", "paper_leverage": "s-",
-          "paper_shap": "s--", "shap": "^-", "captum": "v-"}
+STYLES = {
+    "ours_auto": "o-",
+    "ours_chains": "o--",
+    "ours_leverage": "o:",
+    "paper_leverage": "s-",
+    "paper_shap": "s--",
+    "shap": "^-",
+    "captum": "v-",
+}
 
 
 def plot(result: dict, path) -> None:

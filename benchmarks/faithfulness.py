@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import DEMO_IMAGE, DEMO_MODEL, DEMO_ROI, ROOT, log, pyplot, save_figure, table
 from monai.inferers import sliding_window_inference
 
 import segshap
-from common import DEMO_IMAGE, DEMO_MODEL, DEMO_ROI, ROOT, log, pyplot, save_figure, table
 from segshap.faithfulness import ranking_curves
 from segshap.io import read_image
 
@@ -51,8 +51,15 @@ def gradient_x_input(game) -> tuple[np.ndarray, float]:
     x = torch.from_numpy(np.ascontiguousarray(game.prepared.image))[None].requires_grad_(True)
     network = game.model.network if hasattr(game.model, "network") else game.model
     mode = "gaussian" if settings.get("blend", "gaussian") == "gaussian" else "constant"
-    logits = sliding_window_inference(x, settings["patch_size"], 4, network, overlap=settings["overlap"], mode=mode,
-                                      sigma_scale=settings.get("sigma_scale", 0.125))
+    logits = sliding_window_inference(
+        x,
+        settings["patch_size"],
+        4,
+        network,
+        overlap=settings["overlap"],
+        mode=mode,
+        sigma_scale=settings.get("sigma_scale", 0.125),
+    )
     roi = torch.from_numpy(game.roi)
     p = torch.softmax(logits[0].double(), 0)[game.targets[0]][roi]
     r = torch.from_numpy(game.masks[0][game.roi]).double()
@@ -84,8 +91,17 @@ def metrics(game, scores: np.ndarray, subsets: np.ndarray, subset_drops: np.ndar
 def run_game(model_path: Path, baseline: str, n_features: int) -> dict:
     image, affine = read_image(DEMO_IMAGE)
     model = segshap.load_model(model_path, device="cpu")
-    game = segshap.explanation_game(model, image, target="white_matter", roi=DEMO_ROI, features="slic",
-                                    n_features=n_features, baseline=baseline, device="cpu", affine=affine)
+    game = segshap.explanation_game(
+        model,
+        image,
+        target="white_matter",
+        roi=DEMO_ROI,
+        features="slic",
+        n_features=n_features,
+        baseline=baseline,
+        device="cpu",
+        affine=affine,
+    )
     m = game.n_features
     full = float(np.ravel(game.engine.evaluate(np.ones((1, m), bool)))[0])
     rng = np.random.default_rng(0)
@@ -103,15 +119,26 @@ def run_game(model_path: Path, baseline: str, n_features: int) -> dict:
     if abs(differentiable_full - full) > 1e-4:
         raise RuntimeError(f"the gradient pass computes another game: v(all) {differentiable_full} vs {full}")
     rankings = {"kernelshap": shapley, "occlusion": occlusion, "grad_x_input": gradient}
-    result = {"features": m, "full_value": full,
-              "methods": {name: metrics(game, scores, subsets, drops, full) for name, scores in rankings.items()}}
+    result = {
+        "features": m,
+        "full_value": full,
+        "methods": {name: metrics(game, scores, subsets, drops, full) for name, scores in rankings.items()},
+    }
     random_runs = [metrics(game, rng.random(m), subsets, drops, full) for _ in range(5)]
-    result["methods"]["random"] = {key: (np.mean([r[key] for r in random_runs], 0).tolist()
-                                         if isinstance(random_runs[0][key], list)
-                                         else float(np.mean([r[key] for r in random_runs])))
-                                   for key in random_runs[0]}
-    log(f"faithfulness: {model_path.name}, baseline {baseline}: {m} features, " + ", ".join(
-        f"{name} del {r['deletion_auc']:.3f} ins {r['insertion_auc']:.3f}" for name, r in result["methods"].items()))
+    result["methods"]["random"] = {
+        key: (
+            np.mean([r[key] for r in random_runs], 0).tolist()
+            if isinstance(random_runs[0][key], list)
+            else float(np.mean([r[key] for r in random_runs]))
+        )
+        for key in random_runs[0]
+    }
+    log(
+        f"faithfulness: {model_path.name}, baseline {baseline}: {m} features, "
+        + ", ".join(
+            f"{name} del {r['deletion_auc']:.3f} ins {r['insertion_auc']:.3f}" for name, r in result["methods"].items()
+        )
+    )
     return result
 
 
@@ -129,15 +156,24 @@ def markdown(result: dict, plot_path: str | None) -> str:
     for game_name, game in result["games"].items():
         for method in METHODS:
             r = game["methods"][method]
-            rows.append([game_name if method == METHODS[0] else "", method, f"{r['deletion_auc']:.3f}",
-                         f"{r['insertion_auc']:.3f}", f"{r['aopc']:.3f}", f"{r['faithfulness_correlation']:.2f}"])
+            rows.append(
+                [
+                    game_name if method == METHODS[0] else "",
+                    method,
+                    f"{r['deletion_auc']:.3f}",
+                    f"{r['insertion_auc']:.3f}",
+                    f"{r['aopc']:.3f}",
+                    f"{r['faithfulness_correlation']:.2f}",
+                ]
+            )
     counts = ", ".join(f"{name}: {game['features']} features" for name, game in result["games"].items())
     text = [
         f"Soft Dice of the white matter inside the demo ROI over SLIC supervoxels ({counts}); values divided by "
         "v(all). Deletion AUC: lower is better; insertion AUC, AOPC and faithfulness correlation: higher is better.",
         "",
-        table(["model / baseline", "ranking", "deletion AUC ↓", "insertion AUC ↑", "AOPC ↑",
-               "faithfulness corr. ↑"], rows),
+        table(
+            ["model / baseline", "ranking", "deletion AUC ↓", "insertion AUC ↑", "AOPC ↑", "faithfulness corr. ↑"], rows
+        ),
     ]
     if "second" not in {k.split("/")[0] for k in result["games"]}:
         text += ["", f"Only the demo model was run: the second model ({SECOND_MODEL.relative_to(ROOT)}) is missing."]

@@ -58,8 +58,13 @@ GAMES: list[dict] = [
     {"name": "demo_gmwm-small_box", "model": "demo", "roi": SMALL_ROI, "n_features": 12, "value": "soft_dice"},
     {"name": "gmwm_seed1-demo_roi", "model": "seed1", "roi": DEMO_ROI, "n_features": 16, "value": "soft_dice"},
     {"name": "gmwm_seed1-small_box", "model": "seed1", "roi": SMALL_ROI, "n_features": 12, "value": "soft_dice"},
-    {"name": "gmwm_seed1-left_posterior-mean_prob", "model": "seed1", "roi": LEFT_POSTERIOR_ROI, "n_features": 19,
-     "value": "mean_prob"},
+    {
+        "name": "gmwm_seed1-left_posterior-mean_prob",
+        "model": "seed1",
+        "roi": LEFT_POSTERIOR_ROI,
+        "n_features": 19,
+        "value": "mean_prob",
+    },
 ]
 
 
@@ -75,8 +80,9 @@ def load_games(folder: str | Path = GAMES_DIR) -> list[dict]:
     folder = Path(folder)
     index = folder / "index.json"
     if not index.exists():
-        raise FileNotFoundError(f"No game index at {index}; build the games with "
-                                f"`.venv/bin/python benchmarks/real_games.py`.")
+        raise FileNotFoundError(
+            f"No game index at {index}; build the games with `.venv/bin/python benchmarks/real_games.py`."
+        )
     games = []
     for entry in json.loads(index.read_text())["games"]:
         with np.load(folder / entry["file"], allow_pickle=False) as data:
@@ -105,9 +111,19 @@ def _find_game(model, image, affine, spec: dict):
     start = spec["n_features"]
     tried = {}
     for n in list(range(start, 1, -1)) + list(range(start + 1, 4 * start)):
-        game = segshap.explanation_game(model, image, target=list(TARGETS), roi=spec["roi"], features="slic",
-                                        n_features=n, value=spec["value"], baseline="mean", device="cpu",
-                                        affine=affine, **spec.get("engine", {}))
+        game = segshap.explanation_game(
+            model,
+            image,
+            target=list(TARGETS),
+            roi=spec["roi"],
+            features="slic",
+            n_features=n,
+            value=spec["value"],
+            baseline="mean",
+            device="cpu",
+            affine=affine,
+            **spec.get("engine", {}),
+        )
         tried[n] = game.n_features
         if low <= game.n_features <= high:
             return game, n, tried
@@ -129,8 +145,10 @@ def build(spec: dict, model, image, affine) -> dict:
         raise RuntimeError(f"{spec['name']}: a target has no voxel in the ROI ({dict(zip(TARGETS, in_roi))}).")
     forwards_before = engine.stats["patch_forwards"]
     coalitions = coalition_table(m)
-    _log(f"{spec['name']}: M = {m} ({asked} SLIC segments asked), {2**m} coalitions, "
-         f"{engine.stats['windows']} windows; enumerating...")
+    _log(
+        f"{spec['name']}: M = {m} ({asked} SLIC segments asked), {2**m} coalitions, "
+        f"{engine.stats['windows']} windows; enumerating..."
+    )
     started = time.perf_counter()
     values = np.asarray(engine.evaluate(coalitions), dtype=np.float64)
     seconds = time.perf_counter() - started
@@ -198,16 +216,21 @@ def _machine() -> dict:
         pass
     import os
 
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def write(game: dict, folder: Path = GAMES_DIR) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{game['name']}.npz"
     temporary = path.with_suffix(".tmp.npz")
-    np.savez_compressed(temporary, values=game["values"], exact=game["exact"],
-                        info=np.array(json.dumps(game["info"], sort_keys=True)))
+    np.savez_compressed(
+        temporary, values=game["values"], exact=game["exact"], info=np.array(json.dumps(game["info"], sort_keys=True))
+    )
     temporary.replace(path)
     return path
 
@@ -220,9 +243,19 @@ def write_index(folder: Path = GAMES_DIR) -> None:
         if path.exists():
             with np.load(path, allow_pickle=False) as data:
                 info = json.loads(str(data["info"]))
-            entries.append({"name": spec["name"], "file": path.name, "M": info["M"], "targets": info["targets"],
-                            "model": info["model"], "roi": info["roi"], "value": info["value"],
-                            "enumeration_s": info["enumeration_s"], "window_forwards": info["window_forwards"]})
+            entries.append(
+                {
+                    "name": spec["name"],
+                    "file": path.name,
+                    "M": info["M"],
+                    "targets": info["targets"],
+                    "model": info["model"],
+                    "roi": info["roi"],
+                    "value": info["value"],
+                    "enumeration_s": info["enumeration_s"],
+                    "window_forwards": info["window_forwards"],
+                }
+            )
     INDEX.write_text(json.dumps({"format": "segshap-real-games/1", "games": entries}, indent=1) + "\n")
 
 
@@ -255,8 +288,10 @@ def main(argv: list[str] | None = None) -> None:
         game["info"]["check"] = numbers
         path = write(game)
         write_index()
-        _log(f"{spec['name']}: wrote {path.relative_to(ROOT)} ({path.stat().st_size / 1024:.0f} KiB); "
-             f"phi range {numbers['phi_min']} .. {numbers['phi_max']}, efficiency gap {numbers['efficiency_gap']:.1e}")
+        _log(
+            f"{spec['name']}: wrote {path.relative_to(ROOT)} ({path.stat().st_size / 1024:.0f} KiB); "
+            f"phi range {numbers['phi_min']} .. {numbers['phi_max']}, efficiency gap {numbers['efficiency_gap']:.1e}"
+        )
     total = sum(p.stat().st_size for p in GAMES_DIR.glob("*"))
     _log(f"games folder: {total / 1024:.0f} KiB")
 

@@ -44,8 +44,10 @@ def render(results: dict, markdown: Path, docs: Path) -> None:
         suite.plot(result, plot)
         relative = plot.relative_to(markdown.parent) if plot.is_relative_to(markdown.parent) else plot
         run = result.get("run", results)  # a suite rerun on its own carries its own run header
-        intro = (f"Mode `{run['mode']}`, run {run['date']} on {machine_line(run['machine'])}; commit "
-                 f"`{run['commit']}`; {result['seconds']:.0f} s.")
+        intro = (
+            f"Mode `{run['mode']}`, run {run['date']} on {machine_line(run['machine'])}; commit "
+            f"`{run['commit']}`; {result['seconds']:.0f} s."
+        )
         write_section(markdown, name, intro + "\n\n" + suite.markdown(result, str(relative)))
 
 
@@ -69,7 +71,9 @@ def check(results: dict) -> list[str]:
         if missing:
             problems.append(f"accuracy: methods missing: {sorted(missing)}")
     if "efficiency" in results:
-        expected = {"ours_auto", "paper_leverage", "captum"} | ({"shap", "paper_shap"} if reference_available() else set())
+        expected = {"ours_auto", "paper_leverage", "captum"} | (
+            {"shap", "paper_shap"} if reference_available() else set()
+        )
         missing = expected - set(results["efficiency"]["runs"])
         if missing:
             problems.append(f"efficiency: methods missing: {sorted(missing)}")
@@ -80,13 +84,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=MODES, default="quick")
     parser.add_argument("--suites", nargs="+", choices=list(SUITES), default=list(SUITES))
-    parser.add_argument("--cases", nargs="+", choices=speed.CASES, default=list(speed.CASES),
-                        help="speed cases to run (the SwinUNETR case runs in full mode only)")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=speed.CASES,
+        default=list(speed.CASES),
+        help="speed cases to run (the SwinUNETR case runs in full mode only)",
+    )
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="where the sections are written")
     parser.add_argument("--docs", default=str(ROOT / "docs"), help="where the plots are written")
     parser.add_argument("--json", help="raw numbers (default benchmarks/results/MODE.json)")
-    parser.add_argument("--check", action="store_true",
-                        help="exit with status 1 if the run breaks an invariant (see check())")
+    parser.add_argument(
+        "--check", action="store_true", help="exit with status 1 if the run breaks an invariant (see check())"
+    )
     parser.add_argument("--render", metavar="JSON", help="only rewrite the sections and plots from earlier raw numbers")
     args = parser.parse_args(argv)
     if args.render:
@@ -94,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     record = machine()
-    header = {"machine": record, "mode": args.mode, "commit": _commit(),
-              "date": datetime.date.today().isoformat()}
+    header = {"machine": record, "mode": args.mode, "commit": _commit(), "date": datetime.date.today().isoformat()}
     log(f"machine: {machine_line(record)}")
     results = dict(header)
     for name in args.suites:

@@ -32,8 +32,16 @@ def main(m: int, nsamples: int, seed: int) -> None:
     # An all-zeros background and an all-ones input: shap's masked inputs are the coalitions themselves.
     explainer = shap.KernelExplainer(game, np.zeros((1, m)))
     values = explainer.shap_values(np.ones((1, m)), nsamples=nsamples, l1_reg=False, silent=True)
-    sys.stdout.write(json.dumps({"done": True, "shap_values": np.asarray(values).reshape(-1).tolist(),
-                                 "seconds": time.perf_counter() - started}) + "\n")
+    sys.stdout.write(
+        json.dumps(
+            {
+                "done": True,
+                "shap_values": np.asarray(values).reshape(-1).tolist(),
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

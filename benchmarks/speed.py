@@ -27,30 +27,45 @@ import time
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
-from monai.networks.nets import UNet
-
-import segshap
-from segshap.surrogate import adjacent_pairs
 from bench_engine import (
     OVERLAP,
     PATCH,
     TARGET_CORNER,
     load_volume,
     naive_values,
-    window_features,
     organs,
     supervoxels,
     white_matter_segment,
+    window_features,
 )
 from common import log, pyplot, reference_available, save_figure, shap_kernel_explainer, table
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import UNet
+
+import segshap
+from segshap.surrogate import adjacent_pairs
 
 SETTINGS = {
-    "quick": {"crop": 192, "budget": 160, "supervoxels": 60, "timed": 3, "roi_all_on": 16, "cache_gib": 8,
-              "cases": ("organs", "supervoxels")},
+    "quick": {
+        "crop": 192,
+        "budget": 160,
+        "supervoxels": 60,
+        "timed": 3,
+        "roi_all_on": 16,
+        "cache_gib": 8,
+        "cases": ("organs", "supervoxels"),
+    },
     # 4 GiB: the cache fills and evicts with 150 supervoxels, so the run shows memory staying near its budget.
-    "full": {"crop": None, "budget": 512, "supervoxels": 150, "timed": 6, "roi_all_on": 64, "cache_gib": 4,
-             "cases": ("organs", "supervoxels"), "swinunetr": True},
+    "full": {
+        "crop": None,
+        "budget": 512,
+        "supervoxels": 150,
+        "timed": 6,
+        "roi_all_on": 64,
+        "cache_gib": 4,
+        "cases": ("organs", "supervoxels"),
+        "swinunetr": True,
+    },
 }
 BATCH_SIZE = 4
 BASELINE = 0.0
@@ -101,26 +116,50 @@ def run_case(name: str, settings: dict) -> dict:
     image, features, reference, model = case["image"], case["features"], case["reference"], case["model"]
     budget = settings["budget"]
     log(f"speed/{name}: volume {image.shape}, {features.max()} features in the volume")
-    options = dict(reference=reference, value="soft_dice", patch_size=PATCH, overlap=OVERLAP, blend="gaussian",
-                   baseline=BASELINE, batch_size=BATCH_SIZE)
+    options = dict(
+        reference=reference,
+        value="soft_dice",
+        patch_size=PATCH,
+        overlap=OVERLAP,
+        blend="gaussian",
+        baseline=BASELINE,
+        batch_size=BATCH_SIZE,
+    )
 
     # Ours: the whole explanation.
     with PeakMemory() as memory:
         started = time.perf_counter()
-        engine = segshap.PatchEngine(model, image, features, cache_bytes=int(settings["cache_gib"] * 2**30),
-                                     **options)
-        result = segshap.kernel_shap(engine.evaluate, engine.n_features, budget, seed=0, batch_size=64,
-                                     cost=engine.forward_cost,
-                                     interactions=lambda: adjacent_pairs(features, engine.feature_ids))
+        engine = segshap.PatchEngine(model, image, features, cache_bytes=int(settings["cache_gib"] * 2**30), **options)
+        result = segshap.kernel_shap(
+            engine.evaluate,
+            engine.n_features,
+            budget,
+            seed=0,
+            batch_size=64,
+            cost=engine.forward_cost,
+            interactions=lambda: adjacent_pairs(features, engine.feature_ids),
+        )
         ours_s = time.perf_counter() - started
     m, windows = engine.n_features, engine.tiling.n_windows
     outside = 1 - engine.stats["forward_seconds"] / ours_s
-    rows = {"ours": {"s_per_coalition": ours_s / result.n_evaluations, "timed": result.n_evaluations,
-                     "explanation_s": ours_s, "forwards": engine.stats["patch_forwards"], "extrapolated": False,
-                     "peak_gib": memory.peak, "max_abs_diff": 0.0, "design": result.design,
-                     "outside_model": outside, "cache_evictions": engine.stats["cache_evictions"]}}
-    log(f"speed/{name}: ours ({result.design}) {ours_s:.1f} s for {result.n_evaluations} coalitions of {m} "
-        f"features, {engine.stats['patch_forwards']} window forwards, {outside:.0%} of the time outside the model")
+    rows = {
+        "ours": {
+            "s_per_coalition": ours_s / result.n_evaluations,
+            "timed": result.n_evaluations,
+            "explanation_s": ours_s,
+            "forwards": engine.stats["patch_forwards"],
+            "extrapolated": False,
+            "peak_gib": memory.peak,
+            "max_abs_diff": 0.0,
+            "design": result.design,
+            "outside_model": outside,
+            "cache_evictions": engine.stats["cache_evictions"],
+        }
+    }
+    log(
+        f"speed/{name}: ours ({result.design}) {ours_s:.1f} s for {result.n_evaluations} coalitions of {m} "
+        f"features, {engine.stats['patch_forwards']} window forwards, {outside:.0%} of the time outside the model"
+    )
     chosen = result.coalitions
 
     # The paper's scheme, on coalitions spread evenly over those ours drew (the sampler's order is by size).
@@ -135,17 +174,22 @@ def run_case(name: str, settings: dict) -> dict:
         per = (time.perf_counter() - started - setup_s) / k
     # Its forwards over the whole budget are counted exactly, not extrapolated: a window runs again whenever some
     # but not all of its features are off (all on and all off reuse the set-up's outputs).
-    columns = [np.flatnonzero(np.isin(engine.feature_ids, ids))
-               for ids in window_features(engine, image, features, BASELINE)]
+    columns = [
+        np.flatnonzero(np.isin(engine.feature_ids, ids)) for ids in window_features(engine, image, features, BASELINE)
+    ]
     reruns = sum(int((chosen[:, c].any(1) & ~chosen[:, c].all(1)).sum()) for c in columns if c.size)
     timed_reruns = paper.stats["patch_forwards"] - setup_forwards
-    expected_timed = sum(int((chosen[spread][:, c].any(1) & ~chosen[spread][:, c].all(1)).sum())
-                         for c in columns if c.size)
+    expected_timed = sum(
+        int((chosen[spread][:, c].any(1) & ~chosen[spread][:, c].all(1)).sum()) for c in columns if c.size
+    )
     if timed_reruns != expected_timed:
         raise RuntimeError(f"roi_all_on ran {timed_reruns} forwards where {expected_timed} were counted")
     rows["roi_all_on"] = {
-        "s_per_coalition": per, "timed": k, "explanation_s": setup_s + per * len(chosen),
-        "forwards": setup_forwards + reruns, "extrapolated": k < len(chosen),
+        "s_per_coalition": per,
+        "timed": k,
+        "explanation_s": setup_s + per * len(chosen),
+        "forwards": setup_forwards + reruns,
+        "extrapolated": k < len(chosen),
         "peak_gib": memory.peak,
         "max_abs_diff": float(np.abs(paper_values - result.coalition_values[spread]).max()),
     }
@@ -153,32 +197,51 @@ def run_case(name: str, settings: dict) -> dict:
     # shap over full-volume inference.
     if reference_available():
         with PeakMemory() as memory:
-            _, coalitions, values, shap_s = shap_kernel_explainer(m, settings["timed"], 0, lambda c: naive_values(
-                model, image, features, reference, engine, c, BASELINE, BATCH_SIZE, "cpu"))
+            _, coalitions, values, shap_s = shap_kernel_explainer(
+                m,
+                settings["timed"],
+                0,
+                lambda c: naive_values(model, image, features, reference, engine, c, BASELINE, BATCH_SIZE, "cpu"),
+            )
         rows["shap"] = {
-            "s_per_coalition": shap_s / len(coalitions), "timed": len(coalitions),
-            "explanation_s": shap_s / len(coalitions) * len(chosen), "forwards": windows * len(chosen),
-            "extrapolated": True, "peak_gib": memory.peak,
+            "s_per_coalition": shap_s / len(coalitions),
+            "timed": len(coalitions),
+            "explanation_s": shap_s / len(coalitions) * len(chosen),
+            "forwards": windows * len(chosen),
+            "extrapolated": True,
+            "peak_gib": memory.peak,
             "max_abs_diff": float(np.abs(values - engine.evaluate(coalitions)).max()),
         }
 
     # captum over full-volume inference.
     with PeakMemory() as memory:
-        captum_coalitions, captum_values, captum_s = _captum_naive(model, image, features, reference, engine,
-                                                                  settings["timed"])
+        captum_coalitions, captum_values, captum_s = _captum_naive(
+            model, image, features, reference, engine, settings["timed"]
+        )
     rows["captum"] = {
-        "s_per_coalition": captum_s / len(captum_coalitions), "timed": len(captum_coalitions),
-        "explanation_s": captum_s / len(captum_coalitions) * len(chosen), "forwards": windows * len(chosen),
-        "extrapolated": True, "peak_gib": memory.peak,
+        "s_per_coalition": captum_s / len(captum_coalitions),
+        "timed": len(captum_coalitions),
+        "explanation_s": captum_s / len(captum_coalitions) * len(chosen),
+        "forwards": windows * len(chosen),
+        "extrapolated": True,
+        "peak_gib": memory.peak,
         "max_abs_diff": float(np.abs(captum_values - engine.evaluate(captum_coalitions)).max()),
     }
     for method, row in rows.items():
         row["vs_ours"] = row["explanation_s"] / rows["ours"]["explanation_s"]
-        log(f"speed/{name}: {method}: {row['s_per_coalition']:.3f} s/coalition over {row['timed']}, "
+        log(
+            f"speed/{name}: {method}: {row['s_per_coalition']:.3f} s/coalition over {row['timed']}, "
             f"explanation {row['explanation_s']:.0f} s ({row['vs_ours']:.1f}x ours), max |diff| "
-            f"{row['max_abs_diff']:.1e}")
-    return {"volume": list(image.shape), "features": m, "windows_total": windows,
-            "windows_roi": engine.stats["windows"], "budget": len(chosen), "methods": rows}
+            f"{row['max_abs_diff']:.1e}"
+        )
+    return {
+        "volume": list(image.shape),
+        "features": m,
+        "windows_total": windows,
+        "windows_roi": engine.stats["windows"],
+        "budget": len(chosen),
+        "methods": rows,
+    }
 
 
 def _captum_naive(model, image, features, reference, engine, n_samples: int):
@@ -212,8 +275,13 @@ def _captum_naive(model, image, features, reference, engine, n_samples: int):
         return torch.stack(out)
 
     started = time.perf_counter()
-    KernelShap(forward).attribute(x, baselines=baseline, feature_mask=torch.from_numpy(mask)[None, None],
-                                  n_samples=n_samples, perturbations_per_eval=2)
+    KernelShap(forward).attribute(
+        x,
+        baselines=baseline,
+        feature_mask=torch.from_numpy(mask)[None, None],
+        n_samples=n_samples,
+        perturbations_per_eval=2,
+    )
     seconds = time.perf_counter() - started
     return np.array([k for k, _ in evaluated]), np.array([v for _, v in evaluated]), seconds
 
@@ -237,8 +305,15 @@ def run_swin_case() -> dict:
     reference = white_matter_segment(white, tuple(int(c) for c in corner))
     torch.manual_seed(0)
     model = SwinUNETR(in_channels=1, out_channels=3, feature_size=48, spatial_dims=3).eval()
-    options = dict(reference=reference, value="soft_dice", patch_size=SWIN["patch"], overlap=OVERLAP,
-                   blend="gaussian", baseline=BASELINE, batch_size=2)
+    options = dict(
+        reference=reference,
+        value="soft_dice",
+        patch_size=SWIN["patch"],
+        overlap=OVERLAP,
+        blend="gaussian",
+        baseline=BASELINE,
+        batch_size=2,
+    )
     log(f"speed/swinunetr: volume {image.shape}, SwinUNETR feature_size 48, {SWIN['patch']} windows")
 
     with PeakMemory() as memory:
@@ -247,9 +322,18 @@ def run_swin_case() -> dict:
         result = segshap.kernel_shap(engine.evaluate, engine.n_features, SWIN["coalitions"], seed=0, batch_size=64)
         ours_s = time.perf_counter() - started
     n = result.n_evaluations
-    rows = {"ours": {"s_per_coalition": ours_s / n, "timed": n, "explanation_s": ours_s,
-                     "forwards": engine.stats["patch_forwards"], "extrapolated": False, "peak_gib": memory.peak,
-                     "max_abs_diff": 0.0, "cache_evictions": engine.stats["cache_evictions"]}}
+    rows = {
+        "ours": {
+            "s_per_coalition": ours_s / n,
+            "timed": n,
+            "explanation_s": ours_s,
+            "forwards": engine.stats["patch_forwards"],
+            "extrapolated": False,
+            "peak_gib": memory.peak,
+            "max_abs_diff": 0.0,
+            "cache_evictions": engine.stats["cache_evictions"],
+        }
+    }
     log(f"speed/swinunetr: ours {ours_s:.0f} s for {n} coalitions, {engine.stats['patch_forwards']} forwards")
 
     chosen = result.coalitions
@@ -260,12 +344,19 @@ def run_swin_case() -> dict:
         setup_s, setup_forwards = time.perf_counter() - started, paper.stats["patch_forwards"]
         paper_values = np.array([paper.evaluate(c[None])[0] for c in chosen[spread]])
         per = (time.perf_counter() - started - setup_s) / len(spread)
-    columns = [np.flatnonzero(np.isin(engine.feature_ids, ids))
-               for ids in window_features(engine, image, features, BASELINE)]
+    columns = [
+        np.flatnonzero(np.isin(engine.feature_ids, ids)) for ids in window_features(engine, image, features, BASELINE)
+    ]
     reruns = sum(int((chosen[:, c].any(1) & ~chosen[:, c].all(1)).sum()) for c in columns if c.size)
-    rows["roi_all_on"] = {"s_per_coalition": per, "timed": len(spread), "explanation_s": setup_s + per * n,
-                          "forwards": setup_forwards + reruns, "extrapolated": True, "peak_gib": memory.peak,
-                          "max_abs_diff": float(np.abs(paper_values - result.coalition_values[spread]).max())}
+    rows["roi_all_on"] = {
+        "s_per_coalition": per,
+        "timed": len(spread),
+        "explanation_s": setup_s + per * n,
+        "forwards": setup_forwards + reruns,
+        "extrapolated": True,
+        "peak_gib": memory.peak,
+        "max_abs_diff": float(np.abs(paper_values - result.coalition_values[spread]).max()),
+    }
 
     # A full-volume inference: every window once; timed on a few windows of the volume, not run.
     x = torch.from_numpy(image)[None, None]
@@ -277,15 +368,27 @@ def run_swin_case() -> dict:
         per_window = (time.perf_counter() - started) / SWIN["timed_windows"]
     windows = engine.tiling.n_windows
     for method in ("shap", "captum"):
-        rows[method] = {"s_per_coalition": per_window * windows, "timed": 0,
-                        "explanation_s": per_window * windows * n, "forwards": windows * n, "extrapolated": True,
-                        "peak_gib": float("nan"), "max_abs_diff": float("nan")}
-    for method, row in rows.items():
+        rows[method] = {
+            "s_per_coalition": per_window * windows,
+            "timed": 0,
+            "explanation_s": per_window * windows * n,
+            "forwards": windows * n,
+            "extrapolated": True,
+            "peak_gib": float("nan"),
+            "max_abs_diff": float("nan"),
+        }
+    for row in rows.values():
         row["vs_ours"] = row["explanation_s"] / rows["ours"]["explanation_s"]
-    return {"volume": list(image.shape), "features": engine.n_features, "windows_total": windows,
-            "windows_roi": engine.stats["windows"], "budget": n, "methods": rows,
-            "note": f"SwinUNETR: full-volume inference not run; {windows} windows × {per_window:.2f} s per window "
-                    f"(timed on {SWIN['timed_windows']}), per coalition, for shap and captum alike"}
+    return {
+        "volume": list(image.shape),
+        "features": engine.n_features,
+        "windows_total": windows,
+        "windows_roi": engine.stats["windows"],
+        "budget": n,
+        "methods": rows,
+        "note": f"SwinUNETR: full-volume inference not run; {windows} windows × {per_window:.2f} s per window "
+        f"(timed on {SWIN['timed_windows']}), per coalition, for shap and captum alike",
+    }
 
 
 CASES = ("organs", "supervoxels", "swinunetr")
@@ -300,8 +403,12 @@ def run(mode: str, cases: tuple[str, ...] = CASES) -> dict:
     return {"settings": {k: v for k, v in settings.items() if k != "cases"}, "cases": results}
 
 
-LABELS = {"ours": "**ours** (PatchEngine)", "roi_all_on": "roi_all_on (paper)", "shap": "shap KernelExplainer",
-          "captum": "captum KernelShap"}
+LABELS = {
+    "ours": "**ours** (PatchEngine)",
+    "roi_all_on": "roi_all_on (paper)",
+    "shap": "shap KernelExplainer",
+    "captum": "captum KernelShap",
+}
 
 
 def _measured(value: float, form: str) -> str:
@@ -313,8 +420,9 @@ def markdown(result: dict, plot_path: str | None) -> str:
     text = [
         f"An explanation is a budget of {result['settings']['budget']} coalitions (or all 2^M when fewer; the "
         "chains walk whole chains, so ours may run fewer, and every method is then counted at ours' number); "
-        "times are wall seconds. Rows marked ≈ timed that many coalitions and extrapolated linearly (a full-volume inference "
-        "costs the same for every coalition; the paper's scheme was timed on coalitions spread over ours). Window "
+        "times are wall seconds. Rows marked ≈ timed that many coalitions and extrapolated linearly (a full-volume "
+        "inference costs the same for every coalition; the paper's scheme was timed on coalitions spread over "
+        "ours). Window "
         f"forwards per explanation: counted for ours (cache budget {result['settings']['cache_gib']} GiB) and, "
         "over every coalition of the budget, for the paper's scheme; all windows × budget for shap and captum. "
         "Max |Δ|: largest difference between the method's values and the engine's on the coalitions it ran. "
@@ -324,25 +432,43 @@ def markdown(result: dict, plot_path: str | None) -> str:
     ]
     for name, case in result["cases"].items():
         note = f" {case['note']}." if case.get("note") else ""
-        text += ["", f"**{name}**: volume {'×'.join(map(str, case['volume']))}, {case['features']} features can "
-                 f"change the value, {case['windows_roi']} of {case['windows_total']} windows touch the ROI; "
-                 f"{case['budget']} coalitions per explanation"
-                 f"{' (all of them: the values are exact)' if case['budget'] == 2 ** case['features'] else ''}."
-                 f"{note}", ""]
+        text += [
+            "",
+            f"**{name}**: volume {'×'.join(map(str, case['volume']))}, {case['features']} features can "
+            f"change the value, {case['windows_roi']} of {case['windows_total']} windows touch the ROI; "
+            f"{case['budget']} coalitions per explanation"
+            f"{' (all of them: the values are exact)' if case['budget'] == 2 ** case['features'] else ''}."
+            f"{note}",
+            "",
+        ]
         rows = []
         for method, row in case["methods"].items():
             approx = "≈ " if row["extrapolated"] else ""
             timed = f"({row['timed']})" if row["timed"] else "(from window forwards)"
-            rows.append([LABELS[method], f"{row['s_per_coalition']:.3f} {timed}",
-                         f"{approx}{row['explanation_s']:.0f}", f"{approx}{row['forwards']:.0f}",
-                         f"{row['vs_ours']:.1f}×", _measured(row["peak_gib"], "{:.2f} GiB"),
-                         _measured(row["max_abs_diff"], "{:.1e}")])
-        text.append(table(["method", "s / coalition (timed)", "s / explanation", "window forwards", "vs ours",
-                           "peak", "max |Δ|"], rows))
+            rows.append(
+                [
+                    LABELS[method],
+                    f"{row['s_per_coalition']:.3f} {timed}",
+                    f"{approx}{row['explanation_s']:.0f}",
+                    f"{approx}{row['forwards']:.0f}",
+                    f"{row['vs_ours']:.1f}×",
+                    _measured(row["peak_gib"], "{:.2f} GiB"),
+                    _measured(row["max_abs_diff"], "{:.1e}"),
+                ]
+            )
+        text.append(
+            table(
+                ["method", "s / coalition (timed)", "s / explanation", "window forwards", "vs ours", "peak", "max |Δ|"],
+                rows,
+            )
+        )
         ours = case["methods"]["ours"]
         if "outside_model" in ours:
-            how = ("evaluated every coalition (exact)" if ours["design"] == "exact" else
-                   f"sampled with `design=\"{ours['design']}\"` (its cost function is the engine's, as in `explain`)")
+            how = (
+                "evaluated every coalition (exact)"
+                if ours["design"] == "exact"
+                else f'sampled with `design="{ours["design"]}"` (its cost function is the engine\'s, as in `explain`)'
+            )
             text += ["", f"Ours {how} and spent {ours['outside_model']:.0%} of its time outside the model's forwards."]
     if plot_path:
         text += ["", f"![Seconds per explanation]({plot_path})"]

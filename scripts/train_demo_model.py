@@ -543,9 +543,7 @@ def write_sidecar(path: Path, seed: int, steps: int, seconds: float, dice_held_o
     sidecar = {
         "format": "segshap-torchscript/1",
         "name": NAME,
-        "description": (
-            "Gray/white matter segmentation of T1 MRI at 2 mm, trained on the MNI152 template (demo only)"
-        ),
+        "description": ("Gray/white matter segmentation of T1 MRI at 2 mm, trained on the MNI152 template (demo only)"),
         "in_channels": 1,
         "classes": {str(i): name for i, name in enumerate(CLASS_NAMES)},
         "patch_size": list(PATCH_SIZE),

@@ -50,7 +50,9 @@ def missingPackages(path: str | Path | None = None) -> list[str]:
 def installMessage(missing: list[str]) -> str:
     """The text of the one confirmation the panel shows before installing."""
     lines = ["SegShapExplain needs these Python packages in 3D Slicer's Python:", ""]
-    lines += [f"  • {item}" + (" (through the PyTorch extension, matched to your GPU driver)" if item == "torch" else "")
-              for item in missing]
+    lines += [
+        f"  • {item}" + (" (through the PyTorch extension, matched to your GPU driver)" if item == "torch" else "")
+        for item in missing
+    ]
     lines += ["", "Install them now? This downloads several hundred MB and may take a few minutes."]
     return "\n".join(lines)

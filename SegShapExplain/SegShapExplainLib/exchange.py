@@ -20,8 +20,10 @@ def ensureSegmentationConverters() -> None:
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
     rules = factory.GetConverterRules()
     names = {rules[i].GetName() for i in range(len(rules))} if rules else set()
-    for rule in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule(),
-                 slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule()):
+    for rule in (
+        slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule(),
+        slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule(),
+    ):
         if rule.GetName() not in names:
             factory.RegisterConverterRule(rule)
 

@@ -112,7 +112,9 @@ class SegShapExplainLogic:
         if scene is None:
             scene = getattr(slicer, "mrmlScene", None)
             if scene is None:
-                raise ValueError("Pass the scene: SegShapExplainLogic(scene) (slicer.mrmlScene exists only in 3D Slicer).")
+                raise ValueError(
+                    "Pass the scene: SegShapExplainLogic(scene) (slicer.mrmlScene exists only in 3D Slicer)."
+                )
         if volumeRenderingLogic is None and hasattr(modules, "volumerendering"):
             volumeRenderingLogic = modules.volumerendering.logic()
         if temporaryFolder is None and application is not None:
@@ -171,7 +173,13 @@ class SegShapExplainLogic:
             On Ctrl+C; the scene is unchanged.
         """
         return self.explainAsync(
-            volumeNode, modelPath, target, segmentationNode, segmentId, settings, trustModel=trustModel,
+            volumeNode,
+            modelPath,
+            target,
+            segmentationNode,
+            segmentId,
+            settings,
+            trustModel=trustModel,
             callbacks=JobCallbacks(onProgress=onProgress, onLog=onLog),
         ).wait()
 
@@ -227,14 +235,24 @@ class SegShapExplainLogic:
 
     # ------------------------------------------------------------------------------------------------ segment
 
-    def segment(self, volumeNode, modelPath: str, *, device: Device = Device.AUTO, batchSize: int = 4,
-                trustModel: bool = False):
+    def segment(
+        self, volumeNode, modelPath: str, *, device: Device = Device.AUTO, batchSize: int = 4, trustModel: bool = False
+    ):
         """The model's segmentation of ``volumeNode`` as a new segmentation node (one segment per class found)."""
-        return self.segmentAsync(volumeNode, modelPath, device=device, batchSize=batchSize,
-                                 trustModel=trustModel).wait()
+        return self.segmentAsync(
+            volumeNode, modelPath, device=device, batchSize=batchSize, trustModel=trustModel
+        ).wait()
 
-    def segmentAsync(self, volumeNode, modelPath: str, *, device: Device = Device.AUTO, batchSize: int = 4,
-                     trustModel: bool = False, callbacks: JobCallbacks | None = None) -> WorkerJob:
+    def segmentAsync(
+        self,
+        volumeNode,
+        modelPath: str,
+        *,
+        device: Device = Device.AUTO,
+        batchSize: int = 4,
+        trustModel: bool = False,
+        callbacks: JobCallbacks | None = None,
+    ) -> WorkerJob:
         """Start :meth:`segment` in the background; the segmentation node goes to ``onDone``."""
         checkScalarVolume(volumeNode)
         name = f"{volumeNode.GetName()} {Path(str(modelPath).rstrip('/')).stem} segmentation"
@@ -250,32 +268,45 @@ class SegShapExplainLogic:
             }
 
         def finish(fields: dict):
-            return importSegmentation(self.scene, fields["outputs"]["segmentation"], fields["classes"], volumeNode,
-                                      name)
+            return importSegmentation(
+                self.scene, fields["outputs"]["segmentation"], fields["classes"], volumeNode, name
+            )
 
         return self._start(prepare, finish, callbacks)
 
     # ------------------------------------------------------------------------------------------------ describe
 
-    def describeModel(self, modelPath: str, *, device: Device = Device.AUTO, trustModel: bool = False
-                      ) -> ModelDescription:
+    def describeModel(
+        self, modelPath: str, *, device: Device = Device.AUTO, trustModel: bool = False
+    ) -> ModelDescription:
         """Load the model in the worker and report its format, classes and the device it would run on."""
         return self.describeModelAsync(modelPath, device=device, trustModel=trustModel).wait()
 
-    def describeModelAsync(self, modelPath: str, *, device: Device = Device.AUTO, trustModel: bool = False,
-                           callbacks: JobCallbacks | None = None) -> WorkerJob:
+    def describeModelAsync(
+        self,
+        modelPath: str,
+        *,
+        device: Device = Device.AUTO,
+        trustModel: bool = False,
+        callbacks: JobCallbacks | None = None,
+    ) -> WorkerJob:
         """Start :meth:`describeModel` in the background; the :class:`ModelDescription` goes to ``onDone``."""
 
         def prepare(folder: Path) -> dict:
-            return {"task": "describe", "model": str(modelPath), "trust_model": trustModel,
-                    "options": {"device": device.value}}
+            return {
+                "task": "describe",
+                "model": str(modelPath),
+                "trust_model": trustModel,
+                "options": {"device": device.value},
+            }
 
         return self._start(prepare, ModelDescription.fromEvent, callbacks)
 
     # ------------------------------------------------------------------------------------------------ display
 
-    def showResults(self, volumeNode, nodes: ExplanationNodes, opacity: float = 1.0,
-                    outlines: OutlineStyle = OutlineStyle.TOP) -> None:
+    def showResults(
+        self, volumeNode, nodes: ExplanationNodes, opacity: float = 1.0, outlines: OutlineStyle = OutlineStyle.TOP
+    ) -> None:
         """Show the features over ``volumeNode``, filled by value, with the chosen outlines, in every slice view."""
         showInSliceViews(self.scene, volumeNode, nodes, opacity, outlines)
 
@@ -289,8 +320,9 @@ class SegShapExplainLogic:
 
     # ------------------------------------------------------------------------------------------------ jobs
 
-    def _start(self, prepare: Callable[[Path], dict], finish: Callable[[dict], object],
-               callbacks: JobCallbacks | None) -> WorkerJob:
+    def _start(
+        self, prepare: Callable[[Path], dict], finish: Callable[[dict], object], callbacks: JobCallbacks | None
+    ) -> WorkerJob:
         """Write the inputs and the request into a fresh folder, then start the worker on it."""
         folder = Path(tempfile.mkdtemp(prefix="segshap-", dir=self.temporaryFolder))
         try:

@@ -20,7 +20,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import slicer
 import vtk
 
@@ -239,8 +238,9 @@ def jumpToFeature(tableNode, row: int) -> tuple[float, float, float]:
     return tuple(point)
 
 
-def showInSliceViews(scene, inputVolume, nodes: ExplanationNodes, opacity: float = 1.0,
-                     outlines: OutlineStyle = OutlineStyle.TOP) -> None:
+def showInSliceViews(
+    scene, inputVolume, nodes: ExplanationNodes, opacity: float = 1.0, outlines: OutlineStyle = OutlineStyle.TOP
+) -> None:
     """In every slice view: the input as background, no foreground or label layer (they would cover it), and the
     feature segments filled by value (``opacity`` scales every fill) with the chosen outlines."""
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
@@ -334,8 +334,16 @@ def _showDiverging(display, color, strongest: float) -> None:
 
 
 def _fillTable(table, rows: list[dict], heatmap) -> None:
-    arrays = [vtk.vtkIntArray(), vtk.vtkDoubleArray(), vtk.vtkDoubleArray(), vtk.vtkIntArray(), vtk.vtkStringArray(),
-              vtk.vtkDoubleArray(), vtk.vtkDoubleArray(), vtk.vtkDoubleArray()]
+    arrays = [
+        vtk.vtkIntArray(),
+        vtk.vtkDoubleArray(),
+        vtk.vtkDoubleArray(),
+        vtk.vtkIntArray(),
+        vtk.vtkStringArray(),
+        vtk.vtkDoubleArray(),
+        vtk.vtkDoubleArray(),
+        vtk.vtkDoubleArray(),
+    ]
     for name, array in zip(TABLE_COLUMNS, arrays):
         array.SetName(name)
         array.SetNumberOfValues(len(rows))
@@ -380,8 +388,14 @@ def _renderTop(logic, heatmap, rows: list[dict], strongest: float):
     colors.AddRGBPoint(below, *POSITIVE_RGB)
     colors.AddRGBPoint(strongest, *POSITIVE_RGB)
     opacity = vtk.vtkPiecewiseFunction()
-    points = {-strongest: STRONGEST_ALPHA, -threshold: 0.6, -below: 0.0, below: 0.0, threshold: 0.6,
-              strongest: STRONGEST_ALPHA}
+    points = {
+        -strongest: STRONGEST_ALPHA,
+        -threshold: 0.6,
+        -below: 0.0,
+        below: 0.0,
+        threshold: 0.6,
+        strongest: STRONGEST_ALPHA,
+    }
     for x in sorted(points):
         opacity.AddPoint(x, points[x])
     volumeProperty.SetColor(colors)

@@ -23,21 +23,32 @@ import slicer
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
-from .results import ExplanationNodes, importExplanation, showInSliceViews
 from .exchange import readVolume
+from .results import ExplanationNodes, importExplanation, showInSliceViews
 from .settings import OutlineStyle
 
 SLICE_VIEWS = {"Red": "Axial", "Yellow": "Sagittal", "Green": "Coronal"}
 """Layout name of each slice view and the orientation 3D Slicer gives it."""
 THREE_D_VIEW = "1"
-_SLICE_MANAGERS = ("vtkMRMLVolumeGlyphSliceDisplayableManager", "vtkMRMLModelSliceDisplayableManager",
-                   "vtkMRMLSegmentationsDisplayableManager2D")
-_THREE_D_MANAGERS = ("vtkMRMLCameraDisplayableManager", "vtkMRMLViewDisplayableManager",
-                     "vtkMRMLModelDisplayableManager", "vtkMRMLSegmentationsDisplayableManager3D",
-                     "vtkMRMLVolumeRenderingDisplayableManager")
-_CAMERA_DIRECTIONS = {"anterior": ((0, 1, 0), (0, 0, 1)), "posterior": ((0, -1, 0), (0, 0, 1)),
-                      "superior": ((0, 0, 1), (0, 1, 0)), "right": ((1, 0, 0), (0, 0, 1)),
-                      "left": ((-1, 0, 0), (0, 0, 1))}
+_SLICE_MANAGERS = (
+    "vtkMRMLVolumeGlyphSliceDisplayableManager",
+    "vtkMRMLModelSliceDisplayableManager",
+    "vtkMRMLSegmentationsDisplayableManager2D",
+)
+_THREE_D_MANAGERS = (
+    "vtkMRMLCameraDisplayableManager",
+    "vtkMRMLViewDisplayableManager",
+    "vtkMRMLModelDisplayableManager",
+    "vtkMRMLSegmentationsDisplayableManager3D",
+    "vtkMRMLVolumeRenderingDisplayableManager",
+)
+_CAMERA_DIRECTIONS = {
+    "anterior": ((0, 1, 0), (0, 0, 1)),
+    "posterior": ((0, -1, 0), (0, 0, 1)),
+    "superior": ((0, 0, 1), (0, 1, 0)),
+    "right": ((1, 0, 0), (0, 0, 1)),
+    "left": ((-1, 0, 0), (0, 0, 1)),
+}
 """From the focal point towards the camera, and the view-up, of each 3D view direction (RAS)."""
 _EGL_PROBE = """
 import os
@@ -55,8 +66,9 @@ def openGLAvailable(python: str | None = None, timeout: float = 120) -> bool:
     """Whether an offscreen EGL render window works here, asked of a separate process (a missing driver can crash
     the process that tries)."""
     try:
-        result = subprocess.run([python or sys.executable, "-c", _EGL_PROBE], capture_output=True, text=True,
-                                timeout=timeout)
+        result = subprocess.run(
+            [python or sys.executable, "-c", _EGL_PROBE], capture_output=True, text=True, timeout=timeout
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0 and result.stdout.split()[:2] == ["vtkEGLRenderWindow", "1"]
@@ -171,8 +183,10 @@ class HeadlessViews:
         self.viewNode.SetAxisLabelsVisible(False)
         self.viewNode.SetOrientationMarkerType(self.viewNode.OrientationMarkerTypeNone)
         self.application.GetViewLogics().AddItem(self.viewLogic)
-        for factory, managers in ((slicer.vtkMRMLSliceViewDisplayableManagerFactory, _SLICE_MANAGERS),
-                                  (slicer.vtkMRMLThreeDViewDisplayableManagerFactory, _THREE_D_MANAGERS)):
+        for factory, managers in (
+            (slicer.vtkMRMLSliceViewDisplayableManagerFactory, _SLICE_MANAGERS),
+            (slicer.vtkMRMLThreeDViewDisplayableManagerFactory, _THREE_D_MANAGERS),
+        ):
             instance = factory.GetInstance()
             instance.SetMRMLApplicationLogic(self.application)
             for manager in managers:
@@ -204,8 +218,12 @@ class HeadlessViews:
             return self.blendedSlice(name)
         view = self._views.get(name)
         if view is None:
-            view = _OffscreenView(slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance(),
-                                  logic.GetSliceNode(), size, image=logic.GetImageDataConnection())
+            view = _OffscreenView(
+                slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance(),
+                logic.GetSliceNode(),
+                size,
+                image=logic.GetImageDataConnection(),
+            )
             self._views[name] = view
         return view.render(size)
 
@@ -234,12 +252,13 @@ class HeadlessViews:
     def renderThreeD(self, size: tuple[int, int], bounds: list[float], direction: str = "anterior") -> np.ndarray:
         """Pixels of the 3D view looking at the box ``bounds`` (RAS: r0, r1, a0, a1, s0, s1) from ``direction``."""
         if not self.openGL:
-            raise RuntimeError("The 3D view needs OpenGL (Mesa's EGL: Debian packages libegl1 libegl-mesa0 "
-                               "libgl1-mesa-dri); none could be had here.")
+            raise RuntimeError(
+                "The 3D view needs OpenGL (Mesa's EGL: Debian packages libegl1 libegl-mesa0 "
+                "libgl1-mesa-dri); none could be had here."
+            )
         view = self._views.get(THREE_D_VIEW)
         if view is None:
-            view = _OffscreenView(slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance(),
-                                  self.viewNode, size)
+            view = _OffscreenView(slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance(), self.viewNode, size)
             self._views[THREE_D_VIEW] = view
         centre = np.array(bounds, float).reshape(3, 2).mean(axis=1)
         radius = 0.5 * float(np.linalg.norm(np.diff(np.array(bounds, float).reshape(3, 2), axis=1)))
@@ -285,8 +304,14 @@ def _nonzeroBounds(node, values: set[int]) -> list[float]:
 
 
 def explanationPicture(
-    image: str | os.PathLike, outputs: dict, path: str | os.PathLike, centre: tuple[float, float, float],
-    *, size: int = 360, openGL: bool | None = None, outlines: OutlineStyle = OutlineStyle.TOP,
+    image: str | os.PathLike,
+    outputs: dict,
+    path: str | os.PathLike,
+    centre: tuple[float, float, float],
+    *,
+    size: int = 360,
+    openGL: bool | None = None,
+    outlines: OutlineStyle = OutlineStyle.TOP,
 ) -> Path:
     """Render an explanation as 3D Slicer shows it: axial, sagittal and coronal views through ``centre`` (RAS)
     and a 3D view of the top features, side by side in one PNG.
@@ -320,8 +345,9 @@ def explanationPicture(
         volume = readVolume(image, "vtkMRMLScalarVolumeNode", "image")
         scene.AddNode(volume)
         volume.CreateDefaultDisplayNodes()
-        nodes: ExplanationNodes = importExplanation(scene, outputs, volume, "explanation",
-                                                    volumeRenderingLogic=views.volumeRendering if openGL else None)
+        nodes: ExplanationNodes = importExplanation(
+            scene, outputs, volume, "explanation", volumeRenderingLogic=views.volumeRendering if openGL else None
+        )
         showInSliceViews(scene, volume, nodes, outlines=outlines)
         views.showSlicesThrough(centre, (size, size), volume)
         panels = [(f"{orientation} ({name})", views.renderSlice(name)) for name, orientation in SLICE_VIEWS.items()]
@@ -340,9 +366,11 @@ def explanationPicture(
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
     target = ", ".join(t["name"] for t in report["targets"])
-    figure.suptitle(f"{target}: red supports the segmentation, blue works against it (opacity grows with |value|); "
-                    f"outlined: the top {len(top)} features. Rendered headless by 3D Slicer's own view code.",
-                    fontsize=8)
+    figure.suptitle(
+        f"{target}: red supports the segmentation, blue works against it (opacity grows with |value|); "
+        f"outlined: the top {len(top)} features. Rendered headless by 3D Slicer's own view code.",
+        fontsize=8,
+    )
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -359,8 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the PNG to write")
     args = parser.parse_args(argv)
     folder = Path(args.outputs)
-    outputs = {"heatmap": folder / f"heatmap{args.volume_format}", "features": folder / f"features{args.volume_format}",
-               "report": folder / "explanation.json"}
+    outputs = {
+        "heatmap": folder / f"heatmap{args.volume_format}",
+        "features": folder / f"features{args.volume_format}",
+        "report": folder / "explanation.json",
+    }
     centre = tuple(float(v) for v in args.centre.split(","))
     explanationPicture(args.image, outputs, args.out, centre)
     return 0

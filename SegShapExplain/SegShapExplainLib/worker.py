@@ -115,8 +115,15 @@ class _Subprocess:
         else:
             options["start_new_session"] = True
         self.process = subprocess.Popen(
-            list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-            encoding="utf-8", errors="replace", env=environment, **options,
+            list(command),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            env=environment,
+            **options,
         )
         self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.reader = threading.Thread(target=self._read, name="segshap-worker-output", daemon=True)
@@ -205,8 +212,16 @@ def pythonExecutable() -> str:
 
 def workerCommand(requestPath: str | os.PathLike, python: str | None = None) -> list[str]:
     """The command line of ``segshap worker`` for a request file; the worker ends when this process is gone."""
-    return [python or pythonExecutable(), "-m", "segshap.cli", "worker", "--request", str(requestPath),
-            "--parent-pid", str(os.getpid())]
+    return [
+        python or pythonExecutable(),
+        "-m",
+        "segshap.cli",
+        "worker",
+        "--request",
+        str(requestPath),
+        "--parent-pid",
+        str(os.getpid()),
+    ]
 
 
 def workerEnvironment() -> dict:

@@ -222,10 +222,12 @@ def _tree_adjusted(walks: _Walks, values: np.ndarray, stderr: np.ndarray, seed: 
     group = np.random.default_rng([seed, 3]).permutation(n_units) % groups
     trees = fit_boosted_trees(*walks.rows(everyone), seed)
     adjusted = _combine(*walks.unit_estimates([(everyone, trees)]))[0]
-    left_out = np.stack([
-        _combine(*walks.unit_estimates([(everyone, fit_boosted_trees(*walks.rows(group != k), seed))]))[0]
-        for k in range(groups)
-    ])
+    left_out = np.stack(
+        [
+            _combine(*walks.unit_estimates([(everyone, fit_boosted_trees(*walks.rows(group != k), seed))]))[0]
+            for k in range(groups)
+        ]
+    )
     variance = (groups - 1) / groups * ((left_out - left_out.mean(axis=0)) ** 2).sum(axis=0)
     taken = variance.sum(axis=0) < (stderr**2).sum(axis=0)  # False where the chains' errors are NaN
     return np.where(taken, adjusted, values), np.where(taken, np.sqrt(variance), stderr), taken

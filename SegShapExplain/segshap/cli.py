@@ -70,8 +70,11 @@ OPTION_KEYS = (
 )
 TASKS = ("explain", "segment", "describe")
 """What a worker request can ask for: an explanation, the model's segmentation of the image, or the model itself."""
-_REQUIRED_KEYS = {"explain": {"image", "model", "target", "out"}, "segment": {"image", "model", "out"},
-                  "describe": {"model"}}
+_REQUIRED_KEYS = {
+    "explain": {"image", "model", "target", "out"},
+    "segment": {"image", "model", "out"},
+    "describe": {"model"},
+}
 DEMO_TARGET = "white_matter"
 DEMO_ROI = ((36, 56), (56, 76), (46, 66))
 """Demo ROI (voxels of the 2 mm MNI152 grid): white matter of the left centrum semiovale and the cortex around it."""
@@ -157,8 +160,10 @@ def _read_reference(path, segment: str | None, targets: dict[int, str], image_gr
 
         if segment is not None:
             if len(targets) > 1:
-                raise UsageError("--reference-segment names one segment; with several targets, name the segments "
-                                 "after the targets' classes instead.")
+                raise UsageError(
+                    "--reference-segment names one segment; with several targets, name the segments "
+                    "after the targets' classes instead."
+                )
             return pick(segment)
         if len(targets) == 1 and len(segments) == 1:
             return _carried(next(iter(segments.values())), grid, image_grid, path)
@@ -222,8 +227,17 @@ def _run(job: dict, progress: Callable[[int, int], None] | None) -> object:
     roi = _parse_roi(job.get("roi"), image_grid)
     batch_size = options.pop("batch_size", DEFAULT_BATCH_SIZE)
     return halving_batch_on_oom(
-        lambda batch: explain(model, image, target=target, reference=reference, roi=roi, affine=affine,
-                              progress=progress, batch_size=batch, **options),
+        lambda batch: explain(
+            model,
+            image,
+            target=target,
+            reference=reference,
+            roi=roi,
+            affine=affine,
+            progress=progress,
+            batch_size=batch,
+            **options,
+        ),
         batch_size,
     )
 
@@ -400,8 +414,10 @@ def _summary(explanation) -> str:
         f"{stats['patch_forwards']} patch forwards ({stats['forwards_per_coalition']:.1f} per coalition"
         f"{_faithfulness_share(stats)}), "
         f"{stats['seconds']:.1f} s"
-        + "".join(f"; {name}: {curves.summary()}" if len(explanation.faithfulness) > 1 else f"; {curves.summary()}"
-                  for name, curves in zip(explanation.target_names, explanation.faithfulness))
+        + "".join(
+            f"; {name}: {curves.summary()}" if len(explanation.faithfulness) > 1 else f"; {curves.summary()}"
+            for name, curves in zip(explanation.target_names, explanation.faithfulness)
+        )
     )
 
 
@@ -532,6 +548,7 @@ def _exit_with_parent(parent_pid: int | None = None, poll_s: float = 1.0) -> Non
         def gone() -> bool:
             return os.getppid() != first
     else:
+
         def gone() -> bool:
             return not _alive(parent_pid)
 
@@ -570,19 +587,29 @@ def _parser() -> argparse.ArgumentParser:
     command = commands.add_parser("explain", help="explain a model's segmentation of a target")
     command.add_argument("--image", required=True, help="input image (NIfTI or NRRD)")
     command.add_argument(
-        "--model", required=True,
+        "--model",
+        required=True,
         help="TorchScript file (.pt/.ts) with a JSON sidecar, MONAI bundle folder or nnU-Net v2 model folder",
     )
     command.add_argument(
         "--model-config", help="TorchScript: the JSON sidecar, if not beside the model; nnU-Net: a JSON of options"
     )
-    command.add_argument("--trust-model", dest="trust_model", action="store_true",
-                         help="allow a MONAI bundle, whose config can run code: only for bundles you trust")
+    command.add_argument(
+        "--trust-model",
+        dest="trust_model",
+        action="store_true",
+        help="allow a MONAI bundle, whose config can run code: only for bundles you trust",
+    )
     command.add_argument("--target", required=True, help="class index or name (several: comma-separated)")
-    command.add_argument("--reference", help="segmentation of the target (.seg.nrrd, NIfTI or NRRD label map); "
-                         "default: the model's prediction")
-    command.add_argument("--reference-segment", dest="reference_segment",
-                         help="the segment of a .seg.nrrd to use (default: the one named like the target)")
+    command.add_argument(
+        "--reference",
+        help="segmentation of the target (.seg.nrrd, NIfTI or NRRD label map); default: the model's prediction",
+    )
+    command.add_argument(
+        "--reference-segment",
+        dest="reference_segment",
+        help="the segment of a .seg.nrrd to use (default: the one named like the target)",
+    )
     command.add_argument("--roi", help="region values are read on: x0:x1,y0:y1,z0:z1 (voxels) or a mask file")
     command.add_argument("--out", required=True, help="output folder")
     command.add_argument("--features", choices=FEATURE_KINDS, default="slic")
@@ -591,14 +618,27 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("--nsamples", type=_nsamples, help="coalitions to evaluate, or 'auto' (default)")
     command.add_argument("--tolerance", type=float, help="stop once max stderr / value spread falls below this")
     command.add_argument("--design", choices=DESIGNS, help="coalition design (default auto)")
-    command.add_argument("--max-forwards", dest="max_forwards", type=int,
-                         help="stop sampling before this many window forwards")
-    command.add_argument("--max-seconds", dest="max_seconds", type=float,
-                         help="stop sampling before the estimation runs this many seconds")
-    command.add_argument("--slices", action="store_true",
-                         help="also write slices.png: the views as 3D Slicer draws them (needs slicer-core)")
-    command.add_argument("--no-faithfulness", dest="faithfulness", action="store_const", const=False,
-                         help="skip the deletion and insertion curves computed after the values")
+    command.add_argument(
+        "--max-forwards", dest="max_forwards", type=int, help="stop sampling before this many window forwards"
+    )
+    command.add_argument(
+        "--max-seconds",
+        dest="max_seconds",
+        type=float,
+        help="stop sampling before the estimation runs this many seconds",
+    )
+    command.add_argument(
+        "--slices",
+        action="store_true",
+        help="also write slices.png: the views as 3D Slicer draws them (needs slicer-core)",
+    )
+    command.add_argument(
+        "--no-faithfulness",
+        dest="faithfulness",
+        action="store_const",
+        const=False,
+        help="skip the deletion and insertion curves computed after the values",
+    )
     command.add_argument("--baseline", type=_baseline, help=f"{', '.join(BASELINES)} or a number (default mean)")
     command.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     command.add_argument("--seed", type=int)
@@ -608,8 +648,12 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run a request file, reporting JSON events on stdout")
     worker.add_argument("--request", required=True, help="request JSON (see README: worker protocol)")
-    worker.add_argument("--parent-pid", dest="parent_pid", type=int,
-                        help="pid of the launching process: the worker ends as soon as it is gone")
+    worker.add_argument(
+        "--parent-pid",
+        dest="parent_pid",
+        type=int,
+        help="pid of the launching process: the worker ends as soon as it is gone",
+    )
 
     demo = commands.add_parser("demo", help="explain the embedded demo model on the embedded MRI")
     demo.add_argument("--out", default="segshap-demo", help="output folder (default ./segshap-demo)")

@@ -410,7 +410,9 @@ class PatchEngine:
         retained: set = set()
         for first in range(0, len(coalitions), chunk):
             part = coalitions[first : first + chunk]
-            values[first : first + len(part)] = self._values(part, retain[first : first + chunk], retained).cpu().numpy()
+            values[first : first + len(part)] = (
+                self._values(part, retain[first : first + chunk], retained).cpu().numpy()
+            )
         self._cache.retain(retained)
         self._stats["coalitions"] += len(coalitions)
         self._stats["total_seconds"] += time.perf_counter() - started
@@ -642,6 +644,8 @@ class PatchEngine:
             )
         folds = self.tiling.folds
         if out.shape[1] % folds:
-            raise ValueError(f"The model outputs {out.shape[1]} channels, which cannot hold the logits of {folds} folds.")
+            raise ValueError(
+                f"The model outputs {out.shape[1]} channels, which cannot hold the logits of {folds} folds."
+            )
         self._n_outputs = int(out.shape[1])
         self._n_classes = self._n_outputs // folds

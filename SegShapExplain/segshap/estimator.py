@@ -447,8 +447,18 @@ class _Evaluator:
         if not self.value_shape:
             values, stderr, base, whole = values[:, 0], stderr[:, 0], float(base), float(whole)
         return ShapleyResult(
-            values, stderr, base, whole, coalitions, coalition_values, len(coalitions), exact, design, reason,
-            self.limits.spent, adjusted,
+            values,
+            stderr,
+            base,
+            whole,
+            coalitions,
+            coalition_values,
+            len(coalitions),
+            exact,
+            design,
+            reason,
+            self.limits.spent,
+            adjusted,
         )
 
 
@@ -635,7 +645,9 @@ def _sampled(
         draws = [(stratum, stratum.draw(k)) for stratum, k in zip(strata, extra) if k]
         try:
             # The first batch always runs, so that there is an estimate to return.
-            evaluator(np.concatenate([np.concatenate([first, ~first]) for _, first in draws]), force=evaluator.done == 2)
+            evaluator(
+                np.concatenate([np.concatenate([first, ~first]) for _, first in draws]), force=evaluator.done == 2
+            )
         except _LimitReached as stop:
             for stratum, first in draws:
                 stratum.undraw(len(first))
@@ -647,7 +659,9 @@ def _sampled(
                 break
     values, stderr, adjusted = _solve(evaluator, strata, adjust=True, seed=seed)
     evaluator.finish()
-    return evaluator.result(values, stderr, exact=False, design="leverage", reason=reason, adjusted=bool(adjusted.any()))
+    return evaluator.result(
+        values, stderr, exact=False, design="leverage", reason=reason, adjusted=bool(adjusted.any())
+    )
 
 
 def _converged(phi: np.ndarray, stderr: np.ndarray, tolerance: float) -> bool:
@@ -736,8 +750,7 @@ class _KernelRegression:
             hessian += np.trace(hessian) / m**2
             self.solve = _symmetric_solver(hessian)
         n_pairs = int(self.pair.max()) + 1
-        self.adjustable = (not self.dual and n_pairs >= 2 * _ADJUST_FOLDS
-                           and (len(self.rows) + 2) * m <= _ADJUST_CELLS)
+        self.adjustable = not self.dual and n_pairs >= 2 * _ADJUST_FOLDS and (len(self.rows) + 2) * m <= _ADJUST_CELLS
 
     def fit(self, values: np.ndarray, ends: np.ndarray, errors: bool = False):
         """``phi`` ``(M, C)`` for values ``(rows, C)`` with end values ``(2, C)``; with ``errors`` also the standard
@@ -806,8 +819,10 @@ def _tree_adjusted(regression: _KernelRegression, values, ends, phi, stderr, see
     taken = np.zeros(t, bool)
     for depth in _TREE_DEPTHS:
         surrogates = [fit_boosted_trees(coalitions, known, seed, depth)]
-        surrogates += [fit_boosted_trees(coalitions[row_group != k], known[row_group != k], seed, depth)
-                       for k in range(_ADJUST_FOLDS)]
+        surrogates += [
+            fit_boosted_trees(coalitions[row_group != k], known[row_group != k], seed, depth)
+            for k in range(_ADJUST_FOLDS)
+        ]
         # One solve for every surrogate's residual (the regression is linear in the values).
         residual_rows = np.concatenate([values - g(regression.rows) for g in surrogates], axis=1)
         residual_ends = np.concatenate([ends - g(corners) for g in surrogates], axis=1)

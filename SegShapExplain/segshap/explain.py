@@ -28,15 +28,24 @@ from . import features as feature_maps
 from .engine import PatchEngine, predict_labels
 from .estimator import DESIGNS, kernel_shap
 from .faithfulness import Faithfulness, faithfulness_curves
-from .surrogate import adjacent_pairs
 from .geometry import ModelInput
 from .inputs import as_image, as_roi_mask, bounding_box, reference_masks, resolve_device
 from .io import StagedOutput, write_image
 from .loading import load_model
 from .models import LoadedModel
+from .surrogate import adjacent_pairs
 from .tiling import make_tiling
 
-__all__ = ["explain", "predict", "Explanation", "FEATURE_KINDS", "BASELINES", "OUTPUT_FILES", "VOLUME_FORMATS", "output_files"]
+__all__ = [
+    "explain",
+    "predict",
+    "Explanation",
+    "FEATURE_KINDS",
+    "BASELINES",
+    "OUTPUT_FILES",
+    "VOLUME_FORMATS",
+    "output_files",
+]
 
 FEATURE_KINDS = ("slic", "fcc", "grid", "organs", "organ_aware")
 BASELINES = ("mean", "min", "zero")
@@ -142,7 +151,8 @@ class Explanation:
     def to_dict(self) -> dict:
         """The content of ``explanation.json``.
 
-        Per feature (``features``): its voxels on the image's grid (``voxels``; 0 for a feature smaller than an image voxel) and
+        Per feature (``features``): its voxels on the image's grid (``voxels``; 0 for a feature smaller than an
+        image voxel) and
         on the model's (``model_voxels``), and its centroid, computed on the model's grid, in image voxel
         coordinates and RAS millimetres.
         """
@@ -403,7 +413,6 @@ def _features(kind, n_features: int, x: np.ndarray, labelmap, support) -> np.nda
     return feature_maps.organ_aware(labelmap, x[0], max(1, round(n_features / regions)), support=support)
 
 
-
 @dataclass
 class ExplanationGame:
     """A model's segmentation of its targets as a cooperative game over features: what :func:`explain` estimates
@@ -546,9 +555,22 @@ def explanation_game(
             "Choose another baseline."
         )
     return ExplanationGame(
-        engine=engine, model=model, prepared=prepared, feature_map=feature_map, labelmap=labelmap, targets=targets,
-        target_names=names, single=single, masks=masks, roi=roi, support=support, margin=margin,
-        tiling=tiling_settings, device=device, engine_options=engine_options, baseline=resolved_baseline,
+        engine=engine,
+        model=model,
+        prepared=prepared,
+        feature_map=feature_map,
+        labelmap=labelmap,
+        targets=targets,
+        target_names=names,
+        single=single,
+        masks=masks,
+        roi=roi,
+        support=support,
+        margin=margin,
+        tiling=tiling_settings,
+        device=device,
+        engine_options=engine_options,
+        baseline=resolved_baseline,
     )
 
 
@@ -651,17 +673,30 @@ def explain(
         raise ValueError(f"nsamples must be 'auto' or an integer >= 2 (coalitions to evaluate), got {nsamples!r}.")
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}.")
-    if max_forwards is not None and (isinstance(max_forwards, bool) or not isinstance(max_forwards, (int, np.integer))
-                                     or max_forwards < 1):
+    if max_forwards is not None and (
+        isinstance(max_forwards, bool) or not isinstance(max_forwards, (int, np.integer)) or max_forwards < 1
+    ):
         raise ValueError(f"max_forwards must be a positive integer (window forwards) or None, got {max_forwards!r}.")
-    if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
-                                    or max_seconds <= 0):
+    if max_seconds is not None and (
+        isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or max_seconds <= 0
+    ):
         raise ValueError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r}.")
     if not isinstance(faithfulness, (bool, np.bool_)):
         raise ValueError(f"faithfulness must be True or False, got {faithfulness!r}.")
     game = explanation_game(
-        model, image, target=target, reference=reference, roi=roi, features=features, n_features=n_features,
-        value=value, baseline=baseline, device=device, labelmap=labelmap, affine=affine, **engine_options,
+        model,
+        image,
+        target=target,
+        reference=reference,
+        roi=roi,
+        features=features,
+        n_features=n_features,
+        value=value,
+        baseline=baseline,
+        device=device,
+        labelmap=labelmap,
+        affine=affine,
+        **engine_options,
     )
     engine, prepared, feature_map, labelmap = game.engine, game.prepared, game.feature_map, game.labelmap
     targets, names, single, masks, roi = game.targets, game.target_names, game.single, game.masks, game.roi
@@ -678,9 +713,17 @@ def explain(
     forwards_before = engine.stats["patch_forwards"]
     estimation_started = time.perf_counter()
     result = kernel_shap(
-        engine.evaluate, m, budget, seed=seed, tolerance=tolerance, batch_size=64,
+        engine.evaluate,
+        m,
+        budget,
+        seed=seed,
+        tolerance=tolerance,
+        batch_size=64,
         progress=None if progress is None else _forward_progress(progress, engine, max_forwards),
-        design=design, cost=engine.forward_cost, max_cost=max_forwards, max_seconds=max_seconds,
+        design=design,
+        cost=engine.forward_cost,
+        max_cost=max_forwards,
+        max_seconds=max_seconds,
         interactions=lambda: adjacent_pairs(feature_map, engine.feature_ids),
     )
     forwards = engine.stats["patch_forwards"] - forwards_before
@@ -698,7 +741,9 @@ def explain(
     if hidden.size:
         _log.warning(
             "%d of %d features are smaller than the image's voxels and show on no image voxel (the model's grid is "
-            "finer than the image's); explanation.json lists them all", hidden.size, engine.n_features,
+            "finer than the image's); explanation.json lists them all",
+            hidden.size,
+            engine.n_features,
         )
     values, stderr = result.values, result.stderr
     base, full = result.base_value, result.full_value

@@ -46,11 +46,13 @@ def ranking_curves(
         raise ValueError(f"order must be a permutation of 0..{m - 1}.")
     steps = np.arange(m + 1)[:, None] > np.argsort(order)[None, :]  # (M + 1, M): feature already taken at step k
     coalitions = np.concatenate([~steps, steps])
-    values = [np.asarray(evaluate(coalitions[i:i + batch_size]), dtype=np.float64)
-              for i in range(0, len(coalitions), batch_size)]
+    values = [
+        np.asarray(evaluate(coalitions[i : i + batch_size]), dtype=np.float64)
+        for i in range(0, len(coalitions), batch_size)
+    ]
     curve = np.concatenate(values)
     curve = curve[:, column] if curve.ndim == 2 else curve
-    return curve[: m + 1], curve[m + 1:]
+    return curve[: m + 1], curve[m + 1 :]
 
 
 def _area(curve: np.ndarray) -> float:
@@ -112,14 +114,18 @@ class Faithfulness:
 
     @classmethod
     def from_dict(cls, entry: dict) -> Faithfulness:
-        curves = {k: np.asarray(entry[k], dtype=np.float64)
-                  for k in ("deletion", "insertion", "random_deletion", "random_insertion")}
+        curves = {
+            k: np.asarray(entry[k], dtype=np.float64)
+            for k in ("deletion", "insertion", "random_deletion", "random_insertion")
+        }
         return cls(**curves, forwards=int(entry.get("forwards", 0)))
 
     def summary(self) -> str:
         """One line for a status bar or a log."""
-        return (f"deletion AUC {self.deletion_auc:.3g} (random order {self.random_deletion_auc:.3g}), "
-                f"insertion AUC {self.insertion_auc:.3g} (random {self.random_insertion_auc:.3g})")
+        return (
+            f"deletion AUC {self.deletion_auc:.3g} (random order {self.random_deletion_auc:.3g}), "
+            f"insertion AUC {self.insertion_auc:.3g} (random {self.random_insertion_auc:.3g})"
+        )
 
 
 def faithfulness_curves(

@@ -146,7 +146,11 @@ def resample(
     order = INTERPOLATION_ORDERS[interpolation]
     channels = [
         ndimage.affine_transform(
-            np.asarray(channel, dtype=np.float32), step, offset, output_shape=tuple(new_shape), order=order,
+            np.asarray(channel, dtype=np.float32),
+            step,
+            offset,
+            output_shape=tuple(new_shape),
+            order=order,
             mode="nearest",
         )
         for channel in data

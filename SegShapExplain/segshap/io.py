@@ -234,7 +234,12 @@ def write_image(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) 
     if data.ndim == 4:
         directions = np.vstack([np.full((1, 3), np.nan), directions])
         kinds = ["list"] + kinds
-    header = {"space": "left-posterior-superior", "space directions": directions, "space origin": lps[:, 3], "kinds": kinds}
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": directions,
+        "space origin": lps[:, 3],
+        "kinds": kinds,
+    }
     nrrd.write(str(path), np.ascontiguousarray(data), header, compression_level=1)
 
 
@@ -245,7 +250,10 @@ def _signals_held():
         yield
         return
     received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda number, frame: received.append(number)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, lambda number, frame: received.append(number))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
@@ -283,7 +291,9 @@ class StagedOutput:
         try:
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.partial-", dir=parent))
         except OSError as error:
-            raise ValueError(f"Cannot write outputs next to {self.destination}: {error}. Choose another --out.") from error
+            raise ValueError(
+                f"Cannot write outputs next to {self.destination}: {error}. Choose another --out."
+            ) from error
         return self.staging
 
     def __exit__(self, kind, error, traceback) -> None:

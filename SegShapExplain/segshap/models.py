@@ -276,7 +276,7 @@ def _validate(config: dict, source: str) -> None:
     if config.get("format", _SIDECAR_FORMAT) != _SIDECAR_FORMAT:
         raise ValueError(f"{source} has format {config['format']!r}; this version reads {_SIDECAR_FORMAT!r}.")
     if not isinstance(config["classes"], dict) or not config["classes"]:
-        raise ValueError(f"{source}: classes must map output channel indices to names, e.g. {{\"0\": \"background\"}}.")
+        raise ValueError(f'{source}: classes must map output channel indices to names, e.g. {{"0": "background"}}.')
     preprocessing = config.get("preprocessing") or {}
     method = preprocessing.get("normalize", "none")
     if method not in _NORMALIZATIONS:
@@ -284,7 +284,8 @@ def _validate(config: dict, source: str) -> None:
     interpolation = preprocessing.get("interpolation", "linear")
     if interpolation not in INTERPOLATION_ORDERS:
         raise ValueError(
-            f"{source}: preprocessing.interpolation must be one of {tuple(INTERPOLATION_ORDERS)}, got {interpolation!r}."
+            f"{source}: preprocessing.interpolation must be one of {tuple(INTERPOLATION_ORDERS)}, "
+            f"got {interpolation!r}."
         )
 
 
@@ -338,5 +339,7 @@ def load_torchscript_model(path: Path, config: dict | str | os.PathLike | None, 
         sigma_scale=float(settings.get("sigma_scale", 0.125)),
         preprocessor=functools.partial(sidecar_preprocess, settings=preprocessing),
     )
-    check_classes(loaded.classes, output_channels(loaded.network, loaded.in_channels, loaded.patch_size, device), source)
+    check_classes(
+        loaded.classes, output_channels(loaded.network, loaded.in_channels, loaded.patch_size, device), source
+    )
     return loaded

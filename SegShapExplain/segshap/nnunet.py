@@ -79,13 +79,13 @@ def _configuration(folder: Path, plans: dict, requested: str | None) -> str:
     if requested not in available:
         raise ValueError(
             f"{folder / 'plans.json'} has no configuration {requested!r}; it has {', '.join(available)}. Name the one "
-            "the model was trained with: {\"configuration\": \"3d_fullres\"} (config= / --model-config)."
+            'the model was trained with: {"configuration": "3d_fullres"} (config= / --model-config).'
         )
     return requested
 
 
 def _fold_checkpoints(folder: Path, folds, checkpoint: str) -> dict[str, Path]:
-    present = sorted(p.parent.name[len("fold_"):] for p in folder.glob(f"fold_*/{checkpoint}"))
+    present = sorted(p.parent.name[len("fold_") :] for p in folder.glob(f"fold_*/{checkpoint}"))
     if folds == "all":
         if not present:
             raise ValueError(f"{folder} has no fold_N/{checkpoint}; train or copy at least one fold.")
@@ -95,7 +95,7 @@ def _fold_checkpoints(folder: Path, folds, checkpoint: str) -> dict[str, Path]:
     if missing:
         raise ValueError(
             f"{folder} has no fold_{missing[0]}/{checkpoint}; its folds with that checkpoint are "
-            f"{', '.join(present) or 'none'}. Pass folds from those ({{\"folds\": [0]}} via config= / --model-config)."
+            f'{", ".join(present) or "none"}. Pass folds from those ({{"folds": [0]}} via config= / --model-config).'
         )
     return {f: folder / f"fold_{f}" / checkpoint for f in wanted}
 
@@ -216,12 +216,15 @@ def load_nnunet(folder: Path, *, options=None, device: torch.device) -> LoadedMo
     in_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
     checkpoints = _fold_checkpoints(folder, settings["folds"], settings["checkpoint"])
     networks, mirror_axes = [], None
-    for fold, path in checkpoints.items():
+    for path in checkpoints.values():
         checkpoint = load_checkpoint(path, "cpu")
         if "network_weights" not in checkpoint:
             raise ValueError(f"{path} has no network_weights: it is not an nnU-Net checkpoint.")
         network = nnUNetTrainer.build_network_architecture(
-            plans_manager, configuration_manager, in_channels, label_manager.num_segmentation_heads,
+            plans_manager,
+            configuration_manager,
+            in_channels,
+            label_manager.num_segmentation_heads,
             enable_deep_supervision=False,
         )
         try:

@@ -7,6 +7,7 @@ process of its own, so that a graphics driver that fails cannot take the explana
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -32,6 +33,11 @@ FAINT = 0.01
 """Values below this fraction of the largest absolute value are not painted."""
 ZOOM_MARGIN = 6
 """Voxels shown around the features' support."""
+
+
+def _plane(volume: np.ndarray, *, crop: tuple, axis: int, index: int) -> np.ndarray:
+    """The slice ``index`` along ``axis`` of ``volume[crop]``, transposed for ``imshow``."""
+    return np.take(volume[crop], index, axis=axis).T
 
 
 def _views(shape: tuple[int, ...], affine: np.ndarray | None) -> list[tuple[str, int]]:
@@ -89,7 +95,7 @@ def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0)
         ax = figure.add_subplot(grid[0, column])
         # Slices are shown with the first remaining axis horizontal and the second pointing up.
         crop = tuple(slice(None) if a == axis else zoom[a] for a in range(3))
-        take = lambda volume: np.take(volume[crop], center[axis], axis=axis).T  # noqa: E731
+        take = functools.partial(_plane, crop=crop, axis=axis, index=center[axis])
         ax.imshow(take(image), cmap="gray", vmin=low, vmax=high, origin="lower")
         # Features with values near 0 stay transparent so that the anatomy under them shows.
         shown = np.ma.masked_where(np.abs(take(heat)) < FAINT * limit, take(heat))
@@ -164,8 +170,14 @@ def _target_centre(explanation, target_index: int, affine: np.ndarray) -> np.nda
     return (affine @ np.append(voxel, 1.0))[:3]
 
 
-def slicer_views_picture(explanation, outputs: dict, path: str | os.PathLike, affine: np.ndarray,
-                         volume_format: str = ".nii.gz", target_index: int = 0) -> None:
+def slicer_views_picture(
+    explanation,
+    outputs: dict,
+    path: str | os.PathLike,
+    affine: np.ndarray,
+    volume_format: str = ".nii.gz",
+    target_index: int = 0,
+) -> None:
     """Render ``path`` (``slices.png``): axial, sagittal and coronal views through the target and a 3D view of the
     top features, as 3D Slicer shows the explanation (``SegShapExplainLib.views.explanationPicture``).
 
@@ -187,20 +199,34 @@ def slicer_views_picture(explanation, outputs: dict, path: str | os.PathLike, af
     from .io import write_image
 
     if not slicer_views_available():
-        raise RuntimeError("slices.png needs slicer-core (pip install 'segshap[views]') and the SegShapExplainLib "
-                           "folder beside the engine; overview.png shows the same explanation without them.")
+        raise RuntimeError(
+            "slices.png needs slicer-core (pip install 'segshap[views]') and the SegShapExplainLib "
+            "folder beside the engine; overview.png shows the same explanation without them."
+        )
     centre = _target_centre(explanation, target_index, affine)
     lib = str(_lib_folder())
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([lib, *filter(None, [os.environ.get("PYTHONPATH")])]))
     with tempfile.TemporaryDirectory(prefix="segshap-views-") as scratch:
         image = Path(scratch) / "image.nii.gz"
         write_image(image, explanation.image, affine)
-        command = [sys.executable, "-m", "SegShapExplainLib.views", "--image", str(image),
-                   "--outputs", str(Path(outputs["report"]).parent), "--volume-format", volume_format,
-                   "--centre=" + ",".join(f"{c:.4f}" for c in centre), "--out", str(path)]
+        command = [
+            sys.executable,
+            "-m",
+            "SegShapExplainLib.views",
+            "--image",
+            str(image),
+            "--outputs",
+            str(Path(outputs["report"]).parent),
+            "--volume-format",
+            volume_format,
+            "--centre=" + ",".join(f"{c:.4f}" for c in centre),
+            "--out",
+            str(path),
+        ]
         try:
-            result = subprocess.run(command, env=environment, capture_output=True, text=True,
-                                    timeout=SLICER_VIEWS_TIMEOUT)
+            result = subprocess.run(
+                command, env=environment, capture_output=True, text=True, timeout=SLICER_VIEWS_TIMEOUT
+            )
         except subprocess.TimeoutExpired as error:
             raise RuntimeError(f"Rendering slices.png took more than {SLICER_VIEWS_TIMEOUT} s; stopped.") from error
     if result.returncode != 0 or not Path(path).is_file():

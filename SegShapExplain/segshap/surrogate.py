@@ -4,11 +4,12 @@ Two kinds: a second-order polynomial fitted by ridge regression (:func:`fit_surr
 regression trees over the coalition's indicator vector (:func:`fit_boosted_trees`), which capture the high-order
 interactions that a second-order model and the paired kernel regression both miss.
 
-The second-order surrogate ``g(S) = c + sum_{i in S} beta_i + sum_{(i, j) in pairs, i, j in S} beta_ij`` is fitted to evaluated
-coalitions by ridge regression, with every coalition size weighted equally (as the Shapley value weights sizes) and
-the ridge strength chosen by generalised cross-validation. Its Shapley values are ``beta_i + sum_j beta_ij / 2``.
-Regression-adjusted estimators (Witter, Liu & Musco, 2025) add to them an unbiased estimate of the Shapley values of
-the residual game ``v - g``, which is small where the surrogate fits, so the estimate's variance is too.
+The second-order surrogate ``g(S) = c + sum_{i in S} beta_i + sum_{(i, j) in pairs, i, j in S} beta_ij`` is fitted
+to evaluated coalitions by ridge regression, with every coalition size weighted equally (as the Shapley value weights
+sizes) and the ridge strength chosen by generalised cross-validation. Its Shapley values are
+``beta_i + sum_j beta_ij / 2``. Regression-adjusted estimators (Witter, Liu & Musco, 2025) add to them an unbiased
+estimate of the Shapley values of the residual game ``v - g``, which is small where the surrogate fits, so the
+estimate's variance is too.
 """
 
 from __future__ import annotations
@@ -132,14 +133,17 @@ def _ridge_gcv(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         gram = x @ x.T
         eigenvalues, vectors = np.linalg.eigh(gram)
         projected = vectors.T @ y
+
         def coefficients(lam, t):
             return x.T @ (vectors @ (projected[:, t] / (eigenvalues + lam)))
     else:
         gram = x.T @ x
         eigenvalues, vectors = np.linalg.eigh(gram)
         projected = vectors.T @ (x.T @ y)
+
         def coefficients(lam, t):
             return vectors @ (projected[:, t] / (eigenvalues + lam))
+
     eigenvalues = np.clip(eigenvalues, 0.0, None)
     scale = max(float(eigenvalues.mean()), 1e-300)
     total = np.einsum("nt,nt->t", y, y)
@@ -199,13 +203,19 @@ class BoostedTrees:
     def shapley_values(self) -> np.ndarray:
         """``(M, T)``: the exact Shapley values of the game ``S -> prediction(1_S)`` (see
         :func:`tree_shapley_values`); they sum to ``prediction(all) - prediction(empty)``."""
-        return np.stack([
-            model.learning_rate * sum(tree_shapley_values(tree.tree_, self.n_features) for tree in model.estimators_[:, 0])
-            for model in self.models
-        ], axis=1)
+        return np.stack(
+            [
+                model.learning_rate
+                * sum(tree_shapley_values(tree.tree_, self.n_features) for tree in model.estimators_[:, 0])
+                for model in self.models
+            ],
+            axis=1,
+        )
 
 
-def fit_boosted_trees(coalitions: np.ndarray, values: np.ndarray, seed: int = 0, max_depth: int | None = None) -> BoostedTrees:
+def fit_boosted_trees(
+    coalitions: np.ndarray, values: np.ndarray, seed: int = 0, max_depth: int | None = None
+) -> BoostedTrees:
     """Least-squares gradient boosting (:data:`BOOSTING`) of each target's values on the coalitions' indicators.
 
     Parameters
@@ -225,8 +235,9 @@ def fit_boosted_trees(coalitions: np.ndarray, values: np.ndarray, seed: int = 0,
     values = np.asarray(values, dtype=np.float64).reshape(len(coalitions), -1)
     z = coalitions.astype(np.float64)
     settings = dict(BOOSTING, **({} if max_depth is None else {"max_depth": int(max_depth)}))
-    models = tuple(GradientBoostingRegressor(random_state=seed, **settings).fit(z, values[:, t])
-                   for t in range(values.shape[1]))
+    models = tuple(
+        GradientBoostingRegressor(random_state=seed, **settings).fit(z, values[:, t]) for t in range(values.shape[1])
+    )
     return BoostedTrees(models, coalitions.shape[1])
 
 
@@ -252,7 +263,9 @@ def tree_shapley_values(tree, n_features: int) -> np.ndarray:
             if p + n:
                 value = leaf_value[node]
                 if p:
-                    phi[list(present[node])] += value * math.factorial(p - 1) * math.factorial(n) / math.factorial(p + n)
+                    phi[list(present[node])] += (
+                        value * math.factorial(p - 1) * math.factorial(n) / math.factorial(p + n)
+                    )
                 if n:
                     phi[list(absent[node])] -= value * math.factorial(p) * math.factorial(n - 1) / math.factorial(p + n)
             continue

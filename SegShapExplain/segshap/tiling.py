@@ -97,7 +97,9 @@ class Tiling:
         windows = [
             w
             for w in self.windows_touching(region)
-            if roi_padded[tuple(slice(max(a, c), min(b, d)) for (a, b), (c, d) in zip(self.window_box(w), region))].any()
+            if roi_padded[
+                tuple(slice(max(a, c), min(b, d)) for (a, b), (c, d) in zip(self.window_box(w), region))
+            ].any()
         ]
         boxes = [self.window_box(w) for w in windows]
         support = tuple((min(b[axis][0] for b in boxes), max(b[axis][1] for b in boxes)) for axis in range(len(region)))
@@ -123,8 +125,13 @@ class Tiling:
                 raise ValueError(
                     "nnU-Net tiling needs nnunetv2: install segshap with its nnunet extra (see the README)."
                 ) from error
-            weights = compute_gaussian(self.patch_size, sigma_scale=1.0 / 8, value_scaling_factor=10,
-                                       dtype=torch.float16, device=torch.device(device))
+            weights = compute_gaussian(
+                self.patch_size,
+                sigma_scale=1.0 / 8,
+                value_scaling_factor=10,
+                dtype=torch.float16,
+                device=torch.device(device),
+            )
             return weights.float()
         from monai.data.utils import compute_importance_map
 

@@ -93,9 +93,7 @@ def values_from_statistics(
     return (predicted - hits) / roi_size
 
 
-def segment_values(
-    logits: torch.Tensor, targets: Sequence[int], reference: torch.Tensor, value: str
-) -> torch.Tensor:
+def segment_values(logits: torch.Tensor, targets: Sequence[int], reference: torch.Tensor, value: str) -> torch.Tensor:
     """Values of every target for a stack of predictions.
 
     Parameters
