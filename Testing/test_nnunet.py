@@ -253,7 +253,7 @@ def test_checkpoints_load_only_without_code(tmp_path):
     """NumPy scalars in a training log are fine; a pickled object that could run code is refused."""
     folder = make_model_folder(tmp_path / "a", folds=(0,))
     checkpoint = tmp_path / "a" / folder.name / "fold_0" / "checkpoint_final.pth"
-    assert segshap.models.load_checkpoint(checkpoint)["_best_ema"] == 0.5
+    assert segshap.models.base.load_checkpoint(checkpoint)["_best_ema"] == 0.5
     torch.save({"network_weights": {}, "trainer": torch.nn.Linear(2, 2)}, checkpoint)
     with pytest.raises(ValueError, match="Cannot load the checkpoint .* safely"):
         segshap.load_model(folder, device="cpu")

@@ -84,3 +84,51 @@ def test_missing_packages_are_found_without_importing_them(tmp_path):
     wanted.write_text("# comment\nscipy>=1.10\nno-such-package-segshap>=1  # not installed\npyyaml\n")
     assert missingPackages(wanted) == ["no-such-package-segshap>=1"]
     assert "no-such-package-segshap>=1" in installMessage(["torch", "no-such-package-segshap>=1"])
+
+
+def _engine_imports() -> dict[str, set[str]]:
+    """Each module of ``segshap`` and the ``segshap`` modules it imports, at any depth of its code."""
+    import ast
+
+    package = ROOT / "SegShapExplain" / "segshap"
+    paths = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in paths.items():
+        here = tuple(name.split(".")) if path.name == "__init__.py" else tuple(name.split(".")[:-1])
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = here[: len(here) - node.level + 1]
+                target = ".".join(base + tuple(node.module.split(".") if node.module else ()))
+                modules = {f"{target}.{alias.name}" for alias in node.names} & paths.keys()
+                # `from . import module` needs the module; the package is already being imported.
+                imported.update(modules if modules and not node.module else {target, *modules})
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("segshap"):
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names if alias.name.startswith("segshap"))
+        graph[name] = imported
+    return {name: {m for m in imported if m in graph and m != name} for name, imported in graph.items()}
+
+
+def test_no_import_circles_in_the_engine():
+    graph = _engine_imports()
+    # A package's __init__ re-exports its modules: importing it from one of them is a circle through the package.
+    state, circles = {}, []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for imported in sorted(graph[module]):
+            if state.get(imported) == "open":
+                circles.append(path[path.index(imported) :] + [imported])
+            elif imported not in state:
+                visit(imported, path + [imported])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert circles == []

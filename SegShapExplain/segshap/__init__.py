@@ -5,12 +5,10 @@ from .engine import DEFAULT_CACHE_BYTES, PatchEngine
 from .estimator import ShapleyResult, kernel_shap
 from .explain import Explanation, ExplanationGame, explain, explanation_game, predict
 from .geometry import Grid, ModelInput
-from .loading import load_model
-from .models import LoadedModel
+from .models import LoadedModel, load_model
 from .tiling import Tiling, monai_tiling, nnunet_tiling
 from .values import VALUE_NAMES, segment_values
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "explain",

@@ -30,8 +30,7 @@ from .explain import BASELINES, FEATURE_KINDS, explain, predict
 from .geometry import Grid, transfer
 from .inputs import resolve_device
 from .io import NRRD_SUFFIXES, StagedOutput, read_image, read_json, read_segmentation, volume_suffix, write_image
-from .loading import load_model
-from .models import LoadedModel
+from .models import LoadedModel, load_model
 from .values import VALUE_NAMES
 
 __all__ = ["main", "REQUEST_KEYS", "OPTION_KEYS", "TASKS", "halving_batch_on_oom"]

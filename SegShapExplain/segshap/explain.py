@@ -31,8 +31,7 @@ from .faithfulness import Faithfulness, faithfulness_curves
 from .geometry import ModelInput
 from .inputs import as_image, as_roi_mask, bounding_box, reference_masks, resolve_device
 from .io import StagedOutput, write_image
-from .loading import load_model
-from .models import LoadedModel
+from .models import LoadedModel, load_model
 from .surrogate import adjacent_pairs
 from .tiling import make_tiling
 
@@ -840,7 +839,7 @@ def _forward_progress(progress: Callable[[int, int], None], engine: PatchEngine,
 def _versions() -> dict:
     import monai
 
-    from . import __version__
+    from .version import __version__
 
     return {
         "segshap": __version__,

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .geometry import Grid, ModelInput, reorient
-from .io import read_json
-from .models import LoadedModel, check_classes, image_grid, load_checkpoint
+from ..geometry import Grid, ModelInput, reorient
+from ..io import read_json
+from .base import LoadedModel, check_classes, image_grid, load_checkpoint
 
-__all__ = ["load_nnunet", "NNUNET_OPTIONS"]
+__all__ = ["holds_nnunet", "load_nnunet", "NNUNET_OPTIONS"]
 
 NNUNET_OPTIONS = {
     "folds": "all",
@@ -44,6 +44,11 @@ NNUNET_OPTIONS = {
 }
 _READERS_REVERSING_AXES = ("SimpleITKIO", "NibabelIO")
 _READERS_REORIENTING = ("NibabelIOWithReorient",)
+
+
+def holds_nnunet(path: Path) -> bool:
+    """Whether ``path`` is a folder with nnU-Net's plans and dataset description (nothing is loaded)."""
+    return (path / "plans.json").is_file() and (path / "dataset.json").is_file()
 
 
 def _import_nnunet():

@@ -1,36 +1,9 @@
-"""Models as their authors run them: the network, its sliding-window settings and its preprocessing.
-
-:func:`segshap.loading.load_model` recognises three formats:
-
-* **TorchScript** (a ``.pt``/``.ts`` file) with a JSON sidecar (``<name>.json`` or ``model.json`` beside it, or
-  ``config=``) that says what the network expects::
-
-    {
-      "format": "segshap-torchscript/1",
-      "in_channels": 1,
-      "classes": {"0": "background", "1": "gray_matter", "2": "white_matter"},
-      "patch_size": [32, 32, 32], "overlap": 0.25, "blend": "gaussian",
-      "preprocessing": {"orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "interpolation": "linear",
-                        "clip": null, "normalize": "zscore", "nonzero": true}
-    }
-
-  ``orientation`` (axis codes) and ``spacing`` (mm) describe the grid the network was trained on: images are
-  reoriented (exactly: flips and transposes) and resampled (``interpolation``: ``"linear"``, ``"nearest"`` or
-  ``"cubic"``) onto it; leave them out for a network that takes images as they come. Then ``clip`` (``null`` or
-  ``[low, high]``) and ``normalize``: ``"zscore"`` (mean and std over all voxels, or over voxels > 0 with
-  ``"nonzero": true``), ``"scale"`` (``(x - offset) / factor``) or ``"none"``.
-* **MONAI bundle** folders (``configs/inference.json`` or ``.yaml``, ``models/model.pt`` or ``model.ts``): see
-  :mod:`segshap.bundle`. Their configs can run code, so they load only with ``trust=True``.
-* **nnU-Net v2** trained-model folders (``dataset.json``, ``plans.json``, ``fold_*/checkpoint_final.pth``): see
-  :mod:`segshap.nnunet` (needs the ``nnunet`` extra).
-
-Checkpoints are read with ``torch.load(..., weights_only=True)``: a file that needs arbitrary unpickling is refused.
-"""
+"""What every model format shares: :class:`LoadedModel` (a network with its tiling and preprocessing) and the
+checks and loaders the formats use (safe checkpoint loading, TorchScript loading, class names against the
+network's output channels, images that must carry their geometry)."""
 
 from __future__ import annotations
 
-import functools
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,16 +12,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .geometry import INTERPOLATION_ORDERS, Grid, ModelInput, reorient, resample
-from .io import read_json
+from ..geometry import Grid, ModelInput
 
-__all__ = ["LoadedModel", "load_torchscript_model", "model_format", "load_checkpoint", "image_grid", "MODEL_FORMATS"]
-
-MODEL_FORMATS = ("torchscript", "monai_bundle", "nnunet")
-_SIDECAR_FORMAT = "segshap-torchscript/1"
-_REQUIRED = ("in_channels", "classes", "patch_size")
-_NORMALIZATIONS = ("zscore", "scale", "none")
-_BUNDLE_CONFIGS = ("inference.json", "inference.yaml", "inference.yml")
+__all__ = [
+    "LoadedModel",
+    "Preprocessor",
+    "image_grid",
+    "load_checkpoint",
+    "load_torchscript",
+    "output_channels",
+    "check_classes",
+]
 
 Preprocessor = Callable[[np.ndarray, "np.ndarray | None"], ModelInput]
 
@@ -176,61 +150,6 @@ def image_grid(data: np.ndarray, affine: np.ndarray | None, preprocessing: str) 
     return Grid(data.shape[1:], affine)
 
 
-def sidecar_preprocess(data: np.ndarray, affine: np.ndarray | None, settings: dict) -> ModelInput:
-    """A sidecar's preprocessing: reorient, resample, clip, normalise (see the module's docstring)."""
-    source = Grid(data.shape[1:], np.eye(4) if affine is None else affine)
-    grid_affine = source.affine
-    if affine is not None and settings.get("orientation"):
-        data, grid_affine = reorient(data, grid_affine, settings["orientation"])
-    if affine is not None and settings.get("spacing"):
-        data, grid_affine = resample(data, grid_affine, settings["spacing"], settings.get("interpolation", "linear"))
-    data = np.array(data, dtype=np.float32)  # owned and contiguous: normalised in place below
-    clip = settings.get("clip")
-    if clip is not None:
-        np.clip(data, clip[0], clip[1], out=data)
-    method = settings.get("normalize", "none")
-    if method == "zscore":
-        for channel in data:
-            inside = channel[channel > 0] if settings.get("nonzero") else channel
-            # In float64: the squares of float32 intensities above about 1e19 overflow.
-            if inside.size == 0 or inside.std(dtype=np.float64) == 0:
-                raise ValueError("The image is constant (or has no voxel > 0): it cannot be z-scored.")
-            mean, std = inside.mean(dtype=np.float64), inside.std(dtype=np.float64)
-            channel -= mean
-            channel /= std
-    elif method == "scale":
-        data -= float(settings.get("offset", 0.0))
-        data /= float(settings.get("factor", 1.0))
-    return ModelInput(data, Grid(data.shape[1:], grid_affine), source)
-
-
-def model_format(path: str | os.PathLike) -> str:
-    """Which of :data:`MODEL_FORMATS` ``path`` holds, from its files alone (nothing is loaded or run).
-
-    Raises
-    ------
-    FileNotFoundError
-        When ``path`` does not exist.
-    ValueError
-        When it is none of the formats; the message lists what each needs.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"No such model: {path}.")
-    if path.is_file():
-        if path.suffix.lower() in (".pt", ".ts", ".pth", ".jit"):
-            return "torchscript"
-    elif any((path / "configs" / name).is_file() for name in _BUNDLE_CONFIGS):
-        return "monai_bundle"
-    elif (path / "plans.json").is_file() and (path / "dataset.json").is_file():
-        return "nnunet"
-    raise ValueError(
-        f"{path} is not a model segshap knows. Pass a TorchScript file (.pt/.ts) with its JSON sidecar, a MONAI "
-        "bundle folder (configs/inference.json or .yaml, models/model.pt or model.ts) or an nnU-Net v2 "
-        "trained-model folder (dataset.json, plans.json, fold_N/checkpoint_final.pth)."
-    )
-
-
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     """A checkpoint read with ``torch.load(weights_only=True)``: tensors, containers, numbers and strings only.
 
@@ -250,43 +169,6 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
             "with torch.load(weights_only=True) (tensors, dicts, lists, numbers, strings); re-save it as a plain "
             "state dict (torch.save(model.state_dict(), path))."
         ) from error
-
-
-def _sidecar_for(path: Path) -> Path:
-    for candidate in (path.with_suffix(".json"), path.parent / "model.json"):
-        if candidate.is_file():
-            return candidate
-    raise ValueError(
-        f"No JSON sidecar for {path}: put {path.with_suffix('.json').name} or model.json beside it, or pass "
-        "config= (--model-config), with in_channels, classes and patch_size (see segshap.models)."
-    )
-
-
-def _read_config(config, model_path: Path) -> tuple[dict, str]:
-    if isinstance(config, dict):
-        return config, "config"
-    source = Path(config) if config is not None else _sidecar_for(model_path)
-    return read_json(source, "model config file"), str(source)
-
-
-def _validate(config: dict, source: str) -> None:
-    missing = [key for key in _REQUIRED if key not in config]
-    if missing:
-        raise ValueError(f"{source} misses {', '.join(missing)}; a model sidecar needs {', '.join(_REQUIRED)}.")
-    if config.get("format", _SIDECAR_FORMAT) != _SIDECAR_FORMAT:
-        raise ValueError(f"{source} has format {config['format']!r}; this version reads {_SIDECAR_FORMAT!r}.")
-    if not isinstance(config["classes"], dict) or not config["classes"]:
-        raise ValueError(f'{source}: classes must map output channel indices to names, e.g. {{"0": "background"}}.')
-    preprocessing = config.get("preprocessing") or {}
-    method = preprocessing.get("normalize", "none")
-    if method not in _NORMALIZATIONS:
-        raise ValueError(f"{source}: preprocessing.normalize must be one of {_NORMALIZATIONS}, got {method!r}.")
-    interpolation = preprocessing.get("interpolation", "linear")
-    if interpolation not in INTERPOLATION_ORDERS:
-        raise ValueError(
-            f"{source}: preprocessing.interpolation must be one of {tuple(INTERPOLATION_ORDERS)}, "
-            f"got {interpolation!r}."
-        )
 
 
 def load_torchscript(path: Path, *, device: torch.device) -> torch.nn.Module:
@@ -318,28 +200,3 @@ def check_classes(classes: dict[int, str], channels: int, source: str) -> None:
             f"{source} lists {len(classes)} classes but the network outputs {channels} channels; make the classes "
             "match the network's output channels."
         )
-
-
-def load_torchscript_model(path: Path, config: dict | str | os.PathLike | None, device: torch.device) -> LoadedModel:
-    """A TorchScript network with its JSON sidecar (``config``, or found beside ``path``) as a :class:`LoadedModel`;
-    see the module's description for the sidecar's fields."""
-    settings, source = _read_config(config, path)
-    _validate(settings, source)
-    preprocessing = dict(settings.get("preprocessing") or {})
-    loaded = LoadedModel(
-        network=load_torchscript(path, device=device),
-        classes={int(k): str(v) for k, v in settings["classes"].items()},
-        in_channels=int(settings["in_channels"]),
-        patch_size=tuple(int(p) for p in settings["patch_size"]),
-        overlap=float(settings.get("overlap", 0.5)),
-        blend=str(settings.get("blend", "gaussian")),
-        preprocessing=preprocessing,
-        path=path,
-        config=settings,
-        sigma_scale=float(settings.get("sigma_scale", 0.125)),
-        preprocessor=functools.partial(sidecar_preprocess, settings=preprocessing),
-    )
-    check_classes(
-        loaded.classes, output_channels(loaded.network, loaded.in_channels, loaded.patch_size, device), source
-    )
-    return loaded

@@ -26,14 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .geometry import Grid, ModelInput, reorient
-from .io import read_json
-from .models import LoadedModel, check_classes, image_grid, load_checkpoint, load_torchscript, output_channels
+from ..geometry import Grid, ModelInput, reorient
+from ..io import read_json
+from .base import LoadedModel, check_classes, image_grid, load_checkpoint, load_torchscript, output_channels
 
-__all__ = ["load_bundle"]
+__all__ = ["holds_bundle", "load_bundle"]
 
 _CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 _WEIGHT_NAMES = ("model.pt", "model.ts")
+
+
+def holds_bundle(path: Path) -> bool:
+    """Whether ``path`` is a folder with a bundle's inference config (nothing is parsed or run)."""
+    return path.is_dir() and any((path / "configs" / name).is_file() for name in _CONFIG_NAMES)
 
 
 def _config_file(folder: Path) -> Path:

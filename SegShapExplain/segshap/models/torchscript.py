@@ -1,0 +1,133 @@
+"""TorchScript models with a JSON sidecar (``<name>.json`` or ``model.json`` beside the file, or ``config=``) that
+says what the network expects::
+
+    {
+      "format": "segshap-torchscript/1",
+      "in_channels": 1,
+      "classes": {"0": "background", "1": "gray_matter", "2": "white_matter"},
+      "patch_size": [32, 32, 32], "overlap": 0.25, "blend": "gaussian",
+      "preprocessing": {"orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "interpolation": "linear",
+                        "clip": null, "normalize": "zscore", "nonzero": true}
+    }
+
+``orientation`` (axis codes) and ``spacing`` (mm) describe the grid the network was trained on: images are
+reoriented (exactly: flips and transposes) and resampled (``interpolation``: ``"linear"``, ``"nearest"`` or
+``"cubic"``) onto it; leave them out for a network that takes images as they come. Then ``clip`` (``null`` or
+``[low, high]``) and ``normalize``: ``"zscore"`` (mean and std over all voxels, or over voxels > 0 with
+``"nonzero": true``), ``"scale"`` (``(x - offset) / factor``) or ``"none"``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..geometry import INTERPOLATION_ORDERS, Grid, ModelInput, reorient, resample
+from ..io import read_json
+from .base import LoadedModel, check_classes, load_torchscript, output_channels
+
+__all__ = ["SUFFIXES", "holds_torchscript", "load_torchscript_model", "sidecar_preprocess"]
+
+SUFFIXES = (".pt", ".ts", ".pth", ".jit")
+_SIDECAR_FORMAT = "segshap-torchscript/1"
+_REQUIRED = ("in_channels", "classes", "patch_size")
+_NORMALIZATIONS = ("zscore", "scale", "none")
+
+
+def holds_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a file with a TorchScript suffix (nothing is loaded)."""
+    return path.is_file() and path.suffix.lower() in SUFFIXES
+
+
+def sidecar_preprocess(data: np.ndarray, affine: np.ndarray | None, settings: dict) -> ModelInput:
+    """A sidecar's preprocessing: reorient, resample, clip, normalise (see the module's docstring)."""
+    source = Grid(data.shape[1:], np.eye(4) if affine is None else affine)
+    grid_affine = source.affine
+    if affine is not None and settings.get("orientation"):
+        data, grid_affine = reorient(data, grid_affine, settings["orientation"])
+    if affine is not None and settings.get("spacing"):
+        data, grid_affine = resample(data, grid_affine, settings["spacing"], settings.get("interpolation", "linear"))
+    data = np.array(data, dtype=np.float32)  # owned and contiguous: normalised in place below
+    clip = settings.get("clip")
+    if clip is not None:
+        np.clip(data, clip[0], clip[1], out=data)
+    method = settings.get("normalize", "none")
+    if method == "zscore":
+        for channel in data:
+            inside = channel[channel > 0] if settings.get("nonzero") else channel
+            # In float64: the squares of float32 intensities above about 1e19 overflow.
+            if inside.size == 0 or inside.std(dtype=np.float64) == 0:
+                raise ValueError("The image is constant (or has no voxel > 0): it cannot be z-scored.")
+            mean, std = inside.mean(dtype=np.float64), inside.std(dtype=np.float64)
+            channel -= mean
+            channel /= std
+    elif method == "scale":
+        data -= float(settings.get("offset", 0.0))
+        data /= float(settings.get("factor", 1.0))
+    return ModelInput(data, Grid(data.shape[1:], grid_affine), source)
+
+
+def _sidecar_for(path: Path) -> Path:
+    for candidate in (path.with_suffix(".json"), path.parent / "model.json"):
+        if candidate.is_file():
+            return candidate
+    raise ValueError(
+        f"No JSON sidecar for {path}: put {path.with_suffix('.json').name} or model.json beside it, or pass "
+        "config= (--model-config), with in_channels, classes and patch_size (see segshap.models.torchscript)."
+    )
+
+
+def _read_config(config, model_path: Path) -> tuple[dict, str]:
+    if isinstance(config, dict):
+        return config, "config"
+    source = Path(config) if config is not None else _sidecar_for(model_path)
+    return read_json(source, "model config file"), str(source)
+
+
+def _validate(config: dict, source: str) -> None:
+    missing = [key for key in _REQUIRED if key not in config]
+    if missing:
+        raise ValueError(f"{source} misses {', '.join(missing)}; a model sidecar needs {', '.join(_REQUIRED)}.")
+    if config.get("format", _SIDECAR_FORMAT) != _SIDECAR_FORMAT:
+        raise ValueError(f"{source} has format {config['format']!r}; this version reads {_SIDECAR_FORMAT!r}.")
+    if not isinstance(config["classes"], dict) or not config["classes"]:
+        raise ValueError(f'{source}: classes must map output channel indices to names, e.g. {{"0": "background"}}.')
+    preprocessing = config.get("preprocessing") or {}
+    method = preprocessing.get("normalize", "none")
+    if method not in _NORMALIZATIONS:
+        raise ValueError(f"{source}: preprocessing.normalize must be one of {_NORMALIZATIONS}, got {method!r}.")
+    interpolation = preprocessing.get("interpolation", "linear")
+    if interpolation not in INTERPOLATION_ORDERS:
+        raise ValueError(
+            f"{source}: preprocessing.interpolation must be one of {tuple(INTERPOLATION_ORDERS)}, "
+            f"got {interpolation!r}."
+        )
+
+
+def load_torchscript_model(path: Path, config: dict | str | os.PathLike | None, device: torch.device) -> LoadedModel:
+    """A TorchScript network with its JSON sidecar (``config``, or found beside ``path``) as a :class:`LoadedModel`;
+    see the module's description for the sidecar's fields."""
+    settings, source = _read_config(config, path)
+    _validate(settings, source)
+    preprocessing = dict(settings.get("preprocessing") or {})
+    loaded = LoadedModel(
+        network=load_torchscript(path, device=device),
+        classes={int(k): str(v) for k, v in settings["classes"].items()},
+        in_channels=int(settings["in_channels"]),
+        patch_size=tuple(int(p) for p in settings["patch_size"]),
+        overlap=float(settings.get("overlap", 0.5)),
+        blend=str(settings.get("blend", "gaussian")),
+        preprocessing=preprocessing,
+        path=path,
+        config=settings,
+        sigma_scale=float(settings.get("sigma_scale", 0.125)),
+        preprocessor=functools.partial(sidecar_preprocess, settings=preprocessing),
+    )
+    check_classes(
+        loaded.classes, output_channels(loaded.network, loaded.in_channels, loaded.patch_size, device), source
+    )
+    return loaded
