@@ -164,7 +164,7 @@ def test_engine_values_equal_the_bundles_inferer_on_perturbed_images(bundle, lps
         roi=roi,
         baseline=float(x.mean()),
         device="cpu",
-        **model.tiling_options,
+        tiling=model.tiling_spec,
     )
     rng = np.random.default_rng(3)
     coalitions = rng.random((4, engine.n_features)) < 0.5

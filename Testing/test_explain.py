@@ -99,12 +99,12 @@ def test_a_failed_save_leaves_the_folder_as_it_was(tmp_path, explained, monkeypa
     out = tmp_path / "out"
     out.mkdir()
     (out / "heatmap.nii.gz").write_text("previous run")
-    import segshap.report
+    import segshap.figure
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(segshap.report, "overview_figure", broken)
+    monkeypatch.setattr(segshap.figure, "overview_figure", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         ex.save(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -325,7 +325,7 @@ def test_faithfulness_can_be_turned_off_and_follows_each_target(mni_t1):
 def test_save_renders_the_views_as_slicer_shows_them_when_asked(tmp_path, explained, monkeypatch, caplog):
     import matplotlib.image
 
-    import segshap.report
+    import segshap.figure
 
     _, ex = explained
     outputs = ex.save(tmp_path / "out", slices=True)
@@ -334,7 +334,7 @@ def test_save_renders_the_views_as_slicer_shows_them_when_asked(tmp_path, explai
     red = (picture[..., 0] > 0.5) & (picture[..., 1] < 0.35) & (picture[..., 2] < 0.45)
     assert red.sum() > 100  # the features, in the colour of their sign
     # Where slicer-core is missing: asked for, it fails and writes nothing; "when possible", it is left out.
-    monkeypatch.setattr(segshap.report, "slicer_views_available", lambda: False)
+    monkeypatch.setattr(segshap.figure, "slicer_views_available", lambda: False)
     with pytest.raises(RuntimeError, match="slicer-core"):
         ex.save(tmp_path / "none", slices=True)
     assert not (tmp_path / "none").exists()

@@ -115,7 +115,7 @@ def test_engine_values_equal_nnunets_own_prediction_on_perturbed_images(model_fo
         baseline=0.0,
         device="cpu",
         batch_size=2,
-        **model.tiling_options,
+        tiling=model.tiling_spec,
     )
     rng = np.random.default_rng(0)
     coalitions = np.vstack([np.ones(engine.n_features, bool), rng.random((2, engine.n_features)) < 0.5])
@@ -318,7 +318,7 @@ def test_on_cuda_values_follow_nnunets_cuda_predictor(model_folder, image_file):
         roi=roi,
         baseline=0.0,
         device="cuda",
-        **model.tiling_options,
+        tiling=model.tiling_spec,
     )
     coalition = np.random.default_rng(1).random((1, engine.n_features)) < 0.5
     value = engine.evaluate(coalition)[0]

@@ -22,7 +22,7 @@ from scipy import ndimage
 
 import segshap
 from segshap.cli import OPTION_KEYS
-from segshap.explain import BASELINES, FEATURE_KINDS
+from segshap.game import BASELINES, FEATURE_KINDS
 from segshap.io import read_image, read_segmentation
 from segshap.values import VALUE_NAMES
 from SegShapExplainLib import (

@@ -3,9 +3,12 @@
 from . import features
 from .engine import DEFAULT_CACHE_BYTES, PatchEngine
 from .estimator import ShapleyResult, kernel_shap
-from .explain import Explanation, ExplanationGame, explain, explanation_game, predict
+from .explain import explain
+from .explanation import Explanation
+from .game import ExplanationGame, explanation_game
 from .geometry import Grid, ModelInput
 from .models import LoadedModel, load_model
+from .predict import predict
 from .tiling import Tiling, monai_tiling, nnunet_tiling
 from .values import VALUE_NAMES, segment_values
 from .version import __version__

@@ -26,11 +26,13 @@ import numpy as np
 import torch
 
 from .estimator import DESIGNS
-from .explain import BASELINES, FEATURE_KINDS, explain, predict
+from .explain import explain
+from .game import BASELINES, FEATURE_KINDS
 from .geometry import Grid, transfer
 from .inputs import resolve_device
 from .io import NRRD_SUFFIXES, StagedOutput, read_image, read_json, read_segmentation, volume_suffix, write_image
 from .models import LoadedModel, load_model
+from .predict import DEFAULT_BATCH_SIZE, predict
 from .values import VALUE_NAMES
 
 __all__ = ["main", "REQUEST_KEYS", "OPTION_KEYS", "TASKS", "halving_batch_on_oom"]
@@ -239,9 +241,6 @@ def _run(job: dict, progress: Callable[[int, int], None] | None) -> object:
         ),
         batch_size,
     )
-
-
-DEFAULT_BATCH_SIZE = 4
 
 
 def halving_batch_on_oom(work: Callable[[int], object], batch_size: int) -> object:

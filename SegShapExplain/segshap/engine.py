@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import numbers
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -36,16 +35,20 @@ from .inputs import (
     as_roi_mask,
     as_targets,
     bounding_box,
+    is_integer,
     reference_masks,
     resolve_device,
 )
-from .tiling import Box, Tiling, make_tiling
+from .predict import DEFAULT_BATCH_SIZE, predict_labels
+from .tiling import Box, TilingSpec, box_slices
 from .values import VALUE_NAMES, class_probabilities, segment_statistics, values_from_statistics
 
-__all__ = ["PatchEngine", "DEFAULT_CACHE_BYTES", "predict_labels"]
+__all__ = ["PatchEngine", "DEFAULT_CACHE_BYTES", "DEFAULT_MARGIN"]
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 """Default budget for cached window outputs beyond the pinned all-on and all-off states."""
+DEFAULT_MARGIN = 8
+"""Voxels added around the reference's bounding box to make the default ROI."""
 
 _BLEND_BYTES = 256 * 1024**2
 """Bound on the blending buffer of one chunk of coalitions."""
@@ -55,10 +58,6 @@ _HELD_BYTES = 1024**3
 
 _CELL_MEMO_ENTRIES = 2**18
 """Cells whose value statistics are remembered (least recently used forgotten first); a few hundred MB at most."""
-
-
-def _slices(box: Box) -> tuple[slice, ...]:
-    return tuple(slice(a, b) for a, b in box)
 
 
 def _shift(box: Box, origin: Sequence[int]) -> Box:
@@ -108,21 +107,17 @@ def _cells(
     cells = []
     for corner in itertools.product(*(range(len(c) - 1) for c in cuts)):
         box = tuple((cuts[axis][i], cuts[axis][i + 1]) for axis, i in enumerate(corner))
-        roi = roi_padded[_slices(box)]
+        roi = roi_padded[box_slices(box)]
         if not roi.any():
             continue
         windows = [w for w, window in enumerate(boxes) if all(a <= c and d <= b for (a, b), (c, d) in zip(window, box))]
-        in_entry = [_slices(_shift(box, [a for a, _ in _intersect(boxes[w], region)])) for w in windows]
+        in_entry = [box_slices(_shift(box, [a for a, _ in _intersect(boxes[w], region)])) for w in windows]
         weight = torch.zeros(tuple(b - a for a, b in box), dtype=dtype, device=importance.device)
         for w in windows:
-            weight += importance[_slices(_shift(box, [a for a, _ in boxes[w]]))]
+            weight += importance[box_slices(_shift(box, [a for a, _ in boxes[w]]))]
         index = None if roi.all() else torch.from_numpy(np.flatnonzero(roi)).to(importance.device)
         cells.append(_Cell(box, windows, in_entry, index, weight))
     return cells
-
-
-def _is_integer(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _mode_dependent(module: torch.nn.Module) -> bool:
@@ -130,36 +125,6 @@ def _mode_dependent(module: torch.nn.Module) -> bool:
     if isinstance(module, torch.nn.modules.dropout._DropoutNd):
         return module.p > 0
     return isinstance(module, torch.nn.modules.batchnorm._NormBase) and module.track_running_stats
-
-
-@torch.inference_mode()
-def predict_labels(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    image: np.ndarray,
-    tiling: Tiling,
-    device: torch.device,
-    batch_size: int,
-) -> np.ndarray:
-    """Full sliding-window inference of ``image`` (``(C, X, Y, Z)``), then the most probable class of each voxel.
-
-    Windows are blended in ``tiling``'s order with its weights, as ``sliding_window_inference`` does; ``forward``
-    maps a batch of windows to float logits. Returns an ``(X, Y, Z)`` int16 label map.
-    """
-    importance = tiling.importance_map(device)
-    padded = torch.from_numpy(tiling.pad(image)).to(device)
-    logits = None
-    weight = torch.zeros(tiling.padded_shape, dtype=tiling.accumulation_dtype, device=device)
-    for first in range(0, tiling.n_windows, batch_size):
-        boxes = [tiling.window_box(w) for w in range(first, min(first + batch_size, tiling.n_windows))]
-        out = forward(torch.stack([padded[(slice(None), *_slices(box))] for box in boxes])) * importance
-        if logits is None:
-            logits = torch.zeros((out.shape[1], *tiling.padded_shape), dtype=tiling.accumulation_dtype, device=device)
-        for window_out, box in zip(out, boxes):
-            logits[(slice(None), *_slices(box))] += window_out
-            weight[_slices(box)] += importance
-    unpadded = tuple(slice(b, b + s) for b, s in zip(tiling.pad_before, tiling.image_shape))
-    label = class_probabilities(tiling.fuse(logits, weight, channel_axis=0)[None])[0].argmax(dim=0)[unpadded]
-    return label.cpu().numpy().astype(np.int16)
 
 
 class PatchEngine:
@@ -188,28 +153,30 @@ class PatchEngine:
         Voxels added around the reference's bounding box when ``roi`` is ``None``.
     patch_size, overlap, blend
         Window size, overlap and blending mode with the meaning of MONAI's ``sliding_window_inference``
-        (``roi_size``, ``overlap``, ``mode``).
+        (``roi_size``, ``overlap``, ``mode``); default :class:`~segshap.tiling.TilingSpec`'s, ``(64, 64, 64)``,
+        0.5 and ``"gaussian"``.
     baseline : float or np.ndarray
         What replaces a feature's voxels when it is off: a number, or an array shaped like ``image``.
     device : str or torch.device
         Where the model runs and windows are blended (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
     batch_size : int
         Windows per forward pass.
-    sigma_scale : float or sequence of float
-        MONAI's ``sigma_scale`` for Gaussian blending.
+    sigma_scale : float or sequence of float, optional
+        MONAI's ``sigma_scale`` for Gaussian blending (default 0.125).
     cache_bytes : int
         Budget for cached window outputs; the all-on and all-off states are kept beyond it. Within the budget a
         window input is never run twice. The outputs one batch of coalitions needs are held beyond it while the
         batch is blended (at most 1 GiB: larger batches are split), so memory peaks at about the budget plus that.
     autocast_dtype : torch.dtype, optional
         Run the model under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``). Faster, not exact.
-    tiling : str
+    tiling : str or TilingSpec
         ``"monai"`` (the default) or ``"nnunet"``: nnU-Net v2's window grid (``tile_step_size = 1 - overlap``) and
         its Gaussian fusion summed in float16, as its predictor runs a preprocessed image. ``blend`` and
-        ``sigma_scale`` are then unused.
-    folds : int
+        ``sigma_scale`` are then unused. Or a :class:`~segshap.tiling.TilingSpec` holding every setting (such as
+        :attr:`segshap.LoadedModel.tiling_spec`); the settings above are then not given.
+    folds : int, optional
         nnU-Net: the model returns the logits of this many folds concatenated along channels; each is fused on its
-        own and the results are averaged, as nnU-Net averages folds.
+        own and the results are averaged, as nnU-Net averages folds (default 1).
 
     Attributes
     ----------
@@ -217,8 +184,10 @@ class PatchEngine:
         ``(M,)`` ids of the features that can change a value; coalitions are bool arrays over these columns.
     targets : tuple of int
         The target classes, in the order of the columns of multi-target values.
+    tiling_spec : segshap.tiling.TilingSpec
+        The sliding-window settings.
     tiling : segshap.tiling.Tiling
-        The windows of the inference.
+        The windows of the inference over the image.
     windows : np.ndarray
         Indices into ``tiling`` of the windows whose output overlaps the ROI: the only ones ever run.
     roi_box : tuple
@@ -245,19 +214,19 @@ class PatchEngine:
         target: int | Sequence[int] = 1,
         value: str = "soft_dice",
         roi: np.ndarray | Sequence[tuple[int, int]] | None = None,
-        margin: int = 8,
-        patch_size: Sequence[int] | int = (64, 64, 64),
-        overlap: Sequence[float] | float = 0.5,
-        blend: str = "gaussian",
+        margin: int = DEFAULT_MARGIN,
+        patch_size: Sequence[int] | int | None = None,
+        overlap: Sequence[float] | float | None = None,
+        blend: str | None = None,
         baseline: float | np.ndarray = 0.0,
         device: str | torch.device = "cpu",
-        batch_size: int = 4,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         *,
-        sigma_scale: Sequence[float] | float = 0.125,
+        sigma_scale: Sequence[float] | float | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         autocast_dtype: torch.dtype | None = None,
-        tiling: str = "monai",
-        folds: int = 1,
+        tiling: str | TilingSpec = "monai",
+        folds: int | None = None,
     ) -> None:
         started = time.perf_counter()
         self._stats = {
@@ -273,9 +242,9 @@ class PatchEngine:
         if value not in VALUE_NAMES:
             raise ValueError(f"value must be one of {VALUE_NAMES}, got {value!r}.")
         self.value = value
-        if not _is_integer(batch_size) or batch_size < 1:
+        if not is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        if not _is_integer(margin) or margin < 0:
+        if not is_integer(margin) or margin < 0:
             raise ValueError(f"margin must be a non-negative integer, got {margin!r}.")
         self.batch_size = int(batch_size)
         margin = int(margin)
@@ -290,7 +259,10 @@ class PatchEngine:
         features = as_features(features, spatial)
         self.targets, self._single_target = as_targets(target)
         baseline = as_baseline(baseline, image.shape, given_ndim)
-        self.tiling = make_tiling(tiling, spatial, patch_size, overlap, blend, sigma_scale, folds)
+        self.tiling_spec = TilingSpec.resolve(
+            tiling, patch_size=patch_size, overlap=overlap, blend=blend, sigma_scale=sigma_scale, folds=folds
+        )
+        self.tiling = self.tiling_spec.over(spatial)
         self._importance = self.tiling.importance_map(self._device)
 
         masks = None
@@ -301,7 +273,7 @@ class PatchEngine:
         if roi is None:
             roi_mask = np.zeros(spatial, dtype=bool)
             for mask in masks:
-                roi_mask[_slices(bounding_box(mask, margin))] = True
+                roi_mask[box_slices(bounding_box(mask, margin))] = True
         else:
             roi_mask = as_roi_mask(roi, spatial)
 
@@ -319,7 +291,7 @@ class PatchEngine:
         else:
             padded_masks = torch.from_numpy(self.tiling.pad(masks, False)).to(self._device)
             for cell in self._cells:
-                cell.reference = cell.at_roi(padded_masks[(slice(None), *_slices(cell.box))].flatten(1))
+                cell.reference = cell.at_roi(padded_masks[(slice(None), *box_slices(cell.box))].flatten(1))
         self._reference_size = sum(cell.reference.sum(dim=1).cpu() for cell in self._cells)
         self._roi_size = sum(cell.reference.shape[1] for cell in self._cells)
         for t, size in zip(self.targets, self._reference_size.tolist()):
@@ -481,7 +453,7 @@ class PatchEngine:
         origin = [a for a, _ in support]
 
         # Everything below works inside the support of the windows that are run: nothing else is ever read.
-        crop = (slice(None), *_slices(support))
+        crop = (slice(None), *box_slices(support))
         image_support = np.ascontiguousarray(tiling.pad(image)[crop])
         baseline_support = baseline if isinstance(baseline, float) else np.ascontiguousarray(tiling.pad(baseline)[crop])
         features_support = tiling.pad(features, 0)[crop[1:]]
@@ -491,7 +463,7 @@ class PatchEngine:
         self._window_boxes = [_shift(b, origin) for b in boxes]
         window_ids = []
         for box in self._window_boxes:
-            inside = _slices(box)
+            inside = box_slices(box)
             ids = np.unique(features_support[inside][changes[inside]])
             window_ids.append(ids[ids > 0])
         self.feature_ids = np.unique(np.concatenate([np.zeros(0, np.int64), *window_ids]))
@@ -509,7 +481,7 @@ class PatchEngine:
 
         # Each window's output is kept only where it overlaps the ROI's bounding box (the region).
         self._region_shape = tuple(b - a for a, b in region)
-        self._in_window = [_slices(_shift(_intersect(box, region), [a for a, _ in box])) for box in boxes]
+        self._in_window = [box_slices(_shift(_intersect(box, region), [a for a, _ in box])) for box in boxes]
         self._cells = _cells(region, boxes, roi_padded, self._importance, tiling.accumulation_dtype)
         self._cell_statistics: OrderedDict = OrderedDict()
 
@@ -593,7 +565,7 @@ class PatchEngine:
             batch = misses[first : first + self.batch_size]
             inputs = []
             for (window, _), (row, _) in batch:
-                box = (slice(None), *_slices(self._window_boxes[window]))
+                box = (slice(None), *box_slices(self._window_boxes[window]))
                 kept = keep[row][self._columns[box[1:]]]
                 baseline = self._baseline if self._baseline.ndim == 0 else self._baseline[box]
                 inputs.append(torch.where(kept, self._image[box], baseline))

@@ -54,7 +54,7 @@ import numpy as np
 
 from .chains import ChainDesign, chain_estimate, loop_coalitions
 
-__all__ = ["ShapleyResult", "kernel_shap", "shapley_from_enumeration", "DESIGNS", "STOP_REASONS"]
+__all__ = ["ShapleyResult", "kernel_shap", "shapley_from_enumeration", "efficiency_error", "DESIGNS", "STOP_REASONS"]
 
 DESIGNS = ("auto", "chains", "leverage")
 STOP_REASONS = ("exact", "budget", "tolerance", "max_cost", "max_seconds", "exhausted")
@@ -141,8 +141,14 @@ class ShapleyResult:
     @property
     def efficiency_error(self) -> float:
         """Largest ``|sum(values) - (full_value - base_value)|`` over targets."""
-        gap = np.sum(self.values, axis=0) - (np.asarray(self.full_value) - np.asarray(self.base_value))
-        return float(np.max(np.abs(gap)))
+        return efficiency_error(self.values, self.full_value, self.base_value)
+
+
+def efficiency_error(values: np.ndarray, full_value, base_value) -> float:
+    """How far Shapley values miss efficiency: the largest ``|sum(values) - (full_value - base_value)|`` over
+    targets (``values``: ``(M,)`` or ``(M, T)``)."""
+    gap = np.sum(values, axis=0) - (np.asarray(full_value) - np.asarray(base_value))
+    return float(np.max(np.abs(gap)))
 
 
 def kernel_shap(

@@ -37,8 +37,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .inputs import as_features
-from .tiling import Box
+from .inputs import as_features, is_integer
+from .tiling import Box, box_slices
 
 __all__ = [
     "DEFAULT_COMPACTNESS",
@@ -74,16 +74,12 @@ _DENSE_COUNTS = 2**26
 # Checking arguments
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _as_shape(shape) -> tuple[int, int, int]:
     try:
         values = tuple(shape)
     except TypeError:
         values = ()
-    if len(values) != 3 or not all(_is_int(v) and v >= 1 for v in values):
+    if len(values) != 3 or not all(is_integer(v) and v >= 1 for v in values):
         raise ValueError(f"shape must be three positive integers (X, Y, Z), got {shape!r}.")
     return tuple(int(v) for v in values)
 
@@ -96,7 +92,7 @@ def _as_support(support, shape: tuple[int, ...]) -> Box:
         pairs = [tuple(pair) for pair in support]
     except TypeError:
         pairs = []
-    if len(pairs) != len(shape) or not all(len(p) == 2 and all(_is_int(v) for v in p) for p in pairs):
+    if len(pairs) != len(shape) or not all(len(p) == 2 and all(is_integer(v) for v in p) for p in pairs):
         raise ValueError(
             f"support must be None or a box ((x0, x1), (y0, y1), (z0, z1)) of integer voxel ranges, got {support!r}."
         )
@@ -109,19 +105,15 @@ def _as_support(support, shape: tuple[int, ...]) -> Box:
     return box
 
 
-def _slices(box: Box) -> tuple[slice, ...]:
-    return tuple(slice(a, b) for a, b in box)
-
-
 def _paste(local: np.ndarray, box: Box, shape: tuple[int, ...]) -> np.ndarray:
     """A zero int32 map of ``shape`` with ``local`` (the crop's features) at ``box``."""
     out = np.zeros(shape, dtype=np.int32)
-    out[_slices(box)] = local
+    out[box_slices(box)] = local
     return out
 
 
 def _as_positive_int(value, name: str) -> int:
-    if not _is_int(value) or value < 1:
+    if not is_integer(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     return int(value)
 
@@ -236,7 +228,7 @@ def grid(shape: Sequence[int], size: int | Sequence[int], *, support: Box | None
     """
     shape = _as_shape(shape)
     sizes = tuple(size) if isinstance(size, Sequence) else (size,) * 3
-    if len(sizes) != 3 or not all(_is_int(s) and s >= 1 for s in sizes):
+    if len(sizes) != 3 or not all(is_integer(s) and s >= 1 for s in sizes):
         raise ValueError(f"size must be a positive integer or three positive integers (one per axis), got {size!r}.")
     box = _as_support(support, shape)
     blocks, counts = [], []
@@ -440,10 +432,10 @@ def slic(
             raise ValueError(f"mask has shape {mask.shape} but the image's spatial shape is {shape}.")
         if mask.dtype != bool:
             raise ValueError(f"mask must be a bool array (e.g. labelmap > 0), got dtype {mask.dtype}.")
-        crop_mask = np.ascontiguousarray(mask[_slices(box)])
+        crop_mask = np.ascontiguousarray(mask[box_slices(box)])
         if not crop_mask.any():
             raise ValueError("mask has no voxel inside the support: there is nothing to segment.")
-    crop = array[(slice(None), *_slices(box))]
+    crop = array[(slice(None), *box_slices(box))]
     _check_finite(crop, crop_mask, "image")
     labels = _slic_labels(_spread_normalised(crop, crop_mask), n_segments, compactness, crop_mask)
     return _paste(labels, box, shape)
@@ -470,7 +462,7 @@ def organs(labelmap, *, support: Box | None = None) -> np.ndarray:
     """
     labels = _as_labelmap(labelmap)
     box = _as_support(support, labels.shape)
-    values, ids = _distinct(labels[_slices(box)])
+    values, ids = _distinct(labels[box_slices(box)])
     if values[-1] == 0:
         raise ValueError("labelmap has no label > 0 inside the support: there is no organ to make a feature of.")
     if values[0] > 0:
@@ -523,10 +515,10 @@ def organ_aware(
 
     from scipy.ndimage import find_objects
 
-    crop = array[(slice(None), *_slices(box))]
+    crop = array[(slice(None), *box_slices(box))]
     _check_finite(crop, None, "image")
     normalised = _spread_normalised(crop, None)
-    regions = _distinct(labels[_slices(box)])[1] + 1
+    regions = _distinct(labels[box_slices(box)])[1] + 1
     # One mask-SLIC per region, on the region's bounding box, rather than one SLIC over the crop with the labels
     # added as a strong channel: scikit-image has no hard constraint, and its connectivity step merges small
     # fragments into any neighbouring supervoxel, which could cross a label boundary. Masked runs cannot cross one

@@ -23,7 +23,13 @@ __all__ = [
     "as_roi_mask",
     "bounding_box",
     "resolve_device",
+    "is_integer",
 ]
+
+
+def is_integer(value) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def as_image(image) -> np.ndarray:
@@ -99,7 +105,7 @@ def as_baseline(baseline, image_shape: tuple[int, ...], given_ndim: int) -> np.n
 
 def as_targets(target) -> tuple[tuple[int, ...], bool]:
     """Target class indices and whether a single target (not a sequence) was given."""
-    single = isinstance(target, numbers.Integral) and not isinstance(target, bool)
+    single = is_integer(target)
     values = (target,) if single else target
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence | np.ndarray):
         raise ValueError(f"target must be a class index or a sequence of class indices, got {target!r}.")

@@ -11,18 +11,32 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
-__all__ = ["Box", "Tiling", "monai_tiling", "nnunet_tiling", "make_tiling", "TILING_SCHEMES"]
+__all__ = [
+    "Box",
+    "box_slices",
+    "Tiling",
+    "TilingSpec",
+    "monai_tiling",
+    "nnunet_tiling",
+    "make_tiling",
+    "TILING_SCHEMES",
+]
 
 BLEND_MODES = ("constant", "gaussian")
 TILING_SCHEMES = ("monai", "nnunet")
 
 Box = tuple[tuple[int, int], ...]
 """A box as one ``(start, stop)`` pair per axis, stops exclusive."""
+
+
+def box_slices(box: Box) -> tuple[slice, ...]:
+    """The slices that index ``box`` out of an array."""
+    return tuple(slice(a, b) for a, b in box)
 
 
 @dataclass(frozen=True)
@@ -320,3 +334,83 @@ def make_tiling(
         # Rounded so that a step size stored as 1 - overlap comes back as written (0.8, not 0.8000000000000000444).
         return nnunet_tiling(image_shape, patch_size, round(1.0 - float(overlap), 12), folds)
     raise ValueError(f"tiling must be one of {TILING_SCHEMES}, got {scheme!r}.")
+
+
+@dataclass(frozen=True)
+class TilingSpec:
+    """The settings of a sliding-window inference, before there is an image to tile: the one home of their
+    defaults. :meth:`over` gives the :class:`Tiling` of an image.
+
+    Attributes
+    ----------
+    patch_size : int or tuple of int
+        Spatial size of every window.
+    overlap : float or tuple of float
+        Overlap of neighbouring windows, as a fraction of the window (nnU-Net: ``1 - tile_step_size``).
+    blend : str
+        ``"gaussian"`` or ``"constant"`` (MONAI's ``mode``; nnU-Net always uses its own Gaussian).
+    sigma_scale : float or tuple of float
+        MONAI's Gaussian ``sigma_scale``.
+    scheme : str
+        One of :data:`TILING_SCHEMES`: whose window grid and fusion to reproduce. Keyword APIs call it ``tiling``.
+    folds : int
+        nnU-Net: how many folds' logits the network returns side by side (fused separately, then averaged).
+    """
+
+    patch_size: tuple[int, ...] | int = (64, 64, 64)
+    overlap: tuple[float, ...] | float = 0.5
+    blend: str = "gaussian"
+    sigma_scale: tuple[float, ...] | float = 0.125
+    scheme: str = "monai"
+    folds: int = 1
+
+    KEYWORDS = ("tiling", "patch_size", "overlap", "blend", "sigma_scale", "folds")
+    """The keyword arguments that carry these settings in :func:`segshap.predict`, :func:`segshap.explain` and
+    :class:`segshap.PatchEngine` (``tiling`` is :attr:`scheme`)."""
+
+    def over(self, image_shape: Sequence[int]) -> Tiling:
+        """The windows over an image of spatial shape ``image_shape``."""
+        return make_tiling(
+            self.scheme, image_shape, self.patch_size, self.overlap, self.blend, self.sigma_scale, self.folds
+        )
+
+    @classmethod
+    def resolve(cls, tiling: str | TilingSpec = "monai", **settings) -> TilingSpec:
+        """A spec from ``tiling`` (a scheme name or a spec) and the settings given by keyword (``None``: not
+        given, so the default).
+
+        Raises
+        ------
+        ValueError
+            When ``tiling`` is a spec and settings are given too: say the settings in one place.
+        """
+        given = {name: value for name, value in settings.items() if value is not None}
+        unknown = set(given) - {f.name for f in fields(cls)} - {"scheme"}
+        if unknown:
+            raise ValueError(f"Unknown tiling setting(s) {sorted(unknown)}; the settings are {cls.KEYWORDS}.")
+        if isinstance(tiling, TilingSpec):
+            if given:
+                raise ValueError(
+                    f"Got a TilingSpec and the settings {sorted(given)} besides it; put them into the spec "
+                    "(dataclasses.replace(spec, ...)) or pass the settings alone."
+                )
+            return tiling
+        if tiling not in TILING_SCHEMES:
+            raise ValueError(f"tiling must be one of {TILING_SCHEMES} or a TilingSpec, got {tiling!r}.")
+        return cls(scheme=tiling, **given)
+
+    @classmethod
+    def pop_from(cls, options: dict, base: TilingSpec | None = None) -> TilingSpec:
+        """Take the settings named in :attr:`KEYWORDS` out of ``options`` (a dict of keyword arguments; the others
+        stay); those not there come from ``base`` (default: the defaults)."""
+        base = base if base is not None else cls()
+        settings = {name: options.pop(name) for name in cls.KEYWORDS if name in options}
+        scheme = settings.pop("tiling", base.scheme)
+        return cls.resolve(
+            scheme, **{f.name: getattr(base, f.name) for f in fields(cls) if f.name != "scheme"} | settings
+        )
+
+    def to_dict(self) -> dict:
+        """The settings under their keyword names, tuples as lists (as ``explanation.json`` records them)."""
+        values = {"tiling": self.scheme} | {f.name: getattr(self, f.name) for f in fields(self) if f.name != "scheme"}
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()}

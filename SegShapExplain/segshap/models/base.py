@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..geometry import Grid, ModelInput
+from ..tiling import TilingSpec
 
 __all__ = [
     "LoadedModel",
@@ -39,11 +40,9 @@ class LoadedModel:
     classes : dict of int to str
         Output channel index to class name.
     in_channels : int
-    patch_size : tuple of int
-    overlap : float
-        Overlap of neighbouring windows (for nnU-Net: ``1 - tile_step_size``).
-    blend : str
-        ``"gaussian"`` or ``"constant"`` (MONAI tiling; nnU-Net always blends with its own Gaussian).
+    tiling_spec : TilingSpec
+        The sliding-window settings the model is run with; ``patch_size``, ``overlap``, ``blend``,
+        ``sigma_scale``, ``tiling`` (the scheme: ``"monai"`` or ``"nnunet"``) and ``folds`` read them.
     preprocessing : dict
         What the preprocessing does, as the model's files state it.
     path : pathlib.Path
@@ -51,13 +50,7 @@ class LoadedModel:
     config : dict
         The sidecar, or the settings read from the bundle or nnU-Net folder.
     format : str
-        One of :data:`MODEL_FORMATS`.
-    tiling : str
-        ``"monai"`` or ``"nnunet"``: whose sliding-window grid and fusion the model is run with.
-    sigma_scale : float
-        MONAI's Gaussian ``sigma_scale``.
-    folds : int
-        nnU-Net: how many folds' logits ``network`` returns, concatenated along channels (fused, then averaged).
+        One of :data:`segshap.models.MODEL_FORMATS`.
     preprocessor : callable, optional
         ``(image (C, X, Y, Z), affine) -> ModelInput``; ``None`` for a network that takes images as they come.
     """
@@ -65,29 +58,37 @@ class LoadedModel:
     network: Callable[[torch.Tensor], torch.Tensor]
     classes: dict[int, str]
     in_channels: int
-    patch_size: tuple[int, ...]
-    overlap: float | tuple[float, ...] = 0.5
-    blend: str = "gaussian"
+    tiling_spec: TilingSpec
     preprocessing: dict = field(default_factory=dict)
     path: Path | None = None
     config: dict = field(default_factory=dict)
     format: str = "torchscript"
-    tiling: str = "monai"
-    sigma_scale: float | tuple[float, ...] = 0.125
-    folds: int = 1
     preprocessor: Preprocessor | None = field(default=None, repr=False)
 
     @property
-    def tiling_options(self) -> dict:
-        """The sliding-window settings, as keyword arguments of :class:`segshap.PatchEngine`."""
-        return {
-            "tiling": self.tiling,
-            "patch_size": self.patch_size,
-            "overlap": self.overlap,
-            "blend": self.blend,
-            "sigma_scale": self.sigma_scale,
-            "folds": self.folds,
-        }
+    def patch_size(self) -> tuple[int, ...]:
+        size = self.tiling_spec.patch_size
+        return (size,) * 3 if isinstance(size, int) else tuple(size)
+
+    @property
+    def overlap(self) -> float | tuple[float, ...]:
+        return self.tiling_spec.overlap
+
+    @property
+    def blend(self) -> str:
+        return self.tiling_spec.blend
+
+    @property
+    def sigma_scale(self) -> float | tuple[float, ...]:
+        return self.tiling_spec.sigma_scale
+
+    @property
+    def tiling(self) -> str:
+        return self.tiling_spec.scheme
+
+    @property
+    def folds(self) -> int:
+        return self.tiling_spec.folds
 
     def class_index(self, target: int | str) -> int:
         """The output channel of a class given by index or by name."""

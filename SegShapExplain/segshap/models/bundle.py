@@ -28,6 +28,7 @@ import torch
 
 from ..geometry import Grid, ModelInput, reorient
 from ..io import read_json
+from ..tiling import TilingSpec
 from .base import LoadedModel, check_classes, image_grid, load_checkpoint, load_torchscript, output_channels
 
 __all__ = ["holds_bundle", "load_bundle"]
@@ -230,13 +231,15 @@ def load_bundle(folder: Path, *, trust: bool, device: torch.device) -> LoadedMod
         network=network,
         classes=classes,
         in_channels=in_channels,
-        patch_size=roi_size,
-        overlap=_setting(inferer.overlap),
-        blend=str(inferer.mode.value if hasattr(inferer.mode, "value") else inferer.mode),
+        tiling_spec=TilingSpec(
+            patch_size=roi_size,
+            overlap=_setting(inferer.overlap),
+            blend=str(inferer.mode.value if hasattr(inferer.mode, "value") else inferer.mode),
+            sigma_scale=_setting(inferer.sigma_scale),
+        ),
         preprocessing={"transforms": [type(t).__name__ for t in transforms]},
         path=folder,
         config={"config": str(config), "weights": str(weights), "metadata": metadata},
         format="monai_bundle",
-        sigma_scale=_setting(inferer.sigma_scale),
         preprocessor=_BundlePreprocessor(transforms, key, loaders[0] if loaders else None),
     )

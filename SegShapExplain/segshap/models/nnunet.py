@@ -31,6 +31,7 @@ import torch
 
 from ..geometry import Grid, ModelInput, reorient
 from ..io import read_json
+from ..tiling import TilingSpec
 from .base import LoadedModel, check_classes, image_grid, load_checkpoint
 
 __all__ = ["holds_nnunet", "load_nnunet", "NNUNET_OPTIONS"]
@@ -254,9 +255,13 @@ def load_nnunet(folder: Path, *, options=None, device: torch.device) -> LoadedMo
         network=FoldEnsemble(networks, None if mirror_axes is None else tuple(mirror_axes)).eval(),
         classes=dict(sorted(classes.items())),
         in_channels=in_channels,
-        patch_size=tuple(int(p) for p in configuration_manager.patch_size),
-        overlap=1.0 - step,
-        blend="nnunet",
+        tiling_spec=TilingSpec(
+            patch_size=tuple(int(p) for p in configuration_manager.patch_size),
+            overlap=1.0 - step,
+            blend="nnunet",
+            scheme="nnunet",
+            folds=len(networks),
+        ),
         preprocessing={
             "reader": reader,
             "spacing": list(configuration_manager.spacing),
@@ -266,7 +271,5 @@ def load_nnunet(folder: Path, *, options=None, device: torch.device) -> LoadedMo
         path=folder,
         config={**settings, "configuration": configuration, "folds": list(checkpoints), "mirror_axes": mirror_axes},
         format="nnunet",
-        tiling="nnunet",
-        folds=len(networks),
         preprocessor=NnUNetPreprocessor(plans_manager, configuration_manager, dataset_json, reader),
     )

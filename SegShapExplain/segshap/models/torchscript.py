@@ -28,11 +28,14 @@ import torch
 
 from ..geometry import INTERPOLATION_ORDERS, Grid, ModelInput, reorient, resample
 from ..io import read_json
+from ..tiling import TilingSpec
 from .base import LoadedModel, check_classes, load_torchscript, output_channels
 
 __all__ = ["SUFFIXES", "holds_torchscript", "load_torchscript_model", "sidecar_preprocess"]
 
 SUFFIXES = (".pt", ".ts", ".pth", ".jit")
+_TILING_FIELDS = {"overlap": float, "blend": str, "sigma_scale": float}
+"""The sidecar's optional sliding-window settings; missing ones take :class:`~segshap.tiling.TilingSpec`'s defaults."""
 _SIDECAR_FORMAT = "segshap-torchscript/1"
 _REQUIRED = ("in_channels", "classes", "patch_size")
 _NORMALIZATIONS = ("zscore", "scale", "none")
@@ -118,13 +121,13 @@ def load_torchscript_model(path: Path, config: dict | str | os.PathLike | None, 
         network=load_torchscript(path, device=device),
         classes={int(k): str(v) for k, v in settings["classes"].items()},
         in_channels=int(settings["in_channels"]),
-        patch_size=tuple(int(p) for p in settings["patch_size"]),
-        overlap=float(settings.get("overlap", 0.5)),
-        blend=str(settings.get("blend", "gaussian")),
+        tiling_spec=TilingSpec(
+            patch_size=tuple(int(p) for p in settings["patch_size"]),
+            **{name: kind(settings[name]) for name, kind in _TILING_FIELDS.items() if name in settings},
+        ),
         preprocessing=preprocessing,
         path=path,
         config=settings,
-        sigma_scale=float(settings.get("sigma_scale", 0.125)),
         preprocessor=functools.partial(sidecar_preprocess, settings=preprocessing),
     )
     check_classes(
