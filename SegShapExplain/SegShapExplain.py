@@ -38,10 +38,10 @@ from SegShapExplainLib import (
     WorkerError,
     killProcessTree,
 )
-from SegShapExplainLib.dependencies import installMessage, missingPackages, requirementsFile, resourcesFolder
+from SegShapExplainLib.dependencies import installMessage, missingPackages, requirementsFile
+from SegShapExplainLib.resources import demoCase, resourcesFolder
 
-DEMO_MODEL = resourcesFolder() / "Models" / "demo_gmwm.pt"
-DEMO_IMAGE = resourcesFolder() / "Demo" / "mni152_t1_2mm.nii.gz"
+DEMO = demoCase()
 
 
 class SegShapExplain(ScriptedLoadableModule):
@@ -67,7 +67,7 @@ class SegShapExplainParameterNode:
     """What the panel shows, saved with the scene."""
 
     inputVolume: vtkMRMLScalarVolumeNode
-    modelPath: pathlib.Path = DEMO_MODEL
+    modelPath: pathlib.Path = DEMO.model
     trustModel: bool = False
     target: str = ""
     referenceSegmentation: vtkMRMLSegmentationNode
@@ -359,9 +359,8 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------------------------------ job callbacks
 
     def onProgress(self, progress) -> None:
-        eta = "..." if progress.etaSeconds is None else _duration(progress.etaSeconds)
         self.ui.progressBar.value = int(progress.percent)
-        self.ui.progressBar.format = f"%p%  ({progress.done}/{progress.total} coalitions, {eta} left)"
+        self.ui.progressBar.format = f"%p%  ({progress.done}/{progress.total} window forwards, {progress.eta} left)"
 
     def onStage(self, message: str) -> None:
         self.ui.statusLabel.text = message
@@ -487,16 +486,10 @@ def _pipInstall(requirements: pathlib.Path) -> None:
     )
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
 class SegShapExplainTest(ScriptedLoadableModuleTest):
     """Runs in 3D Slicer: the demo model on the demo MRI, end to end, then cancel and a worker error."""
 
     SETTINGS = ExplainSettings(nFeatures=20, nSamples=64, device=Device.CPU)
-    BOX = (slice(36, 56), slice(56, 76), slice(46, 66))  # i, j, k voxels: the demo's white-matter region
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -510,13 +503,13 @@ class SegShapExplainTest(ScriptedLoadableModuleTest):
     def _inputs(self):
         import numpy as np
 
-        volume = slicer.util.loadVolume(str(DEMO_IMAGE))
+        volume = slicer.util.loadVolume(str(DEMO.image))
         logic = SegShapExplainLogic(slicer.mrmlScene)
-        segmentation = logic.segment(volume, str(DEMO_MODEL), device=Device.CPU)
-        segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName("white_matter")
+        segmentation = logic.segment(volume, str(DEMO.model), device=Device.CPU)
+        segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName(DEMO.target)
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)  # k, j, i
         box = np.zeros_like(mask)
-        box[self.BOX[::-1]] = 1
+        box[tuple(slice(start, stop) for start, stop in DEMO.roi[::-1])] = 1
         slicer.util.updateSegmentBinaryLabelmapFromArray(mask * box, segmentation, segmentId, volume)
         return logic, volume, segmentation, segmentId
 
@@ -525,7 +518,7 @@ class SegShapExplainTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Explaining the demo model's white matter")
         logic, volume, segmentation, segmentId = self._inputs()
-        nodes = logic.explain(volume, str(DEMO_MODEL), "white_matter", segmentation, segmentId, self.SETTINGS)
+        nodes = logic.explain(volume, str(DEMO.model), DEMO.target, segmentation, segmentId, self.SETTINGS)
         heat = slicer.util.arrayFromVolume(nodes.heatmap)
         ids = slicer.util.arrayFromVolume(nodes.features)
         self.assertEqual(heat.shape, slicer.util.arrayFromVolume(volume).shape)
@@ -546,8 +539,8 @@ class SegShapExplainTest(ScriptedLoadableModuleTest):
         stages = []
         job = logic.explainAsync(
             volume,
-            str(DEMO_MODEL),
-            "white_matter",
+            str(DEMO.model),
+            DEMO.target,
             segmentation,
             segmentId,
             ExplainSettings(nFeatures=60, nSamples=20000, device=Device.CPU),
@@ -562,6 +555,6 @@ class SegShapExplainTest(ScriptedLoadableModuleTest):
         with self.assertRaises(WorkerCancelled):
             job.wait()
         with self.assertRaises(WorkerError):
-            logic.explain(volume, str(DEMO_MODEL), "no_such_class", settings=self.SETTINGS)
+            logic.explain(volume, str(DEMO.model), "no_such_class", settings=self.SETTINGS)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         self.delayDisplay("Cancel and error test passed")

@@ -98,7 +98,7 @@ def lps_image(tmp_path_factory, mni_nifti):
 
 
 def test_an_untrusted_bundle_is_refused_with_the_reason(bundle):
-    with pytest.raises(ValueError, match="can run arbitrary Python code .* trust=True .*--trust-model"):
+    with pytest.raises(ValueError, match="can run arbitrary Python code .* pass trust=True for one you trust"):
         segshap.load_model(bundle, device="cpu")
 
 

@@ -76,8 +76,9 @@ def test_explain_writes_the_outputs_and_says_where(job, tmp_path):
         (lambda a, tmp: a.__setitem__(1, _two_channel_image(tmp)), "has 2 channels (shape (20, 20, 20, 2))"),
         (
             lambda a, tmp: a.extend(["--reference", _segmentation(a[1], tmp), "--reference-segment", "liver"]),
-            "has no segment named 'liver'; its segments are 'tissue_a', 'other'",
+            "has no segment named 'liver'; its segments are 'tissue_a', 'other'. Choose one with --reference-segment.",
         ),
+        (lambda a, tmp: a.__setitem__(7, str(tmp / "broken.nii.gz")), "is not a folder; choose another --out."),
     ],
 )
 @pytest.mark.slow
@@ -215,6 +216,7 @@ def test_worker_takes_nrrd_and_a_named_slicer_segment_as_the_slicer_module_sends
         ({"target": "nerve"}, "Unknown target 'nerve'"),
         ({"options": {"colour": "red"}}, "Unknown option(s) ['colour']"),
         ({"oops": 1}, "has unknown keys ['oops']"),
+        ({"roi": "1:2:x"}, "\"roi\" '1:2:x' is not a box"),
     ],
 )
 def test_worker_errors_are_one_event_and_exit_code_2(job, tmp_path, extra, fragment):
@@ -358,7 +360,7 @@ def test_worker_tasks_need_their_keys(tmp_path, request_fields, fragment):
 def test_out_of_memory_halves_the_batch_then_asks_for_the_cpu():
     import torch
 
-    from segshap.cli import OutOfMemory, halving_batch_on_oom
+    from segshap.jobs import OutOfMemory, halving_batch_on_oom
 
     tried = []
 

@@ -21,9 +21,9 @@ import vtk
 from scipy import ndimage
 
 import segshap
-from segshap.cli import OPTION_KEYS
 from segshap.game import BASELINES, FEATURE_KINDS
 from segshap.io import read_image, read_segmentation
+from segshap.jobs import OPTION_KEYS, demo_request
 from segshap.values import VALUE_NAMES
 from SegShapExplainLib import (
     Baseline,
@@ -40,12 +40,14 @@ from SegShapExplainLib import (
     WorkerJob,
 )
 from SegShapExplainLib.exchange import ensureSegmentationConverters, exportSegment, exportVolume
+from SegShapExplainLib.resources import demoCase
 from SegShapExplainLib.results import DIVERGING_COLOR_TAG, TABLE_COLUMNS, SceneAdditions
 from SegShapExplainLib.worker import parseEvent
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "Resources" / "Models" / "demo_gmwm.pt"
-DEMO_IMAGE = ROOT / "Resources" / "Demo" / "mni152_t1_2mm.nii.gz"
+DEMO = demoCase()
+MODEL = DEMO.model
+DEMO_IMAGE = DEMO.image
 SMALL = ExplainSettings(nFeatures=20, nSamples=64, device=Device.CPU)
 
 
@@ -169,6 +171,7 @@ def test_explain_end_to_end_builds_the_nodes_on_the_input_geometry(scene, tmp_pa
 
     # Progress and stages came through; the job's folder is gone.
     assert progress and progress[-1].done == progress[-1].total > 0  # window forwards
+    assert progress[-1].eta == "0s"  # as the worker writes it
     assert any("Estimating" in stage for stage in stages)
     assert list(tmp_path.iterdir()) == []
 
@@ -400,6 +403,13 @@ def test_settings_speak_the_engine_s_names():
     assert options["nsamples"] == "auto" and options["tolerance"] is None
     assert ExplainSettings(nSamples=500, tolerance=0.02).workerOptions()["nsamples"] == 500
     assert all(FeatureKind.label(kind) for kind in FeatureKind)
+
+
+def test_the_slicer_self_test_and_segshap_demo_explain_the_same_case():
+    request = demo_request("out", {})
+    assert (Path(request["image"]).resolve(), Path(request["model"]).resolve()) == (DEMO.image, DEMO.model)
+    assert request["target"] == DEMO.target and tuple(map(tuple, request["roi"])) == DEMO.roi
+    assert DEMO.image.is_file() and DEMO.model.is_file()
 
 
 def test_events_are_parsed_and_other_lines_kept_as_output():

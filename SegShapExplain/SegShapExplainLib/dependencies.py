@@ -10,17 +10,10 @@ import importlib.util
 import re
 from pathlib import Path
 
+from .resources import resourcesFolder
+
 IMPORT_NAMES = {"scikit-image": "skimage", "scikit-learn": "sklearn", "pynrrd": "nrrd", "pyyaml": "yaml"}
 """Distribution names whose module is named differently."""
-
-
-def resourcesFolder() -> Path:
-    """``Resources/`` beside the module (a Slicer install) or at the repository's top (a source checkout)."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here / "Resources", here.parent / "Resources"):
-        if (candidate / "UI").is_dir():
-            return candidate
-    raise FileNotFoundError(f"SegShapExplain's Resources folder was not found beside {here}; reinstall the extension.")
 
 
 def requirementsFile() -> Path:

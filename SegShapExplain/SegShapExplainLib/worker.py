@@ -67,11 +67,13 @@ def parseEvent(line: str) -> WorkerEvent:
 
 @dataclass(frozen=True)
 class Progress:
-    """Coalitions evaluated so far, of how many, and the seconds left (``None`` until the pace is known)."""
+    """Window forwards run so far, of how many, and the time left: in seconds (``None`` until the pace is known)
+    and as the worker writes it (``"3m05s"``, ``"..."`` until known)."""
 
     done: int
     total: int
     etaSeconds: float | None
+    eta: str = "..."
 
     @property
     def percent(self) -> float:
@@ -326,7 +328,10 @@ class WorkerJob:
     def _handle(self, event: WorkerEvent) -> None:
         if event.kind == "progress":
             self.stage = "Estimating"
-            self.progress = Progress(int(event.fields["done"]), int(event.fields["total"]), event.fields.get("eta_s"))
+            fields = event.fields
+            self.progress = Progress(
+                int(fields["done"]), int(fields["total"]), fields.get("eta_s"), fields.get("eta", "...")
+            )
             if self.callbacks.onProgress:
                 self.callbacks.onProgress(self.progress)
         elif event.kind == "log":

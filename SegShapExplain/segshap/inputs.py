@@ -7,7 +7,7 @@ wrong and how to fix it.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ import torch
 from .tiling import Box
 
 __all__ = [
+    "ArgumentError",
     "as_image",
     "as_features",
     "as_baseline",
@@ -25,6 +26,23 @@ __all__ = [
     "resolve_device",
     "is_integer",
 ]
+
+
+class ArgumentError(ValueError):
+    """A bad or missing argument, named so that each front end can say it as its users know it.
+
+    The message is ``template`` with ``{argument}`` replaced by a name of the argument: ``spelling`` (default
+    ``"<argument>="``) for Python callers, as ``str(error)`` shows it; :meth:`naming` gives it another (the command
+    line's flag, the worker's request key).
+    """
+
+    def __init__(self, argument: str, template: str, spelling: str | None = None) -> None:
+        self.argument, self.template = argument, template
+        super().__init__(template.replace("{argument}", spelling or f"{argument}="))
+
+    def naming(self, name_of: Callable[[str], str]) -> str:
+        """The message with the argument named by ``name_of(argument)``."""
+        return self.template.replace("{argument}", name_of(self.argument))
 
 
 def is_integer(value) -> bool:

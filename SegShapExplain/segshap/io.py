@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .inputs import ArgumentError
+
 __all__ = [
     "read_image",
     "read_segmentation",
@@ -279,7 +281,10 @@ class StagedOutput:
     def __init__(self, destination: str | os.PathLike) -> None:
         self.destination = Path(destination)
         if self.destination.exists() and not self.destination.is_dir():
-            raise ValueError(f"The output path {self.destination} exists and is not a folder; choose another --out.")
+            raise ArgumentError(
+                "out_dir",
+                f"The output path {self.destination} exists and is not a folder; choose another {{argument}}.",
+            )
         self.staging: Path | None = None
 
     def __enter__(self) -> Path:
@@ -291,8 +296,8 @@ class StagedOutput:
         try:
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.partial-", dir=parent))
         except OSError as error:
-            raise ValueError(
-                f"Cannot write outputs next to {self.destination}: {error}. Choose another --out."
+            raise ArgumentError(
+                "out_dir", f"Cannot write outputs next to {self.destination}: {error}. Choose another {{argument}}."
             ) from error
         return self.staging
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..geometry import Grid, ModelInput, reorient
+from ..inputs import ArgumentError
 from ..io import read_json
 from ..tiling import TilingSpec
 from .base import LoadedModel, check_classes, image_grid, load_checkpoint, load_torchscript, output_channels
@@ -173,10 +174,12 @@ def load_bundle(folder: Path, *, trust: bool, device: torch.device) -> LoadedMod
     """
     config = _config_file(folder)
     if not trust:
-        raise ValueError(
+        raise ArgumentError(
+            "trust",
             f"{folder} is a MONAI bundle. Its config ({config.relative_to(folder)}) can run arbitrary Python code "
-            "when it is loaded, so segshap loads bundles only from sources you trust: pass trust=True to "
-            "segshap.load_model (CLI: --trust-model)."
+            "when it is loaded, so segshap loads bundles only from sources you trust: pass {argument} for one you "
+            "trust.",
+            spelling="trust=True",
         )
     from monai.bundle import ConfigParser
     from monai.inferers import SlidingWindowInferer

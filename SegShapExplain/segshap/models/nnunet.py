@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..geometry import Grid, ModelInput, reorient
+from ..inputs import ArgumentError
 from ..io import read_json
 from ..tiling import TilingSpec
 from .base import LoadedModel, check_classes, image_grid, load_checkpoint
@@ -83,9 +84,10 @@ def _configuration(folder: Path, plans: dict, requested: str | None) -> str:
         parts = folder.name.split("__")
         requested = parts[2] if len(parts) == 3 else (available[0] if len(available) == 1 else None)
     if requested not in available:
-        raise ValueError(
+        raise ArgumentError(
+            "config",
             f"{folder / 'plans.json'} has no configuration {requested!r}; it has {', '.join(available)}. Name the one "
-            'the model was trained with: {"configuration": "3d_fullres"} (config= / --model-config).'
+            'the model was trained with in {argument}, e.g. {"configuration": "3d_fullres"}.',
         )
     return requested
 
@@ -99,9 +101,10 @@ def _fold_checkpoints(folder: Path, folds, checkpoint: str) -> dict[str, Path]:
     wanted = [str(f) for f in folds]
     missing = [f for f in wanted if f not in present]
     if missing:
-        raise ValueError(
+        raise ArgumentError(
+            "config",
             f"{folder} has no fold_{missing[0]}/{checkpoint}; its folds with that checkpoint are "
-            f'{", ".join(present) or "none"}. Pass folds from those ({{"folds": [0]}} via config= / --model-config).'
+            f'{", ".join(present) or "none"}. Pass folds from those in {{argument}}, e.g. {{"folds": [0]}}.',
         )
     return {f: folder / f"fold_{f}" / checkpoint for f in wanted}
 

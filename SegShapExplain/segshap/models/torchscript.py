@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..geometry import INTERPOLATION_ORDERS, Grid, ModelInput, reorient, resample
+from ..inputs import ArgumentError
 from ..io import read_json
 from ..tiling import TilingSpec
 from .base import LoadedModel, check_classes, load_torchscript, output_channels
@@ -78,9 +79,10 @@ def _sidecar_for(path: Path) -> Path:
     for candidate in (path.with_suffix(".json"), path.parent / "model.json"):
         if candidate.is_file():
             return candidate
-    raise ValueError(
-        f"No JSON sidecar for {path}: put {path.with_suffix('.json').name} or model.json beside it, or pass "
-        "config= (--model-config), with in_channels, classes and patch_size (see segshap.models.torchscript)."
+    raise ArgumentError(
+        "config",
+        f"No JSON sidecar for {path}: put {path.with_suffix('.json').name} or model.json beside it, or pass its "
+        "path as {argument}; it holds in_channels, classes and patch_size (see segshap.models.torchscript).",
     )
 
 

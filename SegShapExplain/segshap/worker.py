@@ -1,0 +1,127 @@
+"""The engine's half of the worker protocol (``segshap worker --request FILE``), which 3D Slicer's module speaks.
+
+The worker carries out one request file (see :mod:`segshap.jobs`) and reports on its real stdout, one JSON object
+per line: ``{"event": "log", "level", "message"}`` for stage messages, ``{"event": "progress", "done", "total",
+"eta_s", "eta"}`` while it computes, then ``{"event": "done", ...}`` with the task's fields, or ``{"event":
+"error", "message"}`` (with ``"reason": "out_of_memory"`` when the GPU ran out). Everything else it prints goes
+to stderr. It ends when the process that launched it is gone (:func:`exit_with_parent`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from .jobs import Rate, describe, explain_and_save, format_duration, logging_to, read_request, segment, summary
+
+__all__ = ["EventWriter", "EventLogHandler", "run_worker", "exit_with_parent", "argument_name"]
+
+_REQUEST_KEYS_OF_ARGUMENTS = {"config": "model_config", "trust": "trust_model", "out_dir": "out"}
+
+
+def argument_name(argument: str) -> str:
+    """How an error names a library argument to whoever wrote the request: its request key."""
+    return f'"{_REQUEST_KEYS_OF_ARGUMENTS.get(argument, argument)}"'
+
+
+class EventWriter:
+    """The protocol's events, one JSON object per line on ``stream``; safe to call from any thread."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.lock, self.rate = stream, threading.Lock(), Rate()
+
+    def emit(self, event: str, **fields) -> None:
+        with self.lock:
+            self.stream.write(json.dumps({"event": event, **fields}) + "\n")
+            self.stream.flush()
+
+    def progress(self, done: int, total: int) -> None:
+        eta = self.rate.eta(done, total)
+        self.emit(
+            "progress", done=done, total=total, eta_s=None if eta is None else round(eta, 1), eta=format_duration(eta)
+        )
+
+
+class EventLogHandler(logging.Handler):
+    """Log records as ``log`` events."""
+
+    def __init__(self, events: EventWriter) -> None:
+        super().__init__(logging.INFO)
+        self.events = events
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.events.emit("log", level=record.levelname.lower(), message=record.getMessage())
+
+
+def run_worker(request_path: str, events: EventWriter, parent_pid: int | None = None) -> int:
+    """Carry out the request in ``request_path``, reporting on ``events``; returns the exit code (0).
+
+    Errors are raised, for the caller to report as an ``error`` event.
+    """
+    exit_with_parent(parent_pid)
+    request = read_request(request_path)
+    events.emit("log", level="info", message=f"segshap worker, pid {os.getpid()}")
+    with logging_to(EventLogHandler(events)) as log:
+        task = request.get("task", "explain")
+        if task == "describe":
+            fields = describe(request)
+        elif task == "segment":
+            fields = segment(request)
+        else:
+            explanation, outputs = explain_and_save(request, events.progress, log)
+            fields = {"outputs": outputs, "summary": summary(explanation)}
+    events.emit("done", **fields)
+    return 0
+
+
+def exit_with_parent(parent_pid: int | None = None, poll_s: float = 1.0) -> None:
+    """End the worker when the process that started it is gone (e.g. 3D Slicer crashed or killed a launcher).
+
+    The launcher passes its pid (``--parent-pid``) and the worker ends once no live process has it. That is
+    race-free: a launcher that died while the worker was still starting (importing torch can take seconds on a
+    busy machine) is noticed at once, and it holds when a launcher such as ``PythonSlicer`` stands in between.
+    Without a pid, POSIX's re-parenting of orphans is watched: a parent id other than the one at start-up. Elsewhere
+    than POSIX this watches nothing.
+    """
+    if os.name != "posix":
+        return
+    if parent_pid is None:
+        first = os.getppid()
+
+        def gone() -> bool:
+            return os.getppid() != first
+    else:
+
+        def gone() -> bool:
+            return not _alive(parent_pid)
+
+    if gone():
+        os._exit(128 + signal.SIGTERM)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if gone():
+                os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="segshap-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists and is not a zombie (dead, waiting for its parent to reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:  # no /proc (macOS): existence is all there is to know
+        return True
+    return state not in ("Z", "X")
