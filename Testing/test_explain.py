@@ -227,7 +227,7 @@ def test_the_explanation_game_is_the_game_explain_estimates(mni_t1):
     net = small_unet(1, 3)
     options = dict(target=1, roi=ROI, features="grid", n_features=2, device="cpu", **TILING)
     game = segshap.explanation_game(net, mni_t1, **options)
-    m = game.n_features
+    m = game.n_players
     assert 2 <= m <= 10
     coalitions = np.array(list(itertools.product([False, True], repeat=m)))
     table = dict(zip(map(tuple, coalitions), game.engine.evaluate(coalitions)[:, 0]))

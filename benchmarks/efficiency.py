@@ -156,7 +156,7 @@ def reference(inputs: dict, settings: dict, mode: str, probe) -> dict:
     if stored.get(mode, {}).get("fingerprint") == fingerprint:
         log(f"efficiency: reference values from {REFERENCE_FILE.name} (fingerprint matches)")
         return stored[mode]
-    n, m = settings["n_features"], probe.n_features
+    n, m = settings["n_features"], probe.n_players
     runs = []
     with plain_estimates():
         for k in range(settings["reference_runs"]):
@@ -189,7 +189,7 @@ def run(mode: str) -> dict:
     inputs = {"model": segshap.load_model(DEMO_MODEL, device="cpu"), "image": image, "affine": affine}
     n = settings["n_features"]
     shared = _game(inputs, n)  # evaluates the coalitions of methods whose forwards are counted, not run
-    m, windows = shared.n_features, len(shared.engine.windows)
+    m, windows = shared.n_players, len(shared.engine.windows)
     full_windows = shared.engine.tiling.n_windows
     per_feature = float(np.mean([len(w) for w in shared.engine.feature_windows]))
     log(

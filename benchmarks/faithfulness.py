@@ -73,7 +73,7 @@ def gradient_x_input(game) -> tuple[np.ndarray, float]:
 
 def metrics(game, scores: np.ndarray, subsets: np.ndarray, subset_drops: np.ndarray, full: float) -> dict:
     deletion, insertion = ranking_curves(game.engine.evaluate, np.argsort(-scores, kind="stable"))
-    m = game.n_features
+    m = game.n_players
     fifth = max(1, math.ceil(m / 5))
     deletion, insertion = deletion / full, insertion / full
     sums = (subsets * scores).sum(1)
@@ -102,7 +102,7 @@ def run_game(model_path: Path, baseline: str, n_features: int) -> dict:
         device="cpu",
         affine=affine,
     )
-    m = game.n_features
+    m = game.n_players
     full = float(np.ravel(game.engine.evaluate(np.ones((1, m), bool)))[0])
     rng = np.random.default_rng(0)
     subsets = np.zeros((128, m), bool)

@@ -124,10 +124,10 @@ def _find_game(model, image, affine, spec: dict):
             affine=affine,
             **spec.get("engine", {}),
         )
-        tried[n] = game.n_features
-        if low <= game.n_features <= high:
+        tried[n] = game.n_players
+        if low <= game.n_players <= high:
             return game, n, tried
-        if n < start and game.n_features < low:
+        if n < start and game.n_players < low:
             # Below the range going down: fewer segments will not help; search upward.
             break
     raise RuntimeError(f"{spec['name']}: no SLIC segment count gives M in {M_RANGE} (tried {tried}).")
@@ -139,7 +139,7 @@ def build(spec: dict, model, image, affine) -> dict:
 
     game, asked, tried = _find_game(model, image, affine, spec)
     engine = game.engine
-    m = game.n_features
+    m = game.n_players
     in_roi = [int((mask & game.roi).sum()) for mask in game.masks]
     if min(in_roi) == 0:
         raise RuntimeError(f"{spec['name']}: a target has no voxel in the ROI ({dict(zip(TARGETS, in_roi))}).")

@@ -1,17 +1,68 @@
-"""A byte-budgeted store of window outputs keyed by the input that produced them."""
+"""Least-recently-used stores: the one LRU type of the project (:class:`LeastRecentlyUsed`), and on it the
+byte-budgeted store of window outputs keyed by the input that produced them (:class:`PatchCache`)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
+from typing import Generic, TypeVar
 
 import torch
 
-__all__ = ["PatchCache"]
+__all__ = ["LeastRecentlyUsed", "PatchCache"]
+
+Key = TypeVar("Key", bound=Hashable)
+Value = TypeVar("Value")
 
 _BLOCK_BYTES = 16 * 1024**2
 """Size of the blocks slots are carved from: few enough allocations to keep the heap whole, little left unused."""
+
+
+class LeastRecentlyUsed(Generic[Key, Value]):
+    """A mapping that remembers the order in which its entries were last used: iteration runs from the least
+    recently used to the most recently used. Storing an entry or getting it with :meth:`get` uses it; ``in`` does
+    not. Callers decide what to forget (:meth:`forget_oldest`, :meth:`pop`).
+    """
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[Key, Value] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._entries
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._entries)
+
+    def items(self) -> Iterator[tuple[Key, Value]]:
+        """``(key, value)`` from the least to the most recently used."""
+        return iter(self._entries.items())
+
+    def get(self, key: Key) -> Value | None:
+        """The value under ``key`` (now the most recently used), or ``None``."""
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: Key, value: Value) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+
+    def __getitem__(self, key: Key) -> Value:
+        """The value under ``key``, without using it."""
+        return self._entries[key]
+
+    def pop(self, key: Key) -> Value:
+        return self._entries.pop(key)
+
+    def forget_oldest(self, keep: int) -> None:
+        """Forget the least recently used entries until at most ``keep`` are left."""
+        while len(self._entries) > keep:
+            self._entries.popitem(last=False)
 
 
 class _SlotPool:
@@ -57,7 +108,7 @@ class PatchCache:
         if budget_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {budget_bytes}.")
         self.budget_bytes = int(budget_bytes)
-        self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self._entries: LeastRecentlyUsed[Hashable, torch.Tensor] = LeastRecentlyUsed()
         self._pinned: dict[Hashable, torch.Tensor] = {}
         self._pools: dict[tuple, _SlotPool] = {}
         self._slot_pool: dict[Hashable, _SlotPool] = {}
@@ -118,7 +169,6 @@ class PatchCache:
             return tensor
         tensor = self._entries.get(key)
         if tensor is not None:
-            self._entries.move_to_end(key)
             if self._held is not None:
                 self._held.add(key)
         return tensor

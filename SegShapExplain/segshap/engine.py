@@ -13,21 +13,40 @@ what can change it:
 * cached and fresh windows are blended in the inference's own order with its own weights, so the blended logits
   on the ROI equal those of full-volume inference;
 * the ROI's box is cut into cells covered by the same windows throughout, and the additive sums a value is made
-  of are remembered per cell and combination of its windows' inputs, so blending runs once per distinct cell input.
+  of are remembered per cell and combination of its windows' inputs, so blending runs once per distinct cell input
+  (:mod:`segshap.cells`).
+
+Glossary
+--------
+window
+    One patch of the sliding-window inference (:class:`~segshap.tiling.Tiling`): a box of the padded image the
+    model reads, whose output is blended back into the same box. The engine runs only the windows whose box
+    overlaps the ROI (:attr:`PatchEngine.windows`).
+region
+    The bounding box of the ROI in padded coordinates: the only part of any window's output that is kept.
+support
+    The union of the run windows' boxes: the only part of the image, baseline and feature map the engine reads,
+    so it keeps them cropped to it.
+cell
+    A box of the region covered by the same windows throughout (:class:`~segshap.cells.Cell`).
+key
+    ``(window, states)``: a window and the packed on/off states of the features that change its input. Two
+    coalitions with the same key give the window the same input; its output is cached under the key
+    (:class:`~segshap.cache.PatchCache`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .cache import PatchCache
+from .cells import Cell, CellStatistics, WindowLookup, cut_cells, intersect_boxes, shift_box
 from .inputs import (
     as_baseline,
     as_features,
@@ -38,8 +57,9 @@ from .inputs import (
     is_integer,
     reference_masks,
     resolve_device,
+    roi_around,
 )
-from .predict import DEFAULT_BATCH_SIZE, predict_labels
+from .predict import DEFAULT_BATCH_SIZE, predict_labels, require_predicted
 from .tiling import Box, TilingSpec, box_slices
 from .values import VALUE_NAMES, class_probabilities, segment_statistics, values_from_statistics
 
@@ -56,68 +76,77 @@ _BLEND_BYTES = 256 * 1024**2
 _HELD_BYTES = 1024**3
 """Bound on the window outputs one chunk of coalitions may hold (all distinct) beyond the cache's budget."""
 
-_CELL_MEMO_ENTRIES = 2**18
-"""Cells whose value statistics are remembered (least recently used forgotten first); a few hundred MB at most."""
-
-
-def _shift(box: Box, origin: Sequence[int]) -> Box:
-    return tuple((a - o, b - o) for (a, b), o in zip(box, origin))
-
 
 def _volume(slices: tuple[slice, ...]) -> int:
     return int(np.prod([s.stop - s.start for s in slices]))
 
 
-def _intersect(first: Box, second: Box) -> Box:
-    return tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(first, second))
+class _Support(NamedTuple):
+    """The part of the input the engine ever reads: what the windows it runs read (see :func:`_crop_to_support`)."""
+
+    windows: np.ndarray
+    run_boxes: list[Box]
+    window_boxes: list[Box]
+    feature_ids: np.ndarray
+    window_columns: list[np.ndarray]
+    feature_window_positions: list[np.ndarray]
+    columns: np.ndarray
+    image: np.ndarray
+    baseline: float | np.ndarray
+    region: Box
+    in_window: list[tuple[slice, ...]]
+    roi_padded: np.ndarray
 
 
-class _Cell:
-    """A box of the region covered by the same windows throughout: the unit whose value statistics are cached.
+def _crop_to_support(
+    tiling, roi_mask: np.ndarray, image: np.ndarray, features: np.ndarray, baseline: float | np.ndarray
+) -> _Support:
+    """The windows whose output overlaps the ROI, the features that change their input, and the image, baseline
+    and feature map cropped to the windows' support.
 
-    Attributes: ``box`` (padded coordinates), ``shape``, ``windows`` (indices among the run windows, in blending
-    order), ``in_entry`` (the cell inside each window's cached output), ``index`` (its ROI voxels in the
-    flattened cell, ``None`` when it is all ROI), ``weight`` (the summed window weights there) and ``reference``
-    (``(T, V)`` bool, set once the reference is known).
+    Switching a feature off changes a window's input only where the image differs from the baseline, so a
+    window's key holds just those features, and a feature that changes no window is no feature at all.
     """
-
-    def __init__(self, box: Box, windows: list[int], in_entry: list, index, weight: torch.Tensor) -> None:
-        self.box, self.windows, self.in_entry, self.index = box, windows, in_entry, index
-        self.shape = tuple(b - a for a, b in box)
-        self.weight = self.at_roi(weight.flatten())
-        self.reference: torch.Tensor | None = None
-
-    def at_roi(self, flat: torch.Tensor) -> torch.Tensor:
-        """The ROI voxels of a tensor whose last axis runs over the flattened cell."""
-        return flat if self.index is None else flat[..., self.index]
-
-
-def _cells(
-    region: Box, boxes: list[Box], roi_padded: np.ndarray, importance: torch.Tensor, dtype: torch.dtype
-) -> list[_Cell]:
-    """Cut the region at every window boundary; keep the cells that hold ROI voxels.
-
-    A cell lies wholly inside or wholly outside each window, so its blended logits depend only on the inputs of
-    the windows covering it, and its weights are MONAI's: the covering windows' importance, summed in order.
-    """
-    cuts = []
-    for axis, (low, high) in enumerate(region):
-        inner = {p for box in boxes for p in box[axis] if low < p < high}
-        cuts.append(sorted({low, high} | inner))
-    cells = []
-    for corner in itertools.product(*(range(len(c) - 1) for c in cuts)):
-        box = tuple((cuts[axis][i], cuts[axis][i + 1]) for axis, i in enumerate(corner))
-        roi = roi_padded[box_slices(box)]
-        if not roi.any():
-            continue
-        windows = [w for w, window in enumerate(boxes) if all(a <= c and d <= b for (a, b), (c, d) in zip(window, box))]
-        in_entry = [box_slices(_shift(box, [a for a, _ in _intersect(boxes[w], region)])) for w in windows]
-        weight = torch.zeros(tuple(b - a for a, b in box), dtype=dtype, device=importance.device)
-        for w in windows:
-            weight += importance[box_slices(_shift(box, [a for a, _ in boxes[w]]))]
-        index = None if roi.all() else torch.from_numpy(np.flatnonzero(roi)).to(importance.device)
-        cells.append(_Cell(box, windows, in_entry, index, weight))
-    return cells
+    roi_padded = tiling.pad(roi_mask, False)
+    region = bounding_box(roi_padded)
+    windows, support = tiling.windows_reading(roi_padded)
+    run_boxes = [tiling.window_box(w) for w in windows]
+    origin = [a for a, _ in support]
+    crop = (slice(None), *box_slices(support))
+    image_support = np.ascontiguousarray(tiling.pad(image)[crop])
+    baseline_support = baseline if isinstance(baseline, float) else np.ascontiguousarray(tiling.pad(baseline)[crop])
+    features_support = tiling.pad(features, 0)[crop[1:]]
+    changes = np.any(image_support != baseline_support, axis=0)
+    window_boxes = [shift_box(b, origin) for b in run_boxes]
+    window_ids = []
+    for box in window_boxes:
+        inside = box_slices(box)
+        ids = np.unique(features_support[inside][changes[inside]])
+        window_ids.append(ids[ids > 0])
+    feature_ids = np.unique(np.concatenate([np.zeros(0, np.int64), *window_ids]))
+    window_columns = [np.searchsorted(feature_ids, ids) for ids in window_ids]
+    positions: list[list[int]] = [[] for _ in range(feature_ids.size)]
+    for position, columns in enumerate(window_columns):
+        for column in columns.tolist():
+            positions[column].append(position)
+    # Voxels of no feature read column M, which every coalition keeps.
+    column_of = np.full(int(features.max()) + 1, feature_ids.size, dtype=np.int32)
+    column_of[feature_ids] = np.arange(feature_ids.size)
+    return _Support(
+        windows=windows,
+        run_boxes=run_boxes,
+        window_boxes=window_boxes,
+        feature_ids=feature_ids,
+        window_columns=window_columns,
+        feature_window_positions=[np.array(p, dtype=np.int64) for p in positions],
+        columns=column_of[features_support],
+        image=image_support,
+        baseline=baseline_support,
+        region=region,
+        # Each window's output is kept only where it overlaps the region.
+        in_window=[box_slices(shift_box(intersect_boxes(box, region), [a for a, _ in box])) for box in run_boxes],
+        roi_padded=roi_padded,
+    )
 
 
 def _mode_dependent(module: torch.nn.Module) -> bool:
@@ -270,30 +299,40 @@ class PatchEngine:
             masks = reference_masks(reference, spatial, self.targets)
         elif roi is None:
             masks = self._predicted_masks(image)
-        if roi is None:
-            roi_mask = np.zeros(spatial, dtype=bool)
-            for mask in masks:
-                roi_mask[box_slices(bounding_box(mask, margin))] = True
-        else:
-            roi_mask = as_roi_mask(roi, spatial)
+        roi_mask = roi_around(masks, margin) if roi is None else as_roi_mask(roi, spatial)
 
-        self._setup_roi(roi_mask, image, features, baseline)
+        support = _crop_to_support(self.tiling, roi_mask, image, features, baseline)
+        self.roi_box: Box = bounding_box(roi_mask)
+        self.windows: np.ndarray = support.windows
+        self.feature_ids: np.ndarray = support.feature_ids
+        self._window_boxes = support.window_boxes
+        self._window_columns = support.window_columns
+        self._feature_window_positions = support.feature_window_positions
+        self._columns = torch.from_numpy(support.columns).to(self._device)
+        self._image = torch.from_numpy(support.image).to(self._device)
+        self._baseline = torch.as_tensor(support.baseline, dtype=torch.float32, device=self._device)
+        self._region_shape = tuple(b - a for a, b in support.region)
+        self._in_window = support.in_window
+        cells = cut_cells(
+            support.region, support.run_boxes, support.roi_padded, self._importance, self.tiling.accumulation_dtype
+        )
+        self._cell_statistics = CellStatistics(cells)
         all_on = np.ones((1, self.n_features), dtype=bool)
         all_off = np.zeros((1, self.n_features), dtype=bool)
         self._fetch(np.concatenate([all_on, all_off]), pin=True)
         self._check_targets()
         if masks is None:
-            entries, inverses, _ = self._fetch(all_on)
-            for cell in self._cells:
-                local = [tuple(int(inverses[w][0]) for w in cell.windows)]
-                predicted = class_probabilities(self._cell_logits(cell, local, entries)).argmax(dim=1)[0]
+            lookups = self._fetch(all_on)
+            for cell in cells:
+                inputs = [tuple(int(lookups[w].input_of_row[0]) for w in cell.windows)]
+                predicted = class_probabilities(self._cell_logits(cell, inputs, lookups)).argmax(dim=1)[0]
                 cell.reference = torch.stack([predicted == t for t in self.targets])
         else:
             padded_masks = torch.from_numpy(self.tiling.pad(masks, False)).to(self._device)
-            for cell in self._cells:
+            for cell in cells:
                 cell.reference = cell.at_roi(padded_masks[(slice(None), *box_slices(cell.box))].flatten(1))
-        self._reference_size = sum(cell.reference.sum(dim=1).cpu() for cell in self._cells)
-        self._roi_size = sum(cell.reference.shape[1] for cell in self._cells)
+        self._reference_size = sum(cell.reference.sum(dim=1).cpu() for cell in cells)
+        self._roi_size = sum(cell.reference.shape[1] for cell in cells)
         for t, size in zip(self.targets, self._reference_size.tolist()):
             if not size:
                 source = "the reference" if masks is not None else "the model's unperturbed prediction"
@@ -433,66 +472,17 @@ class PatchEngine:
         label = predict_labels(self._forward, image, self.tiling, self._device, self.batch_size)
         self._stats["reference_forwards"] += self.tiling.n_windows
         self._check_targets()
-        masks = np.stack([label == t for t in self.targets])
-        for t, mask in zip(self.targets, masks):
-            if not mask.any():
-                raise ValueError(
-                    f"The model predicts no voxel of class {t} on this image, so there is no segment to explain. "
-                    "Pass reference= with a mask of the segment, or choose another target."
-                )
-        return masks
+        require_predicted(label, self.targets)
+        return np.stack([label == t for t in self.targets])
 
-    def _setup_roi(self, roi_mask: np.ndarray, image: np.ndarray, features: np.ndarray, baseline) -> None:
-        tiling = self.tiling
-        self.roi_box = bounding_box(roi_mask)
-        roi_padded = tiling.pad(roi_mask, False)
-        region = bounding_box(roi_padded)
-        windows, support = tiling.windows_reading(roi_padded)
-        self.windows = windows
-        boxes = [tiling.window_box(w) for w in windows]
-        origin = [a for a, _ in support]
-
-        # Everything below works inside the support of the windows that are run: nothing else is ever read.
-        crop = (slice(None), *box_slices(support))
-        image_support = np.ascontiguousarray(tiling.pad(image)[crop])
-        baseline_support = baseline if isinstance(baseline, float) else np.ascontiguousarray(tiling.pad(baseline)[crop])
-        features_support = tiling.pad(features, 0)[crop[1:]]
-        # Switching a feature off changes a window's input only where the image differs from the baseline, so
-        # a window's key holds just those features, and a feature that changes no window is no feature at all.
-        changes = np.any(image_support != baseline_support, axis=0)
-        self._window_boxes = [_shift(b, origin) for b in boxes]
-        window_ids = []
-        for box in self._window_boxes:
-            inside = box_slices(box)
-            ids = np.unique(features_support[inside][changes[inside]])
-            window_ids.append(ids[ids > 0])
-        self.feature_ids = np.unique(np.concatenate([np.zeros(0, np.int64), *window_ids]))
-        self._window_columns = [np.searchsorted(self.feature_ids, ids) for ids in window_ids]
-        positions: list[list[int]] = [[] for _ in range(self.n_features)]
-        for position, columns in enumerate(self._window_columns):
-            for column in columns.tolist():
-                positions[column].append(position)
-        self._feature_window_positions = [np.array(p, dtype=np.int64) for p in positions]
-        column_of = np.full(int(features.max()) + 1, self.n_features, dtype=np.int32)
-        column_of[self.feature_ids] = np.arange(self.n_features)
-        self._columns = torch.from_numpy(column_of[features_support]).to(self._device)
-        self._image = torch.from_numpy(image_support).to(self._device)
-        self._baseline = torch.as_tensor(baseline_support, dtype=torch.float32, device=self._device)
-
-        # Each window's output is kept only where it overlaps the ROI's bounding box (the region).
-        self._region_shape = tuple(b - a for a, b in region)
-        self._in_window = [box_slices(_shift(_intersect(box, region), [a for a, _ in box])) for box in boxes]
-        self._cells = _cells(region, boxes, roi_padded, self._importance, tiling.accumulation_dtype)
-        self._cell_statistics: OrderedDict = OrderedDict()
-
-    def _cell_logits(self, cell: _Cell, local_keys: list, entries: list) -> torch.Tensor:
-        """``(u, K, V)`` blended logits at a cell's ROI voxels, one row per tuple of its windows' local keys."""
+    def _cell_logits(self, cell: Cell, inputs: list[tuple[int, ...]], lookups: list[WindowLookup]) -> torch.Tensor:
+        """``(u, K, V)`` blended logits at a cell's ROI voxels, one row per tuple of its windows' input positions."""
         blended = torch.zeros(
-            (len(local_keys), self._n_outputs, *cell.shape), dtype=self.tiling.accumulation_dtype, device=self._device
+            (len(inputs), self._n_outputs, *cell.shape), dtype=self.tiling.accumulation_dtype, device=self._device
         )
-        for row, keys in enumerate(local_keys):
-            for window, in_entry, key in zip(cell.windows, cell.in_entry, keys):
-                blended[row] += entries[window][key][(slice(None), *in_entry)]
+        for row, positions in enumerate(inputs):
+            for window, in_entry, position in zip(cell.windows, cell.in_entry, positions):
+                blended[row] += lookups[window].outputs[position][(slice(None), *in_entry)]
         return self.tiling.fuse(cell.at_roi(blended.flatten(2)), cell.weight, channel_axis=1)
 
     # ------------------------------------------------------------------ evaluation
@@ -505,59 +495,49 @@ class PatchEngine:
             return self._held_values(coalitions, retain, retained)
 
     def _held_values(self, coalitions: np.ndarray, retain: np.ndarray, retained: set) -> torch.Tensor:
-        entries, inverses, keys = self._fetch(coalitions)
+        lookups = self._fetch(coalitions)
         for row in np.flatnonzero(retain):
-            retained.update((w, keys[w][int(inverse[row])]) for w, inverse in enumerate(inverses))
+            retained.update((w, lookup.states[int(lookup.input_of_row[row])]) for w, lookup in enumerate(lookups))
         self._cache.retain(retained, keep_previous=True)
-        statistics = torch.zeros((len(coalitions), len(self.targets), 4), dtype=torch.float64)
-        for index, cell in enumerate(self._cells):
-            local_keys = list(zip(*(inverses[w].tolist() for w in cell.windows))) or [()] * len(coalitions)
-            cell_keys = [(index, *(keys[w][k] for w, k in zip(cell.windows, local))) for local in local_keys]
-            memo, missing = self._cell_statistics, {}
-            for cell_key, local in zip(cell_keys, local_keys):
-                if cell_key in memo:
-                    memo.move_to_end(cell_key)
-                else:
-                    missing.setdefault(cell_key, local)
-            if missing:
-                logits = self._cell_logits(cell, list(missing.values()), entries)
-                memo.update(zip(missing, segment_statistics(logits, self.targets, cell.reference).cpu()))
-            statistics += torch.stack([memo[cell_key] for cell_key in cell_keys])
-            while len(memo) > _CELL_MEMO_ENTRIES:
-                memo.popitem(last=False)
+        statistics = self._cell_statistics.summed(
+            lookups,
+            len(coalitions),
+            lambda cell, inputs: segment_statistics(
+                self._cell_logits(cell, inputs, lookups), self.targets, cell.reference
+            ),
+            len(self.targets),
+        )
         return values_from_statistics(statistics, self._reference_size, self._roi_size, self.value)
 
-    def _fetch(self, coalitions: np.ndarray, pin: bool = False):
-        """Per window: the outputs its distinct keys need (running the misses), each row's key among them, and
-        the keys' feature states."""
-        entries, inverses, window_keys, misses = [], [], [], {}
+    def _fetch(self, coalitions: np.ndarray, pin: bool = False) -> list[WindowLookup]:
+        """Per window: the outputs its distinct inputs need (running the misses) and each row's input among them."""
+        lookups, misses = [], {}
         for window, columns in enumerate(self._window_columns):
             if columns.size:
                 packed = np.packbits(coalitions[:, columns], axis=1)
                 unique, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
-                keys = [(window, row.tobytes()) for row in unique]
+                states = [row.tobytes() for row in unique]
             else:
-                first, inverse, keys = np.zeros(1, np.int64), np.zeros(len(coalitions), np.int64), [(window, b"")]
-            found = []
-            for key, row in zip(keys, first):
-                entry = self._cache.get(key)
-                if entry is None:
-                    misses.setdefault(key, (int(row), len(found)))
-                found.append(entry)
-            entries.append(found)
-            inverses.append(inverse.reshape(-1))
-            window_keys.append([state for _, state in keys])
+                first, inverse, states = np.zeros(1, np.int64), np.zeros(len(coalitions), np.int64), [b""]
+            outputs = []
+            for state, row in zip(states, first):
+                key = (window, state)
+                output = self._cache.get(key)
+                if output is None:
+                    misses.setdefault(key, (int(row), len(outputs)))
+                outputs.append(output)
+            lookups.append(WindowLookup(outputs, inverse.reshape(-1), states))
             if not pin:
-                self._stats["cache_hits"] += len(coalitions) - sum(1 for key in keys if key in misses)
+                self._stats["cache_hits"] += len(coalitions) - sum(1 for state in states if (window, state) in misses)
         if misses:
-            self._run(coalitions, list(misses.items()), entries, pin)
-        return entries, inverses, window_keys
+            self._run(coalitions, list(misses.items()), lookups, pin)
+        return lookups
 
-    def _run(self, coalitions: np.ndarray, misses: list, entries: list, pin: bool) -> None:
-        """Run the missing windows ``batch_size`` at a time; cache their weighted outputs and fill ``entries``.
+    def _run(self, coalitions: np.ndarray, misses: list, lookups: list[WindowLookup], pin: bool) -> None:
+        """Run the missing windows ``batch_size`` at a time; cache their weighted outputs and fill ``lookups``.
 
         ``misses`` holds ``((window, states), (row, position))``: a coalition row that needs the key, and the
-        key's position among its window's entries.
+        position of the key's input among its window's.
         """
         keep = torch.ones((len(coalitions), self.n_features + 1), dtype=torch.bool, device=self._device)
         keep[:, : self.n_features] = torch.from_numpy(coalitions).to(self._device)
@@ -575,7 +555,7 @@ class PatchEngine:
                 window = key[0]
                 in_window = self._in_window[window]
                 weighted = window_out[(slice(None), *in_window)] * self._importance[in_window]
-                entries[window][position] = self._cache.put(key, weighted, pinned=pin)
+                lookups[window].outputs[position] = self._cache.put(key, weighted, pinned=pin)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Run the model on a batch of windows; the first call also checks what the model returns."""

@@ -160,11 +160,8 @@ def explain(
         affine=affine,
         **engine_options,
     )
-    engine, prepared, feature_map, labelmap = game.engine, game.prepared, game.feature_map, game.labelmap
-    targets, names, single, masks, roi = game.targets, game.target_names, game.single, game.masks, game.roi
-    model, device, support, margin = game.model, game.device, game.support, game.margin
-    engine_options = game.engine_options
-    m = engine.n_features
+    engine = game.engine
+    m = game.n_players
     exact_count = 2**m if m < 62 else None
     if nsamples == "auto":
         budget = 2 * m + 2048 if exact_count is None else min(exact_count, 2 * m + 2048)
@@ -186,19 +183,18 @@ def explain(
         cost=engine.forward_cost,
         max_cost=max_forwards,
         max_seconds=max_seconds,
-        interactions=lambda: adjacent_pairs(feature_map, engine.feature_ids),
+        interactions=lambda: adjacent_pairs(game.feature_map, engine.feature_ids),
     )
     forwards = engine.stats["patch_forwards"] - forwards_before
     estimation_seconds = time.perf_counter() - estimation_started
     curves = _faithfulness(engine, result.values, seed) if faithfulness else ()
     faithfulness_seconds = time.perf_counter() - estimation_started - estimation_seconds
 
-    kept = np.isin(feature_map, engine.feature_ids)
-    feature_map = np.where(kept, feature_map, 0).astype(np.int32)
+    feature_map = np.where(np.isin(game.feature_map, engine.feature_ids), game.feature_map, 0).astype(np.int32)
     organ_labels = None
     if isinstance(features, str) and features in ("organs", "organ_aware"):
-        organ_labels = feature_maps.feature_organs(feature_map, labelmap)[engine.feature_ids]
-    image_feature_map = prepared.to_image_grid(feature_map)
+        organ_labels = feature_maps.feature_organs(feature_map, game.labelmap)[engine.feature_ids]
+    image_feature_map = game.prepared.to_image_grid(feature_map)
     hidden = np.setdiff1d(engine.feature_ids, image_feature_map)
     if hidden.size:
         _log.warning(
@@ -209,7 +205,7 @@ def explain(
         )
     values, stderr = result.values, result.stderr
     base, full = result.base_value, result.full_value
-    if single:
+    if game.single:
         values, stderr, base, full = values[:, 0], stderr[:, 0], float(base[0]), float(full[0])
     stats = {
         **engine.stats,
@@ -226,7 +222,7 @@ def explain(
         "seconds": time.perf_counter() - started,
     }
     settings = {
-        "target": list(targets),
+        "target": list(game.targets),
         "features": features if isinstance(features, str) else "given",
         "n_features": n_features,
         "value": value,
@@ -237,17 +233,17 @@ def explain(
         "max_seconds": max_seconds,
         "faithfulness": faithfulness,
         "baseline": baseline if isinstance(baseline, (str, int, float)) else "array",
-        "device": str(device),
+        "device": str(game.device),
         "seed": seed,
         "roi_box": [list(b) for b in engine.roi_box],
-        "support_box": [list(b) for b in support],
-        "margin": margin,
-        "model_format": model.format if isinstance(model, LoadedModel) else "network",
+        "support_box": [list(b) for b in game.support],
+        "margin": game.margin,
+        "model_format": game.model.format if isinstance(game.model, LoadedModel) else "network",
         **game.tiling.to_dict(),
-        **{k: v for k, v in engine_options.items() if isinstance(v, (int, float, str, bool))},
+        **{k: v for k, v in game.engine_options.items() if isinstance(v, (int, float, str, bool))},
     }
     display = np.asarray(image, dtype=np.float32)
-    display = display if display.ndim == 3 else (display[..., 0] if isinstance(model, LoadedModel) else display[0])
+    display = display if display.ndim == 3 else (display[..., 0] if isinstance(game.model, LoadedModel) else display[0])
     return Explanation(
         values=values,
         stderr=stderr,
@@ -256,19 +252,19 @@ def explain(
         base_value=base,
         full_value=full,
         stats=stats,
-        targets=targets,
-        target_names=names,
+        targets=game.targets,
+        target_names=game.target_names,
         settings=settings,
         image=display,
-        reference=prepared.to_image_grid(masks),
-        roi=prepared.to_image_grid(roi),
+        reference=game.prepared.to_image_grid(game.masks),
+        roi=game.prepared.to_image_grid(game.roi),
         organ_labels=organ_labels,
-        class_names=dict(model.classes) if isinstance(model, LoadedModel) else {},
+        class_names=dict(game.model.classes) if isinstance(game.model, LoadedModel) else {},
         affine=None if affine is None else np.asarray(affine, dtype=np.float64),
         exact=result.exact,
         versions=_versions(),
         model_feature_map=feature_map,
-        model_affine=prepared.grid.affine,
+        model_affine=game.prepared.grid.affine,
         faithfulness=curves,
     )
 

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .inputs import as_features, is_integer
+from .inputs import as_channels_first, as_features, is_integer
 from .tiling import Box, box_slices
 
 __all__ = [
@@ -122,23 +122,6 @@ def _as_positive_float(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
     return float(value)
-
-
-def _as_image(image, name: str = "image") -> np.ndarray:
-    """``(C, X, Y, Z)`` float array from an ``(X, Y, Z)`` or ``(C, X, Y, Z)`` array of numbers."""
-    array = np.asarray(image)
-    if array.ndim not in (3, 4):
-        raise ValueError(
-            f"{name} must be (X, Y, Z) or (C, X, Y, Z), got an array of shape {array.shape}. "
-            "Drop batch or time axes, and put channels first."
-        )
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
-        raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}.")
-    if array.ndim == 3:
-        array = array[None]
-    if array.shape[0] < 1:
-        raise ValueError(f"{name} has no channel (shape {array.shape}).")
-    return array
 
 
 def _as_labelmap(labelmap, shape: tuple[int, ...] | None = None, name: str = "labelmap") -> np.ndarray:
@@ -420,7 +403,7 @@ def slic(
         int32 map of the spatial shape; ids ``1..N`` contiguous, in scikit-image's order (by first voxel in C
         order).
     """
-    array = _as_image(image)
+    array = as_channels_first(image)
     shape = array.shape[1:]
     n_segments = _as_positive_int(n_segments, "n_segments")
     compactness = _as_positive_float(compactness, "compactness")
@@ -505,7 +488,7 @@ def organ_aware(
         int32 map; ids ``1..N`` numbered region by region in increasing label order (the background first),
         within a region in SLIC's order. :func:`feature_organs` gives each id's label.
     """
-    array = _as_image(image)
+    array = as_channels_first(image)
     shape = array.shape[1:]
     labels = _as_labelmap(labelmap, shape)
     n_per_organ = _as_positive_int(n_per_organ, "n_per_organ")

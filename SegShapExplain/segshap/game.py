@@ -16,9 +16,9 @@ import torch
 from . import features as feature_maps
 from .engine import DEFAULT_MARGIN, PatchEngine
 from .geometry import ModelInput
-from .inputs import as_roi_mask, bounding_box, reference_masks, resolve_device
+from .inputs import as_roi_mask, reference_masks, resolve_device, roi_around
 from .models import LoadedModel, load_model
-from .predict import DEFAULT_BATCH_SIZE, model_labels, prepare
+from .predict import DEFAULT_BATCH_SIZE, model_labels, prepare, require_predicted
 from .tiling import TilingSpec
 
 __all__ = ["ExplanationGame", "explanation_game", "FEATURE_KINDS", "BASELINES"]
@@ -80,7 +80,9 @@ class ExplanationGame:
     baseline: float | np.ndarray = 0.0
 
     @property
-    def n_features(self) -> int:
+    def n_players(self) -> int:
+        """``M``: the features that can change a value, the game's players (``engine.feature_ids``). The
+        ``n_features`` given to :func:`explanation_game` is how many were asked for; ``M`` is often fewer."""
         return self.engine.n_features
 
 
@@ -121,12 +123,7 @@ def explanation_game(
         _log.info("Segmenting the image with the model")
         prediction = model_labels(network, x, tiling_spec, device, batch_size)
     if reference is None:
-        for t, name in zip(targets, names):
-            if not (prediction == t).any():
-                raise ValueError(
-                    f"The model predicts no voxel of {name} (class {t}) on this image, so there is nothing to "
-                    "explain; pass a reference segmentation or choose another target."
-                )
+        require_predicted(prediction, targets, names)
         reference = prediction
     else:
         reference = prepared.to_model_grid(np.asarray(reference))
@@ -137,9 +134,7 @@ def explanation_game(
 
     tiling = tiling_spec.over(spatial)
     if roi is None:
-        roi = np.zeros(spatial, dtype=bool)
-        for mask in masks:
-            roi[tuple(slice(a, b) for a, b in bounding_box(mask, margin))] = True
+        roi = roi_around(masks, margin)
     else:
         roi = prepared.to_model_grid(as_roi_mask(roi, prepared.source.shape))
         if not roi.any():
@@ -229,24 +224,25 @@ def _baseline(baseline, x: np.ndarray):
     return baseline
 
 
-def _features(kind, n_features: int, x: np.ndarray, labelmap, support) -> np.ndarray:
+def _features(kind, asked: int, x: np.ndarray, labelmap, support) -> np.ndarray:
+    """The feature map of ``kind`` with about ``asked`` features in the support (the ``n_features`` argument)."""
     if not isinstance(kind, str):
         return np.asarray(kind)
     if kind not in FEATURE_KINDS:
         raise ValueError(f"features must be one of {FEATURE_KINDS} or an integer map, got {kind!r}.")
-    if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 1:
-        raise ValueError(f"n_features must be a positive integer, got {n_features!r}.")
+    if isinstance(asked, bool) or not isinstance(asked, (int, np.integer)) or asked < 1:
+        raise ValueError(f"n_features must be a positive integer, got {asked!r}.")
     spatial = x.shape[1:]
     volume = math.prod(b - a for a, b in support)
     if kind == "slic":
-        return feature_maps.slic(x if len(x) > 1 else x[0], n_segments=n_features, support=support)
+        return feature_maps.slic(x if len(x) > 1 else x[0], n_segments=asked, support=support)
     if kind == "fcc":
-        spacing = (math.sqrt(2) * volume / n_features) ** (1 / 3)
+        spacing = (math.sqrt(2) * volume / asked) ** (1 / 3)
         return feature_maps.fcc(spatial, spacing, support=support)
     if kind == "grid":
-        return feature_maps.grid(spatial, max(1, round((volume / n_features) ** (1 / 3))), support=support)
+        return feature_maps.grid(spatial, max(1, round((volume / asked) ** (1 / 3))), support=support)
     if kind == "organs":
         return feature_maps.organs(labelmap, support=support)
     inside = labelmap[tuple(slice(a, b) for a, b in support)]
     regions = len(np.unique(inside))
-    return feature_maps.organ_aware(labelmap, x[0], max(1, round(n_features / regions)), support=support)
+    return feature_maps.organ_aware(labelmap, x[0], max(1, round(asked / regions)), support=support)

@@ -17,12 +17,14 @@ from .tiling import Box
 __all__ = [
     "ArgumentError",
     "as_image",
+    "as_channels_first",
     "as_features",
     "as_baseline",
     "as_targets",
     "reference_masks",
     "as_roi_mask",
     "bounding_box",
+    "roi_around",
     "resolve_device",
     "is_integer",
 ]
@@ -50,19 +52,26 @@ def is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def as_image(image) -> np.ndarray:
-    """``(C, X, Y, Z)`` float32 from an ``(X, Y, Z)`` or ``(C, X, Y, Z)`` array of finite numbers."""
+def as_channels_first(image, name: str = "image") -> np.ndarray:
+    """``(C, X, Y, Z)`` from an ``(X, Y, Z)`` or ``(C, X, Y, Z)`` array of real numbers, dtype kept."""
     array = np.asarray(image)
     if array.ndim not in (3, 4):
         raise ValueError(
-            f"image must be (X, Y, Z) or (C, X, Y, Z), got an array of shape {array.shape}. "
+            f"{name} must be (X, Y, Z) or (C, X, Y, Z), got an array of shape {array.shape}. "
             "Drop batch or time axes, and put channels first."
         )
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise ValueError(f"image must hold numbers, got dtype {array.dtype}.")
-    array = np.asarray(array, dtype=np.float32)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
+        raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}.")
     if array.ndim == 3:
         array = array[None]
+    if array.shape[0] < 1:
+        raise ValueError(f"{name} has no channel (shape {array.shape}).")
+    return array
+
+
+def as_image(image) -> np.ndarray:
+    """``(C, X, Y, Z)`` float32 from an ``(X, Y, Z)`` or ``(C, X, Y, Z)`` array of finite numbers."""
+    array = np.asarray(as_channels_first(image), dtype=np.float32)
     bad = ~np.isfinite(array)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0][1:])
@@ -195,6 +204,15 @@ def as_roi_mask(roi, spatial_shape: tuple[int, ...]) -> np.ndarray:
     mask = np.zeros(spatial_shape, dtype=bool)
     mask[tuple(slice(start, stop) for start, stop in box)] = True
     return mask
+
+
+def roi_around(masks: np.ndarray, margin: int) -> np.ndarray:
+    """The default ROI: the union of the bounding boxes of ``masks`` (``(T, X, Y, Z)`` bool, none empty), each
+    grown by ``margin`` voxels and clipped to the volume."""
+    roi = np.zeros(masks.shape[1:], dtype=bool)
+    for mask in masks:
+        roi[tuple(slice(a, b) for a, b in bounding_box(mask, margin))] = True
+    return roi
 
 
 def resolve_device(device) -> torch.device:

@@ -14,7 +14,7 @@ from .models import LoadedModel
 from .tiling import Tiling, TilingSpec, box_slices
 from .values import class_probabilities
 
-__all__ = ["predict", "predict_labels", "prepare", "DEFAULT_BATCH_SIZE"]
+__all__ = ["predict", "predict_labels", "prepare", "require_predicted", "DEFAULT_BATCH_SIZE"]
 
 DEFAULT_BATCH_SIZE = 4
 """Windows per forward pass, unless told otherwise (the engine, :func:`predict`, the CLI and the worker)."""
@@ -71,6 +71,17 @@ def prepare(model, image: np.ndarray, affine: np.ndarray | None, options: dict) 
         prepared = ModelInput.unchanged(as_image(image), affine)
         network = model
     return network, prepared, TilingSpec.pop_from(options, base)
+
+
+def require_predicted(labels: np.ndarray, targets, names=None) -> None:
+    """Refuse a target the model predicts nowhere: with no reference given there is no segment to explain."""
+    for t, name in zip(targets, names or [None] * len(targets)):
+        if not (labels == t).any():
+            raise ValueError(
+                f"The model predicts no voxel of {f'{name} (class {t})' if name else f'class {t}'} on this image, so "
+                "there is no segment to explain; pass a reference segmentation of it (reference=) or choose another "
+                "target."
+            )
 
 
 def model_labels(network, x: np.ndarray, spec: TilingSpec, device: torch.device, batch_size: int) -> np.ndarray:
