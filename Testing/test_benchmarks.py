@@ -14,8 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from cases.real_games import coalition_table  # noqa: E402
 from common import write_section  # noqa: E402
-from real_games import coalition_table  # noqa: E402
 
 from segshap.estimator import shapley_from_enumeration  # noqa: E402
 
@@ -83,7 +83,7 @@ def test_the_runs_check_names_each_broken_invariant():
 
 
 def test_cost_to_reach_an_error_interpolates_bounds_or_extrapolates_and_says_which():
-    from efficiency import cost_to_reach
+    from suites.efficiency import cost_to_reach
 
     # Crossing between the 2nd and 3rd budget: log-log interpolation (0.2 -> 0.05 over 2 -> 4 halves at 2 sqrt 2).
     cost, how = cost_to_reach([1, 2, 4], [0.3, 0.2, 0.05], 0.1)
@@ -102,8 +102,8 @@ def test_a_smoke_run_of_the_speed_suite_keeps_its_invariants():
     """The speed suite's two cases, cropped and with tiny budgets (under a minute on 2 cores): every method
     computes the engine's values and ours runs the fewest forwards (``run.check``); the quick and full modes run
     from ``scripts/bench.sh``, outside the test suite."""
-    import speed
     from run import check
+    from suites import speed
 
     settings = {"crop": 96, "budget": 64, "supervoxels": 20, "timed": 1, "roi_all_on": 4, "cache_gib": 1}
     cases = {name: speed.run_case(name, settings) for name in ("organs", "supervoxels")}

@@ -10,7 +10,7 @@ import nibabel
 import numpy as np
 import pytest
 import torch
-from conftest import perturbed
+from helpers.contract import perturbed
 from monai.networks.nets import UNet
 
 import segshap

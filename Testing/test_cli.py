@@ -106,7 +106,7 @@ def _two_channel_image(folder: Path) -> str:
 
 def _segmentation(image: str, folder: Path) -> str:
     """A 3D Slicer segmentation on the image's grid with segments 'tissue_a' and 'other'."""
-    from test_geometry import write_slicer_segmentation
+    from helpers.volumes import write_slicer_segmentation
 
     data, affine = read_image(image)
     layers = np.zeros((1, *data.shape), np.uint8)

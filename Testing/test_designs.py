@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from games import additive, nonlinear, pairwise
+from helpers.games import additive, nonlinear, pairwise
 from test_estimator import Recorder, enumerated_shapley
 
 import segshap.chains
@@ -212,7 +212,7 @@ def test_boosted_trees_shapley_values_are_exact_for_the_trees():
 
 def _real_game(name: str):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from real_games import load_games
+    from cases.real_games import load_games
 
     game = next(g for g in load_games() if g["name"] == name)
     m = game["exact"].shape[0]
@@ -222,7 +222,7 @@ def _real_game(name: str):
 @pytest.mark.parametrize("design, multiple, most", [("leverage", 8, 0.6), ("chains", 16, 0.8)])
 @pytest.mark.slow
 def test_the_tree_adjustment_lowers_the_error_on_a_real_models_game(monkeypatch, design, multiple, most):
-    """On an exactly enumerated game of the demo model (benchmarks/real_games.py), where high-order interactions
+    """On an exactly enumerated game of the demo model (benchmarks/cases/real_games.py), where high-order interactions
     matter, the boosted-tree adjustment cuts the error at equal coalitions; switched off, the estimate is the
     design's plain one."""
     game, m, exact = _real_game("demo_gmwm-inferior")

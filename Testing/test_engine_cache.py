@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import CountingModel, PerSample, grid_features, perturbed, reference_values, small_unet
+from helpers.contract import grid_features, perturbed, reference_values
+from helpers.models import CountingModel, PerSample, small_unet
 from monai.inferers import sliding_window_inference
 
 import segshap

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import PerSample, grid_features, perturbed, reference_values, small_unet
+from helpers.contract import grid_features, perturbed, reference_values
+from helpers.models import PerSample, small_unet
 
 import segshap
 

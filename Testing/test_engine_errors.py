@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import grid_features, small_unet
+from helpers.contract import grid_features
+from helpers.models import small_unet
 from monai.networks.nets import UNet
 
 import segshap

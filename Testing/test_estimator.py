@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import reference_python
-from games import additive, nonlinear, pairwise
+from helpers.games import additive, nonlinear, pairwise
+from helpers.reference_env import reference_python
 
 from segshap import kernel_shap
 from segshap.estimator import shapley_from_enumeration
@@ -139,7 +139,12 @@ def test_error_is_at_most_half_of_shap_at_budget_8m(n_features):
     budget, seeds = 8 * n_features, list(range(10))
     game, _ = nonlinear(n_features, seed=0)
     truth = enumerated_shapley(game, n_features)
-    command = [reference_python(), str(Path(__file__).with_name("shap_reference.py")), "nonlinear", str(n_features)]
+    command = [
+        reference_python(),
+        str(Path(__file__).parent / "helpers" / "shap_reference.py"),
+        "nonlinear",
+        str(n_features),
+    ]
     command += ["0", str(budget), *map(str, seeds)]
     shap_values = np.array(json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout))
     shap_error = np.mean(np.linalg.norm(shap_values - truth, axis=1))

@@ -8,7 +8,8 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import TEST_SIDECAR, perturbed, reference_values, small_unet
+from helpers.contract import perturbed, reference_values
+from helpers.models import small_unet
 
 import segshap
 from segshap.io import read_image
@@ -116,33 +117,6 @@ def test_a_failed_save_leaves_the_folder_as_it_was(tmp_path, explained, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-@pytest.mark.slow
-def test_loaded_model_preprocesses_and_takes_class_names(mni_nifti, scripted_model):
-    _, data, affine = mni_nifti
-    model = segshap.load_model(scripted_model, device="cpu")
-    assert model.classes == {0: "background", 1: "tissue_a", 2: "tissue_b"} and model.patch_size == (32, 32, 32)
-    prepared = model.preprocess(data, affine)
-    x = prepared.image
-    brain = data > 0
-    assert prepared.grid.same_as(prepared.source)  # the template is on the model's 2 mm RAS grid already
-    assert abs(x[0][brain].mean()) < 1e-4 and abs(x[0][brain].std() - 1) < 1e-4
-    by_name = segshap.explain(
-        scripted_model,
-        data,
-        target=["tissue_a", "tissue_b"],
-        roi=ROI,
-        features="fcc",
-        n_features=6,
-        nsamples=40,
-        device="cpu",
-        affine=affine,
-    )
-    assert by_name.target_names == ("tissue_a", "tissue_b") and by_name.targets == (1, 2)
-    assert by_name.values.shape == (by_name.feature_ids.size, 2) and not by_name.exact
-    np.testing.assert_allclose(by_name.values.sum(0), by_name.full_value - by_name.base_value, atol=1e-9)
-    assert by_name.stats["evaluations"] == 40
-
-
 def test_organ_features_carry_their_labels(mni_t1):
     labelmap = np.zeros(mni_t1.shape, np.int16)
     labelmap[30:50] = 3
@@ -186,36 +160,6 @@ def test_a_target_the_model_does_not_predict_is_refused(mni_nifti, scripted_mode
     _, data, affine = mni_nifti
     with pytest.raises(ValueError, match="Unknown target 'liver'; the model's classes are 0 \\(background\\)"):
         segshap.explain(scripted_model, data, target="liver", device="cpu", affine=affine)
-
-
-@pytest.mark.parametrize(
-    "change, fragment",
-    [
-        (lambda c: c.pop("patch_size"), "misses patch_size"),
-        (lambda c: c.update(classes={"0": "a", "1": "b"}), "lists 2 classes but the network outputs 3 channels"),
-        (lambda c: c["preprocessing"].update(normalize="percentile"), "preprocessing.normalize must be one of"),
-        (lambda c: c.update(format="other/2"), "has format 'other/2'"),
-    ],
-)
-def test_bad_sidecars_are_refused(scripted_model, tmp_path, change, fragment):
-    config = json.loads(json.dumps(TEST_SIDECAR))
-    change(config)
-    with pytest.raises(ValueError, match=fragment):
-        segshap.load_model(scripted_model, config=config, device="cpu")
-
-
-def test_missing_or_foreign_model_files_are_refused(tmp_path, scripted_model):
-    with pytest.raises(FileNotFoundError, match="No such model"):
-        segshap.load_model(tmp_path / "absent.pt")
-    lone = tmp_path / "lone.pt"
-    lone.write_bytes(scripted_model.read_bytes())
-    with pytest.raises(ValueError, match="No JSON sidecar for"):
-        segshap.load_model(lone)
-    fake = tmp_path / "fake.pt"
-    fake.write_text("not a model")
-    (tmp_path / "fake.json").write_text(json.dumps(TEST_SIDECAR))
-    with pytest.raises(ValueError, match="is not a TorchScript model"):
-        segshap.load_model(fake)
 
 
 @pytest.mark.slow

@@ -7,23 +7,14 @@ from __future__ import annotations
 
 import json
 
-import nibabel
 import numpy as np
 import pytest
-from conftest import TEST_SIDECAR
+from helpers.models import TEST_SIDECAR
+from helpers.volumes import oblique_affine
 
 import segshap
 from segshap.geometry import Grid, reorient, resample, transfer
-from segshap.io import read_image, read_segmentation, write_image
-
-
-def oblique_affine(spacing=(1.5, 2.5, 2.0), codes_sign=(-1, -1, 1), angles=(0.25, -0.15, 0.1), origin=(40, -30, 12)):
-    """An LPS-like (x and y flipped), anisotropic, rotated voxel-to-RAS affine."""
-    rotation = nibabel.eulerangles.euler2mat(*angles)
-    affine = np.eye(4)
-    affine[:3, :3] = rotation @ np.diag(np.multiply(codes_sign, spacing))
-    affine[:3, 3] = origin
-    return affine
+from segshap.io import read_image
 
 
 def world(affine: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -100,118 +91,6 @@ def test_a_feature_painted_on_the_model_grid_lands_on_the_input_voxels_it_covers
     assert ties.mean() < 0.01
     np.testing.assert_array_equal(on_image.reshape(-1)[~ties], expected[~ties])
     assert (on_image == 5).sum() > 10 and (on_image == 9).any()
-
-
-def test_nrrd_and_nifti_give_the_same_world_geometry(tmp_path):
-    import nrrd
-
-    rng = np.random.default_rng(1)
-    data = rng.integers(0, 1000, (8, 6, 5)).astype(np.int16)
-    affine = oblique_affine()
-    # NRRD as 3D Slicer writes it: LPS space, one direction vector per axis.
-    lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]
-    nrrd.write(
-        str(tmp_path / "image.nrrd"),
-        data,
-        {
-            "space": "left-posterior-superior",
-            "space directions": lps[:, :3].T,
-            "space origin": lps[:, 3],
-            "kinds": ["domain"] * 3,
-        },
-    )
-    nibabel.save(nibabel.Nifti1Image(data, affine), str(tmp_path / "image.nii.gz"))
-    from_nrrd, nrrd_affine = read_image(tmp_path / "image.nrrd")
-    from_nifti, nifti_affine = read_image(tmp_path / "image.nii.gz")
-    np.testing.assert_array_equal(from_nrrd, data)
-    np.testing.assert_array_equal(from_nifti, data)
-    np.testing.assert_allclose(nrrd_affine, affine, atol=1e-12)
-    np.testing.assert_allclose(nifti_affine, affine, atol=1e-5)  # NIfTI stores single precision
-    # Our NRRD writer round-trips the affine exactly, with a 4D (list) axis too.
-    write_image(tmp_path / "out.nrrd", np.stack([data, data + 1]).astype(np.float32), affine)
-    back, back_affine = read_image(tmp_path / "out.nrrd")
-    assert back.shape == (8, 6, 5, 2) and np.array_equal(back[..., 1], data + 1)
-    np.testing.assert_array_equal(back_affine, affine)
-    # The abbreviated space names NRRD allows.
-    for space, signs in (("RAS", (1, 1, 1)), ("LPS", (-1, -1, 1)), ("LAS", (-1, 1, 1))):
-        nrrd.write(str(tmp_path / f"{space}.nrrd"), data, {"space": space, "space directions": np.diag([1.0, 2, 3])})
-        _, abbreviated = read_image(tmp_path / f"{space}.nrrd")
-        np.testing.assert_array_equal(abbreviated[:3, :3], np.diag(np.multiply(signs, [1.0, 2, 3])))
-    nrrd.write(str(tmp_path / "bad.nrrd"), data, {"space": "scanner-xyz", "space directions": np.eye(3)})
-    with pytest.raises(ValueError, match="only anatomical 3D spaces"):
-        read_image(tmp_path / "bad.nrrd")
-    (tmp_path / "image.mha").write_text("x")
-    with pytest.raises(ValueError, match="NIfTI .* or NRRD"):
-        read_image(tmp_path / "image.mha")
-
-
-def write_slicer_segmentation(path, layers: np.ndarray, affine: np.ndarray, segments: list[tuple[str, int, int]]):
-    """A .seg.nrrd laid out as 3D Slicer saves one: a list axis of layers, segments named in the header."""
-    import nrrd
-
-    lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]
-    header = {
-        "space": "left-posterior-superior",
-        "space directions": np.vstack([np.full((1, 3), np.nan), lps[:, :3].T]),
-        "space origin": lps[:, 3],
-        "kinds": ["list", "domain", "domain", "domain"],
-    }
-    for index, (name, layer, label) in enumerate(segments):
-        header.update(
-            {
-                f"Segment{index}_ID": f"Segment_{index + 1}",
-                f"Segment{index}_Name": name,
-                f"Segment{index}_Layer": str(layer),
-                f"Segment{index}_LabelValue": str(label),
-            }
-        )
-    nrrd.write(str(path), np.ascontiguousarray(layers.astype(np.uint8)), header)
-
-
-def test_slicer_segmentations_are_read_by_segment_name_and_placed_by_their_geometry(tmp_path):
-    image_grid = Grid((20, 18, 10), oblique_affine())
-    # Slicer crops a saved segmentation to its extent: the file's grid starts at voxel (5, 4, 2) of the image's.
-    crop = np.eye(4)
-    crop[:3, 3] = (5, 4, 2)
-    seg_affine = image_grid.affine @ crop
-    layers = np.zeros((2, 8, 7, 5), np.uint8)
-    layers[0, 1:4, 1:4, 1:3] = 1  # liver
-    layers[0, 5:7, 2:5, 0:2] = 2  # spleen, same layer
-    layers[1, 2:6, 2:6, 1:4] = 1  # tumour, overlapping the liver, on a second layer
-    write_slicer_segmentation(
-        tmp_path / "ref.seg.nrrd", layers, seg_affine, [("liver", 0, 1), ("spleen", 0, 2), ("tumour", 1, 1)]
-    )
-    segments, affine = read_segmentation(tmp_path / "ref.seg.nrrd")
-    assert list(segments) == ["liver", "spleen", "tumour"]
-    np.testing.assert_allclose(affine, seg_affine, atol=1e-12)
-    assert np.array_equal(segments["tumour"], layers[1] == 1) and np.array_equal(segments["spleen"], layers[0] == 2)
-    on_image = transfer(segments["liver"], Grid(layers.shape[1:], affine), image_grid)
-    expected = np.zeros(image_grid.shape, bool)
-    expected[6:9, 5:8, 3:5] = True
-    np.testing.assert_array_equal(on_image, expected)
-    # A single-layer file, and the older layout without Layer/LabelValue (one binary layer per segment).
-    write_slicer_segmentation(tmp_path / "one.seg.nrrd", layers[:1], seg_affine, [("liver", 0, 1), ("spleen", 0, 2)])
-    import nrrd
-
-    data, header = nrrd.read(str(tmp_path / "one.seg.nrrd"))
-    header["space directions"] = header["space directions"][1:]
-    header["kinds"] = header["kinds"][1:]
-    nrrd.write(str(tmp_path / "single.seg.nrrd"), np.ascontiguousarray(data[0]), header)
-    single, _ = read_segmentation(tmp_path / "single.seg.nrrd")
-    assert list(single) == ["liver", "spleen"] and np.array_equal(single["spleen"], layers[0] == 2)
-    old_header = {
-        k: v
-        for k, v in nrrd.read_header(str(tmp_path / "ref.seg.nrrd")).items()
-        if not k.endswith(("_Layer", "_LabelValue")) and not k.startswith("Segment2")
-    }
-    binary = np.stack([layers[0] == 1, layers[1] == 1]).astype(np.uint8)
-    nrrd.write(str(tmp_path / "old.seg.nrrd"), binary, old_header)
-    old, _ = read_segmentation(tmp_path / "old.seg.nrrd")
-    assert list(old) == ["liver", "spleen"] and np.array_equal(old["spleen"], layers[1] == 1)
-    # A plain label map works as well; its labels become segment names.
-    write_image(tmp_path / "labels.nrrd", (layers[0]).astype(np.int16), seg_affine)
-    labels, _ = read_segmentation(tmp_path / "labels.nrrd")
-    assert list(labels) == ["1", "2"] and np.array_equal(labels["2"], layers[0] == 2)
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ import torch
 
 pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed: install segshap's nnunet extra to run these")
 
-from conftest import perturbed  # noqa: E402
-from nnunet_models import make_model_folder  # noqa: E402
+from helpers.contract import perturbed  # noqa: E402
+from helpers.nnunet_models import make_model_folder  # noqa: E402
 
 import segshap  # noqa: E402
 from segshap.io import read_image  # noqa: E402

@@ -1,5 +1,5 @@
-"""shapiq as a reference (``benchmarks/shapiq_reference.py``, run in ``.venv-ref``): its approximators recover a
-game whose Shapley values are known in closed form, and shapiq never enters this environment."""
+"""shapiq as a reference (``benchmarks/references/shapiq_reference.py``, run in ``.venv-ref``): its approximators
+recover a game whose Shapley values are known in closed form, and shapiq never enters this environment."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import reference_python
+from helpers.reference_env import reference_python
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "shapiq_reference.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "references" / "shapiq_reference.py"
 M, PAIR, OFFSET = 6, (1, 4), 2.5
 
 

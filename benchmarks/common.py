@@ -24,9 +24,12 @@ REFERENCE_PYTHON = Path(
     or Path(os.environ.get("SEGSHAP_REFERENCE_VENV", ROOT / ".venv-ref")) / "bin" / "python"
 )
 """shap's Python (``.venv-ref``, see ``scripts/reference_env.sh``)."""
-DEMO_MODEL = ROOT / "Resources" / "Models" / "demo_gmwm.pt"
-DEMO_IMAGE = ROOT / "Resources" / "Demo" / "mni152_t1_2mm.nii.gz"
-DEMO_ROI = ((36, 56), (56, 76), (46, 66))
+_DEMO_CASE = ROOT / "Resources" / "Demo" / "demo.json"
+_DEMO = json.loads(_DEMO_CASE.read_text())
+DEMO_MODEL = (_DEMO_CASE.parent / _DEMO["model"]).resolve()
+DEMO_IMAGE = (_DEMO_CASE.parent / _DEMO["image"]).resolve()
+DEMO_ROI = tuple(tuple(pair) for pair in _DEMO["roi"])
+"""The demo case, as ``segshap demo`` and the Slicer self-test read it."""
 MODES = ("quick", "full")
 
 
@@ -75,13 +78,16 @@ def reference_available() -> bool:
 
 
 def run_reference(script: str, payload: dict, arrays: dict[str, np.ndarray]) -> dict:
-    """Run ``benchmarks/<script>`` in the shap environment (``.venv-ref``) on a JSON payload and NumPy arrays;
-    returns its JSON answer. shap never enters this process (its ``slicer`` package would shadow slicer-core's)."""
+    """Run ``benchmarks/references/<script>`` in the shap environment (``.venv-ref``) on a JSON payload and NumPy
+    arrays; returns its JSON answer. shap never enters this process (its ``slicer`` package would shadow
+    slicer-core's)."""
     with tempfile.TemporaryDirectory(prefix="segshap-bench-") as folder:
         np.savez(Path(folder) / "arrays.npz", **arrays)
         (Path(folder) / "payload.json").write_text(json.dumps(payload))
         done = subprocess.run(
-            [str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / script), folder], capture_output=True, text=True
+            [str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / "references" / script), folder],
+            capture_output=True,
+            text=True,
         )
         if done.returncode != 0:
             raise RuntimeError(f"{script} failed in {REFERENCE_PYTHON}:\n{done.stderr[-3000:]}")
@@ -91,11 +97,17 @@ def run_reference(script: str, payload: dict, arrays: dict[str, np.ndarray]) -> 
 def shap_kernel_explainer(
     m: int, nsamples: int, seed: int, evaluate
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """``shap.KernelExplainer(l1_reg=False)`` in the shap environment (``benchmarks/shap_bridge.py``) on a game
-    that lives in this process: ``evaluate`` maps ``(n, m)`` bool coalitions to ``(n,)`` or ``(n, T)`` values.
+    """``shap.KernelExplainer(l1_reg=False)`` in the shap environment (``benchmarks/references/shap_bridge.py``) on a
+    game that lives in this process: ``evaluate`` maps ``(n, m)`` bool coalitions to ``(n,)`` or ``(n, T)`` values.
     Returns shap's estimate ``(m, T)``, the coalitions it asked for and their values, and the wall seconds."""
     process = subprocess.Popen(
-        [str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / "shap_bridge.py"), str(m), str(nsamples), str(seed)],
+        [
+            str(REFERENCE_PYTHON),
+            str(ROOT / "benchmarks" / "references" / "shap_bridge.py"),
+            str(m),
+            str(nsamples),
+            str(seed),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -19,11 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import accuracy  # noqa: E402
-import efficiency  # noqa: E402
-import faithfulness  # noqa: E402
-import speed  # noqa: E402
 from common import MODES, ROOT, log, machine, machine_line, reference_available, write_section  # noqa: E402
+from suites import accuracy, efficiency, faithfulness, speed  # noqa: E402
 
 SUITES = {"speed": speed, "accuracy": accuracy, "efficiency": efficiency, "faithfulness": faithfulness}
 

@@ -8,8 +8,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/env.sh"
 cd "$root"
 case "${1:-}" in
-    --engine) shift; exec python benchmarks/bench_engine.py "$@" ;;
-    --autocast) shift; exec python benchmarks/bench_autocast.py "$@" ;;
+    --engine) shift; exec python benchmarks/suites/engine.py "$@" ;;
+    --autocast) shift; exec python benchmarks/suites/autocast.py "$@" ;;
     --full) shift; source "$root/scripts/reference_env.sh"; exec python benchmarks/run.py --mode full "$@" ;;
     --quick) shift; source "$root/scripts/reference_env.sh"; exec python benchmarks/run.py --mode quick "$@" ;;
     *) source "$root/scripts/reference_env.sh"; exec python benchmarks/run.py --mode quick "$@" ;;

@@ -219,22 +219,6 @@ def _baseline(text: str):
         return text
 
 
-def _nsamples(text: str):
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
-
-
-def _baseline(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segshap`` command; returns the exit code."""
     real_stdout = sys.stdout

@@ -22,7 +22,7 @@ least-squares problem (Lundberg & Lee, 2017) under the efficiency constraint ``s
   the end: trees fitted to every evaluated coalition give their exact Shapley values, and the design's own
   estimator applied to the residual ``v - trees`` corrects them. Paired kernel regression is already exact on
   games of order two; the trees capture the higher orders that real models' games hold (on the exactly enumerated
-  games of ``benchmarks/real_games.py`` the error at 8M coalitions falls 2.5x). Fitted in-sample the adjustment
+  games of ``benchmarks/cases/real_games.py`` the error at 8M coalitions falls 2.5x). Fitted in-sample the adjustment
   can overfit few coalitions, so its variance is estimated by a grouped jackknife (groups of sampled pairs, or of
   chains, left out of the trees' fit) and each target keeps whichever estimate, adjusted or plain, has the
   smaller summed variance, with that estimate's standard errors (``ShapleyResult.adjusted`` says whether any
@@ -75,7 +75,7 @@ _CHAIN_ERROR_RATIOS = {
 """Per number of features ``M``: ``(budget / M, error of the chains / error of Leverage SHAP)`` at equal
 coalitions, both with the tree adjustment, as measured (mean relative L2 errors unless said otherwise).
 
-* ``M = 12``: the six real-model games of ``benchmarks/real_games.py`` (M = 11-14, 10 seeds). With few features
+* ``M = 12``: the six real-model games of ``benchmarks/cases/real_games.py`` (M = 11-14, 10 seeds). With few features
   Leverage SHAP soon enumerates the smallest sizes whole, which the chains cannot use, so the ratio is high.
 * ``M = 135``: the efficiency suite's full case (2 seeds per budget; at 16M from the errors pooled over the
   suite's run, ratio 1.45 on its own, and a separate run with other seeds, 2.3 on its own), where Leverage SHAP's

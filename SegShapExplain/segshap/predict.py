@@ -66,7 +66,9 @@ def prepare(model, image: np.ndarray, affine: np.ndarray | None, options: dict) 
         network = model.network
     else:
         if not callable(model):
-            raise ValueError(f"model must be a path, a LoadedModel or a torch.nn.Module, got {type(model).__name__}.")
+            raise ValueError(
+                f"model must be a LoadedModel (segshap.load_model) or a torch.nn.Module, got {type(model).__name__}."
+            )
         base = None
         prepared = ModelInput.unchanged(as_image(image), affine)
         network = model

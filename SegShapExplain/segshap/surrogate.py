@@ -177,7 +177,7 @@ def _ridge_iterative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 BOOSTING = {"n_estimators": 100, "max_depth": 3, "learning_rate": 0.3}
 """The boosted trees' settings: shallow trees (interactions up to third order each, any order in the sum). On the
-real-model games of ``benchmarks/real_games.py`` depth 2 gains nothing (paired kernel regression is already exact
+real-model games of ``benchmarks/cases/real_games.py`` depth 2 gains nothing (paired kernel regression is already exact
 on second-order games), depth 3 does best at 4M-8M coalitions, and 100 trees at rate 0.3 match 300 at 0.1."""
 
 

@@ -27,7 +27,13 @@ import time
 
 import numpy as np
 import torch
-from bench_engine import (
+from common import log, pyplot, reference_available, save_figure, shap_kernel_explainer, table
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import UNet
+
+import segshap
+from segshap.surrogate import adjacent_pairs
+from suites.engine import (
     OVERLAP,
     PATCH,
     TARGET_CORNER,
@@ -38,12 +44,6 @@ from bench_engine import (
     white_matter_segment,
     window_features,
 )
-from common import log, pyplot, reference_available, save_figure, shap_kernel_explainer, table
-from monai.inferers import sliding_window_inference
-from monai.networks.nets import UNet
-
-import segshap
-from segshap.surrogate import adjacent_pairs
 
 SETTINGS = {
     "quick": {

@@ -2,7 +2,7 @@
 
 Games (each through the real engine, so every curve point is exact full-inference): the demo model on the demo
 MRI, soft Dice of its white matter inside the demo ROI, over SLIC supervoxels; and, where present, a second
-trained model (``benchmarks/models/``). Two baselines: the image mean and zero. Rankings:
+trained model (``benchmarks/cases/models/``). Two baselines: the image mean and zero. Rankings:
 
 * KernelSHAP (ours): ``segshap.kernel_shap`` with ``2 M + 512`` coalitions;
 * occlusion: ``v(all) - v(all without i)``, one supervoxel off at a time;
@@ -34,7 +34,7 @@ SETTINGS = {
     "quick": {"n_features": 24, "baselines": ("mean",)},
     "full": {"n_features": 64, "baselines": ("mean", "zero")},
 }
-SECOND_MODEL = ROOT / "benchmarks" / "models" / "gmwm_seed1.pt"
+SECOND_MODEL = ROOT / "benchmarks" / "cases" / "models" / "gmwm_seed1.pt"
 METHODS = ("kernelshap", "occlusion", "grad_x_input", "random")
 
 

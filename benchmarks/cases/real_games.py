@@ -7,9 +7,9 @@ ROI). The game is built with :func:`segshap.explanation_game` and every one of i
 the exact Shapley values come from that table (:func:`segshap.estimator.shapley_from_enumeration`).
 
 The games (:data:`GAMES`): the demo model (``Resources/Models/demo_gmwm.pt``) and the second trained model of the
-faithfulness suite (``benchmarks/models/gmwm_seed1.pt``, the same recipe with seed 1), on the demo ROI, on boxes of
-the same size elsewhere in the brain and on a smaller box that gives more features; soft Dice inside the ROI (one
-game with the mean probability instead); removed voxels become the image mean.
+faithfulness suite (``benchmarks/cases/models/gmwm_seed1.pt``, the same recipe with seed 1), on the demo ROI, on
+boxes of the same size elsewhere in the brain and on a smaller box that gives more features; soft Dice inside the ROI
+(one game with the mean probability instead); removed voxels become the image mean.
 
 The tables are committed in ``benchmarks/results/games/``: one ``<name>.npz`` per game holding ``values``
 (``(2**M, T)`` float64; row ``k`` is the coalition that keeps feature ``i`` iff bit ``i`` of ``k`` is set),
@@ -20,8 +20,8 @@ targets, enumeration seconds, window forwards, engine windows, machine...), plus
 Rebuild them (about 5 minutes on 2 idle CPU cores, far longer when other processes share them: run it in the
 background)::
 
-    .venv/bin/python benchmarks/real_games.py            # all games
-    .venv/bin/python benchmarks/real_games.py NAME ...   # only these (the others' files are kept)
+    .venv/bin/python benchmarks/cases/real_games.py            # all games
+    .venv/bin/python benchmarks/cases/real_games.py NAME ...   # only these (the others' files are kept)
 """
 
 from __future__ import annotations
@@ -33,17 +33,18 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common
+from common import DEMO_IMAGE, DEMO_MODEL, DEMO_ROI  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-GAMES_DIR = HERE / "results" / "games"
+ROOT = HERE.parents[1]
+GAMES_DIR = ROOT / "benchmarks" / "results" / "games"
 INDEX = GAMES_DIR / "index.json"
-DEMO_IMAGE = ROOT / "Resources" / "Demo" / "mni152_t1_2mm.nii.gz"
 MODELS = {
-    "demo": ROOT / "Resources" / "Models" / "demo_gmwm.pt",
+    "demo": DEMO_MODEL,
     "seed1": HERE / "models" / "gmwm_seed1.pt",
 }
 TARGETS = ("white_matter", "gray_matter")
-DEMO_ROI = ((36, 56), (56, 76), (46, 66))  # as benchmarks/common.py
 M_RANGE = (11, 14)
 
 INFERIOR_ROI = ((36, 56), (56, 76), (30, 50))  # the demo ROI moved 16 voxels (32 mm) down (the image is RAS)
@@ -81,7 +82,7 @@ def load_games(folder: str | Path = GAMES_DIR) -> list[dict]:
     index = folder / "index.json"
     if not index.exists():
         raise FileNotFoundError(
-            f"No game index at {index}; build the games with `.venv/bin/python benchmarks/real_games.py`."
+            f"No game index at {index}; build the games with `.venv/bin/python benchmarks/cases/real_games.py`."
         )
     games = []
     for entry in json.loads(index.read_text())["games"]:

@@ -33,7 +33,6 @@ import json
 import time
 
 import numpy as np
-from accuracy import captum_kernel_shap
 from common import (
     DEMO_IMAGE,
     DEMO_MODEL,
@@ -51,6 +50,7 @@ from common import (
 import segshap
 from segshap.io import read_image
 from segshap.surrogate import adjacent_pairs
+from suites.accuracy import captum_kernel_shap
 
 SETTINGS = {
     "quick": {
@@ -175,7 +175,7 @@ def reference(inputs: dict, settings: dict, mode: str, probe) -> dict:
         "multiple": settings["reference_multiple"],
         "relative_se": float(np.mean(np.linalg.norm(se, axis=0) / np.linalg.norm(mean, axis=0))),
         "values": mean.tolist(),
-        "made_by": "benchmarks/efficiency.py reference()",
+        "made_by": "benchmarks/suites/efficiency.py reference()",
         "date": datetime.date.today().isoformat(),
     }
     REFERENCE_FILE.parent.mkdir(parents=True, exist_ok=True)

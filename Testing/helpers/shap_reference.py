@@ -1,4 +1,4 @@
-"""Run ``shap.KernelExplainer`` on a game of ``Testing/games.py`` and print its Shapley values as JSON.
+"""Run ``shap.KernelExplainer`` on a game of ``Testing/helpers/games.py`` and print its Shapley values as JSON.
 
 shap depends on a PyPI package named ``slicer`` that overwrites slicer-core's ``slicer``, so it never enters the
 project's environment: this script runs in a separate one (``.venv-ref``, made by ``scripts/reference_env.sh``)

@@ -1,5 +1,5 @@
 """Cooperative games with known Shapley values, in plain NumPy so that the shap reference environment can import
-them too (see Testing/shap_reference.py)."""
+them too (see Testing/helpers/shap_reference.py)."""
 
 from __future__ import annotations
 

@@ -8,11 +8,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from bench_engine import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common, suites
+from common import machine, machine_line
+from monai.networks.nets import UNet
+
+import segshap
+from suites.engine import (
     OVERLAP,
     PATCH,
     TARGET_CORNER,
@@ -22,10 +30,6 @@ from bench_engine import (
     supervoxels,
     white_matter_segment,
 )
-from common import machine, machine_line
-from monai.networks.nets import UNet
-
-import segshap
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ import contextlib
 
 import numpy as np
 import torch
+from cases.real_games import load_games
 from common import log, plain_estimates, pyplot, reference_available, run_reference, save_figure, table
-from real_games import load_games
 
 import segshap
 
@@ -223,7 +223,7 @@ def markdown(result: dict, plot_path: str | None) -> str:
         )
     text = [
         f"Games: {games}; each an exactly enumerated table of a real model's values on the demo MRI "
-        "(`benchmarks/real_games.py`), queried by every estimator. Relative L2 error against the exact values, "
+        "(`benchmarks/cases/real_games.py`), queried by every estimator. Relative L2 error against the exact values, "
         f"mean over both targets, {result['seeds']} seeds and the games; budgets in multiples of each game's M "
         "(coalitions, the empty and full ones included).",
         "",

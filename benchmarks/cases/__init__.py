@@ -1,0 +1,1 @@
+"""What the suites run on: exactly enumerated real-model games and the models they use."""

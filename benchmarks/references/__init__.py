@@ -1,0 +1,1 @@
+"""Scripts run in the reference environment (.venv-ref: shap, shapiq), never imported here."""
