@@ -43,3 +43,12 @@ def scripted_model(tmp_path_factory) -> Path:
     torch.jit.save(torch.jit.script(small_unet(1, 3)), str(folder / "model.pt"))
     (folder / "model.json").write_text(json.dumps(TEST_SIDECAR))
     return folder / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def oblique_t1() -> tuple[np.ndarray, np.ndarray]:
+    """The demo MRI resampled (linearly) onto a rotated, anisotropic grid around the left centrum semiovale: its
+    voxels and affine."""
+    from helpers.slicer_scenes import oblique_demo_t1
+
+    return oblique_demo_t1()

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.estimation import Recorder, enumerated_shapley
 from helpers.games import additive, nonlinear, pairwise
-from test_estimator import Recorder, enumerated_shapley
 
 import segshap.chains
-import segshap.estimator
+import segshap.leverage
 from segshap import kernel_shap
 from segshap.chains import loop_coalitions
 from segshap.estimator import shapley_from_enumeration
@@ -233,7 +233,7 @@ def test_the_tree_adjustment_lowers_the_error_on_a_real_models_game(monkeypatch,
         return float(np.mean(errors)), sum(r.adjusted for r in runs)
 
     adjusted_error, adjusted_runs = mean_error()
-    monkeypatch.setattr(segshap.estimator, "_ADJUST_CELLS", 0)
+    monkeypatch.setattr(segshap.leverage, "_ADJUST_CELLS", 0)
     monkeypatch.setattr(segshap.chains, "_ADJUST_CELLS", 0)
     plain_error, plain_runs = mean_error()
     assert adjusted_runs >= 3 and plain_runs == 0

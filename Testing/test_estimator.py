@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.estimation import Recorder, enumerated_shapley
 from helpers.games import additive, nonlinear, pairwise
 from helpers.reference_env import reference_python
 
 from segshap import kernel_shap
-from segshap.estimator import shapley_from_enumeration
 
 
 def brute_force_shapley(game, n_features: int) -> np.ndarray:
@@ -32,27 +32,6 @@ def brute_force_shapley(game, n_features: int) -> np.ndarray:
                 with_i[0, i] = True
                 phi[i] += weight * (game(with_i)[0] - game(without)[0])
     return phi
-
-
-def enumerated_shapley(game, n_features: int) -> np.ndarray:
-    codes = np.arange(2**n_features)
-    coalitions = ((codes[:, None] >> np.arange(n_features)) & 1).astype(bool)
-    return shapley_from_enumeration(coalitions, game(coalitions))
-
-
-class Recorder:
-    """Wraps a game and keeps every batch it was called with."""
-
-    def __init__(self, game) -> None:
-        self.game, self.batches = game, []
-
-    def __call__(self, coalitions: np.ndarray) -> np.ndarray:
-        self.batches.append(coalitions.copy())
-        return self.game(coalitions)
-
-    @property
-    def coalitions(self) -> np.ndarray:
-        return np.concatenate(self.batches)
 
 
 def test_exact_enumeration_equals_brute_force():

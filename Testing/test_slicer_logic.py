@@ -7,18 +7,16 @@ the volume's own grid.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import slicer
 import slicer.util
 import vtk
-from scipy import ndimage
+from helpers.slicer_scenes import DEMO, SMALL, vtk_matrix
 
 import segshap
 from segshap.game import BASELINES, FEATURE_KINDS
@@ -40,23 +38,10 @@ from SegShapExplainLib import (
     WorkerJob,
 )
 from SegShapExplainLib.exchange import ensureSegmentationConverters, exportSegment, exportVolume
-from SegShapExplainLib.resources import demoCase
 from SegShapExplainLib.results import DIVERGING_COLOR_TAG, TABLE_COLUMNS, SceneAdditions
 from SegShapExplainLib.worker import parseEvent
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = demoCase()
 MODEL = DEMO.model
-DEMO_IMAGE = DEMO.image
-SMALL = ExplainSettings(nFeatures=20, nSamples=64, device=Device.CPU)
-
-
-def _matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
-    matrix = vtk.vtkMatrix4x4()
-    for i in range(4):
-        for j in range(4):
-            matrix.SetElement(i, j, float(array[i, j]))
-    return matrix
 
 
 def _ijk_to_ras(node) -> np.ndarray:
@@ -70,25 +55,6 @@ def _voxels(node) -> np.ndarray:
     return slicer.util.arrayFromVolume(node).transpose(2, 1, 0)
 
 
-@pytest.fixture(scope="module")
-def oblique_t1() -> tuple[np.ndarray, np.ndarray]:
-    """The demo MRI resampled (linearly) onto a rotated, anisotropic grid around the left centrum semiovale."""
-    image = nib.load(DEMO_IMAGE)
-    data = np.asarray(image.get_fdata(), np.float32)
-    angle = 0.35
-    rotation = np.array([[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]])
-    spacing = np.array([1.5, 2.5, 2.0])
-    shape = (40, 24, 30)
-    affine = np.eye(4)
-    affine[:3, :3] = rotation * spacing
-    centre = image.affine @ np.array([46.0, 66.0, 56.0, 1.0])
-    affine[:3, 3] = centre[:3] - affine[:3, :3] @ ((np.array(shape) - 1) / 2)
-    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
-    source = np.linalg.solve(image.affine, np.c_[ijk @ affine[:3, :3].T + affine[:3, 3], np.ones(len(ijk))].T)
-    voxels = ndimage.map_coordinates(data, source[:3], order=1).reshape(shape).astype(np.float32)
-    return voxels, affine
-
-
 @pytest.fixture
 def scene(oblique_t1):
     """A scene with the oblique T1 in patient/study, a white-matter segmentation of it, and a red slice view."""
@@ -97,7 +63,7 @@ def scene(oblique_t1):
     voxels, affine = oblique_t1
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "T1 oblique")
     slicer.util.updateVolumeFromArray(volume, np.ascontiguousarray(voxels.transpose(2, 1, 0)))
-    volume.SetIJKToRASMatrix(_matrix(affine))
+    volume.SetIJKToRASMatrix(vtk_matrix(affine))
     shNode = scene.GetSubjectHierarchyNode()
     patient = shNode.CreateSubjectItem(shNode.GetSceneItemID(), "Patient")
     study = shNode.CreateStudyItem(patient, "Study")
@@ -108,7 +74,7 @@ def scene(oblique_t1):
     labels[box] = voxels[box] > np.percentile(voxels[box], 40)
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "wm labels")
     slicer.util.updateVolumeFromArray(labelmap, np.ascontiguousarray(labels.transpose(2, 1, 0)))
-    labelmap.SetIJKToRASMatrix(_matrix(affine))
+    labelmap.SetIJKToRASMatrix(vtk_matrix(affine))
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
@@ -154,7 +120,7 @@ def test_explain_end_to_end_builds_the_nodes_on_the_input_geometry(scene, tmp_pa
     # follow it under the same transform.
     shift = np.array([10.0, -5.0, 3.0])
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
-    transform.SetMatrixTransformToParent(_matrix(np.r_[np.c_[np.eye(3), shift], [[0, 0, 0, 1]]]))
+    transform.SetMatrixTransformToParent(vtk_matrix(np.r_[np.c_[np.eye(3), shift], [[0, 0, 0, 1]]]))
     volume.SetAndObserveTransformNodeID(transform.GetID())
     segmentation.SetAndObserveTransformNodeID(transform.GetID())
     progress, stages = [], []
@@ -402,6 +368,8 @@ def test_settings_speak_the_engine_s_names():
     assert {baseline.value for baseline in Baseline} == set(BASELINES)
     assert options["nsamples"] == "auto" and options["tolerance"] is None
     assert ExplainSettings(nSamples=500, tolerance=0.02).workerOptions()["nsamples"] == 500
+    assert "batch_size" not in options  # the engine's default (segshap.predict.DEFAULT_BATCH_SIZE) applies
+    assert ExplainSettings(batchSize=8).workerOptions()["batch_size"] == 8
     assert all(FeatureKind.label(kind) for kind in FeatureKind)
 
 

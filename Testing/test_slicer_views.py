@@ -18,8 +18,8 @@ import pytest
 import slicer
 import slicer.util
 import vtk
+from helpers.slicer_scenes import DEMO, SMALL, vtk_matrix
 from scipy import ndimage
-from test_slicer_logic import MODEL, SMALL, _matrix, oblique_t1  # noqa: F401  (oblique_t1: a fixture)
 
 from SegShapExplainLib import OutlineStyle, SegShapExplainLogic
 from SegShapExplainLib.results import (
@@ -54,7 +54,7 @@ def shown(egl, oblique_t1, tmp_path_factory):  # noqa: F811  (the fixture import
     voxels, affine = oblique_t1
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "T1 oblique")
     slicer.util.updateVolumeFromArray(volume, np.ascontiguousarray(voxels.transpose(2, 1, 0)))
-    volume.SetIJKToRASMatrix(_matrix(affine))
+    volume.SetIJKToRASMatrix(vtk_matrix(affine))
     volume.CreateDefaultDisplayNodes()
     logic = SegShapExplainLogic(
         scene,
@@ -62,7 +62,7 @@ def shown(egl, oblique_t1, tmp_path_factory):  # noqa: F811  (the fixture import
         volumeRenderingLogic=views.volumeRendering,
         temporaryFolder=str(tmp_path_factory.mktemp("jobs")),
     )
-    nodes = logic.explain(volume, str(MODEL), "white_matter", settings=SMALL)
+    nodes = logic.explain(volume, str(DEMO.model), "white_matter", settings=SMALL)
     yield scene, views, volume, nodes, logic
     views.close()
 

@@ -148,14 +148,14 @@ def plain_estimates():
     """Inside the block, ``segshap.kernel_shap`` returns its designs' plain estimates: the boosted-tree adjustment
     is switched off (its size limits set to 0), as in the paper's scheme."""
     import segshap.chains
-    import segshap.estimator
+    import segshap.leverage
 
-    saved = segshap.estimator._ADJUST_CELLS, segshap.chains._ADJUST_CELLS
-    segshap.estimator._ADJUST_CELLS = segshap.chains._ADJUST_CELLS = 0
+    saved = segshap.leverage._ADJUST_CELLS, segshap.chains._ADJUST_CELLS
+    segshap.leverage._ADJUST_CELLS = segshap.chains._ADJUST_CELLS = 0
     try:
         yield
     finally:
-        segshap.estimator._ADJUST_CELLS, segshap.chains._ADJUST_CELLS = saved
+        segshap.leverage._ADJUST_CELLS, segshap.chains._ADJUST_CELLS = saved
 
 
 def pyplot():

@@ -29,7 +29,7 @@ from .results import (
     setOutlineStyle,
     showInSliceViews,
 )
-from .settings import Device, ExplainSettings, OutlineStyle
+from .settings import Device, ExplainSettings, OutlineStyle, workerBatchSize
 from .worker import (
     JobCallbacks,
     ProcessRunner,
@@ -236,9 +236,10 @@ class SegShapExplainLogic:
     # ------------------------------------------------------------------------------------------------ segment
 
     def segment(
-        self, volumeNode, modelPath: str, *, device: Device = Device.AUTO, batchSize: int = 4, trustModel: bool = False
+        self, volumeNode, modelPath: str, *, device: Device = Device.AUTO, batchSize: int = 0, trustModel: bool = False
     ):
-        """The model's segmentation of ``volumeNode`` as a new segmentation node (one segment per class found)."""
+        """The model's segmentation of ``volumeNode`` as a new segmentation node (one segment per class found).
+        ``batchSize`` 0 leaves the windows per forward pass to the engine."""
         return self.segmentAsync(
             volumeNode, modelPath, device=device, batchSize=batchSize, trustModel=trustModel
         ).wait()
@@ -249,7 +250,7 @@ class SegShapExplainLogic:
         modelPath: str,
         *,
         device: Device = Device.AUTO,
-        batchSize: int = 4,
+        batchSize: int = 0,
         trustModel: bool = False,
         callbacks: JobCallbacks | None = None,
     ) -> WorkerJob:
@@ -264,7 +265,7 @@ class SegShapExplainLogic:
                 "model": str(modelPath),
                 "trust_model": trustModel,
                 "out": str(folder / "out"),
-                "options": {"device": device.value, "batch_size": batchSize},
+                "options": {"device": device.value} | workerBatchSize(batchSize),
             }
 
         def finish(fields: dict):

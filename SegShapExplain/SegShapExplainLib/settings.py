@@ -108,7 +108,8 @@ class ExplainSettings:
     device : Device
     seed : int
     batchSize : int
-        Windows per forward pass (halved automatically when the GPU runs out of memory).
+        Windows per forward pass (halved automatically when the GPU runs out of memory); 0 means the engine's
+        default.
     faithfulness : bool
         Also compute the deletion and insertion curves of the ranking (and of a random one), whose AUCs the
         status line shows; they cost about a third more forwards.
@@ -123,7 +124,7 @@ class ExplainSettings:
     baseline: Baseline = Baseline.MEAN
     device: Device = Device.AUTO
     seed: int = 0
-    batchSize: int = 4
+    batchSize: int = 0
     faithfulness: bool = True
 
     def __post_init__(self) -> None:
@@ -136,14 +137,14 @@ class ExplainSettings:
             problems.append(f"the tolerance must be positive, or 0 for the default (got {self.tolerance})")
         if self.timeLimit < 0:
             problems.append(f"the time limit must be positive, or 0 for none (got {self.timeLimit})")
-        if self.batchSize < 1:
-            problems.append(f"the batch size must be at least 1 (got {self.batchSize})")
+        if self.batchSize < 0:
+            problems.append(f"the batch size must be positive, or 0 for the default (got {self.batchSize})")
         if problems:
             raise ValueError("Invalid explanation settings: " + "; ".join(problems) + ".")
 
     def workerOptions(self) -> dict:
         """The ``options`` object of a worker request."""
-        return {
+        options = {
             "features": self.features.value,
             "n_features": self.nFeatures,
             "value": self.value.value,
@@ -153,11 +154,16 @@ class ExplainSettings:
             "baseline": self.baseline.value,
             "device": self.device.value,
             "seed": self.seed,
-            "batch_size": self.batchSize,
             "faithfulness": self.faithfulness,
         }
+        return options | workerBatchSize(self.batchSize)
 
     def shortName(self) -> str:
         """A few words for node names, e.g. ``"slic 100, soft_dice"``."""
         count = "" if self.features is FeatureKind.ORGANS else f" {self.nFeatures}"
         return f"{self.features.value}{count}, {self.value.value}"
+
+
+def workerBatchSize(batchSize: int) -> dict:
+    """The ``batch_size`` option of a worker request: none for 0, so that the engine's default applies."""
+    return {"batch_size": batchSize} if batchSize else {}

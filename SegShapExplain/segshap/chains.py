@@ -33,9 +33,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .evaluation import Evaluator, LimitReached, ShapleyResult, converged
 from .surrogate import fit_boosted_trees, fit_surrogate
 
-__all__ = ["ChainDesign", "loop_coalitions", "chain_estimate"]
+__all__ = ["ChainDesign", "loop_coalitions", "chain_estimate", "chain_shap"]
+
+_WALKS = 8
+"""Chains walked side by side: one batch holds consecutive steps of each."""
+
+_TOLERANCE_CHAINS = 4
+"""With a tolerance, the chains' standard errors are checked from this many complete chains on (with fewer they
+rest on too few units to be trusted)."""
 
 
 def loop_coalitions(permutation: np.ndarray) -> np.ndarray:
@@ -156,7 +164,7 @@ _ADJUST_UNITS = 4
 
 _ADJUST_CELLS = 400_000
 """The adjustment is tried only while (coalitions evaluated) x M is at most this (see
-:data:`segshap.estimator._ADJUST_CELLS`)."""
+:data:`segshap.leverage._ADJUST_CELLS`)."""
 
 
 class _Walks:
@@ -212,7 +220,7 @@ class _Walks:
 
 
 def _tree_adjusted(walks: _Walks, values: np.ndarray, stderr: np.ndarray, seed: int):
-    """The chains' counterpart of :func:`segshap.estimator._tree_adjusted`: boosted trees fitted to every
+    """The chains' counterpart of :func:`segshap.leverage._tree_adjusted`: boosted trees fitted to every
     coalition, their exact Shapley values plus the units' estimates of the residual's, with a variance from the
     grouped jackknife over units (each group's units left out of the trees' fit); taken per target where that
     variance is below the cross-fitted estimate's."""
@@ -303,3 +311,69 @@ def _combine(perm: np.ndarray, ht: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lam = np.clip(np.divide(var_h - cov, denominator, out=np.full(t, 0.5), where=denominator > 0), 0.0, 1.0)
     mixed = lam * perm + (1 - lam) * ht
     return mixed.mean(axis=0), mixed.std(axis=0, ddof=1) / np.sqrt(n)
+
+
+def chain_shap(
+    evaluator: Evaluator,
+    budget: int,
+    rng: np.random.Generator,
+    tolerance: float | None,
+    pairs: np.ndarray,
+    border: bool,
+    seed: int,
+) -> ShapleyResult:
+    """Walk chains side by side in rounds until the budget, a limit or the tolerance stops them; then the
+    (adjusted) estimate of :func:`chain_estimate`. ``pairs`` are the surrogate's interactions, ``border`` whether
+    sizes 1 and ``M - 1`` are enumerated first."""
+    m = evaluator.n_features
+    evaluator.total = budget
+    design = ChainDesign(m, border=border)
+    ends = np.zeros((2, m), dtype=bool)
+    ends[1] = True
+    first = np.concatenate([ends, design.border_coalitions()]) if design.border else ends
+    evaluator(first, force=True)
+    reason = "budget"
+    try:
+        per_chain = 2 * (m - 1) - (4 if design.border else 0)
+        while True:
+            walks = min(_WALKS, (budget - evaluator.done) // per_chain)
+            if walks < 1:
+                break
+            started = [design.new_unit(rng) for _ in range(walks)]
+            # Step-major: row j * walks + w is step j of walk w, so each walk's steps follow one another.
+            steps = np.stack([loop_coalitions(p) for p in started], axis=1).reshape(-1, m)
+            walk_of = np.tile(np.arange(walks), len(steps) // walks)
+            final = np.arange(len(steps)) >= len(steps) - walks
+            new = evaluator.unknown(steps)
+            steps, walk_of, final = steps[new], walk_of[new], final[new]
+            for start in range(0, len(steps), evaluator.batch_size):
+                batch = slice(start, start + evaluator.batch_size)
+                # The last row of each walk in the batch is where that walk continues from, unless it ends there.
+                last = np.zeros(len(walk_of[batch]), dtype=bool)
+                last[len(last) - 1 - np.unique(walk_of[batch][::-1], return_index=True)[1]] = True
+                evaluator(steps[batch], retain=last & ~final[batch])
+            for u in range(len(design.permutations) - walks, len(design.permutations)):
+                design.complete[u] = True
+            n_complete = sum(design.complete)
+            if tolerance is not None and n_complete >= _TOLERANCE_CHAINS:
+                if converged(*_chain_solution(evaluator, design, pairs, seed, adjust=False)[:2], tolerance):
+                    reason = "tolerance"
+                    break
+    except LimitReached as stop:
+        reason = stop.reason
+    values, stderr, adjusted = _chain_solution(evaluator, design, pairs, seed)
+    evaluator.finish()
+    return evaluator.result(values, stderr, exact=False, design="chains", reason=reason, adjusted=bool(adjusted.any()))
+
+
+def _chain_solution(evaluator: Evaluator, design: ChainDesign, pairs: np.ndarray, seed: int, adjust: bool = True):
+    m = evaluator.n_features
+    ends = evaluator.lookup(np.stack([np.zeros(m, bool), np.ones(m, bool)]))
+    incomplete = [loop_coalitions(p) for p, done in zip(design.permutations, design.complete) if not done]
+    if incomplete:
+        rows = np.concatenate(incomplete)
+        rows = rows[[row.tobytes() in evaluator.index for row in np.packbits(rows, axis=1)]]
+    else:
+        rows = np.zeros((0, m), dtype=bool)
+    extra = (rows, evaluator.lookup(rows) if len(rows) else np.zeros((0, ends.shape[1])))
+    return chain_estimate(design, evaluator.lookup, ends, extra, pairs, seed, adjust)

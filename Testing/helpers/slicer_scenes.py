@@ -1,0 +1,43 @@
+"""What the Slicer-side tests share: the demo case, small explanation settings, and building MRML geometry."""
+
+from __future__ import annotations
+
+import math
+
+import nibabel
+import numpy as np
+import vtk
+from scipy import ndimage
+
+from SegShapExplainLib import Device, ExplainSettings
+from SegShapExplainLib.resources import demoCase
+
+DEMO = demoCase()
+SMALL = ExplainSettings(nFeatures=20, nSamples=64, device=Device.CPU)
+"""Settings of a quick explanation: 20 supervoxels, 64 coalitions, on the CPU."""
+
+
+def vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for i in range(4):
+        for j in range(4):
+            matrix.SetElement(i, j, float(array[i, j]))
+    return matrix
+
+
+def oblique_demo_t1() -> tuple[np.ndarray, np.ndarray]:
+    """The demo MRI resampled (linearly) onto a rotated, anisotropic grid around the left centrum semiovale."""
+    image = nibabel.load(DEMO.image)
+    data = np.asarray(image.get_fdata(), np.float32)
+    angle = 0.35
+    rotation = np.array([[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]])
+    spacing = np.array([1.5, 2.5, 2.0])
+    shape = (40, 24, 30)
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * spacing
+    centre = image.affine @ np.array([46.0, 66.0, 56.0, 1.0])
+    affine[:3, 3] = centre[:3] - affine[:3, :3] @ ((np.array(shape) - 1) / 2)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    source = np.linalg.solve(image.affine, np.c_[ijk @ affine[:3, :3].T + affine[:3, 3], np.ones(len(ijk))].T)
+    voxels = ndimage.map_coordinates(data, source[:3], order=1).reshape(shape).astype(np.float32)
+    return voxels, affine
