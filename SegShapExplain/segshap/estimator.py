@@ -11,13 +11,13 @@ least-squares problem (Lundberg & Lee, 2017) under the efficiency constraint ``s
   a small residual to estimate. Standard errors come from the spread of independent chains.
 * ``design="leverage"`` (:mod:`segshap.leverage`): coalitions sampled as in Leverage SHAP (Musco & Witter, 2025):
   every coalition size gets the same share of the budget (the leverage scores of the kernel regression are equal
-  across sizes), sizes are enumerated whole once their share covers them, coalitions are drawn without replacement and in complementary
-  pairs ``(S, ~S)``. Each evaluated coalition enters the regression with its kernel weight divided by its inclusion
-  probability (Horvitz-Thompson), and the regression is solved in the subspace where efficiency holds exactly.
-  Standard errors come from the estimator's linearisation around its solution (a sandwich variance), with the
-  sampled pairs as independent units inside each size (stratum) and the finite-population correction of sampling
-  without replacement, so sizes enumerated whole contribute no error. Residuals are inflated by their leverage
-  (HC3), which makes this the jackknife over sampled pairs in its closed form.
+  across sizes), sizes are enumerated whole once their share covers them, coalitions are drawn without replacement
+  and in complementary pairs ``(S, ~S)``. Each evaluated coalition enters the regression with its kernel weight
+  divided by its inclusion probability (Horvitz-Thompson), and the regression is solved in the subspace where
+  efficiency holds exactly. Standard errors come from the estimator's linearisation around its solution (a sandwich
+  variance), with the sampled pairs as independent units inside each size (stratum) and the finite-population
+  correction of sampling without replacement, so sizes enumerated whole contribute no error. Residuals are inflated
+  by their leverage (HC3), which makes this the jackknife over sampled pairs in its closed form.
 * Both designs try a **regression adjustment** by boosted trees (:func:`segshap.surrogate.fit_boosted_trees`) at
   the end: trees fitted to every evaluated coalition give their exact Shapley values, and the design's own
   estimator applied to the residual ``v - trees`` corrects them. Paired kernel regression is already exact on
