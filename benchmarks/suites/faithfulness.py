@@ -47,18 +47,11 @@ def models() -> dict[str, Path]:
 
 def gradient_x_input(game) -> tuple[np.ndarray, float]:
     """Per feature ``sum (x - b) * dv/dx``, and ``v(all)`` from the same differentiable pass."""
-    engine, settings = game.engine, game.tiling
+    engine, spec = game.engine, game.tiling
     x = torch.from_numpy(np.ascontiguousarray(game.prepared.image))[None].requires_grad_(True)
     network = game.model.network if hasattr(game.model, "network") else game.model
-    mode = "gaussian" if settings.get("blend", "gaussian") == "gaussian" else "constant"
     logits = sliding_window_inference(
-        x,
-        settings["patch_size"],
-        4,
-        network,
-        overlap=settings["overlap"],
-        mode=mode,
-        sigma_scale=settings.get("sigma_scale", 0.125),
+        x, spec.patch_size, 4, network, overlap=spec.overlap, mode=spec.blend, sigma_scale=spec.sigma_scale
     )
     roi = torch.from_numpy(game.roi)
     p = torch.softmax(logits[0].double(), 0)[game.targets[0]][roi]
