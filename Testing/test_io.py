@@ -8,7 +8,7 @@ import pytest
 from helpers.volumes import oblique_affine, write_slicer_segmentation
 
 from segshap.geometry import Grid, transfer
-from segshap.io import read_image, read_segmentation, write_image
+from segshap.io import read_image, read_image_shape, read_segmentation, write_image
 
 
 def test_nrrd_and_nifti_give_the_same_world_geometry(tmp_path):
@@ -98,3 +98,13 @@ def test_slicer_segmentations_are_read_by_segment_name_and_placed_by_their_geome
     write_image(tmp_path / "labels.nrrd", (layers[0]).astype(np.int16), seg_affine)
     labels, _ = read_segmentation(tmp_path / "labels.nrrd")
     assert list(labels) == ["1", "2"] and np.array_equal(labels["2"], layers[0] == 2)
+
+
+@pytest.mark.parametrize("name", ["volume.nii.gz", "volume.nrrd"])
+def test_the_shape_is_read_from_the_header_alone(tmp_path, name):
+    data = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+    write_image(tmp_path / name, data, np.eye(4))
+    assert read_image_shape(tmp_path / name) == read_image(tmp_path / name)[0].shape == (6, 5, 4)
+    (tmp_path / "broken.nrrd").write_text("NRRD0004\nnot a header\n")
+    with pytest.raises(ValueError, match="as an NRRD image"):
+        read_image_shape(tmp_path / "broken.nrrd")

@@ -22,6 +22,7 @@ from .inputs import ArgumentError
 
 __all__ = [
     "read_image",
+    "read_image_shape",
     "read_segmentation",
     "read_json",
     "write_image",
@@ -143,6 +144,30 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if data.ndim not in (3, 4):
         raise ValueError(f"{path} has shape {data.shape}; a 3D image, or 3D with channels, is needed.")
     return np.asarray(data), affine
+
+
+def read_image_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The shape an image's header states, without reading its voxels: a cheap check that a file is an image.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file does not exist.
+    ValueError
+        When it is neither NIfTI nor NRRD or its header cannot be read.
+    """
+    path, suffix = _checked(path)
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            import nibabel
+
+            return tuple(int(n) for n in nibabel.load(str(path)).shape)
+        import nrrd
+
+        return tuple(int(n) for n in nrrd.read_header(str(path))["sizes"])
+    except Exception as error:  # readers raise many types for damaged files; all mean the same to a user
+        kind = "a NIfTI" if suffix in NIFTI_SUFFIXES else "an NRRD"
+        raise ValueError(f"Cannot read {path} as {kind} image: {error}.") from error
 
 
 def read_segmentation(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], np.ndarray]:
