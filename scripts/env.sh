@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates (or reuses) the project's virtual environment in .venv and installs the engine with its test, nnunet and
-# bench extras.
+# Creates (or reuses) the project's virtual environment in .venv and installs the engine with its test, nnunet,
+# bench and cohort extras.
 # torch is installed first, pinned, so that nothing afterwards pulls a different build (see scripts/constraints.txt).
 # Sourced by the other scripts; SEGSHAP_VENV overrides the location.
 set -euo pipefail
@@ -15,7 +15,7 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.segshap-stamp" 2>/dev/null)" 
     "$python_bin" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
     "$venv/bin/python" -m pip install --quiet "torch==2.13.0"
-    "$venv/bin/python" -m pip install --quiet -c "$root/scripts/constraints.txt" -e "$root[test,nnunet,bench]"
+    "$venv/bin/python" -m pip install --quiet -c "$root/scripts/constraints.txt" -e "$root[test,nnunet,bench,cohort]"
     echo "$want" > "$venv/.segshap-stamp"
 fi
 export PATH="$venv/bin:$PATH"

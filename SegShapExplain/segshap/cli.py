@@ -1,8 +1,9 @@
 """The ``segshap`` command line: argparse, signals and the progress bar around :mod:`segshap.jobs`.
 
-Commands: ``explain``, ``demo`` and ``worker`` (the protocol of the Slicer module, :mod:`segshap.worker`).
-Every command computes in a background thread while the main thread waits for it, so SIGINT and SIGTERM are
-handled within a fraction of a second even while the model runs; outputs are written through
+Commands: ``explain``, ``demo``, ``cohort`` (:mod:`segshap.cohort`) and ``worker`` (the protocol of the Slicer
+module, :mod:`segshap.worker`). Every command computes in a background thread (``cohort``: in Ray's workers)
+while the main thread waits for it, so SIGINT and SIGTERM are handled within a fraction of a second even while the
+model runs; outputs are written through
 :class:`segshap.io.StagedOutput`, so an interrupted or failed run leaves the output folder as it was. Bad input
 (a missing file, an unreadable image, an unknown target, a bad option) ends with one ``segshap: error: ...`` line
 (the worker: one ``error`` event) and exit code 2.
@@ -64,13 +65,13 @@ class _Parser(argparse.ArgumentParser):
 class _ProgressBar:
     """A one-line bar with percentage and ETA on a terminal; a line per 10 % otherwise."""
 
-    def __init__(self, stream) -> None:
-        self.stream, self.rate, self.last_tenth = stream, Rate(), -1
+    def __init__(self, stream, unit: str = "window forwards") -> None:
+        self.stream, self.rate, self.last_tenth, self.unit = stream, Rate(), -1, unit
         self.terminal = stream.isatty()
 
     def __call__(self, done: int, total: int) -> None:
         percent = 100.0 * done / max(total, 1)
-        text = f"{percent:5.1f}% {done}/{total} window forwards, ETA {format_duration(self.rate.eta(done, total))}"
+        text = f"{percent:5.1f}% {done}/{total} {self.unit}, ETA {format_duration(self.rate.eta(done, total))}"
         if self.terminal:
             filled = int(percent / 4)
             self.stream.write(f"\r|{'#' * filled}{' ' * (25 - filled)}| {text}   ")
@@ -80,6 +81,10 @@ class _ProgressBar:
             self.last_tenth = int(percent // 10)
             self.stream.write(text + "\n")
         self.stream.flush()
+
+
+def _options(args: argparse.Namespace) -> dict:
+    return {key: getattr(args, key) for key in OPTION_KEYS if getattr(args, key, None) is not None}
 
 
 def _explain_request(args: argparse.Namespace) -> dict:
@@ -93,7 +98,7 @@ def _explain_request(args: argparse.Namespace) -> dict:
         "reference_segment": args.reference_segment,
         "roi": args.roi,
         "out": args.out,
-        "options": {key: getattr(args, key) for key in OPTION_KEYS if getattr(args, key) is not None},
+        "options": _options(args),
         "slices": args.slices,
     }
 
@@ -126,21 +131,7 @@ def _parser() -> argparse.ArgumentParser:
 
     command = commands.add_parser("explain", help="explain a model's segmentation of a target")
     command.add_argument("--image", required=True, help="input image (NIfTI or NRRD)")
-    command.add_argument(
-        "--model",
-        required=True,
-        help="TorchScript file (.pt/.ts) with a JSON sidecar, MONAI bundle folder or nnU-Net v2 model folder",
-    )
-    command.add_argument(
-        "--model-config", help="TorchScript: the JSON sidecar, if not beside the model; nnU-Net: a JSON of options"
-    )
-    command.add_argument(
-        "--trust-model",
-        dest="trust_model",
-        action="store_true",
-        help="allow a MONAI bundle, whose config can run code: only for bundles you trust",
-    )
-    command.add_argument("--target", required=True, help="class index or name (several: comma-separated)")
+    _add_model_arguments(command, required=True)
     command.add_argument(
         "--reference",
         help="segmentation of the target (.seg.nrrd, NIfTI or NRRD label map); default: the model's prediction",
@@ -152,39 +143,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     command.add_argument("--roi", help="region values are read on: x0:x1,y0:y1,z0:z1 (voxels) or a mask file")
     command.add_argument("--out", required=True, help="output folder")
-    command.add_argument("--features", choices=FEATURE_KINDS, default="slic")
-    command.add_argument("--n-features", dest="n_features", type=int, help="about how many features (default 100)")
-    command.add_argument("--value", choices=VALUE_NAMES, help="value function (default soft_dice)")
-    command.add_argument("--nsamples", type=_nsamples, help="coalitions to evaluate, or 'auto' (default)")
-    command.add_argument("--tolerance", type=float, help="stop once max stderr / value spread falls below this")
-    command.add_argument("--design", choices=DESIGNS, help="coalition design (default auto)")
-    command.add_argument(
-        "--max-forwards", dest="max_forwards", type=int, help="stop sampling before this many window forwards"
-    )
-    command.add_argument(
-        "--max-seconds",
-        dest="max_seconds",
-        type=float,
-        help="stop sampling before the estimation runs this many seconds",
-    )
+    _add_explain_options(command, features="slic")
     command.add_argument(
         "--slices",
         action="store_true",
         help="also write slices.png: the views as 3D Slicer draws them (needs slicer-core)",
     )
-    command.add_argument(
-        "--no-faithfulness",
-        dest="faithfulness",
-        action="store_const",
-        const=False,
-        help="skip the deletion and insertion curves computed after the values",
-    )
-    command.add_argument("--baseline", type=_baseline, help=f"{', '.join(BASELINES)} or a number (default mean)")
-    command.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    command.add_argument("--seed", type=int)
-    command.add_argument("--batch-size", dest="batch_size", type=int, help="windows per forward pass")
-    command.add_argument("--margin", type=int, help="voxels around the target's box when no --roi is given")
     command.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+    cohort = commands.add_parser("cohort", help="explain every case of a cohort on Ray and aggregate the values")
+    cohort.add_argument("--manifest", help="CSV: case_id,image[,reference][,labelmap][,roi], paths relative to it")
+    _add_model_arguments(cohort, required=False)
+    cohort.add_argument("--out", required=True, help="output folder (cases/, cohort.csv, cohort.json, failed.csv)")
+    cohort.add_argument("--address", help="Ray cluster to join (auto, ray://host:10001); default a local instance")
+    cohort.add_argument(
+        "--gpus-per-case", dest="gpus_per_case", type=float, help="default 1 where the cluster has GPUs, else 0"
+    )
+    cohort.add_argument(
+        "--no-resume", dest="resume", action="store_false", help="redo the cases already complete in --out"
+    )
+    cohort.add_argument(
+        "--aggregate-only",
+        dest="aggregate_only",
+        action="store_true",
+        help="only rebuild cohort.csv and cohort.json from the case folders in --out",
+    )
+    _add_explain_options(cohort, features="organs")
+    cohort.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
     worker = commands.add_parser("worker", help="run a request file, reporting JSON events on stdout")
     worker.add_argument("--request", required=True, help="request JSON (see README: worker protocol)")
@@ -203,6 +188,55 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model_arguments(command: argparse.ArgumentParser, required: bool) -> None:
+    command.add_argument(
+        "--model",
+        required=required,
+        help="TorchScript file (.pt/.ts) with a JSON sidecar, MONAI bundle folder or nnU-Net v2 model folder",
+    )
+    command.add_argument(
+        "--model-config", help="TorchScript: the JSON sidecar, if not beside the model; nnU-Net: a JSON of options"
+    )
+    command.add_argument(
+        "--trust-model",
+        dest="trust_model",
+        action="store_true",
+        help="allow a MONAI bundle, whose config can run code: only for bundles you trust",
+    )
+    command.add_argument("--target", required=required, help="class index or name (several: comma-separated)")
+
+
+def _add_explain_options(command: argparse.ArgumentParser, features: str) -> None:
+    """The flags of :data:`segshap.jobs.OPTION_KEYS`."""
+    command.add_argument("--features", choices=FEATURE_KINDS, default=features, help=f"default {features}")
+    command.add_argument("--n-features", dest="n_features", type=int, help="about how many features (default 100)")
+    command.add_argument("--value", choices=VALUE_NAMES, help="value function (default soft_dice)")
+    command.add_argument("--nsamples", type=_nsamples, help="coalitions to evaluate, or 'auto' (default)")
+    command.add_argument("--tolerance", type=float, help="stop once max stderr / value spread falls below this")
+    command.add_argument("--design", choices=DESIGNS, help="coalition design (default auto)")
+    command.add_argument(
+        "--max-forwards", dest="max_forwards", type=int, help="stop sampling before this many window forwards"
+    )
+    command.add_argument(
+        "--max-seconds",
+        dest="max_seconds",
+        type=float,
+        help="stop sampling before the estimation runs this many seconds",
+    )
+    command.add_argument(
+        "--no-faithfulness",
+        dest="faithfulness",
+        action="store_const",
+        const=False,
+        help="skip the deletion and insertion curves computed after the values",
+    )
+    command.add_argument("--baseline", type=_baseline, help=f"{', '.join(BASELINES)} or a number (default mean)")
+    command.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    command.add_argument("--seed", type=int)
+    command.add_argument("--batch-size", dest="batch_size", type=int, help="windows per forward pass")
+    command.add_argument("--margin", type=int, help="voxels around the target's box when no --roi is given")
+
+
 def _nsamples(text: str):
     if text == "auto":
         return text
@@ -217,6 +251,52 @@ def _baseline(text: str):
         return float(text)
     except ValueError:
         return text
+
+
+def _cohort(args: argparse.Namespace) -> int:
+    from .cohort import aggregate, explain_cohort
+
+    if args.aggregate_only:
+        result = aggregate(args.out)
+    else:
+        missing = [
+            flag
+            for flag, value in (("--manifest", args.manifest), ("--model", args.model), ("--target", args.target))
+            if value is None
+        ]
+        if missing:
+            raise UsageError(f"segshap cohort needs {', '.join(missing)} (or --aggregate-only).")
+        options = _options(args)
+        features = options.pop("features")
+        handler = None
+        if not args.quiet:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("segshap: %(message)s"))
+        with logging_to(handler):
+            result = explain_cohort(
+                args.manifest,
+                args.model,
+                targets=args.target.split(","),
+                features=features,
+                out=args.out,
+                address=args.address,
+                gpus_per_case=args.gpus_per_case,
+                resume=args.resume,
+                progress=None if args.quiet else _ProgressBar(sys.stderr, unit="cases"),
+                model_config=args.model_config,
+                trust_model=args.trust_model,
+                **options,
+            )
+    cases = result.table["case_id"].nunique() if len(result.table) else 0
+    print(
+        f"Cohort: {cases} case(s) explained, {len(result.failed)} failed"
+        + (": " + "; ".join(f"{case}: {reason}" for case, reason in result.failed.items()) if result.failed else "")
+    )
+    print(
+        f"Outputs in {Path(args.out).absolute()}: cases/, cohort.csv, cohort.json"
+        + (", failed.csv" if result.failed else "")
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             return _explain(_explain_request(args), args.quiet)
         if args.command == "demo":
             return _explain(_demo_request(args), args.quiet)
+        if args.command == "cohort":
+            return _cohort(args)
         return run_worker(args.request, events, args.parent_pid)
     except _Cancelled as cancelled:
         sys.stderr.write(f"segshap: cancelled ({cancelled}); no outputs were written\n")

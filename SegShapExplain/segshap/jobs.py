@@ -56,10 +56,11 @@ REQUEST_KEYS = (
     "reference",
     "reference_segment",
     "roi",
+    "labelmap",
     "out",
     "options",
 )
-"""Keys of a request file."""
+"""Keys of a request file (``labelmap``: the organ label map of organ features; default the model's prediction)."""
 OPTION_KEYS = (
     "features",
     "n_features",
@@ -210,7 +211,7 @@ def _reference(path, segment: str | None, targets: dict[int, str], image_grid: G
                     f"The reference {path} has no segment named {name!r}; its segments are "
                     f"{', '.join(repr(n) for n in segments)}. Choose one with {{argument}}.",
                 )
-            return _carried(by_name[name.lower()], grid, image_grid, path)
+            return _carried(by_name[name.lower()], grid, image_grid, path, "reference")
 
         if segment is not None:
             if len(targets) > 1:
@@ -221,26 +222,31 @@ def _reference(path, segment: str | None, targets: dict[int, str], image_grid: G
                 )
             return pick(segment)
         if len(targets) == 1 and len(segments) == 1:
-            return _carried(next(iter(segments.values())), grid, image_grid, path)
+            return _carried(next(iter(segments.values())), grid, image_grid, path, "reference")
         if len(targets) == 1:
             return pick(next(iter(targets.values())))
         labels = np.zeros(image_grid.shape, np.int64)
         for index, name in targets.items():
             labels[pick(name)] = index
         return labels
-    data, affine = read_image(path)
-    if data.ndim != 3 or not np.array_equal(data, np.round(data)) or data.min() < 0:
-        raise UsageError(f"The reference {path} must be a 3D segmentation (non-negative integer labels).")
-    labels = _carried(data.astype(np.int64), Grid(data.shape, affine), image_grid, path)
+    labels = _label_file(path, image_grid, "reference")
     return labels > 0 if len(targets) == 1 and labels.max() <= 1 else labels
 
 
-def _carried(labels: np.ndarray, grid: Grid, image_grid: Grid, path) -> np.ndarray:
+def _label_file(path, image_grid: Grid, what: str) -> np.ndarray:
+    """A label-map file's labels on the image's grid (placed by its geometry)."""
+    data, affine = read_image(path)
+    if data.ndim != 3 or not np.array_equal(data, np.round(data)) or data.min() < 0:
+        raise UsageError(f"The {what} {path} must be a 3D segmentation (non-negative integer labels).")
+    return _carried(data.astype(np.int64), Grid(data.shape, affine), image_grid, path, what)
+
+
+def _carried(labels: np.ndarray, grid: Grid, image_grid: Grid, path, what: str) -> np.ndarray:
     """``labels`` on the image's grid; refused when labelled voxels exist but none lies inside the image."""
     moved = transfer(labels, grid, image_grid)
     if labels.any() and not moved.any():
         raise UsageError(
-            f"The reference {path} does not overlap the image: none of its labelled voxels lies inside the "
+            f"The {what} {path} does not overlap the image: none of its labelled voxels lies inside the "
             "image's volume (in RAS). Was it drawn on another image, or saved without its geometry?"
         )
     return moved
@@ -262,6 +268,7 @@ def _explanation(request: dict, progress: Callable[[int, int], None] | None) -> 
         request.get("reference"), request.get("reference_segment"), {i: model.classes[i] for i in indices}, image_grid
     )
     roi = _roi(request.get("roi"), image_grid)
+    labelmap = None if request.get("labelmap") is None else _label_file(request["labelmap"], image_grid, "label map")
     batch_size = options.pop("batch_size", DEFAULT_BATCH_SIZE)
     return halving_batch_on_oom(
         lambda batch: explain(
@@ -270,6 +277,7 @@ def _explanation(request: dict, progress: Callable[[int, int], None] | None) -> 
             target=target,
             reference=reference,
             roi=roi,
+            labelmap=labelmap,
             affine=affine,
             progress=progress,
             batch_size=batch,

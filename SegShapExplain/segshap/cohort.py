@@ -1,0 +1,369 @@
+"""Cohorts: explanations of many cases as Ray tasks, and their aggregation across the cohort.
+
+:func:`explain_cohort` runs one Ray task per case (all its targets from the same forwards), on a local Ray
+instance started for the run or on an existing cluster. The model's files travel once through Ray's object store.
+Each case is written into a staging folder and renamed to ``OUT/cases/<case_id>/`` when complete, so a case folder
+exists only when the case is whole; a rerun with ``resume`` skips those. A failing case is retried once, then
+recorded in ``OUT/failed.csv`` with a one-line reason, and the other cases go on. :func:`aggregate` rebuilds
+``OUT/cohort.csv`` and ``OUT/cohort.json`` from the case folders. Ray is the optional extra ``segshap[cohort]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .jobs import OPTION_KEYS, UsageError
+from .manifest import Case, read_manifest
+
+__all__ = ["explain_cohort", "aggregate", "CohortResult", "COHORT_COLUMNS"]
+
+COHORT_COLUMNS = ("case_id", "target", "feature", "organ", "value", "stderr", "voxels", "normalised")
+"""The columns of ``cohort.csv``: one row per case, target and feature. ``normalised`` is the value divided by the
+case's ``full_value - base_value`` for that target, so cases of different size compare."""
+
+_CASES = "cases"
+_STAGING = ".staging"
+_FAILED = "failed.csv"
+_log = logging.getLogger("segshap")
+
+
+@dataclass
+class CohortResult:
+    """What a cohort run produced, read back from its output folder.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per case, target and feature (:data:`COHORT_COLUMNS`).
+    failed : dict of str to str
+        Case id to a one-line reason, for the cases that failed twice.
+    out : Path
+        The output folder.
+    """
+
+    table: object
+    failed: dict[str, str] = field(default_factory=dict)
+    out: Path | None = None
+
+    def matrix(self, target: str) -> object:
+        """Per organ, the ``mean``, ``sd`` and ``n`` across cases of the normalised values for one target (organ
+        features only: other features do not correspond from case to case)."""
+        rows = self.table[self.table["target"] == target]
+        if rows.empty:
+            known = sorted(self.table["target"].unique())
+            raise ValueError(f"No rows for target {target!r}; the cohort's targets are {known}.")
+        if rows["organ"].eq("").all():
+            raise ValueError("matrix() needs organ features (features='organs'): supervoxels differ from case to case.")
+        grouped = rows.groupby("organ")["normalised"]
+        return grouped.agg(mean="mean", sd="std", n="count").sort_values("mean", ascending=False)
+
+    def organ_matrix(self) -> object:
+        """Target class x input organ: the mean normalised attribution across cases (organ features only)."""
+        if self.table["organ"].eq("").all():
+            raise ValueError("organ_matrix() needs organ features (features='organs').")
+        return self.table.pivot_table(index="target", columns="organ", values="normalised", aggfunc="mean")
+
+
+def explain_cohort(
+    cases: str | os.PathLike | Sequence[Case],
+    model: str | os.PathLike,
+    *,
+    targets: str | int | Sequence[str | int],
+    features: str = "organs",
+    labelmaps: dict[str, str | os.PathLike] | None = None,
+    out: str | os.PathLike = "cohort/",
+    address: str | None = None,
+    gpus_per_case: float | None = None,
+    resume: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    model_config: str | os.PathLike | None = None,
+    trust_model: bool = False,
+    **explain_options,
+) -> CohortResult:
+    """Explain every case of a cohort on Ray and aggregate the values across it.
+
+    Parameters
+    ----------
+    cases : path or sequence of Case
+        A manifest (see :mod:`segshap.manifest`) or its cases.
+    model : path
+        The model as :func:`segshap.load_model` takes it (a file with its sidecar, or a folder).
+    targets : str, int or sequence
+        The target classes, all explained from the same forwards of each case.
+    features : str
+        As for :func:`segshap.explain`; ``"organs"`` (default) makes the values comparable across cases.
+    labelmaps : dict, optional
+        Case id to the organ label map of organ features (overrides the manifest's ``labelmap``); default the
+        model's prediction.
+    out : path
+        The output folder: ``cases/<case_id>/`` (as :meth:`Explanation.save` writes), ``failed.csv``,
+        ``cohort.csv`` and ``cohort.json``.
+    address : str, optional
+        A Ray cluster to join (``"auto"``, ``"ray://host:10001"``); default a local instance for this run (or the
+        one this process is already connected to).
+    gpus_per_case : float, optional
+        GPUs each case asks for; default 1 where the cluster has GPUs, else 0.
+    resume : bool
+        Skip the cases whose folder is complete; ``False`` redoes them.
+    progress : callable, optional
+        ``progress(done, total)`` over cases, after each case.
+    model_config, trust_model
+        As ``config`` and ``trust`` of :func:`segshap.load_model`.
+    **explain_options
+        Options of :func:`segshap.explain` (:data:`segshap.jobs.OPTION_KEYS`), the same for every case.
+
+    Returns
+    -------
+    CohortResult
+    """
+    import ray
+
+    unknown = set(explain_options) - set(OPTION_KEYS)
+    if unknown:
+        raise ValueError(f"Unknown option(s) {sorted(unknown)}; explain_cohort takes {', '.join(OPTION_KEYS)}.")
+    cases = read_manifest(cases) if isinstance(cases, (str, os.PathLike)) else list(cases)
+    out = Path(out)
+    labelmaps = {key: Path(value) for key, value in (labelmaps or {}).items()}
+    unknown_cases = set(labelmaps) - {case.case_id for case in cases}
+    if unknown_cases:
+        raise ValueError(f"labelmaps names case(s) {sorted(unknown_cases)} that are not in the cohort.")
+    targets = [targets] if isinstance(targets, (str, int)) else list(targets)
+    (out / _CASES).mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / _STAGING, ignore_errors=True)  # what an interrupted run left
+    todo = [case for case in cases if not (resume and (out / _CASES / case.case_id).is_dir())]
+    _log.info("Cohort: %d case(s), %d to explain", len(cases), len(todo))
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        failed = _run(
+            ray,
+            todo,
+            len(cases),
+            _model_package(Path(model), model_config),
+            targets,
+            features,
+            labelmaps,
+            explain_options,
+            trust_model,
+            out,
+            gpus_per_case,
+            progress,
+        )
+    finally:
+        if started_here:
+            ray.shutdown()
+        shutil.rmtree(out / _STAGING, ignore_errors=True)
+    done = {case.case_id for case in cases} - set(failed)
+    previous = _read_failed(out) if resume else {}
+    failed = {**{k: v for k, v in previous.items() if k not in done}, **failed}
+    _write_failed(out, failed)
+    return aggregate(out)
+
+
+def _run(ray, todo, total, package, targets, features, labelmaps, options, trust_model, out, gpus_per_case, progress):
+    """Submit one task per case and collect them as they end; returns the failures (case id to reason)."""
+    if gpus_per_case is None:
+        gpus_per_case = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    package_ref = ray.put(package)
+    settings_ref = ray.put(
+        {"targets": targets, "trust_model": trust_model, "options": {"features": features, **options}}
+    )
+    task = ray.remote(num_cpus=1, num_gpus=gpus_per_case, max_retries=1, retry_exceptions=True)(_explain_case)
+    pending = {}
+    for case in todo:
+        labelmap = labelmaps.get(case.case_id, case.labelmap)
+        ref = task.remote(package_ref, settings_ref, _case_fields(case, labelmap), str(out.absolute()))
+        pending[ref] = case.case_id
+    failed: dict[str, str] = {}
+    finished = total - len(todo)
+    if progress is not None:
+        progress(finished, total)
+    try:
+        while pending:
+            # A timeout, so that the main thread returns to Python often enough to take a signal.
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            if not ready:
+                continue
+            case_id = pending.pop(ready[0])
+            try:
+                ray.get(ready[0])
+                _log.info("Cohort: %s done", case_id)
+            except Exception as error:  # a case's failure is recorded, the others go on
+                failed[case_id] = _reason(error)
+                _log.warning("Cohort: %s failed: %s", case_id, failed[case_id])
+            finished += 1
+            if progress is not None:
+                progress(finished, total)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    return failed
+
+
+def _case_fields(case: Case, labelmap) -> dict:
+    return {
+        "case_id": case.case_id,
+        "image": str(case.image),
+        "reference": None if case.reference is None else str(case.reference),
+        "labelmap": None if labelmap is None else str(labelmap),
+        "roi": None if case.roi is None else str(case.roi),
+    }
+
+
+def _reason(error: BaseException) -> str:
+    """One line: the original error of a failed task, without Ray's traceback."""
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}".strip()
+
+
+def _model_package(model: Path, config: str | os.PathLike | None) -> dict:
+    """The model's files as bytes (a file with its sidecars, or a whole folder), and its config file, so that they
+    travel through the object store to any node."""
+    if not model.exists():
+        raise FileNotFoundError(f"No such model: {model}. Give a TorchScript file with its sidecar, or a folder.")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        if model.is_dir():
+            archive.add(model, arcname=model.name)
+        else:
+            archive.add(model, arcname=model.name)
+            for sidecar in {model.with_suffix(".json"), model.parent / "model.json"}:
+                if sidecar.is_file():
+                    archive.add(sidecar, arcname=sidecar.name)
+    config_bytes = None if config is None else Path(config).read_bytes()
+    return {"name": model.name, "archive": buffer.getvalue(), "config": config_bytes}
+
+
+def _explain_case(package: dict, settings: dict, case: dict, out: str) -> str:
+    """A Ray task: unpack the model, explain one case into a staging folder, rename it into ``cases/``."""
+    from .jobs import explain_and_save
+
+    out_path = Path(out)
+    staging = out_path / _STAGING / f"{case['case_id']}-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="segshap-model-") as folder:
+        with tarfile.open(fileobj=io.BytesIO(package["archive"])) as archive:
+            archive.extractall(folder, filter="data")
+        config = None
+        if package["config"] is not None:
+            config = Path(folder) / "model_config.json"
+            config.write_bytes(package["config"])
+        request = {
+            "image": case["image"],
+            "model": str(Path(folder) / package["name"]),
+            "model_config": None if config is None else str(config),
+            "trust_model": settings["trust_model"],
+            "target": settings["targets"],
+            "reference": case["reference"],
+            "labelmap": case["labelmap"],
+            "roi": case["roi"],
+            "out": str(staging),
+            "options": settings["options"],
+        }
+        explain_and_save(request, None, _log)
+    final = out_path / _CASES / case["case_id"]
+    if final.exists():  # redone without resume: the new folder replaces the old one
+        trash = out_path / _STAGING / f"replaced-{uuid.uuid4().hex[:8]}"
+        final.rename(trash)
+        staging.rename(final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        staging.rename(final)
+    return case["case_id"]
+
+
+def _read_failed(out: Path) -> dict[str, str]:
+    path = out / _FAILED
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        return {row["case_id"]: row["reason"] for row in csv.DictReader(handle)}
+
+
+def _write_failed(out: Path, failed: dict[str, str]) -> None:
+    path = out / _FAILED
+    if not failed:
+        path.unlink(missing_ok=True)
+        return
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case_id", "reason"])
+        writer.writerows(sorted(failed.items()))
+
+
+def aggregate(out: str | os.PathLike) -> CohortResult:
+    """Rebuild ``cohort.csv`` and ``cohort.json`` from the case folders of ``out`` (and ``failed.csv``)."""
+    import pandas
+
+    out = Path(out)
+    if not (out / _CASES).is_dir():
+        raise UsageError(f"{out} holds no cohort: it has no {_CASES}/ folder. Give the --out of a cohort run.")
+    rows, cases = [], {}
+    for folder in sorted(p for p in (out / _CASES).iterdir() if p.is_dir()):
+        report = json.loads((folder / "explanation.json").read_text())
+        rows += _case_rows(folder.name, report)
+        cases[folder.name] = {
+            "targets": [t["name"] for t in report["targets"]],
+            "features": len(report["features"]),
+            "exact": report["exact"],
+            "efficiency_error": report["efficiency_error"],
+        }
+    table = pandas.DataFrame(rows, columns=list(COHORT_COLUMNS))
+    table.to_csv(out / "cohort.csv", index=False)
+    failed = _read_failed(out)
+    summary = {}
+    for target, part in table.groupby("target"):
+        per_organ = part[part["organ"] != ""].groupby("organ")["normalised"]
+        summary[target] = {
+            "cases": int(part["case_id"].nunique()),
+            "organs": {
+                organ: {"mean": _plain(v.mean()), "sd": _plain(v.std()), "n": int(v.count())} for organ, v in per_organ
+            },
+        }
+    (out / "cohort.json").write_text(json.dumps({"cases": cases, "failed": failed, "targets": summary}, indent=1))
+    return CohortResult(table=table, failed=failed, out=out)
+
+
+def _case_rows(case_id: str, report: dict) -> list[dict]:
+    names = [t["name"] for t in report["targets"]]
+    base = np.atleast_1d(np.asarray(report["base_value"], dtype=np.float64))
+    full = np.atleast_1d(np.asarray(report["full_value"], dtype=np.float64))
+    spread = full - base
+    rows = []
+    for feature in report["features"]:
+        values = np.atleast_1d(np.asarray(feature["value"], dtype=np.float64))
+        errors = np.atleast_1d(np.asarray(feature["stderr"], dtype=np.float64))
+        for t, name in enumerate(names):
+            rows.append(
+                {
+                    "case_id": case_id,
+                    "target": name,
+                    "feature": feature["id"],
+                    "organ": feature.get("organ", str(feature["organ_label"]) if "organ_label" in feature else ""),
+                    "value": values[t],
+                    "stderr": errors[t],
+                    "voxels": feature["voxels"],
+                    "normalised": values[t] / spread[t] if spread[t] != 0 else np.nan,
+                }
+            )
+    return rows
+
+
+def _plain(number) -> float | None:
+    return None if not np.isfinite(number) else float(number)

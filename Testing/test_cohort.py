@@ -1,0 +1,115 @@
+"""Cohorts on a real local Ray instance: every case explained and aggregated, a failing case isolated, resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray")
+
+from helpers.slicer_scenes import DEMO  # noqa: E402
+
+from segshap.cohort import COHORT_COLUMNS, aggregate, explain_cohort  # noqa: E402
+from segshap.io import read_image, write_image  # noqa: E402
+
+pytestmark = pytest.mark.slow
+BOX = ",".join(f"{a}:{b}" for a, b in DEMO.roi)
+OPTIONS = {"faithfulness": False, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    """Two real cases (the demo MRI, and it with noise) and one whose reference lies outside its image."""
+    folder = tmp_path_factory.mktemp("cohort_cases")
+    image, affine = read_image(DEMO.image)
+    noisy = image + np.random.default_rng(0).normal(0, 0.05 * image.std(), image.shape)
+    write_image(folder / "noisy.nii.gz", noisy.astype(np.float32), affine)
+    far = affine.copy()
+    far[:3, 3] += 10_000
+    write_image(folder / "elsewhere.nii.gz", np.ones(image.shape, np.uint8), far)
+    path = folder / "cases.csv"
+    path.write_text(
+        "case_id,image,reference,roi\n"
+        f'demo,{DEMO.image},,"{BOX}"\n'
+        f'noisy,noisy.nii.gz,,"{BOX}"\n'
+        f'lost,noisy.nii.gz,elsewhere.nii.gz,"{BOX}"\n'
+    )
+    return path
+
+
+def test_a_cohort_is_explained_aggregated_and_resumed(manifest, tmp_path):
+    out = tmp_path / "cohort"
+    seen = []
+    result = explain_cohort(
+        manifest,
+        DEMO.model,
+        targets=["white_matter", "gray_matter"],
+        out=out,
+        progress=lambda done, total: seen.append((done, total)),
+        **OPTIONS,
+    )
+    # The failing case is isolated with its reason; the others are complete.
+    assert list(result.failed) == ["lost"] and "does not overlap the image" in result.failed["lost"]
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["demo", "noisy"]
+    assert not (out / ".staging").exists() and seen[-1] == (3, 3)
+    assert (out / "failed.csv").read_text().startswith("case_id,reason\nlost,")
+
+    # One row per case, target and organ; values normalised by each case's full - base value.
+    table = result.table
+    assert list(table.columns) == list(COHORT_COLUMNS)
+    assert set(table["case_id"]) == {"demo", "noisy"} and set(table["target"]) == {"white_matter", "gray_matter"}
+    sums = table.groupby(["case_id", "target"])["normalised"].sum()
+    assert len(sums) == 4 and np.allclose(sums, 1.0, atol=1e-6)  # efficiency: exact values for a few organs
+    wm = result.matrix("white_matter")
+    assert list(wm.columns) == ["mean", "sd", "n"] and (wm["n"] == 2).all()
+    assert wm.index[0] == "white_matter"  # the model relies most on the tissue it segments
+    assert set(result.organ_matrix().index) == {"white_matter", "gray_matter"}
+    rebuilt = aggregate(out)
+    assert rebuilt.table.equals(table) and rebuilt.failed == result.failed
+
+    # Resume skips complete cases and tries the failed one again; without resume every case is redone.
+    stamp = (out / "cases" / "demo" / "explanation.json").stat().st_mtime_ns
+    again = explain_cohort(manifest, DEMO.model, targets=["white_matter", "gray_matter"], out=out, **OPTIONS)
+    assert (out / "cases" / "demo" / "explanation.json").stat().st_mtime_ns == stamp
+    assert list(again.failed) == ["lost"] and again.table.equals(table)
+    explain_cohort(manifest, DEMO.model, targets=["white_matter", "gray_matter"], out=out, resume=False, **OPTIONS)
+    assert (out / "cases" / "demo" / "explanation.json").stat().st_mtime_ns != stamp
+
+
+def test_unknown_options_and_cases_are_refused_before_ray_starts(manifest, tmp_path):
+    with pytest.raises(ValueError, match="Unknown option"):
+        explain_cohort(manifest, DEMO.model, targets="white_matter", out=tmp_path, colour="red")
+    with pytest.raises(ValueError, match="not in the cohort"):
+        explain_cohort(manifest, DEMO.model, targets="white_matter", out=tmp_path, labelmaps={"nobody": "x.nii"})
+
+
+def _segshap(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "segshap.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_the_command_line_reports_every_bad_manifest_row_before_anything_runs(tmp_path):
+    (tmp_path / "cases.csv").write_text(f"case_id,image\na,{DEMO.image}\na,{DEMO.image}\nb,missing.nii.gz\n")
+    done = _segshap(
+        "cohort", "--manifest", str(tmp_path / "cases.csv"), "--model", str(DEMO.model), "--target", "white_matter",
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("segshap: error: The manifest") and "has 2 problem(s)" in lines[0]
+    assert lines[1].startswith("row 3 (a): the case id is also used in row 2")
+    assert lines[2].startswith("row 4 (b): image") and len(lines) == 3
+    assert not (tmp_path / "out").exists()
+
+
+def test_aggregate_only_rebuilds_the_tables_from_the_case_folders(manifest, tmp_path):
+    out = tmp_path / "cohort"
+    result = explain_cohort(manifest, DEMO.model, targets="white_matter", out=out, **OPTIONS)
+    (out / "cohort.csv").unlink()
+    done = _segshap("cohort", "--aggregate-only", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "2 case(s) explained, 1 failed: lost: UsageError" in done.stdout
+    assert (out / "cohort.csv").read_text() == result.table.to_csv(index=False)
