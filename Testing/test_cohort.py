@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +117,60 @@ def test_aggregate_only_rebuilds_the_tables_from_the_case_folders(manifest, tmp_
     assert done.returncode == 0, done.stderr
     assert "2 case(s) explained, 1 failed: lost: UsageError" in done.stdout
     assert (out / "cohort.csv").read_text() == result.table.to_csv(index=False)
+
+
+def _case_workers() -> list[int]:
+    """Pids of the Ray worker processes running a case now (Ray names them after the task)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::_explain_case"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's worker processes through /proc")
+def test_a_killed_worker_costs_only_its_case_which_is_rerun(manifest, tmp_path):
+    out = tmp_path / "cohort"
+    outcome = {}
+    run = threading.Thread(
+        target=lambda: outcome.update(
+            result=explain_cohort(
+                manifest, DEMO.model, targets="white_matter", out=out, faithfulness=True, device="cpu"
+            )
+        )
+    )
+    run.start()
+    deadline = time.monotonic() + 300
+    while not _case_workers() and time.monotonic() < deadline and run.is_alive():
+        time.sleep(0.05)
+    victims = _case_workers()
+    assert victims, "no Ray worker was seen running a case"
+    for pid in victims:  # the first cases submitted, demo and noisy, run first: at least one good case dies
+        os.kill(pid, signal.SIGKILL)
+    run.join(timeout=600)
+    assert list(outcome["result"].failed) == ["lost"]  # the killed case was rerun; only the bad case failed
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["demo", "noisy"]
+
+
+def test_an_interrupted_cohort_keeps_complete_cases_and_no_partial_one(manifest, tmp_path):
+    out = tmp_path / "cohort"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segshap.cli", "cohort", "--manifest", str(manifest), "--model", str(DEMO.model),
+         "--target", "white_matter", "--out", str(out), "--device", "cpu"],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in process.stderr:  # wait until the first case is complete
+        if line.startswith("segshap: Cohort:") and line.rstrip().endswith("done"):
+            break
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=60)
+    assert time.monotonic() - sent < 10.0
+    assert process.returncode == 128 + signal.SIGINT
+    complete = [p.name for p in (out / "cases").iterdir()]
+    assert len(complete) >= 1 and all((out / "cases" / name / "explanation.json").is_file() for name in complete)
+    assert not (out / ".staging").exists() and not (out / "cohort.csv").exists()
