@@ -16,8 +16,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tarfile
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -148,7 +150,7 @@ def explain_cohort(
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        _init_keeping_signal_handlers(ray, address)
     try:
         failed = _run(
             ray,
@@ -173,6 +175,17 @@ def explain_cohort(
     failed = {**{k: v for k, v in previous.items() if k not in done}, **failed}
     _write_failed(out, failed)
     return aggregate(out)
+
+
+def _init_keeping_signal_handlers(ray, address: str | None) -> None:
+    """Start or join Ray; its core installs its own SIGTERM handler, so the caller's (the CLI's clean stop) are
+    put back."""
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if on_main_thread else {}
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _run(ray, todo, total, package, targets, features, labelmaps, options, trust_model, out, gpus_per_case, progress):
