@@ -109,9 +109,20 @@ def test_the_command_line_reports_every_bad_manifest_row_before_anything_runs(tm
     assert not (tmp_path / "out").exists()
 
 
-def test_aggregate_only_rebuilds_the_tables_from_the_case_folders(manifest, tmp_path):
+def test_aggregate_only_rebuilds_the_tables_from_the_case_folders_and_label_maps_make_the_organs(manifest, tmp_path):
     out = tmp_path / "cohort"
-    result = explain_cohort(manifest, DEMO.model, targets="white_matter", out=out, **OPTIONS)
+    image, affine = read_image(DEMO.image)
+    write_image(tmp_path / "one_organ.nii.gz", (image > 0).astype(np.uint8), affine)  # the brain as gray matter
+    result = explain_cohort(
+        manifest,
+        DEMO.model,
+        targets="white_matter",
+        out=out,
+        labelmaps={"noisy": tmp_path / "one_organ.nii.gz"},
+        **OPTIONS,
+    )
+    organs = result.table.groupby("case_id")["organ"].agg(set)
+    assert organs["noisy"] == {"gray_matter"} and "white_matter" in organs["demo"]
     (out / "cohort.csv").unlink()
     done = _segshap("cohort", "--aggregate-only", "--out", str(out))
     assert done.returncode == 0, done.stderr
