@@ -165,6 +165,7 @@ def explain_cohort(
             out,
             gpus_per_case,
             progress,
+            started_here,
         )
     finally:
         if started_here:
@@ -188,7 +189,10 @@ def _init_keeping_signal_handlers(ray, address: str | None) -> None:
             signal.signal(sig, handler)
 
 
-def _run(ray, todo, total, package, targets, features, labelmaps, options, trust_model, out, gpus_per_case, progress):
+def _run(
+    ray, todo, total, package, targets, features, labelmaps, options, trust_model, out, gpus_per_case, progress,
+    owns_instance,
+):  # fmt: skip
     """Submit one task per case and collect them as they end; returns the failures (case id to reason)."""
     if gpus_per_case is None:
         gpus_per_case = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
@@ -223,8 +227,11 @@ def _run(ray, todo, total, package, targets, features, labelmaps, options, trust
             if progress is not None:
                 progress(finished, total)
     except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
+        # A local instance started for the run ends with it (ray.shutdown), and its workers with it; cancelling
+        # there as well races with the shutdown inside Ray. On a joined cluster the tasks are cancelled.
+        if not owns_instance:
+            for ref in pending:
+                ray.cancel(ref)
         raise
     return failed
 
