@@ -89,6 +89,9 @@ def test_unknown_options_and_cases_are_refused_before_ray_starts(manifest, tmp_p
         explain_cohort(manifest, DEMO.model, targets="white_matter", out=tmp_path, colour="red")
     with pytest.raises(ValueError, match="not in the cohort"):
         explain_cohort(manifest, DEMO.model, targets="white_matter", out=tmp_path, labelmaps={"nobody": "x.nii"})
+    with pytest.raises(FileNotFoundError, match="No such model"):
+        explain_cohort(manifest, tmp_path / "none.pt", targets="white_matter", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def _segshap(*args: str) -> subprocess.CompletedProcess:

@@ -110,12 +110,17 @@ def _demo_request(args: argparse.Namespace) -> dict:
     return demo_request(args.out, options)
 
 
+def _stderr_log(quiet: bool) -> logging.Handler | None:
+    """The stage messages as ``segshap: ...`` lines on stderr, unless ``quiet``."""
+    if quiet:
+        return None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("segshap: %(message)s"))
+    return handler
+
+
 def _explain(request: dict, quiet: bool) -> int:
-    handler = None
-    if not quiet:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("segshap: %(message)s"))
-    with logging_to(handler) as log:
+    with logging_to(_stderr_log(quiet)) as log:
         explanation, outputs = explain_and_save(request, None if quiet else _ProgressBar(sys.stderr), log)
     print(f"Explained {', '.join(explanation.target_names)}: {summary(explanation)}")
     print(f"Outputs in {Path(request['out']).absolute()}:")
@@ -268,11 +273,7 @@ def _cohort(args: argparse.Namespace) -> int:
             raise UsageError(f"segshap cohort needs {', '.join(missing)} (or --aggregate-only).")
         options = _options(args)
         features = options.pop("features")
-        handler = None
-        if not args.quiet:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("segshap: %(message)s"))
-        with logging_to(handler):
+        with logging_to(_stderr_log(args.quiet)):
             result = explain_cohort(
                 args.manifest,
                 args.model,

@@ -29,6 +29,7 @@ import numpy as np
 
 from .jobs import OPTION_KEYS, UsageError
 from .manifest import Case, read_manifest
+from .models.torchscript import sidecar_candidates
 
 __all__ = ["explain_cohort", "aggregate", "CohortResult", "COHORT_COLUMNS"]
 
@@ -143,6 +144,8 @@ def explain_cohort(
     if unknown_cases:
         raise ValueError(f"labelmaps names case(s) {sorted(unknown_cases)} that are not in the cohort.")
     targets = [targets] if isinstance(targets, (str, int)) else list(targets)
+    package = _model_package(Path(model), model_config)  # a missing model is refused before anything is written
+    settings = {"targets": targets, "trust_model": trust_model, "options": {"features": features, **explain_options}}
     (out / _CASES).mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / _STAGING, ignore_errors=True)  # what an interrupted run left
     todo = [case for case in cases if not (resume and (out / _CASES / case.case_id).is_dir())]
@@ -152,21 +155,7 @@ def explain_cohort(
     if started_here:
         _init_keeping_signal_handlers(ray, address)
     try:
-        failed = _run(
-            ray,
-            todo,
-            len(cases),
-            _model_package(Path(model), model_config),
-            targets,
-            features,
-            labelmaps,
-            explain_options,
-            trust_model,
-            out,
-            gpus_per_case,
-            progress,
-            started_here,
-        )
+        failed = _run(ray, todo, len(cases), package, settings, labelmaps, out, gpus_per_case, progress, started_here)
     finally:
         if started_here:
             ray.shutdown()
@@ -189,17 +178,12 @@ def _init_keeping_signal_handlers(ray, address: str | None) -> None:
             signal.signal(sig, handler)
 
 
-def _run(
-    ray, todo, total, package, targets, features, labelmaps, options, trust_model, out, gpus_per_case, progress,
-    owns_instance,
-):  # fmt: skip
+def _run(ray, todo, total, package, settings, labelmaps, out, gpus_per_case, progress, owns_instance) -> dict:
     """Submit one task per case and collect them as they end; returns the failures (case id to reason)."""
     if gpus_per_case is None:
         gpus_per_case = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     package_ref = ray.put(package)
-    settings_ref = ray.put(
-        {"targets": targets, "trust_model": trust_model, "options": {"features": features, **options}}
-    )
+    settings_ref = ray.put(settings)
     task = ray.remote(num_cpus=1, num_gpus=gpus_per_case, max_retries=1, retry_exceptions=True)(_explain_case)
     pending = {}
     for case in todo:
@@ -264,7 +248,7 @@ def _model_package(model: Path, config: str | os.PathLike | None) -> dict:
             archive.add(model, arcname=model.name)
         else:
             archive.add(model, arcname=model.name)
-            for sidecar in {model.with_suffix(".json"), model.parent / "model.json"}:
+            for sidecar in set(sidecar_candidates(model)):
                 if sidecar.is_file():
                     archive.add(sidecar, arcname=sidecar.name)
     config_bytes = None if config is None else Path(config).read_bytes()

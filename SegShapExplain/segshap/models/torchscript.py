@@ -75,8 +75,13 @@ def sidecar_preprocess(data: np.ndarray, affine: np.ndarray | None, settings: di
     return ModelInput(data, Grid(data.shape[1:], grid_affine), source)
 
 
+def sidecar_candidates(path: Path) -> tuple[Path, Path]:
+    """Where a TorchScript model's sidecar may lie: ``<name>.json`` beside it, then ``model.json``."""
+    return path.with_suffix(".json"), path.parent / "model.json"
+
+
 def _sidecar_for(path: Path) -> Path:
-    for candidate in (path.with_suffix(".json"), path.parent / "model.json"):
+    for candidate in sidecar_candidates(path):
         if candidate.is_file():
             return candidate
     raise ArgumentError(
