@@ -18,7 +18,7 @@ pytest.importorskip("ray")
 from helpers.slicer_scenes import DEMO  # noqa: E402
 
 from segshap.cohort import COHORT_COLUMNS, aggregate, explain_cohort  # noqa: E402
-from segshap.io import read_image, write_image  # noqa: E402
+from segshap.io import read_image, write_image, write_segmentation  # noqa: E402
 
 pytestmark = pytest.mark.slow
 BOX = ",".join(f"{a}:{b}" for a, b in DEMO.roi)
@@ -112,20 +112,22 @@ def test_the_command_line_reports_every_bad_manifest_row_before_anything_runs(tm
     assert not (tmp_path / "out").exists()
 
 
-def test_aggregate_only_rebuilds_the_tables_from_the_case_folders_and_label_maps_make_the_organs(manifest, tmp_path):
+def test_aggregate_only_rebuilds_the_tables_and_label_maps_make_the_organs_named_as_in_their_file(manifest, tmp_path):
     out = tmp_path / "cohort"
     image, affine = read_image(DEMO.image)
-    write_image(tmp_path / "one_organ.nii.gz", (image > 0).astype(np.uint8), affine)  # the brain as gray matter
+    write_image(tmp_path / "one_organ.nii.gz", (image > 0).astype(np.uint8), affine)  # named by the model's classes
+    halves = (image > 0) * np.where(np.arange(image.shape[0])[:, None, None] < 46, 1, 2)
+    write_segmentation(tmp_path / "halves.seg.nrrd", halves, affine, {1: "right_half", 2: "left_half"})
     result = explain_cohort(
         manifest,
         DEMO.model,
         targets="white_matter",
         out=out,
-        labelmaps={"noisy": tmp_path / "one_organ.nii.gz"},
+        labelmaps={"noisy": tmp_path / "one_organ.nii.gz", "demo": tmp_path / "halves.seg.nrrd"},
         **OPTIONS,
     )
     organs = result.table.groupby("case_id")["organ"].agg(set)
-    assert organs["noisy"] == {"gray_matter"} and "white_matter" in organs["demo"]
+    assert organs["noisy"] == {"gray_matter"} and organs["demo"] == {"right_half", "left_half"}
     (out / "cohort.csv").unlink()
     done = _segshap("cohort", "--aggregate-only", "--out", str(out))
     assert done.returncode == 0, done.stderr

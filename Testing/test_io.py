@@ -8,7 +8,7 @@ import pytest
 from helpers.volumes import oblique_affine, write_slicer_segmentation
 
 from segshap.geometry import Grid, transfer
-from segshap.io import read_image, read_image_shape, read_segmentation, write_image
+from segshap.io import read_image, read_image_shape, read_segmentation, write_image, write_segmentation
 
 
 def test_nrrd_and_nifti_give_the_same_world_geometry(tmp_path):
@@ -94,6 +94,11 @@ def test_slicer_segmentations_are_read_by_segment_name_and_placed_by_their_geome
     nrrd.write(str(tmp_path / "old.seg.nrrd"), binary, old_header)
     old, _ = read_segmentation(tmp_path / "old.seg.nrrd")
     assert list(old) == ["liver", "spleen"] and np.array_equal(old["spleen"], layers[1] == 1)
+    # What segshap writes reads back by name, on its geometry.
+    write_segmentation(tmp_path / "written.seg.nrrd", layers[0], seg_affine, {2: "spleen", 1: "liver"})
+    written, written_affine = read_segmentation(tmp_path / "written.seg.nrrd")
+    assert list(written) == ["liver", "spleen"] and np.array_equal(written["spleen"], layers[0] == 2)
+    np.testing.assert_allclose(written_affine, seg_affine, atol=1e-12)
     # A plain label map works as well; its labels become segment names.
     write_image(tmp_path / "labels.nrrd", (layers[0]).astype(np.int16), seg_affine)
     labels, _ = read_segmentation(tmp_path / "labels.nrrd")

@@ -53,6 +53,7 @@ def explain(
     progress: Callable[[int, int], None] | None = None,
     tolerance: float | None = None,
     labelmap: np.ndarray | None = None,
+    organ_names: dict[int, str] | None = None,
     affine: np.ndarray | None = None,
     design: str = "auto",
     max_forwards: int | None = None,
@@ -103,6 +104,9 @@ def explain(
         Early-stopping tolerance (see :func:`segshap.kernel_shap`).
     labelmap : np.ndarray, optional
         Organ label map for ``"organs"``/``"organ_aware"`` features; default the model's prediction.
+    organ_names : dict of int to str, optional
+        The names of ``labelmap``'s labels (as a ``.seg.nrrd`` names its segments); default the model's class
+        names, which name the labels of its own prediction.
     affine : np.ndarray, optional
         The image's voxel-to-RAS affine. A model that works in another orientation or spacing gets the image
         reoriented and resampled onto its grid (perturbations happen there); ``reference``, ``roi``, ``labelmap``
@@ -259,7 +263,7 @@ def explain(
         reference=game.prepared.to_image_grid(game.masks),
         roi=game.prepared.to_image_grid(game.roi),
         organ_labels=organ_labels,
-        class_names=dict(game.model.classes) if isinstance(game.model, LoadedModel) else {},
+        class_names=_organ_names(organ_names, game.model),
         affine=None if affine is None else np.asarray(affine, dtype=np.float64),
         exact=result.exact,
         versions=_versions(),
@@ -307,3 +311,9 @@ def _versions() -> dict:
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
+
+
+def _organ_names(given: dict[int, str] | None, model) -> dict[int, str]:
+    if given is not None:
+        return {int(label): str(name) for label, name in given.items()}
+    return dict(model.classes) if isinstance(model, LoadedModel) else {}

@@ -57,7 +57,8 @@ class Explanation:
     organ_labels : np.ndarray, optional
         ``(M,)`` the label map's label of each feature (organ features only).
     class_names : dict of int to str
-        The model's class names (empty for a bare network): names the organs of ``organ_labels``.
+        The names of the organs of ``organ_labels``: the label map's own names when it had them, else the model's
+        class names (empty for a bare network).
     affine : np.ndarray, optional
         The image's voxel-to-RAS affine, used by :meth:`save` when none is passed.
     exact : bool

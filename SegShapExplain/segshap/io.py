@@ -26,6 +26,7 @@ __all__ = [
     "read_segmentation",
     "read_json",
     "write_image",
+    "write_segmentation",
     "volume_suffix",
     "StagedOutput",
     "NIFTI_SUFFIXES",
@@ -255,19 +256,45 @@ def write_image(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) 
         return
     import nrrd
 
+    nrrd.write(str(path), np.ascontiguousarray(data), _nrrd_header(affine, data.ndim == 4), compression_level=1)
+
+
+def write_segmentation(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, names: dict[int, str]) -> None:
+    """Write a label map as a 3D Slicer ``.seg.nrrd``: one layer, label ``k`` the segment ``names[k]``.
+
+    :func:`read_segmentation` reads it back by name, and 3D Slicer loads it as a segmentation node.
+    """
+    import nrrd
+
+    if not str(path).endswith(".seg.nrrd"):
+        raise ValueError(f"write_segmentation writes a .seg.nrrd, got {path}.")
+    header = _nrrd_header(affine, list_axis=False)
+    for index, (label, name) in enumerate(sorted(names.items())):
+        header.update(
+            {
+                f"Segment{index}_ID": f"Segment_{label}",
+                f"Segment{index}_Name": name,
+                f"Segment{index}_Layer": "0",
+                f"Segment{index}_LabelValue": str(label),
+            }
+        )
+    nrrd.write(str(path), np.ascontiguousarray(labels.astype(np.uint8)), header, compression_level=1)
+
+
+def _nrrd_header(affine: np.ndarray, list_axis: bool) -> dict:
+    """NRRD geometry in LPS at full precision, as 3D Slicer writes it (``list_axis``: a first, non-spatial axis)."""
     lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)[:3]
     directions = lps[:, :3].T
     kinds = ["domain"] * 3
-    if data.ndim == 4:
+    if list_axis:
         directions = np.vstack([np.full((1, 3), np.nan), directions])
         kinds = ["list"] + kinds
-    header = {
+    return {
         "space": "left-posterior-superior",
         "space directions": directions,
         "space origin": lps[:, 3],
         "kinds": kinds,
     }
-    nrrd.write(str(path), np.ascontiguousarray(data), header, compression_level=1)
 
 
 @contextlib.contextmanager

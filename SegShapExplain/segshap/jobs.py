@@ -60,7 +60,8 @@ REQUEST_KEYS = (
     "out",
     "options",
 )
-"""Keys of a request file (``labelmap``: the organ label map of organ features; default the model's prediction)."""
+"""Keys of a request file (``labelmap``: the organ label map of organ features, a ``.seg.nrrd`` naming its organs;
+default the model's prediction)."""
 OPTION_KEYS = (
     "features",
     "n_features",
@@ -241,6 +242,22 @@ def _label_file(path, image_grid: Grid, what: str) -> np.ndarray:
     return _carried(data.astype(np.int64), Grid(data.shape, affine), image_grid, path, what)
 
 
+def _organ_label_map(path, image_grid: Grid) -> tuple[np.ndarray, dict[int, str] | None]:
+    """The organ label map of a request on the image's grid, and its labels' names when the file has them.
+
+    A ``.seg.nrrd`` gives its segments labels 1, 2, ... in file order, named as in the file (where segments
+    overlap, the later one takes the voxel); a label map is taken as it is, its labels named by the model.
+    """
+    if volume_suffix(path) != ".seg.nrrd":
+        return _label_file(path, image_grid, "label map"), None
+    segments, affine = read_segmentation(path)
+    labels = np.zeros(next(iter(segments.values())).shape, np.int64)
+    for label, mask in enumerate(segments.values(), start=1):
+        labels[mask] = label
+    names = dict(enumerate(segments, start=1))
+    return _carried(labels, Grid(labels.shape, affine), image_grid, path, "label map"), names
+
+
 def _carried(labels: np.ndarray, grid: Grid, image_grid: Grid, path, what: str) -> np.ndarray:
     """``labels`` on the image's grid; refused when labelled voxels exist but none lies inside the image."""
     moved = transfer(labels, grid, image_grid)
@@ -268,7 +285,9 @@ def _explanation(request: dict, progress: Callable[[int, int], None] | None) -> 
         request.get("reference"), request.get("reference_segment"), {i: model.classes[i] for i in indices}, image_grid
     )
     roi = _roi(request.get("roi"), image_grid)
-    labelmap = None if request.get("labelmap") is None else _label_file(request["labelmap"], image_grid, "label map")
+    labelmap, organ_names = None, None
+    if request.get("labelmap") is not None:
+        labelmap, organ_names = _organ_label_map(request["labelmap"], image_grid)
     batch_size = options.pop("batch_size", DEFAULT_BATCH_SIZE)
     return halving_batch_on_oom(
         lambda batch: explain(
@@ -278,6 +297,7 @@ def _explanation(request: dict, progress: Callable[[int, int], None] | None) -> 
             reference=reference,
             roi=roi,
             labelmap=labelmap,
+            organ_names=organ_names,
             affine=affine,
             progress=progress,
             batch_size=batch,
