@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -72,6 +73,11 @@ def test_a_cohort_is_explained_aggregated_and_resumed(manifest, tmp_path):
     assert list(wm.columns) == ["mean", "sd", "n"] and (wm["n"] == 2).all()
     assert wm.index[0] == "white_matter"  # the model relies most on the tissue it segments
     assert set(result.organ_matrix().index) == {"white_matter", "gray_matter"}
+    record = json.loads((out / "cohort.json").read_text())
+    assert record["settings"]["features"] == "organs" and record["differing_cases"] == []
+    assert "torch" in record["versions"] and set(record["cases"]["demo"]["full_value"]) == set(table["target"])
+    assert record["targets"]["white_matter"]["organs"]["white_matter"]["n"] == 2
+    assert (out / "cohort.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rebuilt = aggregate(out)
     assert rebuilt.table.equals(table) and rebuilt.failed == result.failed
 

@@ -5,7 +5,8 @@ instance started for the run or on an existing cluster. The model's files travel
 Each case is written into a staging folder and renamed to ``OUT/cases/<case_id>/`` when complete, so a case folder
 exists only when the case is whole; a rerun with ``resume`` skips those. A failing case is retried once, then
 recorded in ``OUT/failed.csv`` with a one-line reason, and the other cases go on. :func:`aggregate` rebuilds
-``OUT/cohort.csv`` and ``OUT/cohort.json`` from the case folders. Ray is the optional extra ``segshap[cohort]``.
+``OUT/cohort.csv``, ``OUT/cohort.json`` and ``OUT/cohort.png`` from the case folders. Ray is the optional extra
+``segshap[cohort]``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .figure import cohort_figure
+from .io import StagedOutput
 from .jobs import OPTION_KEYS, UsageError
 from .manifest import Case, read_manifest
 from .models.torchscript import sidecar_candidates
@@ -40,6 +43,7 @@ case's ``full_value - base_value`` for that target, so cases of different size c
 _CASES = "cases"
 _STAGING = ".staging"
 _FAILED = "failed.csv"
+_PER_CASE_SETTINGS = ("roi_box", "support_box")
 _log = logging.getLogger("segshap")
 
 
@@ -312,24 +316,33 @@ def _write_failed(out: Path, failed: dict[str, str]) -> None:
 
 
 def aggregate(out: str | os.PathLike) -> CohortResult:
-    """Rebuild ``cohort.csv`` and ``cohort.json`` from the case folders of ``out`` (and ``failed.csv``)."""
+    """Rebuild ``cohort.csv``, ``cohort.json`` and ``cohort.png`` from the case folders of ``out`` (and
+    ``failed.csv``).
+
+    ``cohort.json`` holds the cases' settings and versions (those of the first case, and which cases differ from
+    it: a rerun with other options mixes them), each case's values of the full image and of the baseline, the
+    failures and, per target, the organs' mean, standard deviation and count of normalised values.
+    """
     import pandas
 
     out = Path(out)
     if not (out / _CASES).is_dir():
         raise UsageError(f"{out} holds no cohort: it has no {_CASES}/ folder. Give the --out of a cohort run.")
-    rows, cases = [], {}
+    rows, cases, reports = [], {}, {}
     for folder in sorted(p for p in (out / _CASES).iterdir() if p.is_dir()):
         report = json.loads((folder / "explanation.json").read_text())
+        names = [t["name"] for t in report["targets"]]
         rows += _case_rows(folder.name, report)
+        reports[folder.name] = report
         cases[folder.name] = {
-            "targets": [t["name"] for t in report["targets"]],
+            "targets": names,
             "features": len(report["features"]),
             "exact": report["exact"],
             "efficiency_error": report["efficiency_error"],
+            "full_value": dict(zip(names, np.atleast_1d(report["full_value"]).tolist())),
+            "base_value": dict(zip(names, np.atleast_1d(report["base_value"]).tolist())),
         }
     table = pandas.DataFrame(rows, columns=list(COHORT_COLUMNS))
-    table.to_csv(out / "cohort.csv", index=False)
     failed = _read_failed(out)
     summary = {}
     for target, part in table.groupby("target"):
@@ -340,8 +353,28 @@ def aggregate(out: str | os.PathLike) -> CohortResult:
                 organ: {"mean": _plain(v.mean()), "sd": _plain(v.std()), "n": int(v.count())} for organ, v in per_organ
             },
         }
-    (out / "cohort.json").write_text(json.dumps({"cases": cases, "failed": failed, "targets": summary}, indent=1))
+    record = {**_common_settings(reports), "cases": cases, "failed": failed, "targets": summary}
+    with StagedOutput(out) as staging:
+        table.to_csv(staging / "cohort.csv", index=False)
+        (staging / "cohort.json").write_text(json.dumps(record, indent=1))
+        cohort_figure(table, {case: entry["full_value"] for case, entry in cases.items()}, staging / "cohort.png")
     return CohortResult(table=table, failed=failed, out=out)
+
+
+def _common_settings(reports: dict[str, dict]) -> dict:
+    """The settings (less each case's own boxes) and versions of the first case, and the cases whose settings or
+    versions differ from them."""
+    shared = {
+        case: ({k: v for k, v in report["settings"].items() if k not in _PER_CASE_SETTINGS}, report["versions"])
+        for case, report in reports.items()
+    }
+    if not shared:
+        return {"settings": None, "versions": None, "differing_cases": []}
+    first = next(iter(shared.values()))
+    differing = [case for case, entry in shared.items() if entry != first]
+    if differing:
+        _log.warning("Cohort: case(s) %s were explained with other settings or versions", ", ".join(differing))
+    return {"settings": first[0], "versions": first[1], "differing_cases": differing}
 
 
 def _case_rows(case_id: str, report: dict) -> list[dict]:
