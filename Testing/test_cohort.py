@@ -86,7 +86,22 @@ def test_a_cohort_is_explained_aggregated_and_resumed(manifest, tmp_path):
     again = explain_cohort(manifest, DEMO.model, targets=["white_matter", "gray_matter"], out=out, **OPTIONS)
     assert (out / "cases" / "demo" / "explanation.json").stat().st_mtime_ns == stamp
     assert list(again.failed) == ["lost"] and again.table.equals(table)
-    explain_cohort(manifest, DEMO.model, targets=["white_matter", "gray_matter"], out=out, resume=False, **OPTIONS)
+
+    # The worker protocol runs a cohort as well, reporting each case as an event (here without resume: all redone).
+    request = {
+        "task": "cohort", "manifest": str(manifest), "model": str(DEMO.model), "target": "white_matter,gray_matter",
+        "out": str(out), "resume": False, "options": OPTIONS,
+    }  # fmt: skip
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    done = _segshap("worker", "--request", str(tmp_path / "request.json"))
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0 and events[-1]["event"] == "done", done.stdout + done.stderr
+    assert {e["case_id"]: e["failed"] is None for e in events if e["event"] == "case"} == {
+        "demo": True, "noisy": True, "lost": False
+    }  # fmt: skip
+    assert [(e["done"], e["total"]) for e in events if e["event"] == "progress"][-1] == (3, 3)
+    assert events[-1]["cases"] == 2 and list(events[-1]["failed"]) == ["lost"]
+    assert Path(events[-1]["outputs"]["png"]).is_file() and Path(events[-1]["outputs"]["failed"]).is_file()
     assert (out / "cases" / "demo" / "explanation.json").stat().st_mtime_ns != stamp
 
 
@@ -193,7 +208,9 @@ def test_an_interrupted_cohort_keeps_complete_cases_and_no_partial_one(manifest,
     process.send_signal(signum)
     process.wait(timeout=60)
     assert time.monotonic() - sent < 10.0
-    assert process.returncode == 128 + signum, process.stderr.read()
+    rest = process.stderr.read()
+    assert process.returncode == 128 + signum, rest
+    assert "the complete cases are kept in" in rest
     complete = [p.name for p in (out / "cases").iterdir()]
     assert len(complete) >= 1 and all((out / "cases" / name / "explanation.json").is_file() for name in complete)
     assert sorted(p.name for p in out.iterdir()) == ["cases"]  # no staging folder, no tables of a partial run

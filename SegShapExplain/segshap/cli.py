@@ -159,7 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     cohort = commands.add_parser("cohort", help="explain every case of a cohort on Ray and aggregate the values")
     cohort.add_argument("--manifest", help="CSV: case_id,image[,reference][,labelmap][,roi], paths relative to it")
     _add_model_arguments(cohort, required=False)
-    cohort.add_argument("--out", required=True, help="output folder (cases/, cohort.csv, cohort.json, failed.csv)")
+    cohort.add_argument(
+        "--out", required=True, help="output folder (cases/, cohort.csv, cohort.json, cohort.png, failed.csv)"
+    )
     cohort.add_argument("--address", help="Ray cluster to join (auto, ray://host:10001); default a local instance")
     cohort.add_argument(
         "--gpus-per-case", dest="gpus_per_case", type=float, help="default 1 where the cluster has GPUs, else 0"
@@ -171,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
         "--aggregate-only",
         dest="aggregate_only",
         action="store_true",
-        help="only rebuild cohort.csv and cohort.json from the case folders in --out",
+        help="only rebuild cohort.csv, cohort.json and cohort.png from the case folders in --out",
     )
     _add_explain_options(cohort, features="organs")
     cohort.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
@@ -259,7 +261,7 @@ def _baseline(text: str):
 
 
 def _cohort(args: argparse.Namespace) -> int:
-    from .cohort import aggregate, explain_cohort
+    from .cohort import aggregate, cohort_from_request
 
     if args.aggregate_only:
         result = aggregate(args.out)
@@ -271,30 +273,28 @@ def _cohort(args: argparse.Namespace) -> int:
         ]
         if missing:
             raise UsageError(f"segshap cohort needs {', '.join(missing)} (or --aggregate-only).")
-        options = _options(args)
-        features = options.pop("features")
+        request = {
+            "manifest": args.manifest,
+            "model": args.model,
+            "model_config": args.model_config,
+            "trust_model": args.trust_model,
+            "target": args.target,
+            "out": args.out,
+            "address": args.address,
+            "gpus_per_case": args.gpus_per_case,
+            "resume": args.resume,
+            "options": _options(args),
+        }
         with logging_to(_stderr_log(args.quiet)):
-            result = explain_cohort(
-                args.manifest,
-                args.model,
-                targets=args.target.split(","),
-                features=features,
-                out=args.out,
-                address=args.address,
-                gpus_per_case=args.gpus_per_case,
-                resume=args.resume,
-                progress=None if args.quiet else _ProgressBar(sys.stderr, unit="cases"),
-                model_config=args.model_config,
-                trust_model=args.trust_model,
-                **options,
-            )
+            progress = None if args.quiet else _ProgressBar(sys.stderr, unit="cases")
+            result, _ = cohort_from_request(request, progress)
     cases = result.table["case_id"].nunique() if len(result.table) else 0
     print(
         f"Cohort: {cases} case(s) explained, {len(result.failed)} failed"
         + (": " + "; ".join(f"{case}: {reason}" for case, reason in result.failed.items()) if result.failed else "")
     )
     print(
-        f"Outputs in {Path(args.out).absolute()}: cases/, cohort.csv, cohort.json"
+        f"Outputs in {Path(args.out).absolute()}: cases/, cohort.csv, cohort.json, cohort.png"
         + (", failed.csv" if result.failed else "")
     )
     return 0
@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     debug = "--debug" in arguments
+    kept = "no outputs were written" + (" (a cohort keeps its complete cases)" if is_worker else "")
     try:
         args = _parser().parse_args(arguments)
         if args.command == "explain":
@@ -321,10 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return _explain(_demo_request(args), args.quiet)
         if args.command == "cohort":
+            kept = f"the complete cases are kept in {Path(args.out, 'cases')}; run it again to go on"
             return _cohort(args)
         return run_worker(args.request, events, args.parent_pid)
     except _Cancelled as cancelled:
-        sys.stderr.write(f"segshap: cancelled ({cancelled}); no outputs were written\n")
+        sys.stderr.write(f"segshap: cancelled ({cancelled}); {kept}\n")
         sys.stderr.flush()
         # The compute thread may be inside the model; end the process without waiting for it.
         os._exit(128 + cancelled.signum)

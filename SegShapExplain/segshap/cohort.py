@@ -11,6 +11,7 @@ recorded in ``OUT/failed.csv`` with a one-line reason, and the other cases go on
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -21,6 +22,7 @@ import signal
 import tarfile
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +35,9 @@ from .io import StagedOutput
 from .jobs import OPTION_KEYS, UsageError
 from .manifest import Case, read_manifest
 from .models.torchscript import sidecar_candidates
+from .processes import descendants, process_alive
 
-__all__ = ["explain_cohort", "aggregate", "CohortResult", "COHORT_COLUMNS"]
+__all__ = ["explain_cohort", "aggregate", "cohort_from_request", "CohortResult", "COHORT_COLUMNS"]
 
 COHORT_COLUMNS = ("case_id", "target", "feature", "organ", "value", "stderr", "voxels", "normalised")
 """The columns of ``cohort.csv``: one row per case, target and feature. ``normalised`` is the value divided by the
@@ -44,6 +47,7 @@ _CASES = "cases"
 _STAGING = ".staging"
 _FAILED = "failed.csv"
 _PER_CASE_SETTINGS = ("roi_box", "support_box")
+_WORKER_EXIT_SECONDS = 5.0
 _log = logging.getLogger("segshap")
 
 
@@ -96,6 +100,7 @@ def explain_cohort(
     gpus_per_case: float | None = None,
     resume: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    on_case: Callable[[str, str | None], None] | None = None,
     model_config: str | os.PathLike | None = None,
     trust_model: bool = False,
     **explain_options,
@@ -127,6 +132,9 @@ def explain_cohort(
         Skip the cases whose folder is complete; ``False`` redoes them.
     progress : callable, optional
         ``progress(done, total)`` over cases, after each case.
+    on_case : callable, optional
+        ``on_case(case_id, reason)`` as each case ends: ``reason`` is ``None`` for a complete case, else the
+        one-line reason it failed.
     model_config, trust_model
         As ``config`` and ``trust`` of :func:`segshap.load_model`.
     **explain_options
@@ -159,16 +167,51 @@ def explain_cohort(
     if started_here:
         _init_keeping_signal_handlers(ray, address)
     try:
-        failed = _run(ray, todo, len(cases), package, settings, labelmaps, out, gpus_per_case, progress, started_here)
+        failed = _run(
+            ray, todo, len(cases), package, settings, labelmaps, out, gpus_per_case, progress, on_case, started_here
+        )
     finally:
         if started_here:
-            ray.shutdown()
+            _shut_down_waiting_for_workers(ray)
         shutil.rmtree(out / _STAGING, ignore_errors=True)
     done = {case.case_id for case in cases} - set(failed)
     previous = _read_failed(out) if resume else {}
     failed = {**{k: v for k, v in previous.items() if k not in done}, **failed}
     _write_failed(out, failed)
     return aggregate(out)
+
+
+def cohort_from_request(
+    request: dict,
+    progress: Callable[[int, int], None] | None = None,
+    on_case: Callable[[str, str | None], None] | None = None,
+) -> tuple[CohortResult, dict]:
+    """Carry out a ``cohort`` request (see :mod:`segshap.jobs`): the result, and the fields of its ``done`` event
+    (``outputs``: the aggregated files by name; ``cases``: how many are complete; ``failed``: id to reason)."""
+    options = dict(request.get("options") or {})
+    target = request["target"]
+    result = explain_cohort(
+        request["manifest"],
+        request["model"],
+        targets=target.split(",") if isinstance(target, str) else target,
+        features=options.pop("features", "organs"),
+        out=request["out"],
+        address=request.get("address"),
+        gpus_per_case=request.get("gpus_per_case"),
+        resume=request.get("resume", True),
+        progress=progress,
+        on_case=on_case,
+        model_config=request.get("model_config"),
+        trust_model=request.get("trust_model", False),
+        **options,
+    )
+    out = Path(request["out"]).absolute()
+    outputs = {name: str(out / f"cohort.{name}") for name in ("csv", "json", "png")}
+    outputs["cases"] = str(out / _CASES)
+    if result.failed:
+        outputs["failed"] = str(out / _FAILED)
+    cases = int(result.table["case_id"].nunique()) if len(result.table) else 0
+    return result, {"outputs": outputs, "cases": cases, "failed": result.failed}
 
 
 def _init_keeping_signal_handlers(ray, address: str | None) -> None:
@@ -182,7 +225,25 @@ def _init_keeping_signal_handlers(ray, address: str | None) -> None:
             signal.signal(sig, handler)
 
 
-def _run(ray, todo, total, package, settings, labelmaps, out, gpus_per_case, progress, owns_instance) -> dict:
+def _shut_down_waiting_for_workers(ray) -> None:
+    """Shut this run's own Ray instance down and wait until its processes have ended.
+
+    ``ray.shutdown`` stops the instance but its workers notice on their own time: one in the middle of a case
+    could still write into the staging folder after the run removed it. Its processes are the descendants of this
+    one (Linux: read from ``/proc``); those still there after a few seconds are killed.
+    """
+    processes = descendants(os.getpid())
+    ray.shutdown()
+    deadline = time.monotonic() + _WORKER_EXIT_SECONDS
+    while any(process_alive(pid) for pid in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in processes:
+        if process_alive(pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _run(ray, todo, total, package, settings, labelmaps, out, gpus_per_case, progress, on_case, owns_instance) -> dict:
     """Submit one task per case and collect them as they end; returns the failures (case id to reason)."""
     if gpus_per_case is None:
         gpus_per_case = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
@@ -211,6 +272,8 @@ def _run(ray, todo, total, package, settings, labelmaps, out, gpus_per_case, pro
             except Exception as error:  # a case's failure is recorded, the others go on
                 failed[case_id] = _reason(error)
                 _log.warning("Cohort: %s failed: %s", case_id, failed[case_id])
+            if on_case is not None:
+                on_case(case_id, failed.get(case_id))
             finished += 1
             if progress is not None:
                 progress(finished, total)

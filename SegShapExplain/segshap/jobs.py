@@ -59,9 +59,14 @@ REQUEST_KEYS = (
     "labelmap",
     "out",
     "options",
+    "manifest",
+    "address",
+    "gpus_per_case",
+    "resume",
 )
 """Keys of a request file (``labelmap``: the organ label map of organ features, a ``.seg.nrrd`` naming its organs;
-default the model's prediction)."""
+default the model's prediction; ``manifest``, ``address``, ``gpus_per_case`` and ``resume``: a cohort's, as
+:func:`segshap.explain_cohort` takes them)."""
 OPTION_KEYS = (
     "features",
     "n_features",
@@ -79,10 +84,12 @@ OPTION_KEYS = (
     "margin",
 )
 """Keys of a request's ``options``: keyword arguments of :func:`segshap.explain`."""
-TASKS = ("explain", "segment", "describe")
-"""What a request can ask for: an explanation, the model's segmentation of the image, or the model itself."""
+TASKS = ("explain", "segment", "describe", "cohort")
+"""What a request can ask for: an explanation, the model's segmentation of the image, the model itself, or the
+explanations of a cohort (:func:`segshap.cohort.cohort_from_request`)."""
 REQUIRED_KEYS = {
     "explain": frozenset({"image", "model", "target", "out"}),
+    "cohort": frozenset({"manifest", "model", "target", "out"}),
     "segment": frozenset({"image", "model", "out"}),
     "describe": frozenset({"model"}),
 }

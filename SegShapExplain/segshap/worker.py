@@ -2,9 +2,10 @@
 
 The worker carries out one request file (see :mod:`segshap.jobs`) and reports on its real stdout, one JSON object
 per line: ``{"event": "log", "level", "message"}`` for stage messages, ``{"event": "progress", "done", "total",
-"eta_s", "eta"}`` while it computes, then ``{"event": "done", ...}`` with the task's fields, or ``{"event":
-"error", "message"}`` (with ``"reason": "out_of_memory"`` when the GPU ran out). Everything else it prints goes
-to stderr. It ends when the process that launched it is gone (:func:`exit_with_parent`).
+"eta_s", "eta"}`` while it computes (a cohort counts cases, and reports each as it ends: ``{"event": "case",
+"case_id", "failed"}``, ``failed`` the reason or ``null``), then ``{"event": "done", ...}`` with the task's fields,
+or ``{"event": "error", "message"}`` (with ``"reason": "out_of_memory"`` when the GPU ran out). Everything else it
+prints goes to stderr. It ends when the process that launched it is gone (:func:`exit_with_parent`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 from .jobs import Rate, describe, explain_and_save, format_duration, logging_to, read_request, segment, summary
+from .processes import process_alive
 
 __all__ = ["EventWriter", "EventLogHandler", "run_worker", "exit_with_parent", "argument_name"]
 
@@ -72,6 +73,12 @@ def run_worker(request_path: str, events: EventWriter, parent_pid: int | None = 
             fields = describe(request)
         elif task == "segment":
             fields = segment(request)
+        elif task == "cohort":
+            from .cohort import cohort_from_request  # Ray and pandas only for cohorts
+
+            _, fields = cohort_from_request(
+                request, events.progress, lambda case_id, reason: events.emit("case", case_id=case_id, failed=reason)
+            )
         else:
             explanation, outputs = explain_and_save(request, events.progress, log)
             fields = {"outputs": outputs, "summary": summary(explanation)}
@@ -98,7 +105,7 @@ def exit_with_parent(parent_pid: int | None = None, poll_s: float = 1.0) -> None
     else:
 
         def gone() -> bool:
-            return not _alive(parent_pid)
+            return not process_alive(parent_pid)
 
     if gone():
         os._exit(128 + signal.SIGTERM)
@@ -110,18 +117,3 @@ def exit_with_parent(parent_pid: int | None = None, poll_s: float = 1.0) -> None
                 os._exit(128 + signal.SIGTERM)
 
     threading.Thread(target=watch, name="segshap-parent-watch", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process with this pid exists and is not a zombie (dead, waiting for its parent to reap it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:  # no /proc (macOS): existence is all there is to know
-        return True
-    return state not in ("Z", "X")
