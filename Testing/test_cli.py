@@ -14,7 +14,7 @@ import nrrd
 import numpy as np
 import pytest
 
-from segshap.io import read_image, write_image
+from segshap.io import read_image, write_image, write_segmentation
 
 ROI = "40:52,50:62,40:52"
 
@@ -301,6 +301,19 @@ def test_reference_and_roi_files_are_read(mni_nifti, scripted_model, tmp_path):
     report = json.loads((tmp_path / "out" / "explanation.json").read_text())
     assert report["settings"]["roi_box"] == [[42, 52], [52, 62], [42, 52]]
     assert report["targets"] == [{"index": 2, "name": "tissue_b"}]
+
+
+def test_a_label_map_file_makes_the_organs_named_as_in_it(job, mni_nifti, tmp_path):
+    _, data, affine = mni_nifti
+    halves = np.where(np.arange(data.shape[0])[:, None, None] < 46, 1, 2) * (data > 0)
+    write_segmentation(tmp_path / "halves.seg.nrrd", halves, affine, {1: "right_half", 2: "left_half"})
+    done = segshap(
+        "explain", *job, "--target", "tissue_a", "--features", "organs",
+        "--labelmap", str(tmp_path / "halves.seg.nrrd"), "--no-faithfulness", "--device", "cpu", "--quiet",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    assert sorted(feature["organ"] for feature in report["features"]) == ["left_half", "right_half"]
 
 
 def test_worker_describes_a_model_without_an_image(scripted_model, tmp_path):

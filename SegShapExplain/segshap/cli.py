@@ -97,6 +97,7 @@ def _explain_request(args: argparse.Namespace) -> dict:
         "reference": args.reference,
         "reference_segment": args.reference_segment,
         "roi": args.roi,
+        "labelmap": args.labelmap,
         "out": args.out,
         "options": _options(args),
         "slices": args.slices,
@@ -147,6 +148,10 @@ def _parser() -> argparse.ArgumentParser:
         help="the segment of a .seg.nrrd to use (default: the one named like the target)",
     )
     command.add_argument("--roi", help="region values are read on: x0:x1,y0:y1,z0:z1 (voxels) or a mask file")
+    command.add_argument(
+        "--labelmap",
+        help="organ label map of organs/organ_aware features (a .seg.nrrd names its organs); default the prediction",
+    )
     command.add_argument("--out", required=True, help="output folder")
     _add_explain_options(command, features="slic")
     command.add_argument(
