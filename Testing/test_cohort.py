@@ -18,6 +18,7 @@ pytest.importorskip("ray")
 
 from helpers.slicer_scenes import DEMO  # noqa: E402
 
+import segshap  # noqa: E402
 from segshap.cohort import COHORT_COLUMNS, aggregate, explain_cohort  # noqa: E402
 from segshap.io import read_image, write_image, write_segmentation  # noqa: E402
 
@@ -49,7 +50,7 @@ def manifest(tmp_path_factory) -> Path:
 def test_a_cohort_is_explained_aggregated_and_resumed(manifest, tmp_path):
     out = tmp_path / "cohort"
     seen = []
-    result = explain_cohort(
+    result = segshap.explain_cohort(
         manifest,
         DEMO.model,
         targets=["white_matter", "gray_matter"],
@@ -101,6 +102,7 @@ def test_a_cohort_is_explained_aggregated_and_resumed(manifest, tmp_path):
     }  # fmt: skip
     assert [(e["done"], e["total"]) for e in events if e["event"] == "progress"][-1] == (3, 3)
     assert events[-1]["cases"] == 2 and list(events[-1]["failed"]) == ["lost"]
+    assert events[-1]["summary"].startswith("Cohort: 2 case(s) explained, 1 failed: lost: UsageError")
     assert Path(events[-1]["outputs"]["png"]).is_file() and Path(events[-1]["outputs"]["failed"]).is_file()
     assert (out / "cases" / "demo" / "explanation.json").stat().st_mtime_ns != stamp
 

@@ -1,6 +1,7 @@
 """segshap: efficient, exact KernelSHAP over supervoxels for 3D medical segmentation models."""
 
 from . import features
+from .cohort import explain_cohort
 from .engine import DEFAULT_CACHE_BYTES, PatchEngine
 from .estimator import ShapleyResult, kernel_shap
 from .explain import explain
@@ -16,6 +17,7 @@ from .version import __version__
 __all__ = [
     "explain",
     "explanation_game",
+    "explain_cohort",
     "ExplanationGame",
     "predict",
     "Explanation",

@@ -293,11 +293,7 @@ def _cohort(args: argparse.Namespace) -> int:
         with logging_to(_stderr_log(args.quiet)):
             progress = None if args.quiet else _ProgressBar(sys.stderr, unit="cases")
             result, _ = cohort_from_request(request, progress)
-    cases = result.table["case_id"].nunique() if len(result.table) else 0
-    print(
-        f"Cohort: {cases} case(s) explained, {len(result.failed)} failed"
-        + (": " + "; ".join(f"{case}: {reason}" for case, reason in result.failed.items()) if result.failed else "")
-    )
+    print(result.summary)
     print(
         f"Outputs in {Path(args.out).absolute()}: cases/, cohort.csv, cohort.json, cohort.png"
         + (", failed.csv" if result.failed else "")

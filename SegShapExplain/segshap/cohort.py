@@ -69,6 +69,13 @@ class CohortResult:
     failed: dict[str, str] = field(default_factory=dict)
     out: Path | None = None
 
+    @property
+    def summary(self) -> str:
+        """One line: how many cases are complete, and the failures with their reasons."""
+        cases = self.table["case_id"].nunique() if len(self.table) else 0
+        failures = "; ".join(f"{case}: {reason}" for case, reason in self.failed.items())
+        return f"Cohort: {cases} case(s) explained, {len(self.failed)} failed" + (f": {failures}" if failures else "")
+
     def matrix(self, target: str) -> object:
         """Per organ, the ``mean``, ``sd`` and ``n`` across cases of the normalised values for one target (organ
         features only: other features do not correspond from case to case)."""
@@ -187,7 +194,8 @@ def cohort_from_request(
     on_case: Callable[[str, str | None], None] | None = None,
 ) -> tuple[CohortResult, dict]:
     """Carry out a ``cohort`` request (see :mod:`segshap.jobs`): the result, and the fields of its ``done`` event
-    (``outputs``: the aggregated files by name; ``cases``: how many are complete; ``failed``: id to reason)."""
+    (``outputs``: the aggregated files by name; ``cases``: how many are complete; ``failed``: id to reason;
+    ``summary``: one line)."""
     options = dict(request.get("options") or {})
     target = request["target"]
     result = explain_cohort(
@@ -211,7 +219,7 @@ def cohort_from_request(
     if result.failed:
         outputs["failed"] = str(out / _FAILED)
     cases = int(result.table["case_id"].nunique()) if len(result.table) else 0
-    return result, {"outputs": outputs, "cases": cases, "failed": result.failed}
+    return result, {"outputs": outputs, "cases": cases, "failed": result.failed, "summary": result.summary}
 
 
 def _init_keeping_signal_handlers(ray, address: str | None) -> None:
