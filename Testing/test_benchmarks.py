@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cases.real_games import coalition_table  # noqa: E402
 from common import write_section  # noqa: E402
+from suites.cohort import simulate  # noqa: E402
 
 from segshap.estimator import shapley_from_enumeration  # noqa: E402
 
@@ -41,6 +42,14 @@ def test_exact_shapley_values_from_a_value_table_in_the_games_bit_order():
                 * (values[rest | 1 << i] - values[rest])
             )
     np.testing.assert_allclose(shapley_from_enumeration(coalitions, values), by_definition, atol=1e-12)
+
+
+def test_the_cohort_simulation_gives_each_case_to_the_first_free_gpu():
+    assert simulate(np.array([3600.0]), cases=8, gpus=4, seed=0) == pytest.approx(2.0)  # 2 rounds of 1 h
+    assert simulate(np.array([3600.0]), cases=9, gpus=4, seed=0) == pytest.approx(3.0)  # one case left over
+    uneven = simulate(np.array([600.0, 6000.0]), cases=100, gpus=8, seed=0)
+    total = simulate(np.array([600.0, 6000.0]), cases=100, gpus=1, seed=0)
+    assert total / 8 <= uneven <= total / 8 + 6000.0 / 3600.0  # list scheduling: at most one long case over
 
 
 def test_sections_are_replaced_in_place(tmp_path):
