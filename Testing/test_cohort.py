@@ -21,6 +21,7 @@ from helpers.slicer_scenes import DEMO  # noqa: E402
 import segshap  # noqa: E402
 from segshap.cohort import COHORT_COLUMNS, aggregate, explain_cohort  # noqa: E402
 from segshap.io import read_image, write_image, write_segmentation  # noqa: E402
+from segshap.jobs import UsageError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 BOX = ",".join(f"{a}:{b}" for a, b in DEMO.roi)
@@ -107,7 +108,7 @@ def test_a_cohort_is_explained_aggregated_and_resumed(manifest, tmp_path):
     assert (out / "cases" / "demo" / "explanation.json").stat().st_mtime_ns != stamp
 
 
-def test_unknown_options_and_cases_are_refused_before_ray_starts(manifest, tmp_path):
+def test_unknown_options_and_cases_are_refused_before_ray_starts(manifest, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="Unknown option"):
         explain_cohort(manifest, DEMO.model, targets="white_matter", out=tmp_path, colour="red")
     with pytest.raises(ValueError, match="not in the cohort"):
@@ -115,6 +116,9 @@ def test_unknown_options_and_cases_are_refused_before_ray_starts(manifest, tmp_p
     with pytest.raises(FileNotFoundError, match="No such model"):
         explain_cohort(manifest, tmp_path / "none.pt", targets="white_matter", out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where the cohort extra is not installed
+    with pytest.raises(UsageError, match=r"pip install 'segshap\[cohort\]'"):
+        explain_cohort(manifest, DEMO.model, targets="white_matter", out=tmp_path / "out")
 
 
 def _segshap(*args: str) -> subprocess.CompletedProcess:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib
 import io
 import json
 import logging
@@ -129,7 +130,7 @@ def explain_cohort(
         model's prediction.
     out : path
         The output folder: ``cases/<case_id>/`` (as :meth:`Explanation.save` writes), ``failed.csv``,
-        ``cohort.csv`` and ``cohort.json``.
+        ``cohort.csv``, ``cohort.json`` and ``cohort.png``.
     address : str, optional
         A Ray cluster to join (``"auto"``, ``"ray://host:10001"``); default a local instance for this run (or the
         one this process is already connected to).
@@ -151,8 +152,7 @@ def explain_cohort(
     -------
     CohortResult
     """
-    import ray
-
+    ray = _cohort_dependency("ray")
     unknown = set(explain_options) - set(OPTION_KEYS)
     if unknown:
         raise ValueError(f"Unknown option(s) {sorted(unknown)}; explain_cohort takes {', '.join(OPTION_KEYS)}.")
@@ -186,6 +186,16 @@ def explain_cohort(
     failed = {**{k: v for k, v in previous.items() if k not in done}, **failed}
     _write_failed(out, failed)
     return aggregate(out)
+
+
+def _cohort_dependency(name: str):
+    """Ray or pandas, which only cohorts need, or a one-line error saying how to install them."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise UsageError(
+            f"Cohorts need {name}, which is not installed ({error}): pip install 'segshap[cohort]'."
+        ) from error
 
 
 def cohort_from_request(
@@ -394,8 +404,7 @@ def aggregate(out: str | os.PathLike) -> CohortResult:
     it: a rerun with other options mixes them), each case's values of the full image and of the baseline, the
     failures and, per target, the organs' mean, standard deviation and count of normalised values.
     """
-    import pandas
-
+    pandas = _cohort_dependency("pandas")
     out = Path(out)
     if not (out / _CASES).is_dir():
         raise UsageError(f"{out} holds no cohort: it has no {_CASES}/ folder. Give the --out of a cohort run.")
