@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -160,6 +161,35 @@ def test_aggregate_only_rebuilds_the_tables_and_label_maps_make_the_organs_named
     assert done.returncode == 0, done.stderr
     assert "2 case(s) explained, 1 failed: lost: UsageError" in done.stdout
     assert (out / "cohort.csv").read_text() == result.table.to_csv(index=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_cohort_joins_a_running_cluster_and_leaves_it_running(manifest, tmp_path):
+    port, log = _free_port(), tmp_path / "head.log"
+    with log.open("w") as output:
+        head = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), "start", "--head", "--port", str(port), "--num-cpus", "2",
+             "--include-dashboard", "false", "--node-ip-address", "127.0.0.1", "--block"],
+            stdout=output, stderr=subprocess.STDOUT,
+            env={**os.environ, "RAY_AUTH_MODE": "disabled"},  # as the driver (token set-up is Ray's concern)
+        )  # fmt: skip
+    try:
+        while "Ray runtime started" not in log.read_text():
+            assert head.poll() is None, log.read_text()
+            time.sleep(0.2)
+        result = explain_cohort(
+            manifest, DEMO.model, targets="white_matter", out=tmp_path / "out", address=f"127.0.0.1:{port}", **OPTIONS
+        )
+        assert list(result.failed) == ["lost"] and set(result.table["case_id"]) == {"demo", "noisy"}
+        assert head.poll() is None  # the cluster runs on after the cohort
+    finally:
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=60)
 
 
 def _case_workers() -> list[int]:

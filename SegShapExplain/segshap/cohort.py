@@ -170,16 +170,20 @@ def explain_cohort(
     todo = [case for case in cases if not (resume and (out / _CASES / case.case_id).is_dir())]
     _log.info("Cohort: %d case(s), %d to explain", len(cases), len(todo))
 
-    started_here = not ray.is_initialized()
-    if started_here:
+    connected_here = not ray.is_initialized()
+    # A local instance started for this run ends with it; a cluster joined (an address) runs on.
+    owns_instance = connected_here and address is None and not os.environ.get("RAY_ADDRESS")
+    if connected_here:
         _init_keeping_signal_handlers(ray, address)
     try:
         failed = _run(
-            ray, todo, len(cases), package, settings, labelmaps, out, gpus_per_case, progress, on_case, started_here
+            ray, todo, len(cases), package, settings, labelmaps, out, gpus_per_case, progress, on_case, owns_instance
         )
     finally:
-        if started_here:
+        if owns_instance:
             _shut_down_waiting_for_workers(ray)
+        elif connected_here:
+            ray.shutdown()
         shutil.rmtree(out / _STAGING, ignore_errors=True)
     done = {case.case_id for case in cases} - set(failed)
     previous = _read_failed(out) if resume else {}
