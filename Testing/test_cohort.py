@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -140,7 +142,11 @@ def test_the_command_line_reports_every_bad_manifest_row_before_anything_runs(tm
     assert not (tmp_path / "out").exists()
 
 
-def test_aggregate_only_rebuilds_the_tables_and_label_maps_make_the_organs_named_as_in_their_file(manifest, tmp_path):
+def test_aggregate_only_rebuilds_the_tables_and_label_maps_make_the_organs_named_as_in_their_file(
+    manifest, tmp_path, monkeypatch
+):
+    # A cluster that is gone, as `ray start` can leave behind: without an address the run starts its own instance.
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{_free_port()}")
     out = tmp_path / "cohort"
     image, affine = read_image(DEMO.image)
     write_image(tmp_path / "one_organ.nii.gz", (image > 0).astype(np.uint8), affine)  # named by the model's classes
@@ -171,10 +177,14 @@ def _free_port() -> int:
 
 def test_a_cohort_joins_a_running_cluster_and_leaves_it_running(manifest, tmp_path):
     port, log = _free_port(), tmp_path / "head.log"
+    # Its own temporary folder (short: Ray's socket paths must fit 107 bytes), so that the address file Ray leaves
+    # behind is nobody else's business.
+    ray_temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     with log.open("w") as output:
         head = subprocess.Popen(
             [str(Path(sys.executable).with_name("ray")), "start", "--head", "--port", str(port), "--num-cpus", "2",
-             "--include-dashboard", "false", "--node-ip-address", "127.0.0.1", "--block"],
+             "--include-dashboard", "false", "--node-ip-address", "127.0.0.1", "--temp-dir", str(ray_temp),
+             "--block"],
             stdout=output, stderr=subprocess.STDOUT,
             env={**os.environ, "RAY_AUTH_MODE": "disabled"},  # as the driver (token set-up is Ray's concern)
         )  # fmt: skip
@@ -190,6 +200,7 @@ def test_a_cohort_joins_a_running_cluster_and_leaves_it_running(manifest, tmp_pa
     finally:
         head.send_signal(signal.SIGTERM)
         head.wait(timeout=60)
+        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 def _case_workers() -> list[int]:

@@ -172,7 +172,7 @@ def explain_cohort(
 
     connected_here = not ray.is_initialized()
     # A local instance started for this run ends with it; a cluster joined (an address) runs on.
-    owns_instance = connected_here and address is None and not os.environ.get("RAY_ADDRESS")
+    owns_instance = connected_here and address is None
     if connected_here:
         _init_keeping_signal_handlers(ray, address)
     try:
@@ -237,11 +237,13 @@ def cohort_from_request(
 
 
 def _init_keeping_signal_handlers(ray, address: str | None) -> None:
-    """Start or join Ray; its core installs its own SIGTERM handler, so the caller's (the CLI's clean stop) are
-    put back."""
+    """Start a local Ray instance (no ``address``) or join the cluster at ``address``; Ray's core installs its own
+    SIGTERM handler, so the caller's (the CLI's clean stop) are put back."""
     on_main_thread = threading.current_thread() is threading.main_thread()
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if on_main_thread else {}
-    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    # "local": a new instance even where `ray start` left one (or the address file of one that is gone), which a
+    # plain ray.init() would join.
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
     for sig, handler in handlers.items():
         if handler is not None:
             signal.signal(sig, handler)
