@@ -48,7 +48,7 @@ _CASES = "cases"
 _STAGING = ".staging"
 _FAILED = "failed.csv"
 _PER_CASE_SETTINGS = ("roi_box", "support_box")
-_WORKER_EXIT_SECONDS = 5.0
+_WORKER_EXIT_SECONDS = 3.0
 _log = logging.getLogger("segshap")
 
 
@@ -254,7 +254,7 @@ def _shut_down_waiting_for_workers(ray) -> None:
 
     ``ray.shutdown`` stops the instance but its workers notice on their own time: one in the middle of a case
     could still write into the staging folder after the run removed it. Its processes are the descendants of this
-    one (Linux: read from ``/proc``); those still there after a few seconds are killed.
+    one (Linux: read from ``/proc``); those still there after three seconds are killed.
     """
     processes = descendants(os.getpid())
     ray.shutdown()
