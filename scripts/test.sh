@@ -11,8 +11,8 @@ export SEGSHAP_REQUIRE_REFERENCE=1
 # torch's OpenMP threads spin-wait for each other; when another process keeps a core busy, every small operation
 # then waits out that process's time slice (the demo model's forward: 7.7 ms idle, 135 ms with one core busy;
 # with this spin count 8.2 and 37 ms). The whole suite with it: 808 s with one core busy (the default had done
-# three quarters in 40 minutes), 326 s idle (2026-12-05; 375 s with the cohort tests); nnU-Net's tests take the
-# same time idle with or without it. Override by setting it yourself.
+# three quarters in 40 minutes), 326 s idle (2026-12-05; with the cohort tests 393 s idle, 1073 s with one core
+# busy); nnU-Net's tests take the same time idle with or without it. Override by setting it yourself.
 export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-10000}"
 cd "$root"
 exec python -m pytest Testing "$@"
