@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas
 import pytest
@@ -44,3 +46,10 @@ def test_supervoxel_features_get_each_cases_value_instead_of_a_matrix(tmp_path):
     table = _table(0.5).assign(organ="")
     cohort_figure(table, {case: {"gray_matter": 0.9, "white_matter": 0.8} for case in "abc"}, tmp_path / "c.png")
     assert _pixels_near(tmp_path / "c.png", DEEP_RED) == 0 and Image.open(tmp_path / "c.png").size[0] > 400
+
+
+def test_a_cohort_without_a_complete_case_still_gets_its_picture(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns about an empty plot
+        cohort_figure(_table(0.5).iloc[:0], {}, tmp_path / "none.png")
+    assert Image.open(tmp_path / "none.png").size[0] > 300

@@ -64,6 +64,13 @@ def cohort_figure(table, full_values: dict[str, dict[str, float]], path: str | o
     organs = table[table["organ"] != ""]
     targets = sorted(table["target"].unique())
     cases = sorted(full_values)
+    if table.empty:
+        figure, axis = plt.subplots(figsize=(6.0, 2.0))
+        axis.axis("off")
+        axis.text(0.5, 0.5, "No complete case yet (failed.csv says why)", ha="center", va="center")
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        return
     if organs.empty:
         figure, axis = plt.subplots(figsize=(max(6.0, 0.5 * len(cases) + 3), 4.5), layout="constrained")
         for offset, target in enumerate(targets):
