@@ -316,6 +316,13 @@ def test_a_label_map_file_makes_the_organs_named_as_in_it(job, mni_nifti, tmp_pa
     assert sorted(feature["organ"] for feature in report["features"]) == ["left_half", "right_half"]
 
 
+def test_a_label_map_without_organ_features_is_refused(job, mni_nifti, tmp_path):
+    _, data, affine = mni_nifti
+    write_image(tmp_path / "labels.nii.gz", (data > 0).astype(np.uint8), affine)
+    done = segshap("explain", *job, "--target", "tissue_a", "--labelmap", str(tmp_path / "labels.nii.gz"))
+    assert done.returncode == 2 and "--labelmap makes organ features" in done.stderr, done.stderr
+
+
 def test_worker_describes_a_model_without_an_image(scripted_model, tmp_path):
     request = tmp_path / "describe.json"
     request.write_text(json.dumps({"task": "describe", "model": str(scripted_model), "options": {"device": "cpu"}}))
@@ -361,6 +368,14 @@ def test_worker_segments_the_image_on_its_grid(mni_nifti, scripted_model, tmp_pa
     [
         ({"task": "train", "model": "m.pt"}, "task 'train'"),
         ({"task": "segment", "model": "m.pt", "image": "i.nii.gz"}, "misses ['out']"),
+        (
+            {"task": "cohort", "manifest": "c.csv", "model": "m.pt", "target": "1", "out": "o", "roi": "0:9,0:9,0:9"},
+            "cannot take ['roi']: each case's come from the manifest",
+        ),
+        (
+            {"image": "i.nii.gz", "model": "m.pt", "target": "1", "out": "o", "resume": False},
+            "cannot take ['resume']: they are a cohort's",
+        ),
     ],
 )
 def test_worker_tasks_need_their_keys(tmp_path, request_fields, fragment):

@@ -116,6 +116,10 @@ def test_unknown_options_and_cases_are_refused_before_ray_starts(manifest, tmp_p
         explain_cohort(manifest, DEMO.model, targets="white_matter", out=tmp_path, colour="red")
     with pytest.raises(ValueError, match="not in the cohort"):
         explain_cohort(manifest, DEMO.model, targets="white_matter", out=tmp_path, labelmaps={"nobody": "x.nii"})
+    with pytest.raises(ValueError, match="Label maps make organ features"):
+        explain_cohort(
+            manifest, DEMO.model, targets="white_matter", out=tmp_path, features="slic", labelmaps={"demo": "x"}
+        )
     with pytest.raises(FileNotFoundError, match="No such model"):
         explain_cohort(manifest, tmp_path / "none.pt", targets="white_matter", out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -189,14 +193,17 @@ def test_a_cohort_joins_a_running_cluster_and_leaves_it_running(manifest, tmp_pa
             env={**os.environ, "RAY_AUTH_MODE": "disabled"},  # as the driver (token set-up is Ray's concern)
         )  # fmt: skip
     try:
+        deadline = time.monotonic() + 300
         while "Ray runtime started" not in log.read_text():
-            assert head.poll() is None, log.read_text()
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
         result = explain_cohort(
             manifest, DEMO.model, targets="white_matter", out=tmp_path / "out", address=f"127.0.0.1:{port}", **OPTIONS
         )
         assert list(result.failed) == ["lost"] and set(result.table["case_id"]) == {"demo", "noisy"}
         assert head.poll() is None  # the cluster runs on after the cohort
+        # The cases ran in the cluster's workers, which log into its own temporary folder.
+        assert any((ray_temp / "session_latest" / "logs").glob("worker-*")), "the cohort did not join the cluster"
     finally:
         head.send_signal(signal.SIGTERM)
         head.wait(timeout=60)

@@ -52,4 +52,17 @@ def test_a_cohort_without_a_complete_case_still_gets_its_picture(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warns about an empty plot
         cohort_figure(_table(0.5).iloc[:0], {}, tmp_path / "none.png")
-    assert Image.open(tmp_path / "none.png").size[0] > 300
+    assert Image.open(tmp_path / "none.png").size == (660, 220)  # the note, not an empty plot
+
+
+def test_mixed_features_and_values_that_cannot_be_normalised_are_drawn(tmp_path):
+    """Cases left by a run with other features (a target with supervoxels only) and cases whose full and base
+    values are equal (no normalised value) do not break the picture."""
+    table = _table(0.5)
+    extra = table[table["target"] == "white_matter"].assign(target="csf", organ="")
+    blank = table.assign(case_id="d", normalised=np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cohort_figure(pandas.concat([table, extra]), {}, tmp_path / "mixed.png")
+        cohort_figure(blank, {}, tmp_path / "blank.png")
+    assert _pixels_near(tmp_path / "mixed.png", DEEP_RED) > 1000

@@ -99,6 +99,10 @@ def test_slicer_segmentations_are_read_by_segment_name_and_placed_by_their_geome
     written, written_affine = read_segmentation(tmp_path / "written.seg.nrrd")
     assert list(written) == ["liver", "spleen"] and np.array_equal(written["spleen"], layers[0] == 2)
     np.testing.assert_allclose(written_affine, seg_affine, atol=1e-12)
+    with pytest.raises(ValueError, match=r"no name to label\(s\) \[2\]"):
+        write_segmentation(tmp_path / "unnamed.seg.nrrd", layers[0], seg_affine, {1: "liver"})
+    with pytest.raises(ValueError, match="0..255"):
+        write_segmentation(tmp_path / "big.seg.nrrd", layers[0].astype(int) * 300, seg_affine, {300: "x", 600: "y"})
     # A plain label map works as well; its labels become segment names.
     write_image(tmp_path / "labels.nrrd", (layers[0]).astype(np.int16), seg_affine)
     labels, _ = read_segmentation(tmp_path / "labels.nrrd")

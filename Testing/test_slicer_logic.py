@@ -22,6 +22,7 @@ import segshap
 from segshap.game import BASELINES, FEATURE_KINDS
 from segshap.io import read_image, read_segmentation
 from segshap.jobs import OPTION_KEYS, demo_request
+from segshap.processes import process_alive
 from segshap.values import VALUE_NAMES
 from SegShapExplainLib import (
     Baseline,
@@ -426,13 +427,6 @@ def test_cancel_kills_the_whole_process_tree(tmp_path):
     child = int(pid_file.read_text())
     job.cancel()
     deadline = time.monotonic() + 10
-    while _alive(child):
+    while process_alive(child):
         assert time.monotonic() < deadline, "the worker's child outlived the cancel"
         time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    if not stat.exists():
-        return False
-    return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"

@@ -18,7 +18,7 @@ out="segshap-demo-cohort"
 passed=()
 while (($#)); do
     case "$1" in
-        --out) out="$2"; shift 2 ;;
+        --out) out="${2:?--out needs a folder}"; shift 2 ;;
         --out=*) out="${1#--out=}"; shift ;;
         *) passed+=("$1"); shift ;;
     esac

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .figure import cohort_figure
+from .game import ORGAN_FEATURES
 from .io import StagedOutput
 from .jobs import OPTION_KEYS, UsageError
 from .manifest import Case, read_manifest
@@ -71,11 +72,17 @@ class CohortResult:
     out: Path | None = None
 
     @property
+    def cases(self) -> int:
+        """How many cases are complete."""
+        return int(self.table["case_id"].nunique()) if len(self.table) else 0
+
+    @property
     def summary(self) -> str:
         """One line: how many cases are complete, and the failures with their reasons."""
-        cases = self.table["case_id"].nunique() if len(self.table) else 0
         failures = "; ".join(f"{case}: {reason}" for case, reason in self.failed.items())
-        return f"Cohort: {cases} case(s) explained, {len(self.failed)} failed" + (f": {failures}" if failures else "")
+        return f"Cohort: {self.cases} case(s) explained, {len(self.failed)} failed" + (
+            f": {failures}" if failures else ""
+        )
 
     def matrix(self, target: str) -> object:
         """Per organ, the ``mean``, ``sd`` and ``n`` across cases of the normalised values for one target (organ
@@ -151,8 +158,19 @@ def explain_cohort(
     Returns
     -------
     CohortResult
+
+    Raises
+    ------
+    UsageError
+        Ray or pandas is not installed (the ``cohort`` extra).
+    ValueError
+        An unknown option, a label map for a case not in the cohort, label maps without organ features, or a bad
+        manifest (:class:`segshap.manifest.ManifestError`, every bad row at once).
+    FileNotFoundError
+        No such model.
     """
     ray = _cohort_dependency("ray")
+    _cohort_dependency("pandas")  # aggregation's, checked before any case runs
     unknown = set(explain_options) - set(OPTION_KEYS)
     if unknown:
         raise ValueError(f"Unknown option(s) {sorted(unknown)}; explain_cohort takes {', '.join(OPTION_KEYS)}.")
@@ -162,6 +180,11 @@ def explain_cohort(
     unknown_cases = set(labelmaps) - {case.case_id for case in cases}
     if unknown_cases:
         raise ValueError(f"labelmaps names case(s) {sorted(unknown_cases)} that are not in the cohort.")
+    if features not in ORGAN_FEATURES and (labelmaps or any(case.labelmap is not None for case in cases)):
+        raise ValueError(
+            f"Label maps make organ features, but features={features!r}: ask for one of {ORGAN_FEATURES}, or drop "
+            "the manifest's labelmap column."
+        )
     targets = [targets] if isinstance(targets, (str, int)) else list(targets)
     package = _model_package(Path(model), model_config)  # a missing model is refused before anything is written
     settings = {"targets": targets, "trust_model": trust_model, "options": {"features": features, **explain_options}}
@@ -171,8 +194,10 @@ def explain_cohort(
     _log.info("Cohort: %d case(s), %d to explain", len(cases), len(todo))
 
     connected_here = not ray.is_initialized()
+    address = None if address in (None, "", "local") else address
     # A local instance started for this run ends with it; a cluster joined (an address) runs on.
     owns_instance = connected_here and address is None
+    children_before = set(descendants(os.getpid()))
     if connected_here:
         _init_keeping_signal_handlers(ray, address)
     try:
@@ -181,7 +206,7 @@ def explain_cohort(
         )
     finally:
         if owns_instance:
-            _shut_down_waiting_for_workers(ray)
+            _shut_down_waiting_for_workers(ray, children_before)
         elif connected_here:
             ray.shutdown()
         shutil.rmtree(out / _STAGING, ignore_errors=True)
@@ -207,9 +232,24 @@ def cohort_from_request(
     progress: Callable[[int, int], None] | None = None,
     on_case: Callable[[str, str | None], None] | None = None,
 ) -> tuple[CohortResult, dict]:
-    """Carry out a ``cohort`` request (see :mod:`segshap.jobs`): the result, and the fields of its ``done`` event
-    (``outputs``: the aggregated files by name; ``cases``: how many are complete; ``failed``: id to reason;
-    ``summary``: one line)."""
+    """Carry out a ``cohort`` request (see :mod:`segshap.jobs`) with :func:`explain_cohort`.
+
+    Parameters
+    ----------
+    request : dict
+        The request: ``manifest``, ``model``, ``target`` (a list, or names separated by commas) and ``out``;
+        optionally ``model_config``, ``trust_model``, ``address``, ``gpus_per_case``, ``resume`` and ``options``
+        (``features`` default ``"organs"``).
+    progress, on_case : callable, optional
+        As for :func:`explain_cohort`.
+
+    Returns
+    -------
+    result : CohortResult
+    fields : dict
+        The ``done`` event's fields: ``outputs`` (the aggregated files and ``cases/`` by name, absolute),
+        ``cases`` (how many are complete), ``failed`` (case id to reason) and ``summary`` (one line).
+    """
     options = dict(request.get("options") or {})
     target = request["target"]
     result = explain_cohort(
@@ -232,8 +272,7 @@ def cohort_from_request(
     outputs["cases"] = str(out / _CASES)
     if result.failed:
         outputs["failed"] = str(out / _FAILED)
-    cases = int(result.table["case_id"].nunique()) if len(result.table) else 0
-    return result, {"outputs": outputs, "cases": cases, "failed": result.failed, "summary": result.summary}
+    return result, {"outputs": outputs, "cases": result.cases, "failed": result.failed, "summary": result.summary}
 
 
 def _init_keeping_signal_handlers(ray, address: str | None) -> None:
@@ -249,14 +288,15 @@ def _init_keeping_signal_handlers(ray, address: str | None) -> None:
             signal.signal(sig, handler)
 
 
-def _shut_down_waiting_for_workers(ray) -> None:
+def _shut_down_waiting_for_workers(ray, children_before: set[int]) -> None:
     """Shut this run's own Ray instance down and wait until its processes have ended.
 
     ``ray.shutdown`` stops the instance but its workers notice on their own time: one in the middle of a case
-    could still write into the staging folder after the run removed it. Its processes are the descendants of this
-    one (Linux: read from ``/proc``); those still there after three seconds are killed.
+    could still write into the staging folder after the run removed it. Its processes are this one's descendants
+    that were not there before Ray started (``children_before``; Linux: read from ``/proc``); those still there
+    after three seconds are killed.
     """
-    processes = descendants(os.getpid())
+    processes = [pid for pid in descendants(os.getpid()) if pid not in children_before]
     ray.shutdown()
     deadline = time.monotonic() + _WORKER_EXIT_SECONDS
     while any(process_alive(pid) for pid in processes) and time.monotonic() < deadline:

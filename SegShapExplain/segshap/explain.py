@@ -24,7 +24,7 @@ from .engine import PatchEngine
 from .estimator import DESIGNS, kernel_shap
 from .explanation import Explanation
 from .faithfulness import Faithfulness, faithfulness_curves
-from .game import explanation_game
+from .game import ORGAN_FEATURES, explanation_game
 from .models import LoadedModel
 from .surrogate import adjacent_pairs
 
@@ -196,7 +196,7 @@ def explain(
 
     feature_map = np.where(np.isin(game.feature_map, engine.feature_ids), game.feature_map, 0).astype(np.int32)
     organ_labels = None
-    if isinstance(features, str) and features in ("organs", "organ_aware"):
+    if isinstance(features, str) and features in ORGAN_FEATURES:
         organ_labels = feature_maps.feature_organs(feature_map, game.labelmap)[engine.feature_ids]
     image_feature_map = game.prepared.to_image_grid(feature_map)
     hidden = np.setdiff1d(engine.feature_ids, image_feature_map)
@@ -314,6 +314,7 @@ def _versions() -> dict:
 
 
 def _organ_names(given: dict[int, str] | None, model) -> dict[int, str]:
+    """The names of the organ labels: those given with the label map, else the model's class names."""
     if given is not None:
         return {int(label): str(name) for label, name in given.items()}
     return dict(model.classes) if isinstance(model, LoadedModel) else {}

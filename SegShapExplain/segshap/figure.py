@@ -55,24 +55,23 @@ def cohort_figure(table, full_values: dict[str, dict[str, float]], path: str | o
     path : str or path-like
         Where to write the PNG.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot's: drawing it leaves the caller's plotting backend (a notebook's) alone.
     from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
 
     organs = table[table["organ"] != ""]
     targets = sorted(table["target"].unique())
     cases = sorted(full_values)
     if table.empty:
-        figure, axis = plt.subplots(figsize=(6.0, 2.0))
+        figure = Figure(figsize=(6.0, 2.0))
+        axis = figure.subplots()
         axis.axis("off")
         axis.text(0.5, 0.5, "No complete case yet (failed.csv says why)", ha="center", va="center")
         figure.savefig(path, dpi=110)
-        plt.close(figure)
         return
     if organs.empty:
-        figure, axis = plt.subplots(figsize=(max(6.0, 0.5 * len(cases) + 3), 4.5), layout="constrained")
+        figure = Figure(figsize=(max(6.0, 0.5 * len(cases) + 3), 4.5), layout="constrained")
+        axis = figure.subplots()
         for offset, target in enumerate(targets):
             shown = [full_values[case].get(target, np.nan) for case in cases]
             axis.plot(np.arange(len(cases)) + 0.1 * offset, shown, "o", label=target)
@@ -80,32 +79,22 @@ def cohort_figure(table, full_values: dict[str, dict[str, float]], path: str | o
         axis.set(ylabel="value of the full image", title=f"{len(cases)} case(s): organ features compare across cases")
         axis.legend(fontsize="small")
         figure.savefig(path, dpi=110)
-        plt.close(figure)
         return
     grouped = organs.groupby(["target", "organ"])["normalised"]
     mean, sd, count = (grouped.agg(statistic).unstack("organ") for statistic in ("mean", "std", "count"))
     # Organs that are also targets first, on the diagonal, then the others by their largest absolute mean.
     by_size = mean.abs().max().sort_values(ascending=False).index
     order = [target for target in targets if target in by_size] + [o for o in by_size if o not in targets]
-    mean, sd, count = (
-        mean.reindex(index=targets, columns=order),
-        sd.reindex(columns=order),
-        count.reindex(columns=order),
-    )
+    mean, sd, count = (frame.reindex(index=targets, columns=order) for frame in (mean, sd, count))
     width = max(5.0, 0.9 * len(order) + 2.5)
-    figure, axes = plt.subplots(
-        len(targets),
-        2,
-        figsize=(width + 5.0, max(3.5, 1.1 * len(targets) + 2.5, 2.2 * len(targets))),
-        layout="constrained",
-        gridspec_kw={"width_ratios": [width, 5.0]},
-        squeeze=False,
-    )
+    figure = Figure(figsize=(width + 5.0, max(3.5, 1.1 * len(targets) + 2.5, 2.2 * len(targets))), layout="constrained")
+    axes = figure.subplots(len(targets), 2, gridspec_kw={"width_ratios": [width, 5.0]}, squeeze=False)
     grid = axes[0, 0].get_gridspec()
     for axis in axes[:, 0]:
         axis.remove()
     matrix_axis = figure.add_subplot(grid[:, 0])
-    limit = float(np.nanmax(np.abs(mean.to_numpy()))) or 1.0
+    finite = np.abs(mean.to_numpy())[np.isfinite(mean.to_numpy())]
+    limit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     shown = matrix_axis.imshow(
         mean.to_numpy(), cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -limit, limit), aspect="auto", interpolation="nearest"
     )
@@ -135,7 +124,6 @@ def cohort_figure(table, full_values: dict[str, dict[str, float]], path: str | o
         axis.set_title(f"{target}: top organs, \u00b11 sd across cases", fontsize=9)
     axes[-1, 1].set_xlabel("normalised attribution")
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def _plane(volume: np.ndarray, *, crop: tuple, axis: int, index: int) -> np.ndarray:

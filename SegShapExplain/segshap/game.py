@@ -21,9 +21,11 @@ from .models import LoadedModel, load_model
 from .predict import DEFAULT_BATCH_SIZE, model_labels, prepare, require_predicted
 from .tiling import TilingSpec
 
-__all__ = ["ExplanationGame", "explanation_game", "FEATURE_KINDS", "BASELINES"]
+__all__ = ["ExplanationGame", "explanation_game", "FEATURE_KINDS", "ORGAN_FEATURES", "BASELINES"]
 
 FEATURE_KINDS = ("slic", "fcc", "grid", "organs", "organ_aware")
+ORGAN_FEATURES = ("organs", "organ_aware")
+"""The feature kinds made from an organ label map."""
 BASELINES = ("mean", "min", "zero")
 
 _log = logging.getLogger("segshap")
@@ -118,7 +120,7 @@ def explanation_game(
     batch_size = engine_options.get("batch_size", DEFAULT_BATCH_SIZE)
 
     prediction = None
-    needs_labelmap = isinstance(features, str) and features in ("organs", "organ_aware") and labelmap is None
+    needs_labelmap = isinstance(features, str) and features in ORGAN_FEATURES and labelmap is None
     if reference is None or needs_labelmap:
         _log.info("Segmenting the image with the model")
         prediction = model_labels(network, x, tiling_spec, device, batch_size)

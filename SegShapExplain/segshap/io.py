@@ -262,12 +262,27 @@ def write_image(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) 
 def write_segmentation(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray, names: dict[int, str]) -> None:
     """Write a label map as a 3D Slicer ``.seg.nrrd``: one layer, label ``k`` the segment ``names[k]``.
 
-    :func:`read_segmentation` reads it back by name, and 3D Slicer loads it as a segmentation node.
+    Parameters
+    ----------
+    path : str or path-like
+        Where to write; must end in ``.seg.nrrd``.
+    labels : np.ndarray
+        ``(X, Y, Z)`` integer labels in 0..255, 0 for no segment.
+    affine : np.ndarray
+        Voxel indices to RAS millimetres.
+    names : dict of int to str
+        The name of every label > 0 in ``labels`` (:func:`read_segmentation` reads the segments back by them).
     """
     import nrrd
 
     if not str(path).endswith(".seg.nrrd"):
         raise ValueError(f"write_segmentation writes a .seg.nrrd, got {path}.")
+    labels = np.asarray(labels)
+    present = {int(label) for label in np.unique(labels)} - {0}
+    if labels.ndim != 3 or not np.array_equal(labels, np.round(labels)) or labels.min() < 0 or labels.max() > 255:
+        raise ValueError("labels must be a 3D array of integers in 0..255 (one layer of a .seg.nrrd).")
+    if present - set(names):
+        raise ValueError(f"names gives no name to label(s) {sorted(present - set(names))}; name every label > 0.")
     header = _nrrd_header(affine, list_axis=False)
     for index, (label, name) in enumerate(sorted(names.items())):
         header.update(

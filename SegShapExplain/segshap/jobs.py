@@ -21,6 +21,7 @@ import torch
 
 from .explain import explain
 from .explanation import Explanation
+from .game import ORGAN_FEATURES
 from .geometry import Grid, transfer
 from .inputs import ArgumentError, resolve_device
 from .io import NRRD_SUFFIXES, StagedOutput, read_image, read_json, read_segmentation, volume_suffix, write_image
@@ -96,6 +97,10 @@ REQUIRED_KEYS = {
 """The keys each task needs."""
 
 
+_COHORT_KEYS = frozenset({"manifest", "address", "gpus_per_case", "resume"})
+_CASE_KEYS = frozenset({"image", "reference", "reference_segment", "roi", "labelmap"})
+
+
 class UsageError(Exception):
     """Bad input that is not a bad argument of the library: reported as one line and exit code 2."""
 
@@ -121,6 +126,10 @@ def read_request(path: str | Path) -> dict:
             f"The request {path} has unknown keys {sorted(unknown)} or misses {sorted(missing)}; "
             f"keys: {', '.join(REQUEST_KEYS)} ({', '.join(sorted(REQUIRED_KEYS[task]))} required for {task})."
         )
+    misplaced = set(request) & (_CASE_KEYS if task == "cohort" else _COHORT_KEYS)
+    if misplaced:
+        where = "each case's come from the manifest" if task == "cohort" else "they are a cohort's"
+        raise UsageError(f"The request {path} (task {task}) cannot take {sorted(misplaced)}: {where}.")
     return request
 
 
@@ -294,6 +303,8 @@ def _explanation(request: dict, progress: Callable[[int, int], None] | None) -> 
     roi = _roi(request.get("roi"), image_grid)
     labelmap, organ_names = None, None
     if request.get("labelmap") is not None:
+        if options.get("features", "slic") not in ORGAN_FEATURES:
+            raise ArgumentError("labelmap", f"{{argument}} makes organ features: ask for one of {ORGAN_FEATURES}.")
         labelmap, organ_names = _organ_label_map(request["labelmap"], image_grid)
     batch_size = options.pop("batch_size", DEFAULT_BATCH_SIZE)
     return halving_batch_on_oom(

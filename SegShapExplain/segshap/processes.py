@@ -12,7 +12,17 @@ __all__ = ["process_alive", "descendants"]
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process with this pid exists and is not a zombie (dead, waiting for its parent to reap it)."""
+    """Whether a process with this pid exists and is not a zombie (dead, waiting for its parent to reap it).
+
+    Parameters
+    ----------
+    pid : int
+
+    Returns
+    -------
+    bool
+        ``True`` also for a process of another user (it exists).
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -27,7 +37,17 @@ def process_alive(pid: int) -> bool:
 
 
 def descendants(pid: int) -> list[int]:
-    """The pids of the processes descended from ``pid`` (empty where there is no ``/proc``)."""
+    """The processes descended from a process: its children, theirs, and so on.
+
+    Parameters
+    ----------
+    pid : int
+
+    Returns
+    -------
+    list of int
+        Their pids, nearest generation first; empty where there is no ``/proc``.
+    """
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         try:
