@@ -17,10 +17,11 @@ import slicer
 import slicer.util
 import vtk
 from helpers.slicer_scenes import DEMO, SMALL, vtk_matrix
+from vtk.util import numpy_support
 
 import segshap
 from segshap.game import BASELINES, FEATURE_KINDS
-from segshap.io import read_image, read_segmentation
+from segshap.io import read_image, read_segmentation, write_segmentation
 from segshap.jobs import OPTION_KEYS, demo_request
 from segshap.processes import process_alive
 from segshap.values import VALUE_NAMES
@@ -430,3 +431,34 @@ def test_cancel_kills_the_whole_process_tree(tmp_path):
     while process_alive(child):
         assert time.monotonic() < deadline, "the worker's child outlived the cancel"
         time.sleep(0.05)
+
+
+def test_a_segmentation_segshap_writes_loads_in_slicer_by_name_and_place(tmp_path):
+    labels = np.zeros((8, 9, 10), np.uint8)
+    labels[1:4, 1:4, 1:4] = 1
+    labels[5:7, 5:8, 5:9] = 2
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (-10.0, 4.0, 6.0)
+    write_segmentation(tmp_path / "tissues.seg.nrrd", labels, affine, {1: "gray_matter", 2: "white_matter"})
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(tmp_path / "tissues.seg.nrrd"))
+    assert storage.ReadData(node)
+    segmentation = node.GetSegmentation()
+    segments = [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
+    assert [segment.GetName() for segment in segments] == ["gray_matter", "white_matter"]
+    # Each segment's voxels, and where they lie: the centroid in RAS of the voxels the file labels.
+    for segment, mask in zip(segments, (labels == 1, labels == 2)):
+        image = segment.GetRepresentation("Binary labelmap")
+        extent = image.GetExtent()
+        shape = [extent[2 * axis + 1] - extent[2 * axis] + 1 for axis in range(3)]
+        array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape[::-1]).transpose(2, 1, 0)
+        ijk = np.argwhere(array == segment.GetLabelValue()) + [extent[0], extent[2], extent[4]]
+        to_world = vtk.vtkMatrix4x4()
+        image.GetImageToWorldMatrix(to_world)
+        matrix = np.array([[to_world.GetElement(i, j) for j in range(4)] for i in range(4)])
+        assert len(ijk) == mask.sum()
+        np.testing.assert_allclose(
+            (matrix[:3, :3] @ ijk.mean(0) + matrix[:3, 3]), affine[:3, :3] @ np.argwhere(mask).mean(0) + affine[:3, 3]
+        )
