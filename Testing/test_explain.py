@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import warnings
 
+import matplotlib
 import numpy as np
 import pytest
 from helpers.contract import perturbed, reference_values
@@ -75,7 +76,13 @@ def test_save_writes_all_outputs_with_the_geometry(tmp_path, explained):
     keep = tmp_path / "out" / "notes.txt"
     keep.parent.mkdir()
     keep.write_text("mine")
-    outputs = ex.save(tmp_path / "out")
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # as a notebook has its own: drawing overview.png leaves it alone
+    try:
+        outputs = ex.save(tmp_path / "out")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
     assert set(outputs) == {"heatmap", "features", "report", "overview"}
     assert keep.read_text() == "mine"
     heat, affine = read_image(outputs["heatmap"])

@@ -155,11 +155,8 @@ def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0)
     target_index : int
         Which target to show when the explanation has several.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
 
     heat = explanation.heatmap
     values, stderr = explanation.values, explanation.stderr
@@ -176,7 +173,7 @@ def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0)
     limit = float(np.abs(heat).max()) or 1.0
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
 
-    figure = plt.figure(figsize=(13, 8.5), layout="constrained")
+    figure = Figure(figsize=(13, 8.5), layout="constrained")  # not pyplot's: a notebook's backend stays as it is
     grid = figure.add_gridspec(2, 3, height_ratios=[1.15, 1])
     image = explanation.image
     low, high = np.percentile(image, [1, 99])
@@ -220,7 +217,6 @@ def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0)
     if curves is not None:
         _plot_faithfulness(figure.add_subplot(grid[1, 2]), curves)
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def _plot_faithfulness(ax, curves) -> None:
