@@ -74,8 +74,8 @@ def derive_case(template: Template, rng: np.random.Generator) -> tuple[np.ndarra
     extent = np.array(template.t1.shape) * 2.0
     shape = np.ceil(extent / spacing).astype(int)
     centre = template.affine @ np.append((np.array(template.t1.shape) - 1) / 2.0, 1.0)
-    affine = np.diag(np.append(spacing, 1.0))
-    affine[:3, :3] = np.sign(np.diag(template.affine)[:3]) * np.diag(spacing)
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(np.sign(np.diag(template.affine)[:3]) * spacing)
     affine[:3, 3] = centre[:3] - affine[:3, :3] @ ((shape - 1) / 2.0)
 
     # Where each voxel of the case comes from in the template: case voxel -> RAS -> deformation -> template voxel.

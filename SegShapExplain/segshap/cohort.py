@@ -197,7 +197,7 @@ def explain_cohort(
     address = None if address in (None, "", "local") else address
     # A local instance started for this run ends with it; a cluster joined (an address) runs on.
     owns_instance = connected_here and address is None
-    children_before = set(descendants(os.getpid()))
+    children_before = set(descendants(os.getpid())) if owns_instance else set()
     if connected_here:
         _init_keeping_signal_handlers(ray, address)
     try:

@@ -31,6 +31,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common
 from common import DEMO_MODEL, ROOT, machine, machine_line, write_section
 
+from segshap.manifest import read_manifest
+
 TARGETS = "gray_matter,white_matter"
 SUPERVOXELS = 100
 GPU_FORWARD_SECONDS = {"demo model, measured": 17.2 / 4838, "96^3 window, assumed": 0.030}
@@ -90,14 +92,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="segshap-bench-cohort-") as folder:
         work = Path(folder)
         manifest = demo_cohort.write_cohort(work / "data", args.cases, args.seed)
-        rows = [line.split(",") for line in manifest.read_text().splitlines()[1:]]
+        cases = read_manifest(manifest)
         common = ["--model", str(DEMO_MODEL), "--target", TARGETS, "--features", "organs"]
 
         loop_s = 0.0
-        for case_id, image, labelmap in rows:
+        for case in cases:
             loop_s += _segshap(
-                "explain", *common, "--image", str(manifest.parent / image),
-                "--labelmap", str(manifest.parent / labelmap), "--out", str(work / "loop" / case_id),
+                "explain", *common, "--image", str(case.image), "--labelmap", str(case.labelmap),
+                "--out", str(work / "loop" / case.case_id),
                 device=args.device,
             )  # fmt: skip
         loop_rss_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
@@ -107,14 +109,13 @@ def main() -> None:
         )
         print(f"segshap cohort on Ray: {cohort_s:.1f} s")
 
-        loop = {case_id: _case_record(work / "loop" / case_id) for case_id, _, _ in rows}
-        ray = {case_id: _case_record(work / "ray" / "cases" / case_id) for case_id, _, _ in rows}
+        loop = {case.case_id: _case_record(work / "loop" / case.case_id) for case in cases}
+        ray = {case.case_id: _case_record(work / "ray" / "cases" / case.case_id) for case in cases}
         difference = max(float(np.abs(np.subtract(loop[case]["values"], ray[case]["values"])).max()) for case in loop)
         # One case with supervoxels, for the sketch's second feature set.
-        case_id, image, _ = rows[0]
         _segshap(
             "explain", "--model", str(DEMO_MODEL), "--target", TARGETS, "--features", "slic",
-            "--n-features", str(SUPERVOXELS), "--image", str(manifest.parent / image), "--out", str(work / "slic"),
+            "--n-features", str(SUPERVOXELS), "--image", str(cases[0].image), "--out", str(work / "slic"),
             device=args.device,
         )  # fmt: skip
         slic = _case_record(work / "slic")
