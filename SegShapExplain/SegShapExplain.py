@@ -6,7 +6,6 @@ the engine ``segshap`` runs in a separate worker process and is never imported h
 
 from __future__ import annotations
 
-import inspect
 import pathlib
 from typing import Annotated
 
@@ -32,14 +31,13 @@ from SegShapExplainLib import (
     OutlineStyle,
     OutOfMemoryError,
     SegShapExplainLogic,
-    SubprocessRunner,
     ValueFunction,
     WorkerCancelled,
     WorkerError,
-    killProcessTree,
 )
-from SegShapExplainLib.dependencies import installMessage, missingPackages, requirementsFile
+from SegShapExplainLib.dependencies import installDependencies, installMessage, missingPackages
 from SegShapExplainLib.resources import demoCase, resourcesFolder
+from SegShapExplainLib.worker import slicerRunner
 
 DEMO = demoCase()
 
@@ -136,7 +134,7 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.parameterLogic = SegShapExplainParameterLogic()
-        self.logic = SegShapExplainLogic(slicer.mrmlScene, runner=_consoleRunner())
+        self.logic = SegShapExplainLogic(slicer.mrmlScene, runner=slicerRunner())
 
         self.timer = qt.QTimer()
         self.timer.setInterval(100)
@@ -413,77 +411,10 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return True
         if not slicer.util.confirmOkCancelDisplay(installMessage(missing), windowTitle="SegShapExplain"):
             return False
-        if "torch" in missing:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError:
-                raise RuntimeError(
-                    "SegShapExplain needs the PyTorch extension: install 'PyTorch' from the "
-                    "Extensions Manager, restart 3D Slicer and try again."
-                ) from None
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                raise RuntimeError("PyTorch could not be installed; pip's messages are in the Python console.")
-        if any(item != "torch" for item in missing):
-            _pipInstall(requirementsFile())
-        still = missingPackages()
-        if still:
-            raise RuntimeError(
-                f"Still missing after installing: {', '.join(still)}. Restart 3D Slicer and try "
-                "again; pip's messages are in the Python console."
-            )
+        installDependencies(missing)
         self._describedModel = None  # list the model's classes now that the worker can run
         self.updateButtons()
         return True
-
-
-def _consoleRunner():
-    """``slicer.util.launchConsoleProcess`` with callbacks where Slicer has them (5.12+), else a reader thread."""
-    if "logCallback" in inspect.signature(slicer.util.launchConsoleProcess).parameters:
-        return _ConsoleProcess
-    return SubprocessRunner()
-
-
-class _ConsoleProcess:
-    """A worker started by ``launchConsoleProcess``; its lines arrive on the main thread from Slicer's timer."""
-
-    def __init__(self, command, env) -> None:
-        self.lines: list[str] = []
-        self.code: int | None = None
-        self.process = slicer.util.launchConsoleProcess(
-            list(command),
-            updateEnvironment=env,
-            blocking=False,
-            logCallback=self.lines.append,
-            completedCallback=self._completed,
-        )
-
-    def _completed(self, code: int) -> None:
-        self.code = code
-
-    def takeLines(self) -> list[str]:
-        taken, self.lines = self.lines, []
-        return taken
-
-    def returnCode(self) -> int | None:
-        return self.code
-
-    def kill(self) -> None:
-        killProcessTree(self.process.pid)
-
-
-def _pipInstall(requirements: pathlib.Path) -> None:
-    try:
-        import slicer.pydeps as pydeps  # Slicer 5.11+
-    except ImportError:
-        slicer.util.pip_install(["-r", str(requirements)])
-        return
-    # The panel has asked already: no second prompt.
-    pydeps.pip_ensure(
-        pydeps.load_requirements(str(requirements)),
-        skip_packages=["torch"],
-        prompt_install=False,
-        requester="SegShapExplain",
-    )
 
 
 class SegShapExplainTest(ScriptedLoadableModuleTest):

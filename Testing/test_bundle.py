@@ -167,7 +167,7 @@ def test_engine_values_equal_the_bundles_inferer_on_perturbed_images(bundle, lps
         tiling=model.tiling_spec,
     )
     rng = np.random.default_rng(3)
-    coalitions = rng.random((4, engine.n_features)) < 0.5
+    coalitions = rng.random((4, engine.n_players)) < 0.5
     values = engine.evaluate(coalitions)
     from monai.bundle import ConfigParser
 

@@ -81,5 +81,5 @@ def test_an_entry_replaced_while_held_keeps_its_contents_until_the_block_ends():
 
 
 def test_negative_budget():
-    with pytest.raises(ValueError, match="cache_bytes must be >= 0"):
+    with pytest.raises(ValueError, match="cache_bytes= must be a non-negative integer"):
         PatchCache(-1)

@@ -214,7 +214,12 @@ def test_worker_takes_nrrd_and_a_named_slicer_segment_as_the_slicer_module_sends
     "extra, fragment",
     [
         ({"target": "nerve"}, "Unknown target 'nerve'"),
-        ({"options": {"colour": "red"}}, "Unknown option(s) ['colour']"),
+        ({"options": {"colour": "red"}}, 'Unknown option "colour"; the options are features, n_features'),
+        ({"options": {"n_features": 0}}, '"n_features" must be a positive integer, got 0'),
+        ({"target": ["white_matter", {"class": 2}]}, '"target" must be a class name or index, or a list of them'),
+        ({"target": True}, '"target" must be a class name or index'),
+        ({"roi": [[0, 10], [0, 10]]}, '"roi" must be a box x0:x1,y0:y1,z0:z1, three [start, stop] pairs or a mask'),
+        ({"trust_model": "yes"}, '"trust_model" must be true or false'),
         ({"oops": 1}, "has unknown keys ['oops']"),
         ({"roi": "1:2:x"}, "\"roi\" '1:2:x' is not a box"),
     ],
@@ -388,7 +393,7 @@ def test_worker_tasks_need_their_keys(tmp_path, request_fields, fragment):
 def test_out_of_memory_halves_the_batch_then_asks_for_the_cpu():
     import torch
 
-    from segshap.jobs import OutOfMemory, halving_batch_on_oom
+    from segshap.request import OutOfMemory, halving_batch_on_oom
 
     tried = []
 

@@ -22,9 +22,8 @@ pytest.importorskip("ray")
 from helpers.slicer_scenes import DEMO  # noqa: E402
 
 import segshap  # noqa: E402
-from segshap.cohort import COHORT_COLUMNS, aggregate, explain_cohort  # noqa: E402
+from segshap.cohort import COHORT_COLUMNS, MissingDependency, aggregate, explain_cohort  # noqa: E402
 from segshap.io import read_image, write_image, write_segmentation  # noqa: E402
-from segshap.jobs import UsageError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 BOX = ",".join(f"{a}:{b}" for a, b in DEMO.roi)
@@ -106,7 +105,7 @@ def test_a_cohort_is_explained_aggregated_and_resumed(manifest, tmp_path):
     }  # fmt: skip
     assert [(e["done"], e["total"]) for e in events if e["event"] == "progress"][-1] == (3, 3)
     assert events[-1]["cases"] == 2 and list(events[-1]["failed"]) == ["lost"]
-    assert events[-1]["summary"].startswith("Cohort: 2 case(s) explained, 1 failed: lost: UsageError")
+    assert events[-1]["summary"].startswith("Cohort: 2 case(s) explained, 1 failed: lost: ValueError: The reference")
     assert Path(events[-1]["outputs"]["png"]).is_file() and Path(events[-1]["outputs"]["failed"]).is_file()
     assert (out / "cases" / "demo" / "explanation.json").stat().st_mtime_ns != stamp
 
@@ -124,7 +123,7 @@ def test_unknown_options_and_cases_are_refused_before_ray_starts(manifest, tmp_p
         explain_cohort(manifest, tmp_path / "none.pt", targets="white_matter", out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
     monkeypatch.setitem(sys.modules, "ray", None)  # as where the cohort extra is not installed
-    with pytest.raises(UsageError, match=r"pip install 'segshap\[cohort\]'"):
+    with pytest.raises(MissingDependency, match=r"pip install 'segshap\[cohort\]'"):
         explain_cohort(manifest, DEMO.model, targets="white_matter", out=tmp_path / "out")
 
 
@@ -169,7 +168,7 @@ def test_aggregate_only_rebuilds_the_tables_and_label_maps_make_the_organs_named
     (out / "cohort.csv").unlink()
     done = _segshap("cohort", "--aggregate-only", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    assert "2 case(s) explained, 1 failed: lost: UsageError" in done.stdout
+    assert "2 case(s) explained, 1 failed: lost: ValueError: The reference" in done.stdout
     assert (out / "cohort.csv").read_text() == result.table.to_csv(index=False)
 
 
@@ -216,7 +215,7 @@ def _case_workers() -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::_explain_case"):
+                if (entry / "cmdline").read_bytes().startswith(b"ray::explain_case"):
                     pids.append(int(entry.name))
             except OSError:
                 continue
@@ -247,24 +246,79 @@ def test_a_killed_worker_costs_only_its_case_which_is_rerun(manifest, tmp_path):
     assert sorted(p.name for p in (out / "cases").iterdir()) == ["demo", "noisy"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupted_cohort_keeps_complete_cases_and_no_partial_one(manifest, tmp_path, signum):
+BUSY = "import time\nwhile True:\n    time.time()"
+
+
+@pytest.mark.parametrize(
+    "signum, load, again",
+    [
+        (signal.SIGINT, "idle", False),
+        (signal.SIGTERM, "idle", False),
+        (signal.SIGINT, "two busy processes", False),
+        (signal.SIGINT, "idle", True),
+    ],
+    ids=["SIGINT", "SIGTERM", "SIGINT-loaded", "SIGINT-twice"],
+)
+def test_an_interrupted_cohort_keeps_complete_cases_and_no_partial_one(manifest, tmp_path, signum, load, again):
+    """Stopped while a case is half-written: the complete cases stay, nothing else, on an idle or a loaded machine,
+    and a second Ctrl-C during the shutdown changes nothing."""
     out = tmp_path / "cohort"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "segshap.cli", "cohort", "--manifest", str(manifest), "--model", str(DEMO.model),
-         "--target", "white_matter", "--out", str(out), "--device", "cpu"],
-        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    for line in process.stderr:  # wait until the first case is complete
-        if line.startswith("segshap: Cohort:") and line.rstrip().endswith("done"):
-            break
-    sent = time.monotonic()
-    process.send_signal(signum)
-    process.wait(timeout=60)
-    assert time.monotonic() - sent < 10.0
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(2 if load != "idle" else 0)]
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "segshap.cli", "cohort", "--manifest", str(manifest), "--model", str(DEMO.model),
+             "--target", "white_matter", "--out", str(out), "--device", "cpu"],
+            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for line in process.stderr:  # wait until the first case is complete, the others under way
+            if line.startswith("segshap: Cohort:") and line.rstrip().endswith("done"):
+                break
+        sent = time.monotonic()
+        process.send_signal(signum)
+        if again:
+            time.sleep(0.3)
+            process.send_signal(signum)
+        process.wait(timeout=120)
+    finally:
+        for other in busy:
+            other.kill()
+            other.wait()
+    assert time.monotonic() - sent < 30.0  # seconds, not the minutes the remaining cases would take
     rest = process.stderr.read()
     assert process.returncode == 128 + signum, rest
-    assert "the complete cases are kept in" in rest
+    assert "the complete cases are kept in" in rest and "internal error" not in rest
     complete = [p.name for p in (out / "cases").iterdir()]
     assert len(complete) >= 1 and all((out / "cases" / name / "explanation.json").is_file() for name in complete)
     assert sorted(p.name for p in out.iterdir()) == ["cases"]  # no staging folder, no tables of a partial run
+
+
+def test_a_case_replaced_without_resume_is_there_old_or_new_whenever_the_run_is_killed(tmp_path, monkeypatch):
+    from segshap.cohort.case import place_case, restore_replaced
+
+    def case(folder: Path, text: str) -> Path:
+        folder.mkdir(parents=True)
+        (folder / "explanation.json").write_text(text)
+        return folder
+
+    out = tmp_path / "out"
+    case(out / "cases" / "a", "old")
+    (out / ".staging").mkdir()
+    new = case(out / ".staging" / "a-1" / "case", "new")
+    real_rename = Path.rename
+
+    def killed_before_the_new_one_moves(self, target):  # the worker dies between the two renames
+        if self == new:
+            raise SystemExit("killed")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", killed_before_the_new_one_moves)
+    with pytest.raises(SystemExit):
+        place_case(new, out, "a")
+    monkeypatch.setattr(Path, "rename", real_rename)
+    assert not (out / "cases" / "a").exists()  # for now the old one is aside...
+    assert restore_replaced(out) == ["a"]  # ...and the run that owns the staging folder puts it back
+    assert (out / "cases" / "a" / "explanation.json").read_text() == "old"
+
+    place_case(new, out, "a")  # not killed: the new one replaces the old one, nothing is left aside
+    assert (out / "cases" / "a" / "explanation.json").read_text() == "new"
+    assert restore_replaced(out) == [] and not any((out / ".staging" / "replaced").iterdir())

@@ -115,34 +115,36 @@ def _local_cost(coalitions: np.ndarray) -> float:
 def test_auto_picks_chains_when_they_fit_and_their_coalitions_are_cheap():
     game, _ = nonlinear(20, seed=3)
     assert kernel_shap(game, 20, 400, design="auto").design == "leverage"  # every coalition costs the same
-    assert kernel_shap(game, 20, 400, design="auto", cost=_local_cost).design == "chains"
-    assert kernel_shap(game, 20, 39, design="auto", cost=_local_cost).design == "leverage"  # no chain fits
+    assert kernel_shap(game, 20, 400, design="auto", forward_cost=_local_cost).design == "chains"
+    assert kernel_shap(game, 20, 39, design="auto", forward_cost=_local_cost).design == "leverage"  # no chain fits
 
     # The chains' error per coalition grows with the budget in multiples of M: the same 3x cheaper coalitions
     # win at 4M and lose at 16M ...
     def cheaper(factor):  # a walk's coalitions cost 1, any others `factor`
         return lambda c: len(c) * (1.0 if _local_cost(c) <= 2 * len(c) else factor)
 
-    assert kernel_shap(game, 20, 80, design="auto", cost=cheaper(3.0)).design == "chains"
-    assert kernel_shap(game, 20, 320, design="auto", cost=cheaper(3.0)).design == "leverage"
+    assert kernel_shap(game, 20, 80, design="auto", forward_cost=cheaper(3.0)).design == "chains"
+    assert kernel_shap(game, 20, 320, design="auto", forward_cost=cheaper(3.0)).design == "leverage"
     # ... and falls with M: at 16M, 4x cheaper coalitions lose with 20 features and win with 135.
-    assert kernel_shap(game, 20, 320, design="auto", cost=cheaper(4.0)).design == "leverage"
+    assert kernel_shap(game, 20, 320, design="auto", forward_cost=cheaper(4.0)).design == "leverage"
     wide, _ = nonlinear(135, seed=3)
-    assert kernel_shap(wide, 135, 16 * 135, design="auto", cost=cheaper(4.0)).design == "chains"
+    assert kernel_shap(wide, 135, 16 * 135, design="auto", forward_cost=cheaper(4.0)).design == "chains"
     assert kernel_shap(nonlinear(6)[0], 6, 64, design="chains").design == "exact"
     with pytest.raises(ValueError, match="design='chains' needs a budget of at least 40"):
         kernel_shap(game, 20, 30, design="chains")
 
 
 @pytest.mark.parametrize("design", ["chains", "leverage"])
-def test_a_cost_limit_stops_before_it_is_exceeded(design):
+def test_a_forward_limit_stops_before_it_is_exceeded(design):
     game, _ = nonlinear(16, seed=2)
-    result = kernel_shap(game, 16, 5000, design=design, batch_size=32, cost=lambda c: 3.0 * len(c), max_cost=900)
-    assert result.stop_reason == "max_cost" and result.cost <= 900 and result.n_evaluations <= 300
+    result = kernel_shap(
+        game, 16, 5000, design=design, batch_size=32, forward_cost=lambda c: 3.0 * len(c), max_forwards=900
+    )
+    assert result.stop_reason == "max_forwards" and result.forwards <= 900 and result.n_evaluations <= 300
     assert result.n_evaluations >= 300 - 32  # it stopped at the last batch that fitted
     assert result.efficiency_error <= 1e-9
-    with pytest.raises(ValueError, match="needs a cost function"):
-        kernel_shap(game, 16, 500, max_cost=10)
+    with pytest.raises(ValueError, match="max_forwards needs forward_cost"):
+        kernel_shap(game, 16, 500, max_forwards=10)
 
 
 @pytest.mark.slow
@@ -233,8 +235,8 @@ def test_the_tree_adjustment_lowers_the_error_on_a_real_models_game(monkeypatch,
         return float(np.mean(errors)), sum(r.adjusted for r in runs)
 
     adjusted_error, adjusted_runs = mean_error()
-    monkeypatch.setattr(segshap.leverage, "_ADJUST_CELLS", 0)
-    monkeypatch.setattr(segshap.chains, "_ADJUST_CELLS", 0)
+    monkeypatch.setattr(segshap.leverage, "ADJUST_CELLS", 0)
+    monkeypatch.setattr(segshap.chains, "ADJUST_CELLS", 0)
     plain_error, plain_runs = mean_error()
     assert adjusted_runs >= 3 and plain_runs == 0
     assert adjusted_error <= most * plain_error, (adjusted_error, plain_error)

@@ -46,7 +46,7 @@ def test_patch_forwards_equal_distinct_keys(setting):
     model = CountingModel(small_unet())
     engine = segshap.PatchEngine(model, image, features, reference=reference, patch_size=PATCH, batch_size=4)
     columns = _window_columns(engine, image, features)
-    m = engine.n_features
+    m = engine.n_players
     extremes = np.array([np.ones(m, bool), np.zeros(m, bool)])
     assert engine.stats["patch_forwards"] == len(_distinct_keys(columns, extremes)) == sum(model.batches)
 
@@ -74,13 +74,13 @@ def test_patch_forwards_equal_distinct_keys(setting):
 def test_seen_keys_are_never_run_again(setting):
     image, reference, features = setting
     engine = segshap.PatchEngine(small_unet(), image, features, reference=reference, patch_size=PATCH)
-    coalitions = np.random.default_rng(1).random((16, engine.n_features)) < 0.5
+    coalitions = np.random.default_rng(1).random((16, engine.n_players)) < 0.5
     first = engine.evaluate(coalitions)
     forwards = engine.stats["patch_forwards"]
     again = engine.evaluate(coalitions[::-1])
     assert engine.stats["patch_forwards"] == forwards
     np.testing.assert_array_equal(again[::-1], first)
-    extremes = np.array([np.ones(engine.n_features, bool), np.zeros(engine.n_features, bool)])
+    extremes = np.array([np.ones(engine.n_players, bool), np.zeros(engine.n_players, bool)])
     engine.evaluate(extremes)
     assert engine.stats["patch_forwards"] == forwards
 
@@ -91,7 +91,7 @@ def test_values_do_not_depend_on_batching_or_the_cache_budget(setting):
     model = PerSample(small_unet())
     options = dict(reference=reference, patch_size=PATCH, value="soft_dice")
     together = segshap.PatchEngine(model, image, features, **options)
-    coalitions = np.random.default_rng(2).random((12, together.n_features)) < 0.5
+    coalitions = np.random.default_rng(2).random((12, together.n_players)) < 0.5
     all_at_once = together.evaluate(coalitions)
     one_by_one = segshap.PatchEngine(model, image, features, batch_size=1, **options)
     singles = np.concatenate([one_by_one.evaluate(c[None]) for c in coalitions])
@@ -111,7 +111,7 @@ def test_cached_outputs_reuse_their_memory_from_call_to_call(setting):
     engine = segshap.PatchEngine(
         PerSample(small_unet()), image, features, reference=reference, patch_size=PATCH, cache_bytes=0
     )
-    coalitions = np.random.default_rng(3).random((10, engine.n_features)) < 0.5
+    coalitions = np.random.default_rng(3).random((10, engine.n_players)) < 0.5
     first = engine.evaluate(coalitions)
     after_first = engine.stats
     for _ in range(3):  # every output is run again (no budget) into the slots the first call left free
@@ -148,7 +148,7 @@ def test_only_windows_touching_the_roi_run_and_only_their_features_count(setting
     # A feature outside the support cannot change the value of full-volume inference.
     outside = np.setdiff1d(np.unique(features), engine.feature_ids)
     assert outside.size > 0
-    everything = np.ones((1, engine.n_features), dtype=bool)
+    everything = np.ones((1, engine.n_players), dtype=bool)
     x = perturbed(image, features, outside, np.zeros(outside.size, bool), 5.0)
     with torch.no_grad():
         full = sliding_window_inference(torch.from_numpy(x)[None], PATCH, 4, model, overlap=0.5, mode="gaussian")
@@ -175,9 +175,9 @@ def test_features_that_equal_the_baseline_change_nothing(setting):
         < np.unique(engine.tiling.pad(features, 0)[tuple(slice(a, b) for a, b in engine.tiling.window_box(w))]).size - 1
         for w, c in columns.items()
     )
-    coalitions = np.random.default_rng(3).random((10, engine.n_features)) < 0.5
+    coalitions = np.random.default_rng(3).random((10, engine.n_players)) < 0.5
     values = engine.evaluate(coalitions)
-    extremes = np.array([np.ones(engine.n_features, bool), np.zeros(engine.n_features, bool)])
+    extremes = np.array([np.ones(engine.n_players, bool), np.zeros(engine.n_players, bool)])
     assert engine.stats["patch_forwards"] == len(_distinct_keys(columns, np.concatenate([extremes, coalitions])))
     roi = np.zeros(image.shape, dtype=bool)
     roi[tuple(slice(a, b) for a, b in engine.roi_box)] = True
@@ -191,12 +191,12 @@ def test_feature_windows_and_forward_cost_tell_what_evaluation_runs(setting):
     image, reference, features = setting
     engine = segshap.PatchEngine(small_unet(), image, features, reference=reference, patch_size=PATCH, batch_size=4)
     columns = _window_columns(engine, image, features)
-    expected = [sorted(w for w, cols in columns.items() if j in cols) for j in range(engine.n_features)]
+    expected = [sorted(w for w, cols in columns.items() if j in cols) for j in range(engine.n_players)]
     assert [sorted(w.tolist()) for w in engine.feature_windows] == expected
     assert all(np.isin(w, engine.windows).all() for w in engine.feature_windows)
 
     rng = np.random.default_rng(3)
-    batches = [rng.random((12, engine.n_features)) < p for p in (0.5, 0.9, 0.5)]
+    batches = [rng.random((12, engine.n_players)) < p for p in (0.5, 0.9, 0.5)]
     batches[2][:6] = batches[1][:6]  # part of the third batch is cached by then
     for coalitions in batches:
         predicted = engine.forward_cost(coalitions)
@@ -214,7 +214,7 @@ def test_a_chain_step_runs_only_the_windows_of_the_feature_it_switches(setting):
     engine = segshap.PatchEngine(
         small_unet(), image, features, reference=reference, patch_size=PATCH, batch_size=4, cache_bytes=0
     )
-    m = engine.n_features
+    m = engine.n_players
     window_features = {}
     for j, windows in enumerate(engine.feature_windows):
         for w in windows.tolist():

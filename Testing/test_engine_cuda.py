@@ -31,7 +31,7 @@ def test_values_equal_full_volume_inference_on_cuda(mni_t1, blend):
     engine = segshap.PatchEngine(
         model, image, features, reference=reference, patch_size=PATCH, blend=blend, device="cuda", batch_size=8
     )
-    coalitions = np.random.default_rng(0).random((6, engine.n_features)) < 0.5
+    coalitions = np.random.default_rng(0).random((6, engine.n_players)) < 0.5
     values = engine.evaluate(coalitions)
     roi = np.zeros(image.shape, dtype=bool)
     roi[tuple(slice(a, b) for a, b in engine.roi_box)] = True
@@ -50,6 +50,6 @@ def test_bf16_autocast_is_close_but_not_exact(mni_t1, device):
     options = dict(reference=reference, patch_size=PATCH, device=device, batch_size=4)
     exact = segshap.PatchEngine(small_unet(), image, features, **options)
     fast = segshap.PatchEngine(small_unet(), image, features, autocast_dtype=torch.bfloat16, **options)
-    coalitions = np.random.default_rng(1).random((4, exact.n_features)) < 0.5
+    coalitions = np.random.default_rng(1).random((4, exact.n_players)) < 0.5
     difference = np.abs(exact.evaluate(coalitions) - fast.evaluate(coalitions))
     assert 0 < difference.max() < 2e-2

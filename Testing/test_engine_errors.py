@@ -82,7 +82,7 @@ CASES = {
     "target_outside_classes": (dict(target=3), r"target \[3\] is outside the model's classes 0..2"),
     "target_negative": (dict(target=-1), "non-negative class indices"),
     "target_repeated": (dict(target=[1, 1], reference=np.ones(SHAPE, np.int8)), "lists a class twice"),
-    "value_unknown": (dict(value="iou"), "value must be one of"),
+    "value_unknown": (dict(value="iou"), "value= must be one of"),
     "roi_empty": (dict(roi=np.zeros(SHAPE, bool)), "roi is empty"),
     "roi_outside": (dict(roi=_box((0, 0, 10), (10, 10, 30))), "reaches outside the volume"),
     "roi_inverted": (dict(roi=_box((5, 5, 5), (5, 9, 9))), "is empty or reaches outside"),
@@ -97,9 +97,9 @@ CASES = {
     "model_training": (dict(model=_training_unet()), "training mode .* call model.eval"),
     "model_not_callable": (dict(model="unet.pt"), "model must be a torch.nn.Module or a callable"),
     "nothing_predicted": (dict(model=_Background(), reference=None), "predicts no voxel of class 1"),
-    "batch_size": (dict(batch_size=0), "batch_size must be a positive integer"),
-    "margin": (dict(margin=-1), "margin must be a non-negative integer"),
-    "cache_bytes": (dict(cache_bytes=-5), "cache_bytes must be >= 0"),
+    "batch_size": (dict(batch_size=0), "batch_size= must be a positive integer"),
+    "margin": (dict(margin=-1), "margin= must be a non-negative integer"),
+    "cache_bytes": (dict(cache_bytes=-5), "cache_bytes= must be a non-negative integer"),
 }
 
 
@@ -127,4 +127,4 @@ def test_cuda_requested_without_cuda():
 def test_bad_coalitions(coalitions, match):
     engine = _engine()
     with pytest.raises(ValueError, match=match):
-        engine.evaluate(coalitions(engine.n_features))
+        engine.evaluate(coalitions(engine.n_players))

@@ -40,7 +40,7 @@ def _coalitions(rng, n_features, n):
 
 def _assert_soft_dice_matches_monai(engine, model, image, features, reference, rng, n):
     """Random coalitions of a single-target soft-Dice engine (baseline 0, overlap 0.5, Gaussian) against MONAI."""
-    coalitions = _coalitions(rng, engine.n_features, n)
+    coalitions = _coalitions(rng, engine.n_players, n)
     roi_mask = np.zeros(image.shape, dtype=bool)
     roi_mask[tuple(slice(a, b) for a, b in engine.roi_box)] = True
     for coalition, value in zip(coalitions, engine.evaluate(coalitions)):
@@ -87,8 +87,8 @@ def test_values_equal_full_volume_inference(mni_t1, name, blend, overlap):
         for value in VALUES
     }
     first = engines["soft_dice"]
-    assert first.n_features > 0
-    coalitions = _coalitions(rng, first.n_features, 5)
+    assert first.n_players > 0
+    coalitions = _coalitions(rng, first.n_players, 5)
     roi_mask = np.zeros(image.shape, dtype=bool)
     roi_mask[tuple(slice(a, b) for a, b in first.roi_box)] = True
     got = {value: engine.evaluate(coalitions) for value, engine in engines.items()}
@@ -131,7 +131,7 @@ def test_several_targets_from_one_pass_with_channels_and_baseline_image(mni_t1):
         baseline=baseline.astype(np.float32),
         margin=2,
     )
-    coalitions = _coalitions(np.random.default_rng(2), engine.n_features, 4)
+    coalitions = _coalitions(np.random.default_rng(2), engine.n_players, 4)
     values = engine.evaluate(coalitions)
     assert values.shape == (4, 2)
     roi_mask = np.zeros(image.shape, dtype=bool)
@@ -167,11 +167,11 @@ def test_reference_defaults_to_the_unperturbed_prediction(mni_t1, roi_given):
     model = PerSample(small_unet(seed=3))
     roi = ((8, 40), (6, 30), (10, 36)) if roi_given else None
     engine = segshap.PatchEngine(model, image, features, target=2, value="dice", roi=roi, patch_size=PATCH)
-    everything = np.ones((1, engine.n_features), dtype=bool)
+    everything = np.ones((1, engine.n_players), dtype=bool)
     # Dice of the unperturbed prediction with itself.
     assert engine.evaluate(everything)[0] == pytest.approx(1.0, abs=1e-12)
     assert (engine.stats["reference_forwards"] > 0) != roi_given
-    coalitions = _coalitions(np.random.default_rng(4), engine.n_features, 4)
+    coalitions = _coalitions(np.random.default_rng(4), engine.n_players, 4)
     values = engine.evaluate(coalitions)
     roi_mask = np.zeros(image.shape, dtype=bool)
     roi_mask[tuple(slice(a, b) for a, b in engine.roi_box)] = True

@@ -145,19 +145,19 @@ def test_shap_never_enters_this_environment():
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
-        ({"n_features": 0}, "n_features must be an integer >= 1"),
-        ({"budget": 1}, "budget must be an integer >= 2"),
-        ({"budget": 10.5}, "budget must be an integer"),
-        ({"batch_size": 1}, "batch_size must be an integer >= 2"),
-        ({"tolerance": 0}, "tolerance must be a number in (0, 1)"),
-        ({"tolerance": "0.01"}, "tolerance must be a number in (0, 1)"),
+        ({"n_players": 0}, "n_players= must be a positive integer"),
+        ({"budget": 1}, "budget= must be an integer >= 2"),
+        ({"budget": 10.5}, "budget= must be an integer"),
+        ({"batch_size": 1}, "batch_size= must be an integer >= 2"),
+        ({"tolerance": 0}, "tolerance= must be a number in (0, 1)"),
+        ({"tolerance": "0.01"}, "tolerance= must be a number in (0, 1)"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, fragment):
     game, _ = additive(5)
-    arguments = {"n_features": 5, "budget": 20, **kwargs}
+    arguments = {"n_players": 5, "budget": 20, **kwargs}
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
-        kernel_shap(game, arguments.pop("n_features"), arguments.pop("budget"), **arguments)
+        kernel_shap(game, arguments.pop("n_players"), arguments.pop("budget"), **arguments)
 
 
 @pytest.mark.parametrize(

@@ -146,11 +146,11 @@ def test_organ_features_carry_their_labels(mni_t1):
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
-        ({"features": "voronoi"}, "features must be one of"),
-        ({"n_features": 0}, "n_features must be a positive integer"),
-        ({"nsamples": "many"}, "nsamples must be 'auto' or an integer >= 2"),
-        ({"nsamples": 1}, "nsamples must be 'auto' or an integer >= 2"),
-        ({"baseline": "median"}, "baseline must be a number, an array or one of"),
+        ({"features": "voronoi"}, "features= must be one of"),
+        ({"n_features": 0}, "n_features= must be a positive integer"),
+        ({"nsamples": "many"}, "nsamples= must be 'auto' or an integer >= 2"),
+        ({"nsamples": 1}, "nsamples= must be 'auto' or an integer >= 2"),
+        ({"baseline": "median"}, "baseline= must be one of mean, min, zero"),
         ({"target": "liver"}, "Targets by name need a model with class names"),
         ({"reference": "empty"}, "reference of target 1 is empty"),
     ],
@@ -268,7 +268,7 @@ def test_faithfulness_can_be_turned_off_and_follows_each_target(mni_t1):
     for column, curves in enumerate(both.faithfulness):
         assert curves.deletion[0] == pytest.approx(both.full_value[column], abs=1e-9)
         assert curves.insertion[0] == pytest.approx(both.base_value[column], abs=1e-9)
-    with pytest.raises(ValueError, match="faithfulness must be True or False"):
+    with pytest.raises(ValueError, match="faithfulness= must be True or False"):
         segshap.explain(net, mni_t1, target=1, faithfulness="no", **options)
 
 

@@ -3,6 +3,7 @@ MRI, organ-aware supervoxels that never cross a label boundary, and clear errors
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 import time
@@ -11,8 +12,11 @@ import numpy as np
 import pytest
 import skimage.segmentation
 
-from segshap import features as F
 from segshap.features import fcc, feature_organs, grid, organ_aware, organs, slic
+
+# The modules of two kinds, whose functions their names stand for in segshap.features.
+FCC = importlib.import_module("segshap.features.fcc")
+ORGANS = importlib.import_module("segshap.features.organs")
 
 
 def assert_feature_map(out: np.ndarray, shape: tuple[int, ...], support=None) -> int:
@@ -108,7 +112,7 @@ def test_nearest_d3_point_is_exactly_nearest():
     rng = np.random.default_rng(0)
     q = rng.uniform(-4, 4, size=(3, 5000))
     q[:, :500] = np.round(q[:, :500] * 2) / 2  # half-integers: ties everywhere
-    nearest = np.stack(F._nearest_d3(list(q)))
+    nearest = np.stack(FCC._nearest_d3(list(q)))
     assert np.all(nearest.sum(axis=0) % 2 == 0)
     points = d3_points(-6, 6)
     best = ((q.T[:, None, :] - points[None]) ** 2).sum(-1).min(axis=1)
@@ -333,7 +337,7 @@ def test_feature_organs_sorting_path_matches(monkeypatch, mni_t1, tissues):
     box = ((15, 85), (20, 100), (25, 75))
     out = organ_aware(tissues, mni_t1, 4, support=box)
     dense = feature_organs(out, tissues)
-    monkeypatch.setattr(F, "_DENSE_COUNTS", 0)
+    monkeypatch.setattr(ORGANS, "_DENSE_COUNTS", 0)
     assert np.array_equal(feature_organs(out, tissues), dense)
     ties = np.array([1, 1, 2, 2, 3], dtype=np.int32).reshape(5, 1, 1)
     assert feature_organs(ties, np.array([5, 4, 9, 9, 0]).reshape(5, 1, 1)).tolist() == [0, 4, 9, 0]

@@ -82,3 +82,39 @@ def test_a_bad_header_or_no_rows_is_refused(folder, text, fragment):
 def test_a_missing_manifest_says_what_a_manifest_is(tmp_path):
     with pytest.raises(FileNotFoundError, match="case_id,image"):
         read_manifest(tmp_path / "none.csv")
+
+
+def test_a_manifest_saved_by_a_spreadsheet_program_with_a_byte_order_mark_is_read(folder):
+    path = folder / "cases.csv"
+    path.write_bytes("case_id,image\r\na,images/a.nii.gz\r\n".encode("utf-8-sig"))
+    assert read_manifest(path) == [Case("a", folder / "images/a.nii.gz")]
+
+
+def test_rois_outside_their_image_and_images_that_are_folders_are_refused_before_anything_runs(folder):
+    (folder / "images" / "scans").mkdir()
+    path = _manifest(
+        folder,
+        "case_id,image,roi\n"
+        'a,images/a.nii.gz,"0:6,0:5,0:4"\n'  # the whole image (6, 5, 4): fine
+        'b,images/a.nii.gz,"0:7,0:5,0:4"\n'
+        'c,images/b.nrrd,"2:2,0:5,0:4"\n'
+        "d,images/scans,\n",
+    )
+    with pytest.raises(ManifestError) as raised:
+        read_manifest(path)
+    problems = raised.value.problems
+    assert len(problems) == 3, problems
+    assert problems[0].startswith(
+        "row 3 (b): roi '0:7,0:5,0:4' is empty or reaches outside the image of shape (6, 5, 4)"
+    )
+    assert problems[1].startswith("row 4 (c): roi '2:2,0:5,0:4' is empty or reaches outside")
+    assert problems[2].startswith("row 5 (d): image") and "is a folder, not a file" in problems[2]
+
+
+def test_a_manifest_that_is_not_utf8_text_is_refused_naming_the_file(folder):
+    path = folder / "cases.csv"
+    path.write_bytes(b"case_id,image\n\xff\xfe\x00a,\x80\x81\n")
+    with pytest.raises(ManifestError) as raised:
+        read_manifest(path)
+    assert str(raised.value).startswith(f"The manifest {path} has 1 problem(s)")
+    assert raised.value.problems[0].startswith("not a CSV text file in UTF-8")

@@ -118,7 +118,7 @@ def test_engine_values_equal_nnunets_own_prediction_on_perturbed_images(model_fo
         tiling=model.tiling_spec,
     )
     rng = np.random.default_rng(0)
-    coalitions = np.vstack([np.ones(engine.n_features, bool), rng.random((2, engine.n_features)) < 0.5])
+    coalitions = np.vstack([np.ones(engine.n_players, bool), rng.random((2, engine.n_players)) < 0.5])
     values = engine.evaluate(coalitions)
     box = tuple(slice(a, b) for a, b in roi)
     for coalition, value in zip(coalitions, values):
@@ -320,7 +320,7 @@ def test_on_cuda_values_follow_nnunets_cuda_predictor(model_folder, image_file):
         device="cuda",
         tiling=model.tiling_spec,
     )
-    coalition = np.random.default_rng(1).random((1, engine.n_features)) < 0.5
+    coalition = np.random.default_rng(1).random((1, engine.n_players)) < 0.5
     value = engine.evaluate(coalition)[0]
     image_in = perturbed(x, features, engine.feature_ids, coalition[0], 0.0)
     logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(image_in))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import tomllib
@@ -132,3 +134,15 @@ def test_no_import_circles_in_the_engine():
         if module not in state:
             visit(module, [module])
     assert circles == []
+
+
+def test_the_slicer_side_and_the_process_helper_load_without_torch():
+    """The Lib runs in 3D Slicer's Python before torch is installed: the one engine module it imports
+    (segshap.processes) must not pull torch in through segshap's package."""
+    code = (
+        "import sys; import SegShapExplainLib, segshap.processes, segshap; "
+        "assert 'torch' not in sys.modules, sorted(sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "SegShapExplain")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr

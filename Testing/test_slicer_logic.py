@@ -7,6 +7,7 @@ the volume's own grid.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -20,10 +21,12 @@ from helpers.slicer_scenes import DEMO, SMALL, vtk_matrix
 from vtk.util import numpy_support
 
 import segshap
-from segshap.game import BASELINES, FEATURE_KINDS
+from segshap.features import FEATURE_KINDS
+from segshap.inputs import BASELINES
 from segshap.io import read_image, read_segmentation, write_segmentation
-from segshap.jobs import OPTION_KEYS, demo_request
+from segshap.options import OPTION_NAMES, ExplainOptions
 from segshap.processes import process_alive
+from segshap.request import demo_request
 from segshap.values import VALUE_NAMES
 from SegShapExplainLib import (
     Baseline,
@@ -187,7 +190,8 @@ def test_explain_end_to_end_builds_the_nodes_on_the_input_geometry(scene, tmp_pa
     for row in rows:
         source = by_id[int(row["Feature"])]
         assert float(row["Value"]) == pytest.approx(source["value"], rel=1e-12)
-        assert row["Std. error"] == pytest.approx(source["stderr"], rel=1e-12, nan_ok=True)
+        stderr = math.nan if source["stderr"] is None else source["stderr"]  # null: not estimated
+        assert row["Std. error"] == pytest.approx(stderr, rel=1e-12, nan_ok=True)
         assert int(row["Voxels"]) == source["voxels"] == int((ids == source["id"]).sum())
 
     # Subject hierarchy: a folder under the input's study holds the three nodes.
@@ -364,13 +368,20 @@ def test_exported_inputs_keep_the_volume_geometry(scene, tmp_path, oblique_t1):
 
 def test_settings_speak_the_engine_s_names():
     options = ExplainSettings().workerOptions()
-    assert set(options) <= set(OPTION_KEYS)
+    assert set(options) <= set(OPTION_NAMES)
+    assert ExplainOptions.from_dict(options) == ExplainOptions()  # the panel's defaults are the engine's
+    chosen = ExplainSettings(
+        features=FeatureKind.ORGANS, nSamples=500, tolerance=0.02, timeLimit=30, batchSize=8, device=Device.CPU
+    )
+    parsed = ExplainOptions.from_dict(chosen.workerOptions())  # every value one the engine takes
+    assert (parsed.features, parsed.nsamples, parsed.tolerance, parsed.max_seconds) == ("organs", 500, 0.02, 30.0)
+    assert (parsed.batch_size, parsed.device) == (8, "cpu")
     assert {kind.value for kind in FeatureKind} == set(FEATURE_KINDS)
     assert {value.value for value in ValueFunction} == set(VALUE_NAMES)
     assert {baseline.value for baseline in Baseline} == set(BASELINES)
     assert options["nsamples"] == "auto" and options["tolerance"] is None
     assert ExplainSettings(nSamples=500, tolerance=0.02).workerOptions()["nsamples"] == 500
-    assert "batch_size" not in options  # the engine's default (segshap.predict.DEFAULT_BATCH_SIZE) applies
+    assert "batch_size" not in options  # the engine's default (segshap.inference.DEFAULT_BATCH_SIZE) applies
     assert ExplainSettings(batchSize=8).workerOptions()["batch_size"] == 8
     assert all(FeatureKind.label(kind) for kind in FeatureKind)
 

@@ -1,7 +1,8 @@
 """Slicer-side logic of SegShapExplain: MRML nodes to files, the background worker, files back to MRML nodes.
 
-Nothing here imports Qt (or the engine), so every decision is testable with the PyPI package ``slicer-core``;
-the module file ``SegShapExplain.py`` only wires these to the panel.
+Nothing here imports Qt (or the engine, but for its standard-library ``segshap.processes``), so every decision is
+testable with the PyPI package ``slicer-core``; the module file ``SegShapExplain.py`` only wires these to the
+panel.
 """
 
 from .logic import ModelDescription, SegShapExplainLogic
@@ -15,7 +16,6 @@ from .worker import (
     WorkerCancelled,
     WorkerError,
     WorkerJob,
-    killProcessTree,
 )
 
 __all__ = [
@@ -35,5 +35,4 @@ __all__ = [
     "OutOfMemoryError",
     "WorkerCancelled",
     "SubprocessRunner",
-    "killProcessTree",
 ]

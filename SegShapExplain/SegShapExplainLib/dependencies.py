@@ -1,7 +1,8 @@
-"""Which Python packages the worker needs that 3D Slicer's Python lacks, found without importing any of them.
+"""Which Python packages the worker needs that 3D Slicer's Python lacks, found without importing any of them, and
+their installation: torch through the PyTorch extension, the rest from ``Resources/requirements.txt``.
 
-The panel asks once (one OK/Cancel listing them), then installs torch through the PyTorch extension and the rest
-from ``Resources/requirements.txt``. Nothing here imports the engine or Qt.
+The panel asks once (one OK/Cancel listing them, :func:`installMessage`), then calls :func:`installDependencies`,
+which asks nothing. Nothing here imports the engine or Qt.
 """
 
 from __future__ import annotations
@@ -49,3 +50,48 @@ def installMessage(missing: list[str]) -> str:
     ]
     lines += ["", "Install them now? This downloads several hundred MB and may take a few minutes."]
     return "\n".join(lines)
+
+
+def installDependencies(missing: list[str]) -> None:
+    """Install what :func:`missingPackages` listed, without asking (the panel has asked already).
+
+    Raises
+    ------
+    RuntimeError
+        Saying what to do: the PyTorch extension is missing, PyTorch could not be installed, or packages are still
+        missing afterwards (pip's messages are in the Python console).
+    """
+    if "torch" in missing:
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            raise RuntimeError(
+                "SegShapExplain needs the PyTorch extension: install 'PyTorch' from the Extensions Manager, restart "
+                "3D Slicer and try again."
+            ) from None
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+            raise RuntimeError("PyTorch could not be installed; pip's messages are in the Python console.")
+    if any(item != "torch" for item in missing):
+        _pipInstall(requirementsFile())
+    still = missingPackages()
+    if still:
+        raise RuntimeError(
+            f"Still missing after installing: {', '.join(still)}. Restart 3D Slicer and try again; pip's messages "
+            "are in the Python console."
+        )
+
+
+def _pipInstall(requirements: Path) -> None:
+    import slicer.util
+
+    try:
+        import slicer.pydeps as pydeps  # Slicer 5.11+
+    except ImportError:
+        slicer.util.pip_install(["-r", str(requirements)])
+        return
+    pydeps.pip_ensure(
+        pydeps.load_requirements(str(requirements)),
+        skip_packages=["torch"],
+        prompt_install=False,
+        requester="SegShapExplain",
+    )

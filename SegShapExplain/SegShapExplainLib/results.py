@@ -350,7 +350,8 @@ def _fillTable(table, rows: list[dict], heatmap) -> None:
     for index, row in enumerate(rows):
         centroid = row.get("centroid_ras_mm", [math.nan] * 3)
         organ = row.get("organ", str(row["organ_label"]) if "organ_label" in row else "")
-        for array, value in zip(arrays, (row["id"], row["value"], row["stderr"], row["voxels"], organ, *centroid)):
+        stderr = math.nan if row["stderr"] is None else row["stderr"]  # null: not estimated (too few samples)
+        for array, value in zip(arrays, (row["id"], row["value"], stderr, row["voxels"], organ, *centroid)):
             array.SetValue(index, value)
     for array in arrays:
         table.AddColumn(array)

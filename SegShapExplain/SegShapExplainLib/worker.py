@@ -1,9 +1,10 @@
 """The background worker: starting ``segshap worker`` in its own process, reading its events, stopping it.
 
-The worker protocol (README, "Worker protocol"): one JSON object per line on stdout (``progress``, ``log``,
-``done``, ``error``); any other line is the worker's own stderr text, kept to explain a crash. Nothing here
-imports Qt or the engine: a *runner* starts the process and hands its lines over, and a :class:`WorkerJob` turns
-them into callbacks on the thread that calls :meth:`WorkerJob.poll` (3D Slicer's main thread, from a timer).
+The worker protocol (``docs/cli.md``, "Worker protocol"): one JSON object per line on stdout (``progress``, ``log``,
+``done``, ``error``); any other line is the worker's own stderr text, kept to explain a crash. Nothing here imports
+Qt or the engine's computing parts: a *runner* starts the process and hands its lines over, and a
+:class:`WorkerJob` turns them into callbacks on the thread that calls :meth:`WorkerJob.poll` (3D Slicer's main
+thread, from a timer).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+# The one engine module the Slicer side imports: it needs nothing but the standard library (segshap's package
+# imports the rest only when used).
+from segshap.processes import end_process_tree
 
 ENGINE_FOLDER = Path(__file__).resolve().parent.parent
 """The folder that holds the ``segshap`` package (the module's folder in a Slicer install or a checkout)."""
@@ -153,7 +158,7 @@ class _Subprocess:
         if self.process.poll() is not None:
             return
         if os.name == "nt":
-            killProcessTree(self.process.pid, graceSeconds)
+            end_process_tree(self.process.pid, graceSeconds)
             self.process.wait()
             return
         self._signalGroup(signal.SIGTERM)  # the worker ends within 2 s, writing nothing
@@ -171,40 +176,47 @@ class _Subprocess:
             pass
 
 
-def killProcessTree(pid: int, graceSeconds: float = 3.0) -> None:
-    """End process ``pid`` and all its descendants, for processes that do not lead their own process group.
+class ConsoleProcess:
+    """A worker started by 3D Slicer's ``slicer.util.launchConsoleProcess`` (Slicer 5.12+, which hands its lines
+    to callbacks on the main thread from Slicer's own timer)."""
 
-    SIGTERM first (the worker then exits within 2 s and writes nothing), SIGKILL for what is left after
-    ``graceSeconds``. Descendants are found with ``psutil`` (3D Slicer ships it); without it only ``pid`` is
-    signalled, and the worker ends itself once its parent is gone.
-    """
-    if os.name == "nt":
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False)
-        return
-    try:
-        import psutil
-    except ImportError:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        return
-    try:
-        parent = psutil.Process(pid)
-        processes = [parent] + parent.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return
-    for process in processes:
-        try:
-            process.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(processes, timeout=graceSeconds)
-    for process in alive:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
+    def __init__(self, command: Sequence[str], env: dict) -> None:
+        import slicer.util
+
+        self.lines: list[str] = []
+        self.code: int | None = None
+        self.process = slicer.util.launchConsoleProcess(
+            list(command),
+            updateEnvironment=env,
+            blocking=False,
+            logCallback=self.lines.append,
+            completedCallback=self._completed,
+        )
+
+    def _completed(self, code: int) -> None:
+        self.code = code
+
+    def takeLines(self) -> list[str]:
+        taken, self.lines = self.lines, []
+        return taken
+
+    def returnCode(self) -> int | None:
+        return self.code
+
+    def kill(self) -> None:
+        end_process_tree(self.process.pid)
+
+
+def slicerRunner() -> ProcessRunner:
+    """How 3D Slicer runs the worker: :class:`ConsoleProcess` where ``launchConsoleProcess`` takes callbacks
+    (5.12+), else :class:`SubprocessRunner` (a reader thread)."""
+    import inspect
+
+    import slicer.util
+
+    if "logCallback" in inspect.signature(slicer.util.launchConsoleProcess).parameters:
+        return ConsoleProcess
+    return SubprocessRunner()
 
 
 def pythonExecutable() -> str:

@@ -1,39 +1,51 @@
-"""segshap: efficient, exact KernelSHAP over supervoxels for 3D medical segmentation models."""
+"""segshap: efficient, exact KernelSHAP over supervoxels for 3D medical segmentation models.
 
-from . import features
-from .cohort import explain_cohort
-from .engine import DEFAULT_CACHE_BYTES, PatchEngine
-from .estimator import ShapleyResult, kernel_shap
-from .explain import explain
-from .explanation import Explanation
-from .game import ExplanationGame, explanation_game
-from .geometry import Grid, ModelInput
-from .models import LoadedModel, load_model
-from .predict import predict
-from .tiling import Tiling, monai_tiling, nnunet_tiling
-from .values import VALUE_NAMES, segment_values
+The names below are imported when first used, so that ``import segshap.processes`` (which 3D Slicer's side uses)
+needs nothing but the standard library, and ``import segshap`` does not load torch until something needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
 from .version import __version__
 
-__all__ = [
-    "explain",
-    "explanation_game",
-    "explain_cohort",
-    "ExplanationGame",
-    "predict",
-    "Explanation",
-    "load_model",
-    "LoadedModel",
-    "ModelInput",
-    "Grid",
-    "PatchEngine",
-    "ShapleyResult",
-    "kernel_shap",
-    "features",
-    "DEFAULT_CACHE_BYTES",
-    "Tiling",
-    "monai_tiling",
-    "nnunet_tiling",
-    "VALUE_NAMES",
-    "segment_values",
-    "__version__",
-]
+_EXPORTS = {
+    "explain": "pipeline",
+    "ExplainOptions": "options",
+    "explanation_game": "game",
+    "ExplanationGame": "game",
+    "explain_cohort": "cohort",
+    "predict": "inference",
+    "Explanation": "explanation",
+    "load_model": "models",
+    "LoadedModel": "models",
+    "ModelInput": "geometry",
+    "Grid": "geometry",
+    "PatchEngine": "engine",
+    "ShapleyResult": "estimator",
+    "kernel_shap": "estimator",
+    "DEFAULT_CACHE_BYTES": "cache",
+    "Tiling": "tiling",
+    "TilingSpec": "tiling",
+    "monai_tiling": "tiling",
+    "nnunet_tiling": "tiling",
+    "VALUE_NAMES": "values",
+    "segment_values": "values",
+}
+
+__all__ = [*_EXPORTS, "features", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "features":
+        return importlib.import_module(".features", __name__)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'segshap' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -10,10 +10,15 @@ from typing import Generic, TypeVar
 
 import torch
 
-__all__ = ["LeastRecentlyUsed", "PatchCache"]
+from .inputs import checked_integer
+
+__all__ = ["LeastRecentlyUsed", "PatchCache", "DEFAULT_CACHE_BYTES"]
 
 Key = TypeVar("Key", bound=Hashable)
 Value = TypeVar("Value")
+
+DEFAULT_CACHE_BYTES = 2 * 1024**3
+"""Default budget for cached window outputs beyond the pinned all-on and all-off states."""
 
 _BLOCK_BYTES = 16 * 1024**2
 """Size of the blocks slots are carved from: few enough allocations to keep the heap whole, little left unused."""
@@ -105,9 +110,7 @@ class PatchCache:
     """
 
     def __init__(self, budget_bytes: int) -> None:
-        if budget_bytes < 0:
-            raise ValueError(f"cache_bytes must be >= 0, got {budget_bytes}.")
-        self.budget_bytes = int(budget_bytes)
+        self.budget_bytes = checked_integer(budget_bytes, "cache_bytes", 0)
         self._entries: LeastRecentlyUsed[Hashable, torch.Tensor] = LeastRecentlyUsed()
         self._pinned: dict[Hashable, torch.Tensor] = {}
         self._pools: dict[tuple, _SlotPool] = {}

@@ -21,10 +21,10 @@ two halves and each half's residuals come from the surrogate fitted on the other
 known to both), so a unit's estimate is unbiased given the surrogate it uses, and standard errors follow from the
 spread of the units' estimates. Sizes 1 and ``M - 1``, enumerated whole when the budget is small, enter exactly.
 
-With four units or more, boosted trees fitted to every coalition (:func:`segshap.surrogate.fit_boosted_trees`)
-replace the ridge surrogate for a target when the grouped jackknife over units says their estimate varies less
-than the cross-fitted one (:func:`_tree_adjusted`); in-sample, that estimate may carry a small bias, which the
-choice weighs only through its variance.
+With four units or more, boosted trees fitted to every coalition replace the ridge surrogate for a target when the
+grouped jackknife over units says their estimate varies less than the cross-fitted one
+(:func:`segshap.adjustment.tree_adjusted`); in-sample, that estimate may carry a small bias, which the choice weighs
+only through its variance.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .adjustment import ADJUST_CELLS, tree_adjusted
 from .evaluation import Evaluator, LimitReached, ShapleyResult, converged
-from .surrogate import fit_boosted_trees, fit_surrogate
+from .surrogate import fit_surrogate
 
 __all__ = ["ChainDesign", "loop_coalitions", "chain_estimate", "chain_shap"]
 
@@ -63,25 +64,25 @@ class ChainDesign:
 
     Attributes
     ----------
-    n_features : int
+    n_players : int
     border : bool
         Whether sizes 1 and ``M - 1`` are enumerated whole.
     permutations : list of np.ndarray
         One per unit started; ``complete[u]`` says whether all of its coalitions were evaluated.
     """
 
-    n_features: int
+    n_players: int
     border: bool
     permutations: list = field(default_factory=list)
     complete: list = field(default_factory=list)
 
     def border_coalitions(self) -> np.ndarray:
         """``(2 M, M)``: every coalition of size 1, then every coalition of size ``M - 1``."""
-        eye = np.eye(self.n_features, dtype=bool)
+        eye = np.eye(self.n_players, dtype=bool)
         return np.concatenate([eye, ~eye])
 
     def new_unit(self, rng: np.random.Generator) -> np.ndarray:
-        permutation = rng.permutation(self.n_features)
+        permutation = rng.permutation(self.n_players)
         self.permutations.append(permutation)
         self.complete.append(False)
         return permutation
@@ -122,7 +123,7 @@ def chain_estimate(
     adjusted : np.ndarray
         ``(T,)`` bool: where the boosted-tree adjustment was taken.
     """
-    m = design.n_features
+    m = design.n_players
     units = [p for p, done in zip(design.permutations, design.complete) if done]
     n_units = len(units)
     loops = [loop_coalitions(p) for p in units]
@@ -154,17 +155,13 @@ def chain_estimate(
 
     walks = _Walks(design, units, loops, loop_values, ends, known)
     values, stderr = _combine(*walks.unit_estimates(list(zip(halves, surrogates))))
-    if adjust and n_units >= _ADJUST_UNITS and (sum(len(c) for c in loops) + len(known[0])) * m <= _ADJUST_CELLS:
+    if adjust and n_units >= _ADJUST_UNITS and (sum(len(c) for c in loops) + len(known[0])) * m <= ADJUST_CELLS:
         values, stderr, taken = _tree_adjusted(walks, values, stderr, seed)
     return values + ((full - empty) - values.sum(axis=0)) / m, stderr, taken
 
 
 _ADJUST_UNITS = 4
 """Complete chains needed before the boosted-tree adjustment is tried (its variance comes from groups of them)."""
-
-_ADJUST_CELLS = 400_000
-"""The adjustment is tried only while (coalitions evaluated) x M is at most this (see
-:data:`segshap.leverage._ADJUST_CELLS`)."""
 
 
 class _Walks:
@@ -184,7 +181,7 @@ class _Walks:
         """Per unit, the permutation and the Horvitz-Thompson estimates ``(units, M, T)`` of the game's Shapley
         values: the surrogate's exact values plus the unit's estimate of the residual's. ``assignment`` pairs a
         bool mask of units with the surrogate their residuals are taken against."""
-        design, units, m = self.design, self.units, self.design.n_features
+        design, units, m = self.design, self.units, self.design.n_players
         ends = self.ends
         t = ends.shape[1]
         per_unit_perm = np.zeros((len(units), m, t))
@@ -220,25 +217,24 @@ class _Walks:
 
 
 def _tree_adjusted(walks: _Walks, values: np.ndarray, stderr: np.ndarray, seed: int):
-    """The chains' counterpart of :func:`segshap.leverage._tree_adjusted`: boosted trees fitted to every
-    coalition, their exact Shapley values plus the units' estimates of the residual's, with a variance from the
-    grouped jackknife over units (each group's units left out of the trees' fit); taken per target where that
-    variance is below the cross-fitted estimate's."""
+    """The boosted-tree adjustment (:func:`segshap.adjustment.tree_adjusted`) of the units' cross-fitted estimate:
+    the trees' exact Shapley values plus the units' estimates of the residual's, with groups of units left out."""
     n_units = len(walks.units)
     everyone = np.ones(n_units, bool)
-    groups = min(_ADJUST_GROUPS, n_units)
-    group = np.random.default_rng([seed, 3]).permutation(n_units) % groups
-    trees = fit_boosted_trees(*walks.rows(everyone), seed)
-    adjusted = _combine(*walks.unit_estimates([(everyone, trees)]))[0]
-    left_out = np.stack(
-        [
-            _combine(*walks.unit_estimates([(everyone, fit_boosted_trees(*walks.rows(group != k), seed))]))[0]
-            for k in range(groups)
-        ]
+
+    def estimate(surrogates) -> np.ndarray:
+        return np.stack([_combine(*walks.unit_estimates([(everyone, trees)]))[0] for trees in surrogates])
+
+    return tree_adjusted(
+        estimate,
+        walks.rows,
+        n_units,
+        values,
+        stderr,
+        groups=min(_ADJUST_GROUPS, n_units),
+        depths=(None,),
+        seed=(seed, 3),
     )
-    variance = (groups - 1) / groups * ((left_out - left_out.mean(axis=0)) ** 2).sum(axis=0)
-    taken = variance.sum(axis=0) < (stderr**2).sum(axis=0)  # False where the chains' errors are NaN
-    return np.where(taken, adjusted, values), np.where(taken, np.sqrt(variance), stderr), taken
 
 
 _ADJUST_GROUPS = 5
@@ -325,7 +321,7 @@ def chain_shap(
     """Walk chains side by side in rounds until the budget, a limit or the tolerance stops them; then the
     (adjusted) estimate of :func:`chain_estimate`. ``pairs`` are the surrogate's interactions, ``border`` whether
     sizes 1 and ``M - 1`` are enumerated first."""
-    m = evaluator.n_features
+    m = evaluator.n_players
     evaluator.total = budget
     design = ChainDesign(m, border=border)
     ends = np.zeros((2, m), dtype=bool)
@@ -367,7 +363,7 @@ def chain_shap(
 
 
 def _chain_solution(evaluator: Evaluator, design: ChainDesign, pairs: np.ndarray, seed: int, adjust: bool = True):
-    m = evaluator.n_features
+    m = evaluator.n_players
     ends = evaluator.lookup(np.stack([np.zeros(m, bool), np.ones(m, bool)]))
     incomplete = [loop_coalitions(p) for p, done in zip(design.permutations, design.complete) if not done]
     if incomplete:

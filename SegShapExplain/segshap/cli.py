@@ -19,21 +19,13 @@ import sys
 import traceback
 from pathlib import Path
 
-from .estimator import DESIGNS
-from .game import BASELINES, FEATURE_KINDS
+from .cohort import MissingDependency
 from .inputs import ArgumentError
-from .jobs import (
-    OPTION_KEYS,
-    OutOfMemory,
-    Rate,
-    UsageError,
-    demo_request,
-    explain_and_save,
-    format_duration,
-    logging_to,
-    summary,
-)
-from .values import VALUE_NAMES
+from .jobs import cohort_from_request, explain_and_save
+from .options import add_option_flags, options_from_flags
+from .reporting import Rate, format_duration, logging_to, summary
+from .request import OutOfMemory, UsageError, demo_request
+from .version import __version__
 from .worker import EventWriter, argument_name, run_worker
 
 __all__ = ["main"]
@@ -83,10 +75,6 @@ class _ProgressBar:
         self.stream.flush()
 
 
-def _options(args: argparse.Namespace) -> dict:
-    return {key: getattr(args, key) for key in OPTION_KEYS if getattr(args, key, None) is not None}
-
-
 def _explain_request(args: argparse.Namespace) -> dict:
     return {
         "image": args.image,
@@ -99,7 +87,7 @@ def _explain_request(args: argparse.Namespace) -> dict:
         "roi": args.roi,
         "labelmap": args.labelmap,
         "out": args.out,
-        "options": _options(args),
+        "options": options_from_flags(args),
         "slices": args.slices,
     }
 
@@ -132,6 +120,7 @@ def _explain(request: dict, quiet: bool) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="segshap", description="Explain 3D segmentation models with exact, efficient KernelSHAP.")
+    parser.add_argument("--version", action="version", version=f"segshap {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -153,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
         help="organ label map of organs/organ_aware features (a .seg.nrrd names its organs); default the prediction",
     )
     command.add_argument("--out", required=True, help="output folder")
-    _add_explain_options(command, features="slic")
+    add_option_flags(command)
     command.add_argument(
         "--slices",
         action="store_true",
@@ -180,11 +169,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only rebuild cohort.csv, cohort.json and cohort.png from the case folders in --out",
     )
-    _add_explain_options(cohort, features="organs")
+    add_option_flags(cohort)  # features default organs (cohort_from_request)
     cohort.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
     worker = commands.add_parser("worker", help="run a request file, reporting JSON events on stdout")
-    worker.add_argument("--request", required=True, help="request JSON (see README: worker protocol)")
+    worker.add_argument("--request", required=True, help="request JSON (the worker protocol: docs/cli.md)")
     worker.add_argument(
         "--parent-pid",
         dest="parent_pid",
@@ -218,55 +207,8 @@ def _add_model_arguments(command: argparse.ArgumentParser, required: bool) -> No
     command.add_argument("--target", required=required, help="class index or name (several: comma-separated)")
 
 
-def _add_explain_options(command: argparse.ArgumentParser, features: str) -> None:
-    """The flags of :data:`segshap.jobs.OPTION_KEYS`."""
-    command.add_argument("--features", choices=FEATURE_KINDS, default=features, help=f"default {features}")
-    command.add_argument("--n-features", dest="n_features", type=int, help="about how many features (default 100)")
-    command.add_argument("--value", choices=VALUE_NAMES, help="value function (default soft_dice)")
-    command.add_argument("--nsamples", type=_nsamples, help="coalitions to evaluate, or 'auto' (default)")
-    command.add_argument("--tolerance", type=float, help="stop once max stderr / value spread falls below this")
-    command.add_argument("--design", choices=DESIGNS, help="coalition design (default auto)")
-    command.add_argument(
-        "--max-forwards", dest="max_forwards", type=int, help="stop sampling before this many window forwards"
-    )
-    command.add_argument(
-        "--max-seconds",
-        dest="max_seconds",
-        type=float,
-        help="stop sampling before the estimation runs this many seconds",
-    )
-    command.add_argument(
-        "--no-faithfulness",
-        dest="faithfulness",
-        action="store_const",
-        const=False,
-        help="skip the deletion and insertion curves computed after the values",
-    )
-    command.add_argument("--baseline", type=_baseline, help=f"{', '.join(BASELINES)} or a number (default mean)")
-    command.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    command.add_argument("--seed", type=int)
-    command.add_argument("--batch-size", dest="batch_size", type=int, help="windows per forward pass")
-    command.add_argument("--margin", type=int, help="voxels around the target's box when no --roi is given")
-
-
-def _nsamples(text: str):
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
-
-
-def _baseline(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
 def _cohort(args: argparse.Namespace) -> int:
-    from .cohort import aggregate, cohort_from_request
+    from .cohort import aggregate
 
     if args.aggregate_only:
         result = aggregate(args.out)
@@ -288,7 +230,7 @@ def _cohort(args: argparse.Namespace) -> int:
             "address": args.address,
             "gpus_per_case": args.gpus_per_case,
             "resume": args.resume,
-            "options": _options(args),
+            "options": options_from_flags(args),
         }
         with logging_to(_stderr_log(args.quiet)):
             progress = None if args.quiet else _ProgressBar(sys.stderr, unit="cases")
@@ -335,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(events, str(error), EXIT_INTERNAL, debug, reason="out_of_memory")
     except ArgumentError as error:
         return _fail(events, error.naming(argument_name if is_worker else flag), EXIT_USAGE, debug)
-    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+    except (UsageError, MissingDependency, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
         return _fail(events, str(error), EXIT_USAGE, debug)
     except Exception as error:  # anything else is a bug: still one line, the traceback only with --debug
         message = f"internal error: {error.__class__.__name__}: {error} (run with --debug for the traceback)"

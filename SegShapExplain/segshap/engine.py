@@ -37,7 +37,6 @@ key
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -45,30 +44,28 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .cache import PatchCache
+from .cache import DEFAULT_CACHE_BYTES, PatchCache
 from .cells import Cell, CellStatistics, WindowLookup, cut_cells, intersect_boxes, shift_box
+from .inference import DEFAULT_BATCH_SIZE, predict_labels, require_predicted
 from .inputs import (
+    DEFAULT_MARGIN,
     as_baseline,
     as_features,
     as_image,
     as_roi_mask,
     as_targets,
     bounding_box,
-    is_integer,
+    checked_choice,
+    checked_integer,
     reference_masks,
     resolve_device,
     roi_around,
 )
-from .predict import DEFAULT_BATCH_SIZE, predict_labels, require_predicted
+from .network import Network
 from .tiling import Box, TilingSpec, box_slices
 from .values import VALUE_NAMES, class_probabilities, segment_statistics, values_from_statistics
 
-__all__ = ["PatchEngine", "DEFAULT_CACHE_BYTES", "DEFAULT_MARGIN"]
-
-DEFAULT_CACHE_BYTES = 2 * 1024**3
-"""Default budget for cached window outputs beyond the pinned all-on and all-off states."""
-DEFAULT_MARGIN = 8
-"""Voxels added around the reference's bounding box to make the default ROI."""
+__all__ = ["PatchEngine"]
 
 _BLEND_BYTES = 256 * 1024**2
 """Bound on the blending buffer of one chunk of coalitions."""
@@ -149,13 +146,6 @@ def _crop_to_support(
     )
 
 
-def _mode_dependent(module: torch.nn.Module) -> bool:
-    """Whether a layer computes something else in training mode than in eval mode."""
-    if isinstance(module, torch.nn.modules.dropout._DropoutNd):
-        return module.p > 0
-    return isinstance(module, torch.nn.modules.batchnorm._NormBase) and module.track_running_stats
-
-
 class PatchEngine:
     """Values of coalitions of features, exactly as full-volume sliding-window inference gives them.
 
@@ -180,37 +170,36 @@ class PatchEngine:
         ``None``: the bounding box of each target's reference grown by ``margin`` voxels (their union when several).
     margin : int
         Voxels added around the reference's bounding box when ``roi`` is ``None``.
-    patch_size, overlap, blend
-        Window size, overlap and blending mode with the meaning of MONAI's ``sliding_window_inference``
-        (``roi_size``, ``overlap``, ``mode``); default :class:`~segshap.tiling.TilingSpec`'s, ``(64, 64, 64)``,
-        0.5 and ``"gaussian"``.
     baseline : float or np.ndarray
         What replaces a feature's voxels when it is off: a number, or an array shaped like ``image``.
     device : str or torch.device
         Where the model runs and windows are blended (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
     batch_size : int
         Windows per forward pass.
-    sigma_scale : float or sequence of float, optional
-        MONAI's ``sigma_scale`` for Gaussian blending (default 0.125).
+    tiling : str or TilingSpec
+        The sliding-window settings: a :class:`~segshap.tiling.TilingSpec` holding all of them (such as
+        :attr:`segshap.LoadedModel.tiling_spec`), or the name of whose sliding window to reproduce with the
+        settings given by keyword: ``"monai"`` (the default) or ``"nnunet"``, nnU-Net v2's window grid
+        (``tile_step_size = 1 - overlap``) and its Gaussian fusion summed in float16, as its predictor runs a
+        preprocessed image.
     cache_bytes : int
         Budget for cached window outputs; the all-on and all-off states are kept beyond it. Within the budget a
         window input is never run twice. The outputs one batch of coalitions needs are held beyond it while the
         batch is blended (at most 1 GiB: larger batches are split), so memory peaks at about the budget plus that.
     autocast_dtype : torch.dtype, optional
         Run the model under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``). Faster, not exact.
-    tiling : str or TilingSpec
-        ``"monai"`` (the default) or ``"nnunet"``: nnU-Net v2's window grid (``tile_step_size = 1 - overlap``) and
-        its Gaussian fusion summed in float16, as its predictor runs a preprocessed image. ``blend`` and
-        ``sigma_scale`` are then unused. Or a :class:`~segshap.tiling.TilingSpec` holding every setting (such as
-        :attr:`segshap.LoadedModel.tiling_spec`); the settings above are then not given.
-    folds : int, optional
-        nnU-Net: the model returns the logits of this many folds concatenated along channels; each is fused on its
-        own and the results are averaged, as nnU-Net averages folds (default 1).
+    **tiling_settings
+        With ``tiling`` a name, the settings of :class:`~segshap.tiling.TilingSpec` by keyword: ``patch_size``,
+        ``overlap``, ``blend`` (MONAI's ``roi_size``, ``overlap``, ``mode``; default ``(64, 64, 64)``, 0.5 and
+        ``"gaussian"``), ``sigma_scale`` (MONAI's, default 0.125; nnU-Net uses its own Gaussian) and ``folds``
+        (nnU-Net: the model returns the logits of this many folds concatenated along channels, each fused on its
+        own and the results averaged, as nnU-Net averages folds).
 
     Attributes
     ----------
     feature_ids : np.ndarray
-        ``(M,)`` ids of the features that can change a value; coalitions are bool arrays over these columns.
+        ``(M,)`` ids of the features that can change a value (:attr:`n_players`); coalitions are bool arrays over
+        these columns.
     targets : tuple of int
         The target classes, in the order of the columns of multi-target values.
     tiling_spec : segshap.tiling.TilingSpec
@@ -239,47 +228,27 @@ class PatchEngine:
         model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor],
         image: np.ndarray,
         features: np.ndarray,
+        *,
         reference: np.ndarray | None = None,
         target: int | Sequence[int] = 1,
         value: str = "soft_dice",
         roi: np.ndarray | Sequence[tuple[int, int]] | None = None,
         margin: int = DEFAULT_MARGIN,
-        patch_size: Sequence[int] | int | None = None,
-        overlap: Sequence[float] | float | None = None,
-        blend: str | None = None,
         baseline: float | np.ndarray = 0.0,
         device: str | torch.device = "cpu",
         batch_size: int = DEFAULT_BATCH_SIZE,
-        *,
-        sigma_scale: Sequence[float] | float | None = None,
+        tiling: str | TilingSpec = "monai",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         autocast_dtype: torch.dtype | None = None,
-        tiling: str | TilingSpec = "monai",
-        folds: int | None = None,
+        **tiling_settings,
     ) -> None:
         started = time.perf_counter()
-        self._stats = {
-            "coalitions": 0,
-            "patch_forwards": 0,
-            "cache_hits": 0,
-            "forward_seconds": 0.0,
-            "total_seconds": 0.0,
-            "reference_forwards": 0,
-        }
+        self._stats = {"coalitions": 0, "patch_forwards": 0, "cache_hits": 0, "total_seconds": 0.0}
         self._device = resolve_device(device)
-        self._model = self._prepare_model(model)
-        if value not in VALUE_NAMES:
-            raise ValueError(f"value must be one of {VALUE_NAMES}, got {value!r}.")
-        self.value = value
-        if not is_integer(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        if not is_integer(margin) or margin < 0:
-            raise ValueError(f"margin must be a non-negative integer, got {margin!r}.")
-        self.batch_size = int(batch_size)
-        margin = int(margin)
-        self._autocast_dtype = autocast_dtype
-        self._n_classes: int | None = None
-        self._n_outputs: int | None = None
+        self.value = checked_choice(value, "value", VALUE_NAMES)
+        self.batch_size = checked_integer(batch_size, "batch_size")
+        self.tiling_spec = TilingSpec.resolve(tiling, **tiling_settings)
+        self._network = Network(model, self._device, autocast_dtype, self.tiling_spec.folds)
         self._cache = PatchCache(cache_bytes)
 
         given_ndim = np.ndim(image)
@@ -288,18 +257,10 @@ class PatchEngine:
         features = as_features(features, spatial)
         self.targets, self._single_target = as_targets(target)
         baseline = as_baseline(baseline, image.shape, given_ndim)
-        self.tiling_spec = TilingSpec.resolve(
-            tiling, patch_size=patch_size, overlap=overlap, blend=blend, sigma_scale=sigma_scale, folds=folds
-        )
         self.tiling = self.tiling_spec.over(spatial)
         self._importance = self.tiling.importance_map(self._device)
-
-        masks = None
-        if reference is not None:
-            masks = reference_masks(reference, spatial, self.targets)
-        elif roi is None:
-            masks = self._predicted_masks(image)
-        roi_mask = roi_around(masks, margin) if roi is None else as_roi_mask(roi, spatial)
+        masks = self._target_masks(reference, roi, image)
+        roi_mask = roi_around(masks, checked_integer(margin, "margin", 0)) if roi is None else as_roi_mask(roi, spatial)
 
         support = _crop_to_support(self.tiling, roi_mask, image, features, baseline)
         self.roi_box: Box = bounding_box(roi_mask)
@@ -317,12 +278,31 @@ class PatchEngine:
             support.region, support.run_boxes, support.roi_padded, self._importance, self.tiling.accumulation_dtype
         )
         self._cell_statistics = CellStatistics(cells)
-        all_on = np.ones((1, self.n_features), dtype=bool)
-        all_off = np.zeros((1, self.n_features), dtype=bool)
-        self._fetch(np.concatenate([all_on, all_off]), pin=True)
-        self._check_targets()
+        all_on = np.ones((1, self.n_players), dtype=bool)
+        self._fetch(np.concatenate([all_on, ~all_on]), pin=True)  # probes the model, and pins both ends
+        self._network.check_targets(self.targets)
+        self._set_cell_references(cells, masks)
+        self._stats["total_seconds"] += time.perf_counter() - started
+
+    def _target_masks(self, reference, roi, image: np.ndarray) -> np.ndarray | None:
+        """``(T, X, Y, Z)`` target segments: the reference's; without one, the model's unperturbed prediction when
+        the ROI must be found around it (none given); ``None`` when the ROI is given, for the prediction inside it
+        is read from the windows the engine runs anyway (:meth:`_set_cell_references`)."""
+        if reference is not None:
+            return reference_masks(reference, image.shape[1:], self.targets)
+        if roi is not None:
+            return None
+        label = predict_labels(self._network, image, self.tiling, self._device, self.batch_size)
+        self._stats["reference_forwards"] = self.tiling.n_windows
+        self._network.check_targets(self.targets)
+        require_predicted(label, self.targets)
+        return np.stack([label == t for t in self.targets])
+
+    def _set_cell_references(self, cells: list[Cell], masks: np.ndarray | None) -> None:
+        """Give each cell its targets' segments at its ROI voxels (from ``masks``, else from the model's
+        prediction on the unperturbed image), and refuse a target with no voxel inside the ROI."""
         if masks is None:
-            lookups = self._fetch(all_on)
+            lookups = self._fetch(np.ones((1, self.n_players), dtype=bool))
             for cell in cells:
                 inputs = [tuple(int(lookups[w].input_of_row[0]) for w in cell.windows)]
                 predicted = class_probabilities(self._cell_logits(cell, inputs, lookups)).argmax(dim=1)[0]
@@ -340,27 +320,28 @@ class PatchEngine:
                     f"Inside the ROI, {source} has no voxel of target {t}: there is nothing to explain. "
                     "Pass a reference mask of the segment, widen the roi, or choose another target."
                 )
-        self._stats["total_seconds"] += time.perf_counter() - started
 
     # ------------------------------------------------------------------ public
 
     @property
-    def n_features(self) -> int:
-        """``M``: the number of features that can change a value."""
+    def n_players(self) -> int:
+        """``M``: the number of features that can change a value, the players of the game."""
         return int(self.feature_ids.size)
 
     @property
     def n_classes(self) -> int:
         """``K``: the number of output channels of the model."""
-        return int(self._n_classes)
+        return int(self._network.n_classes)
 
     @property
     def stats(self) -> dict:
         """Counters: coalitions evaluated, patch forwards, cache hits, seconds in the model and in total, and more."""
         return {
+            "reference_forwards": 0,
             **self._stats,
+            "forward_seconds": self._network.forward_seconds,
             "windows": int(self.windows.size),
-            "features": self.n_features,
+            "features": self.n_players,
             "cache_entries": len(self._cache),
             "cache_bytes": self._cache.nbytes,
             "cache_reserved_bytes": self._cache.reserved_bytes,
@@ -415,8 +396,8 @@ class PatchEngine:
         if retain.shape != (len(coalitions),):
             raise ValueError(f"retain must be a bool array of shape ({len(coalitions)},), got {retain.shape}.")
         values = np.empty((len(coalitions), len(self.targets)), dtype=np.float64)
-        blend_bytes = 4 * self._n_outputs * int(np.prod(self._region_shape))
-        output_bytes = 4 * self._n_outputs * sum(_volume(in_window) for in_window in self._in_window)
+        blend_bytes = 4 * self._network.n_outputs * int(np.prod(self._region_shape))
+        output_bytes = 4 * self._network.n_outputs * sum(_volume(in_window) for in_window in self._in_window)
         chunk = max(1, min(_BLEND_BYTES // blend_bytes, _HELD_BYTES // output_bytes))
         retained: set = set()
         for first in range(0, len(coalitions), chunk):
@@ -436,56 +417,26 @@ class PatchEngine:
                 f"coalitions must be a bool array (True = feature kept), got dtype {coalitions.dtype}; "
                 "convert with .astype(bool)."
             )
-        if coalitions.ndim != 2 or coalitions.shape[1] != self.n_features:
+        if coalitions.ndim != 2 or coalitions.shape[1] != self.n_players:
             raise ValueError(
-                f"coalitions must have shape (n, {self.n_features}) (one column per engine.feature_ids), "
+                f"coalitions must have shape (n, {self.n_players}) (one column per engine.feature_ids), "
                 f"got {coalitions.shape}."
             )
         return coalitions
 
-    # ------------------------------------------------------------------ set-up
-
-    def _prepare_model(self, model):
-        if not callable(model):
-            raise ValueError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}.")
-        if isinstance(model, torch.nn.Module):
-            training = [name for name, module in model.named_modules() if module.training and _mode_dependent(module)]
-            if training:
-                raise ValueError(
-                    f"The model is in training mode (layer {training[0]!r}), where dropout and batch statistics "
-                    "change outputs from call to call; call model.eval() first."
-                )
-            model = model.to(self._device)
-        return model
-
-    def _check_targets(self) -> None:
-        classes = max(self.n_classes, 2)
-        outside = [t for t in self.targets if t >= classes]
-        if outside:
-            raise ValueError(
-                f"target {outside} is outside the model's classes 0..{classes - 1} "
-                f"(the model outputs {self.n_classes} channel(s))."
-            )
-
-    def _predicted_masks(self, image: np.ndarray) -> np.ndarray:
-        """The model's unperturbed prediction of each target, from one full sliding-window pass."""
-        label = predict_labels(self._forward, image, self.tiling, self._device, self.batch_size)
-        self._stats["reference_forwards"] += self.tiling.n_windows
-        self._check_targets()
-        require_predicted(label, self.targets)
-        return np.stack([label == t for t in self.targets])
+    # ------------------------------------------------------------------ evaluation
 
     def _cell_logits(self, cell: Cell, inputs: list[tuple[int, ...]], lookups: list[WindowLookup]) -> torch.Tensor:
         """``(u, K, V)`` blended logits at a cell's ROI voxels, one row per tuple of its windows' input positions."""
         blended = torch.zeros(
-            (len(inputs), self._n_outputs, *cell.shape), dtype=self.tiling.accumulation_dtype, device=self._device
+            (len(inputs), self._network.n_outputs, *cell.shape),
+            dtype=self.tiling.accumulation_dtype,
+            device=self._device,
         )
         for row, positions in enumerate(inputs):
             for window, in_entry, position in zip(cell.windows, cell.in_entry, positions):
                 blended[row] += lookups[window].outputs[position][(slice(None), *in_entry)]
         return self.tiling.fuse(cell.at_roi(blended.flatten(2)), cell.weight, channel_axis=1)
-
-    # ------------------------------------------------------------------ evaluation
 
     @torch.inference_mode()
     def _values(self, coalitions: np.ndarray, retain: np.ndarray, retained: set) -> torch.Tensor:
@@ -539,8 +490,8 @@ class PatchEngine:
         ``misses`` holds ``((window, states), (row, position))``: a coalition row that needs the key, and the
         position of the key's input among its window's.
         """
-        keep = torch.ones((len(coalitions), self.n_features + 1), dtype=torch.bool, device=self._device)
-        keep[:, : self.n_features] = torch.from_numpy(coalitions).to(self._device)
+        keep = torch.ones((len(coalitions), self.n_players + 1), dtype=torch.bool, device=self._device)
+        keep[:, : self.n_players] = torch.from_numpy(coalitions).to(self._device)
         for first in range(0, len(misses), self.batch_size):
             batch = misses[first : first + self.batch_size]
             inputs = []
@@ -549,55 +500,10 @@ class PatchEngine:
                 kept = keep[row][self._columns[box[1:]]]
                 baseline = self._baseline if self._baseline.ndim == 0 else self._baseline[box]
                 inputs.append(torch.where(kept, self._image[box], baseline))
-            out = self._forward(torch.stack(inputs))
+            out = self._network(torch.stack(inputs))
             self._stats["patch_forwards"] += len(batch)
             for window_out, (key, (_, position)) in zip(out, batch):
                 window = key[0]
                 in_window = self._in_window[window]
                 weighted = window_out[(slice(None), *in_window)] * self._importance[in_window]
                 lookups[window].outputs[position] = self._cache.put(key, weighted, pinned=pin)
-
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Run the model on a batch of windows; the first call also checks what the model returns."""
-        autocast = (
-            torch.autocast(device_type=self._device.type, dtype=self._autocast_dtype)
-            if self._autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        started = time.perf_counter()
-        with torch.inference_mode(), autocast:
-            if self._n_classes is None:
-                try:
-                    out = self._model(batch)
-                except Exception as error:  # the probe turns any model failure into an actionable message
-                    raise ValueError(
-                        f"The model failed on a batch of windows of shape {tuple(batch.shape)}: {error}. Check that "
-                        "the image has the channels the model expects and that patch_size is one the model accepts "
-                        "(e.g. a multiple of 32 per axis for SwinUNETR)."
-                    ) from error
-                self._check_output(out, batch)
-            else:
-                out = self._model(batch)
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
-        self._stats["forward_seconds"] += time.perf_counter() - started
-        return out.float()
-
-    def _check_output(self, out, batch: torch.Tensor) -> None:
-        if not isinstance(out, torch.Tensor):
-            raise ValueError(
-                f"The model returned a {type(out).__name__}, not a tensor; wrap it so that it returns only the "
-                "full-resolution logits (B, K, *patch_size)."
-            )
-        if out.ndim != batch.ndim or out.shape[0] != batch.shape[0] or out.shape[2:] != batch.shape[2:]:
-            raise ValueError(
-                f"The model maps windows of shape {tuple(batch.shape)} to {tuple(out.shape)}; the engine needs "
-                f"logits of shape (B, K, {', '.join(map(str, batch.shape[2:]))})."
-            )
-        folds = self.tiling.folds
-        if out.shape[1] % folds:
-            raise ValueError(
-                f"The model outputs {out.shape[1]} channels, which cannot hold the logits of {folds} folds."
-            )
-        self._n_outputs = int(out.shape[1])
-        self._n_classes = self._n_outputs // folds

@@ -18,7 +18,7 @@ least-squares problem (Lundberg & Lee, 2017) under the efficiency constraint ``s
   variance), with the sampled pairs as independent units inside each size (stratum) and the finite-population
   correction of sampling without replacement, so sizes enumerated whole contribute no error. Residuals are inflated
   by their leverage (HC3), which makes this the jackknife over sampled pairs in its closed form.
-* Both designs try a **regression adjustment** by boosted trees (:func:`segshap.surrogate.fit_boosted_trees`) at
+* Both designs try a **regression adjustment** by boosted trees (:mod:`segshap.adjustment`) at
   the end: trees fitted to every evaluated coalition give their exact Shapley values, and the design's own
   estimator applied to the residual ``v - trees`` corrects them. Paired kernel regression is already exact on
   games of order two; the trees capture the higher orders that real models' games hold (on the exactly enumerated
@@ -28,13 +28,13 @@ least-squares problem (Lundberg & Lee, 2017) under the efficiency constraint ``s
   smaller summed variance, with that estimate's standard errors (``ShapleyResult.adjusted`` says whether any
   target took it). The jackknife overstates variance on average, so the choice leans to the plain estimate. It
   is tried while (coalitions) x M stays below about 4e5, where fitting stays within seconds.
-* ``design="auto"`` takes the chains when at least one fits the budget and the ``cost`` function says that a
+* ``design="auto"`` takes the chains when at least one fits the budget and the ``forward_cost`` function says that a
   chain's coalitions are cheap enough to make up for their error per coalition. At equal coalitions that error,
   measured against Leverage SHAP's (both adjusted), depends on the budget in multiples of ``M`` and on ``M`` (see
   :data:`_CHAIN_ERROR_RATIOS`): far lower at ``2M``, where Leverage SHAP's regression has barely more rows than
   unknowns, and 1.6-2.5 times as high from ``8M`` on, less with more features. With errors falling as one over
   the square root of the coalitions, the chains win when a chain coalition costs less than ``1 / ratio**2`` of a
-  sampled one (as with an engine that reruns only the windows a step changes). Without a cost function every
+  sampled one (as with an engine that reruns only the windows a step changes). Without ``forward_cost`` every
   coalition costs the same, and Leverage SHAP is taken.
 
 No coalition is ever evaluated twice.
@@ -50,13 +50,42 @@ import numpy as np
 
 from .chains import chain_shap, loop_coalitions
 from .evaluation import STOP_REASONS, Evaluator, Limits, ShapleyResult, efficiency_error
+from .inputs import checked_choice, checked_integer, checked_number
 from .leverage import leverage_shap
 
-__all__ = ["ShapleyResult", "kernel_shap", "shapley_from_enumeration", "efficiency_error", "DESIGNS", "STOP_REASONS"]
+__all__ = [
+    "ShapleyResult",
+    "kernel_shap",
+    "shapley_from_enumeration",
+    "efficiency_error",
+    "auto_budget",
+    "enumerates",
+    "DESIGNS",
+    "STOP_REASONS",
+    "AUTO_TOLERANCE",
+]
 
 DESIGNS = ("auto", "chains", "leverage")
 """Coalition designs: ``"chains"`` (:mod:`segshap.chains`), ``"leverage"`` (:mod:`segshap.leverage`), or the one
 ``"auto"`` expects to be cheaper. A new design is a module beside those two, dispatched from :func:`kernel_shap`."""
+
+AUTO_TOLERANCE = 0.01
+"""Early-stopping tolerance of ``nsamples="auto"`` (max stderr relative to the spread of the values)."""
+
+_ENUMERABLE = 63
+"""Below this many players ``2**M`` is an integer the budgets can be compared with."""
+
+
+def enumerates(n_players: int, budget: int) -> bool:
+    """Whether ``budget`` coalitions cover all ``2**M`` of ``n_players``, so that the values are exact."""
+    return n_players < _ENUMERABLE and 2**n_players <= budget
+
+
+def auto_budget(n_players: int) -> int:
+    """The budget of ``nsamples="auto"``: ``2 M + 2048`` coalitions, or all ``2**M`` when they are fewer."""
+    default = 2 * n_players + 2048
+    return min(default, 2**n_players) if n_players < _ENUMERABLE else default
+
 
 _CHAIN_ERROR_RATIOS = {
     12: ((2.0, 0.2), (4.0, 1.3), (8.0, 2.5), (12.0, 2.5), (16.0, 2.4)),
@@ -83,7 +112,7 @@ _COST_PROBE = 16
 
 def kernel_shap(
     value_fn: Callable[[np.ndarray], np.ndarray],
-    n_features: int,
+    n_players: int,
     budget: int,
     *,
     seed: int = 0,
@@ -91,8 +120,8 @@ def kernel_shap(
     batch_size: int = 256,
     progress: Callable[[int, int], None] | None = None,
     design: str = "auto",
-    cost: Callable[[np.ndarray], float] | None = None,
-    max_cost: float | None = None,
+    forward_cost: Callable[[np.ndarray], float] | None = None,
+    max_forwards: float | None = None,
     max_seconds: float | None = None,
     interactions: np.ndarray | Callable[[], np.ndarray] | None = None,
 ) -> ShapleyResult:
@@ -105,7 +134,7 @@ def kernel_shap(
         is called with at most ``batch_size`` coalitions at a time and never with a coalition twice. If it takes a
         keyword ``retain``, the chains pass a bool mask of the rows the next call continues from (an engine keeps
         what they need, as :meth:`segshap.PatchEngine.evaluate` does).
-    n_features : int
+    n_players : int
         ``M``, the number of features.
     budget : int
         Most coalitions to evaluate (at least 2: the empty and the full coalition). With ``budget >= 2**M`` all
@@ -124,11 +153,12 @@ def kernel_shap(
         call has ``done == total`` also when the run stops early.
     design : str
         ``"auto"``, ``"chains"`` or ``"leverage"`` (see the module's description).
-    cost : callable, optional
-        ``cost(coalitions)``: what evaluating these coalitions next would cost (e.g. :meth:`PatchEngine.forward_cost`,
-        in window forwards), given everything evaluated before. Needed by ``max_cost``; the total is reported.
-    max_cost : float, optional
-        Stop before a batch whose cost would take the total beyond this.
+    forward_cost : callable, optional
+        ``forward_cost(coalitions)``: the model forwards evaluating these coalitions next would run, given
+        everything evaluated before (:meth:`PatchEngine.forward_cost`), what an evaluation costs. Needed by
+        ``max_forwards``; the total is reported (:attr:`ShapleyResult.forwards`).
+    max_forwards : float, optional
+        Stop before a batch whose forwards would take the total beyond this.
     max_seconds : float, optional
         Stop before a batch that, at the pace so far, would end after this many seconds.
     interactions : np.ndarray or callable, optional
@@ -144,92 +174,88 @@ def kernel_shap(
     ValueError
         For a bad argument, or when ``value_fn`` returns values of the wrong shape or that are not finite.
     """
-    for name, number, least in (("n_features", n_features, 1), ("budget", budget, 2), ("batch_size", batch_size, 2)):
-        if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or number < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {number!r}.")
-    if tolerance is not None and not (isinstance(tolerance, (int, float)) and 0 < tolerance < 1):
-        raise ValueError(f"tolerance must be a number in (0, 1) (e.g. 0.01) or None, got {tolerance!r}.")
-    if design not in DESIGNS:
-        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}.")
-    for name, limit in (("max_cost", max_cost), ("max_seconds", max_seconds)):
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
-            raise ValueError(f"{name} must be a positive number or None, got {limit!r}.")
-    if max_cost is not None and cost is None:
-        raise ValueError("max_cost needs a cost function (cost=...) that says what a batch of coalitions costs.")
-    n_features, budget, batch_size = int(n_features), int(budget), int(batch_size)
-    limits = Limits(cost, max_cost, max_seconds)
-    evaluator = Evaluator(value_fn, n_features, batch_size, progress, limits)
-    if n_features < 63 and 2**n_features <= budget:
+    n_players = checked_integer(n_players, "n_players")
+    budget = checked_integer(budget, "budget", 2)
+    batch_size = checked_integer(batch_size, "batch_size", 2)
+    tolerance = None if tolerance is None else checked_number(tolerance, "tolerance", below=1)
+    checked_choice(design, "design", DESIGNS)
+    max_forwards = None if max_forwards is None else checked_number(max_forwards, "max_forwards")
+    max_seconds = None if max_seconds is None else checked_number(max_seconds, "max_seconds")
+    if max_forwards is not None and forward_cost is None:
+        raise ValueError("max_forwards needs forward_cost=..., which says what a batch of coalitions costs.")
+    limits = Limits(forward_cost, max_forwards, max_seconds)
+    evaluator = Evaluator(value_fn, n_players, batch_size, progress, limits)
+    if enumerates(n_players, budget):
         return _exact(evaluator)
     rng = np.random.default_rng(seed)
-    border, chains_fit = _chain_plan(n_features, budget)
+    border, chains_fit = _chain_plan(n_players, budget)
     if design == "chains" and chains_fit < 1:
         raise ValueError(
-            f"design='chains' needs a budget of at least {2 * n_features} coalitions for {n_features} features (one "
+            f"design='chains' needs a budget of at least {2 * n_players} coalitions for {n_players} features (one "
             f"chain), got {budget}; raise the budget or use design='leverage'."
         )
     if design == "auto":
-        design = _cheaper_design(cost, n_features, budget, chains_fit, seed)
+        design = _cheaper_design(forward_cost, n_players, budget, chains_fit, seed)
     if design == "chains":
         if interactions is None:
-            pairs = default_interactions(n_features, budget)
+            pairs = default_interactions(n_players, budget)
         else:
-            pairs = _as_pairs(interactions() if callable(interactions) else interactions, n_features)
+            pairs = _as_pairs(interactions() if callable(interactions) else interactions, n_players)
         return chain_shap(evaluator, budget, rng, tolerance, pairs, border, seed)
     return leverage_shap(evaluator, budget, rng, tolerance, seed)
 
 
-def _chain_error_ratio(budget: int, n_features: int) -> float:
+def _chain_error_ratio(budget: int, n_players: int) -> float:
     """The chains' error over Leverage SHAP's at equal coalitions for this budget (:data:`_CHAIN_ERROR_RATIOS`)."""
     sizes = sorted(_CHAIN_ERROR_RATIOS)
     by_size = []
     for size in sizes:
         multiples, ratios = zip(*_CHAIN_ERROR_RATIOS[size])
-        by_size.append(np.interp(math.log(budget / n_features), np.log(multiples), ratios))
-    return float(np.interp(math.log(n_features), np.log(sizes), by_size))
+        by_size.append(np.interp(math.log(budget / n_players), np.log(multiples), ratios))
+    return float(np.interp(math.log(n_players), np.log(sizes), by_size))
 
 
-def _cheaper_design(cost, n_features: int, budget: int, chains_fit: int, seed: int) -> str:
+def _cheaper_design(cost, n_players: int, budget: int, chains_fit: int, seed: int) -> str:
     """The design with the lower expected error per unit of cost: the chains if one fits and a chain's coalitions,
     as ``cost`` prices them now, are cheap enough to make up for their error per coalition at this budget."""
     if cost is None or chains_fit < 1:
         return "leverage"
     rng = np.random.default_rng([seed, 1])
-    steps = min(n_features - 1, _COST_PROBE)
-    chain = loop_coalitions(rng.permutation(n_features))[:steps]
-    sizes = rng.integers(1, n_features, size=steps)
-    sampled = rng.random((steps, n_features)).argsort(axis=1) < sizes[:, None]
+    steps = min(n_players - 1, _COST_PROBE)
+    chain = loop_coalitions(rng.permutation(n_players))[:steps]
+    sizes = rng.integers(1, n_players, size=steps)
+    sampled = rng.random((steps, n_players)).argsort(axis=1) < sizes[:, None]
     chain_cost, sampled_cost = float(cost(chain)) / steps, float(cost(sampled)) / steps
-    return "chains" if chain_cost * _chain_error_ratio(budget, n_features) ** 2 < sampled_cost else "leverage"
+    return "chains" if chain_cost * _chain_error_ratio(budget, n_players) ** 2 < sampled_cost else "leverage"
 
 
-def default_interactions(n_features: int, budget: int) -> np.ndarray:
+def default_interactions(n_players: int, budget: int) -> np.ndarray:
     """The surrogate's interaction pairs when none are given: all pairs while they number at most a quarter of the
     budget, else none (give the pairs that matter, such as adjacent supervoxels, through ``interactions``)."""
-    if n_features * (n_features - 1) // 2 > budget // 4:
+    if n_players * (n_players - 1) // 2 > budget // 4:
         return np.zeros((0, 2), dtype=np.int64)
-    return np.array(list(itertools.combinations(range(n_features), 2)), dtype=np.int64).reshape(-1, 2)
+    return np.array(list(itertools.combinations(range(n_players), 2)), dtype=np.int64).reshape(-1, 2)
 
 
-def _as_pairs(interactions, n_features: int) -> np.ndarray:
+def _as_pairs(interactions, n_players: int) -> np.ndarray:
     pairs = np.asarray(interactions)
     if pairs.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
     if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):
         raise ValueError(f"interactions must be an integer array of shape (P, 2), got shape {pairs.shape}.")
-    if pairs.min() < 0 or pairs.max() >= n_features or np.any(pairs[:, 0] == pairs[:, 1]):
-        raise ValueError(f"interactions must pair two different features among 0..{n_features - 1}.")
+    if pairs.min() < 0 or pairs.max() >= n_players or np.any(pairs[:, 0] == pairs[:, 1]):
+        raise ValueError(f"interactions must pair two different features among 0..{n_players - 1}.")
     return np.unique(np.sort(pairs, axis=1), axis=0).astype(np.int64)
 
 
-def _chain_plan(n_features: int, budget: int) -> tuple[bool, int]:
+def _chain_plan(n_players: int, budget: int) -> tuple[bool, int]:
     """Whether the chains start by enumerating sizes 1 and ``M - 1`` (at budgets up to ``8 M``, where it pays most,
     if two chains still fit beside them), and how many chains the budget holds."""
-    if n_features < 3:
+    if n_players < 3:
         return False, 0
-    per_chain = 2 * (n_features - 1)
-    if n_features >= 4 and budget <= 8 * n_features:
-        with_border = (budget - 2 - 2 * n_features) // (per_chain - 4)
+    per_chain = 2 * (n_players - 1)
+    if n_players >= 4 and budget <= 8 * n_players:
+        with_border = (budget - 2 - 2 * n_players) // (per_chain - 4)
         if with_border >= 2:
             return True, with_border
     return False, max(0, (budget - 2) // per_chain)
@@ -263,7 +289,7 @@ def shapley_from_enumeration(coalitions: np.ndarray, values: np.ndarray) -> np.n
 
 
 def _exact(evaluator: Evaluator) -> ShapleyResult:
-    m = evaluator.n_features
+    m = evaluator.n_players
     evaluator.total = 2**m
     codes = np.arange(2**m, dtype=np.int64)
     coalitions = ((codes[:, None] >> np.arange(m)) & 1).astype(bool)

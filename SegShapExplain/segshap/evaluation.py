@@ -1,7 +1,7 @@
 """Evaluating a value function for an estimator: the budget and limits, no coalition twice, and the result.
 
 What every coalition design of :func:`segshap.estimator.kernel_shap` shares: :class:`Evaluator` calls the value
-function in batches within the cost and time limits (:class:`Limits`), checks what it returns and remembers every
+function in batches within the forward and time limits (:class:`Limits`), checks what it returns and remembers every
 coalition, and :class:`ShapleyResult` is what the designs return.
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 
 __all__ = ["ShapleyResult", "efficiency_error", "STOP_REASONS", "Evaluator", "Limits", "LimitReached", "converged"]
 
-STOP_REASONS = ("exact", "budget", "tolerance", "max_cost", "max_seconds", "exhausted")
+STOP_REASONS = ("exact", "budget", "tolerance", "max_forwards", "max_seconds", "exhausted")
 """Why sampling ended: every coalition evaluated; the coalition budget spent; the standard errors below the
-tolerance; the cost limit or the time limit reached; every coalition the design can draw drawn."""
+tolerance; the forward limit or the time limit reached; every coalition the design can draw drawn."""
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,11 @@ class ShapleyResult:
         ``"exact"``, ``"chains"`` or ``"leverage"``.
     stop_reason : str
         One of :data:`STOP_REASONS`.
-    cost : float or None
-        What the evaluations cost by the ``cost`` function given (e.g. window forwards), else ``None``.
+    forwards : float or None
+        The model forwards the evaluations ran, by the ``forward_cost`` function given, else ``None``.
     adjusted : bool
-        Whether Leverage SHAP's estimate was regression-adjusted by boosted trees for at least one target.
+        Whether the estimate was regression-adjusted by boosted trees (:mod:`segshap.adjustment`) for at least one
+        target.
     """
 
     values: np.ndarray
@@ -61,7 +62,7 @@ class ShapleyResult:
     exact: bool
     design: str = "leverage"
     stop_reason: str = "budget"
-    cost: float | None = None
+    forwards: float | None = None
     adjusted: bool = False
 
     @property
@@ -78,12 +79,12 @@ def efficiency_error(values: np.ndarray, full_value, base_value) -> float:
 
 
 class Limits:
-    """The cost and time limits: whether a batch may still run, and what has been spent."""
+    """The forward and time limits: whether a batch may still run, and the forwards spent."""
 
-    def __init__(self, cost, max_cost, max_seconds) -> None:
-        self.cost_fn, self.max_cost, self.max_seconds = cost, max_cost, max_seconds
+    def __init__(self, forward_cost, max_forwards, max_seconds) -> None:
+        self.cost_fn, self.max_forwards, self.max_seconds = forward_cost, max_forwards, max_seconds
         self.started = time.perf_counter()
-        self.spent = 0.0 if cost is not None else None
+        self.spent = 0.0 if forward_cost is not None else None
         self.batches = 0
 
     def admit(self, coalitions: np.ndarray, force: bool = False) -> str | None:
@@ -95,8 +96,8 @@ class Limits:
                 return "max_seconds"
         if self.cost_fn is not None:
             batch_cost = float(self.cost_fn(coalitions))
-            if self.max_cost is not None and self.spent + batch_cost > self.max_cost and not force:
-                return "max_cost"
+            if self.max_forwards is not None and self.spent + batch_cost > self.max_forwards and not force:
+                return "max_forwards"
             self.spent += batch_cost
         self.batches += 1
         return None
@@ -118,8 +119,8 @@ class Evaluator:
     """Calls the value function in batches within the limits, checks what it returns and keeps every coalition and
     value (looked up by coalition, so that none is evaluated twice)."""
 
-    def __init__(self, value_fn, n_features: int, batch_size: int, progress, limits: Limits) -> None:
-        self.value_fn, self.n_features, self.batch_size, self.progress = value_fn, n_features, batch_size, progress
+    def __init__(self, value_fn, n_players: int, batch_size: int, progress, limits: Limits) -> None:
+        self.value_fn, self.n_players, self.batch_size, self.progress = value_fn, n_players, batch_size, progress
         self.limits = limits
         self.retains = takes_retain(value_fn)
         self.coalitions: list[np.ndarray] = []

@@ -13,7 +13,7 @@ import numpy as np
 from . import figure
 from .estimator import efficiency_error
 from .faithfulness import Faithfulness
-from .io import StagedOutput, write_image
+from .io import StagedOutput, json_number, write_image
 
 __all__ = ["Explanation", "OUTPUT_FILES", "VOLUME_FORMATS", "output_files"]
 
@@ -130,8 +130,8 @@ class Explanation:
         for i, feature in enumerate(self.feature_ids.tolist()):
             row = {
                 "id": feature,
-                "value": _plain(self.values[i]),
-                "stderr": _plain(self.stderr[i]),
+                "value": json_number(self.values[i]),
+                "stderr": json_number(self.stderr[i]),
                 "voxels": int(counts[feature]),
                 "model_voxels": int(model_counts[feature]),
                 "centroid_voxel": [round(c, 2) for c in centroids[i].tolist()],
@@ -148,8 +148,8 @@ class Explanation:
             "targets": [{"index": t, "name": n} for t, n in zip(self.targets, self.target_names)],
             "settings": self.settings,
             "versions": self.versions,
-            "base_value": _plain(self.base_value),
-            "full_value": _plain(self.full_value),
+            "base_value": json_number(self.base_value),
+            "full_value": json_number(self.full_value),
             "efficiency_error": self.efficiency_error,
             "exact": self.exact,
             "stats": self.stats,
@@ -226,11 +226,6 @@ def output_files(volume_format: str = ".nii.gz") -> dict[str, str]:
     if volume_format not in VOLUME_FORMATS:
         raise ValueError(f"volume_format must be one of {VOLUME_FORMATS}, got {volume_format!r}.")
     return {name: file.replace(".nii.gz", volume_format) for name, file in OUTPUT_FILES.items()}
-
-
-def _plain(value):
-    array = np.asarray(value, dtype=np.float64)
-    return float(array) if array.ndim == 0 else [float(v) for v in array.ravel()]
 
 
 def _centroids(feature_map: np.ndarray, ids: np.ndarray, size: int) -> np.ndarray:

@@ -1,11 +1,10 @@
-"""The game :func:`~segshap.explain.explain` estimates: from a model, an image and targets to the
+"""The game :func:`~segshap.explain` estimates: from a model, an image and targets to the
 :class:`PatchEngine` that values any coalition of features, with the features, target segments and ROI it needs.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,20 +12,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import features as feature_maps
-from .engine import DEFAULT_MARGIN, PatchEngine
+from .engine import PatchEngine
+from .features import ORGAN_FEATURES, build_features
 from .geometry import ModelInput
-from .inputs import as_roi_mask, reference_masks, resolve_device, roi_around
+from .inference import model_labels, prepare, require_predicted
+from .inputs import ArgumentError, as_roi_mask, reference_masks, resolve_baseline, resolve_device, roi_around
 from .models import LoadedModel, load_model
-from .predict import DEFAULT_BATCH_SIZE, model_labels, prepare, require_predicted
+from .options import ExplainOptions, split_arrays
 from .tiling import TilingSpec
 
-__all__ = ["ExplanationGame", "explanation_game", "FEATURE_KINDS", "ORGAN_FEATURES", "BASELINES"]
-
-FEATURE_KINDS = ("slic", "fcc", "grid", "organs", "organ_aware")
-ORGAN_FEATURES = ("organs", "organ_aware")
-"""The feature kinds made from an organ label map."""
-BASELINES = ("mean", "min", "zero")
+__all__ = ["ExplanationGame", "explanation_game"]
 
 _log = logging.getLogger("segshap")
 
@@ -41,10 +36,14 @@ class ExplanationGame:
     ----------
     engine : PatchEngine
     model : LoadedModel or torch.nn.Module
+    options : ExplainOptions
+        The options the game was made with.
     prepared : ModelInput
         The image on the model's grid.
     feature_map : np.ndarray
         All features built, on the model's grid (``engine.feature_ids`` are those that can change a value).
+    features_given, baseline_given : bool
+        Whether the feature map or the baseline was given as an array (in place of the options' names).
     labelmap : np.ndarray or None
         The organ label map on the model's grid (organ features only).
     targets, target_names : tuple
@@ -54,20 +53,20 @@ class ExplanationGame:
         The target segments and the ROI on the model's grid.
     support : tuple
         The box of model-grid voxels that can change a value.
-    margin : int
-    tiling : TilingSpec
+    tiling_spec : TilingSpec
         The sliding-window settings.
     device : torch.device
-    engine_options : dict
-        The remaining options given to the engine.
     baseline : float or np.ndarray
         What a removed feature's voxels become, in the network's input space.
     """
 
     engine: PatchEngine
     model: object
+    options: ExplainOptions
     prepared: ModelInput
     feature_map: np.ndarray
+    features_given: bool
+    baseline_given: bool
     labelmap: np.ndarray | None
     targets: tuple
     target_names: tuple
@@ -75,17 +74,20 @@ class ExplanationGame:
     masks: np.ndarray
     roi: np.ndarray
     support: tuple
-    margin: int
-    tiling: TilingSpec
+    tiling_spec: TilingSpec
     device: torch.device
-    engine_options: dict
     baseline: float | np.ndarray = 0.0
 
     @property
     def n_players(self) -> int:
         """``M``: the features that can change a value, the game's players (``engine.feature_ids``). The
-        ``n_features`` given to :func:`explanation_game` is how many were asked for; ``M`` is often fewer."""
-        return self.engine.n_features
+        ``n_features`` option is how many were asked for; ``M`` is often fewer."""
+        return self.engine.n_players
+
+    @property
+    def organ_features(self) -> bool:
+        """Whether the features are organs or organ-aware supervoxels of :attr:`labelmap`."""
+        return not self.features_given and self.options.features in ORGAN_FEATURES
 
 
 def explanation_game(
@@ -95,35 +97,31 @@ def explanation_game(
     target: int | str | Sequence[int | str],
     reference: np.ndarray | None = None,
     roi: np.ndarray | Sequence[tuple[int, int]] | None = None,
-    features: str | np.ndarray = "slic",
-    n_features: int = 100,
-    value: str = "soft_dice",
-    baseline: str | float | np.ndarray = "mean",
-    device: str = "auto",
     labelmap: np.ndarray | None = None,
     affine: np.ndarray | None = None,
-    **engine_options,
+    options: ExplainOptions | None = None,
+    **option_values,
 ) -> ExplanationGame:
     """Everything :func:`explain` sets up before it estimates: the model's input, the features, the target
     segments and ROI, and the :class:`PatchEngine` that evaluates coalitions. Parameters as for :func:`explain`.
     Useful to evaluate chosen coalitions (deletion curves, exact enumeration, other estimators) on the same game.
     """
-    device = resolve_device(device)
+    values, given_features, given_baseline = split_arrays(option_values)
+    options = ExplainOptions.given(options, values)
+    device = resolve_device(options.device)
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model, device=str(device))
     targets, names, single = _targets(model, target)
     _refuse_flat(np.shape(image), channels_last=isinstance(model, LoadedModel))
-    network, prepared, tiling_spec = prepare(model, image, affine, engine_options)
+    network, prepared, tiling_spec = prepare(model, image, affine, options.tiling_settings())
     x = prepared.image
     spatial = x.shape[1:]
-    margin = engine_options.pop("margin", DEFAULT_MARGIN)
-    batch_size = engine_options.get("batch_size", DEFAULT_BATCH_SIZE)
 
     prediction = None
-    needs_labelmap = isinstance(features, str) and features in ORGAN_FEATURES and labelmap is None
-    if reference is None or needs_labelmap:
+    organ_features = given_features is None and options.features in ORGAN_FEATURES
+    if reference is None or (organ_features and labelmap is None):
         _log.info("Segmenting the image with the model")
-        prediction = model_labels(network, x, tiling_spec, device, batch_size)
+        prediction = model_labels(network, x, tiling_spec, device, options.batch_size)
     if reference is None:
         require_predicted(prediction, targets, names)
         reference = prediction
@@ -131,12 +129,10 @@ def explanation_game(
         reference = prepared.to_model_grid(np.asarray(reference))
     masks = reference_masks(reference, spatial, targets)
     labelmap = prediction if labelmap is None else prepared.to_model_grid(np.asarray(labelmap))
-    if not isinstance(features, str):
-        features = prepared.to_model_grid(np.asarray(features))
 
     tiling = tiling_spec.over(spatial)
     if roi is None:
-        roi = roi_around(masks, margin)
+        roi = roi_around(masks, options.margin)
     else:
         roi = prepared.to_model_grid(as_roi_mask(roi, prepared.source.shape))
         if not roi.any():
@@ -144,25 +140,29 @@ def explanation_game(
     roi = as_roi_mask(roi, spatial)
     _, padded_support = tiling.windows_reading(tiling.pad(roi, False))
     support = tiling.unpad_box(padded_support)
-    _log.info("Building %s features inside the support %s", features if isinstance(features, str) else "given", support)
-    feature_map = _features(features, n_features, x, labelmap, support)
+    if given_features is None:
+        _log.info("Building %s features inside the support %s", options.features, support)
+        feature_map = build_features(options.features, x, labelmap, support, options.n_features)
+    else:
+        feature_map = prepared.to_model_grid(np.asarray(given_features))
 
-    resolved_baseline = _baseline(baseline, x)
+    baseline = resolve_baseline(options.baseline if given_baseline is None else given_baseline, x)
     engine = PatchEngine(
         network,
         x,
         feature_map,
         reference=reference,
         target=list(targets),
-        value=value,
+        value=options.value,
         roi=roi,
-        baseline=resolved_baseline,
+        baseline=baseline,
         device=device,
+        batch_size=options.batch_size,
         tiling=tiling_spec,
-        **engine_options,
+        cache_bytes=options.cache_bytes,
+        autocast_dtype=options.torch_autocast_dtype,
     )
-    m = engine.n_features
-    if m == 0:
+    if engine.n_players == 0:
         raise ValueError(
             "No feature can change the value: inside the windows that cover the ROI the image equals the baseline. "
             "Choose another baseline."
@@ -170,8 +170,11 @@ def explanation_game(
     return ExplanationGame(
         engine=engine,
         model=model,
+        options=options,
         prepared=prepared,
         feature_map=feature_map,
+        features_given=given_features is not None,
+        baseline_given=given_baseline is not None,
         labelmap=labelmap,
         targets=targets,
         target_names=names,
@@ -179,17 +182,18 @@ def explanation_game(
         masks=masks,
         roi=roi,
         support=support,
-        margin=margin,
-        tiling=tiling_spec,
+        tiling_spec=tiling_spec,
         device=device,
-        engine_options=engine_options,
-        baseline=resolved_baseline,
+        baseline=baseline,
     )
 
 
 def _targets(model, target) -> tuple[tuple[int, ...], tuple[str, ...], bool]:
+    """The targets' class indices and names, and whether one target (not a list) was given."""
     single = isinstance(target, (int, np.integer, str)) and not isinstance(target, bool)
-    requested = [target] if single else list(target)
+    requested = [target] if single else list(target) if isinstance(target, (list, tuple, np.ndarray)) else []
+    if not requested or any(isinstance(t, bool) or not isinstance(t, (int, np.integer, str)) for t in requested):
+        raise ArgumentError("target", f"{{argument}} must be a class index or name, or a list of them; got {target!r}.")
     if isinstance(model, LoadedModel):
         indices = [model.class_index(t) for t in requested]
         names = [model.classes[i] for i in indices]
@@ -211,40 +215,3 @@ def _refuse_flat(shape: tuple[int, ...], channels_last: bool) -> None:
             f"The image is a single slice along {axis} (spatial shape {tuple(spatial)}); segshap explains 3D "
             "volumes. Give the whole series (e.g. load the full DICOM series in 3D Slicer and export that volume)."
         )
-
-
-def _baseline(baseline, x: np.ndarray):
-    if isinstance(baseline, str):
-        if baseline not in BASELINES:
-            raise ValueError(f"baseline must be a number, an array or one of {BASELINES}, got {baseline!r}.")
-        if baseline == "zero":
-            return 0.0
-        per_channel = [float(c.mean(dtype=np.float64) if baseline == "mean" else c.min()) for c in x]
-        if len(per_channel) == 1:
-            return per_channel[0]
-        return np.broadcast_to(np.asarray(per_channel, np.float32)[:, None, None, None], x.shape).copy()
-    return baseline
-
-
-def _features(kind, asked: int, x: np.ndarray, labelmap, support) -> np.ndarray:
-    """The feature map of ``kind`` with about ``asked`` features in the support (the ``n_features`` argument)."""
-    if not isinstance(kind, str):
-        return np.asarray(kind)
-    if kind not in FEATURE_KINDS:
-        raise ValueError(f"features must be one of {FEATURE_KINDS} or an integer map, got {kind!r}.")
-    if isinstance(asked, bool) or not isinstance(asked, (int, np.integer)) or asked < 1:
-        raise ValueError(f"n_features must be a positive integer, got {asked!r}.")
-    spatial = x.shape[1:]
-    volume = math.prod(b - a for a, b in support)
-    if kind == "slic":
-        return feature_maps.slic(x if len(x) > 1 else x[0], n_segments=asked, support=support)
-    if kind == "fcc":
-        spacing = (math.sqrt(2) * volume / asked) ** (1 / 3)
-        return feature_maps.fcc(spatial, spacing, support=support)
-    if kind == "grid":
-        return feature_maps.grid(spatial, max(1, round((volume / asked) ** (1 / 3))), support=support)
-    if kind == "organs":
-        return feature_maps.organs(labelmap, support=support)
-    inside = labelmap[tuple(slice(a, b) for a, b in support)]
-    regions = len(np.unique(inside))
-    return feature_maps.organ_aware(labelmap, x[0], max(1, round(asked / regions)), support=support)

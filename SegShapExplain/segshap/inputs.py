@@ -16,6 +16,12 @@ from .tiling import Box
 
 __all__ = [
     "ArgumentError",
+    "DEFAULT_MARGIN",
+    "BASELINES",
+    "checked_integer",
+    "checked_number",
+    "checked_choice",
+    "resolve_baseline",
     "as_image",
     "as_channels_first",
     "as_features",
@@ -28,6 +34,13 @@ __all__ = [
     "resolve_device",
     "is_integer",
 ]
+
+
+DEFAULT_MARGIN = 8
+"""Voxels added around the reference's bounding box to make the default ROI."""
+
+BASELINES = ("mean", "min", "zero")
+"""The baselines given by name (:func:`resolve_baseline`)."""
 
 
 class ArgumentError(ValueError):
@@ -50,6 +63,33 @@ class ArgumentError(ValueError):
 def is_integer(value) -> bool:
     """Whether ``value`` is an integer (Python or NumPy), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def checked_integer(value, name: str, least: int = 1) -> int:
+    """``value`` as an ``int`` if it is an integer ``>= least``; else an :class:`ArgumentError` naming ``name``."""
+    if not is_integer(value) or value < least:
+        wanted = {0: "a non-negative integer", 1: "a positive integer"}.get(least, f"an integer >= {least}")
+        raise ArgumentError(name, f"{{argument}} must be {wanted}, got {value!r}.")
+    return int(value)
+
+
+def checked_number(value, name: str, below: float | None = None) -> float:
+    """``value`` as a ``float`` if it is a finite number ``> 0`` (and ``< below``); else an :class:`ArgumentError`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (np.isfinite(value) and value > 0 and (below is None or value < below))
+    ):
+        wanted = "a positive number" if below is None else f"a number in (0, {below})"
+        raise ArgumentError(name, f"{{argument}} must be {wanted}, got {value!r}.")
+    return float(value)
+
+
+def checked_choice(value, name: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``; else an :class:`ArgumentError` listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ArgumentError(name, f"{{argument}} must be one of {', '.join(choices)}; got {value!r}.")
+    return value
 
 
 def as_channels_first(image, name: str = "image") -> np.ndarray:
@@ -109,6 +149,21 @@ def as_features(features, spatial_shape: tuple[int, ...]) -> np.ndarray:
             "Relabel them, e.g. with skimage.segmentation.relabel_sequential."
         )
     return array
+
+
+def resolve_baseline(baseline, image: np.ndarray) -> float | np.ndarray:
+    """A named baseline (:data:`BASELINES`) made from the ``(C, X, Y, Z)`` network input: ``"mean"`` or ``"min"``
+    of each channel (a number for one channel, an array like ``image`` for several), or 0; numbers and arrays are
+    returned as they are (:func:`as_baseline` checks them)."""
+    if not isinstance(baseline, str):
+        return baseline
+    checked_choice(baseline, "baseline", BASELINES)
+    if baseline == "zero":
+        return 0.0
+    per_channel = [float(c.mean(dtype=np.float64) if baseline == "mean" else c.min()) for c in image]
+    if len(per_channel) == 1:
+        return per_channel[0]
+    return np.broadcast_to(np.asarray(per_channel, np.float32)[:, None, None, None], image.shape).copy()
 
 
 def as_baseline(baseline, image_shape: tuple[int, ...], given_ndim: int) -> np.ndarray | float:

@@ -7,24 +7,26 @@ with SIGINT and SIGTERM held back, so an interruption leaves either the old fold
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 
+from .geometry import Grid, transfer
 from .inputs import ArgumentError
+from .processes import DeferredSignals
 
 __all__ = [
     "read_image",
     "read_image_shape",
     "read_segmentation",
+    "read_labels",
+    "segment_names",
     "read_json",
+    "json_number",
     "write_image",
     "write_segmentation",
     "volume_suffix",
@@ -216,6 +218,92 @@ def read_segmentation(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], n
     return segments, affine
 
 
+def segment_names(path: str | os.PathLike) -> list[str]:
+    """The names of a ``.seg.nrrd``'s segments, in file order, read from its header alone."""
+    import nrrd
+
+    path, _ = _checked(path)
+    try:
+        header = nrrd.read_header(str(path))
+    except Exception as error:  # as in read_image
+        raise ValueError(f"Cannot read {path} as a segmentation: {error}.") from error
+    names, index = [], 0
+    while f"Segment{index}_ID" in header or f"Segment{index}_Name" in header:
+        names.append(str(header.get(f"Segment{index}_Name", header.get(f"Segment{index}_ID"))))
+        index += 1
+    return names
+
+
+def read_labels(
+    path: str | os.PathLike,
+    onto: Grid | None = None,
+    *,
+    segments: list[str] | None = None,
+    what: str = "label map",
+) -> tuple[np.ndarray, dict[int, str] | None]:
+    """The labels of a mask, label map or segmentation file, placed on a grid by the file's geometry: the one
+    reader of every file that marks voxels (a reference, a ROI mask, an organ label map).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A 3D Slicer ``.seg.nrrd``, or a NIfTI or NRRD label map or mask (non-negative integer values).
+    onto : Grid, optional
+        The grid to carry the labels to (nearest neighbour, through RAS); default the file's own.
+    segments : list of str, optional
+        For a ``.seg.nrrd``: the segments to read, by name (case does not matter), labelled ``1..K`` in this
+        order; default every segment, in file order.
+    what : str
+        What the file is, for errors (``"reference"``, ``"ROI mask"``...).
+
+    Returns
+    -------
+    labels : np.ndarray
+        ``(X, Y, Z)`` int64 labels on ``onto``; where segments overlap, the later one takes the voxel.
+    names : dict of int to str or None
+        A ``.seg.nrrd``'s segment names by label; ``None`` for a label map, whose labels carry no names.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file does not exist.
+    ValueError
+        When it holds no 3D labels, lacks a segment asked for (the message lists those it has), or none of its
+        labelled voxels lies inside ``onto``'s volume.
+    """
+    if volume_suffix(path) == ".seg.nrrd":
+        masks, affine = read_segmentation(path)
+        by_name = {name.lower(): (name, mask) for name, mask in masks.items()}
+        wanted = list(masks) if segments is None else segments
+        missing = [name for name in wanted if name.lower() not in by_name]
+        if missing:
+            raise ValueError(
+                f"The {what} {path} has no segment named {missing[0]!r}; its segments are "
+                f"{', '.join(repr(name) for name in masks)}."
+            )
+        chosen = [by_name[name.lower()] for name in wanted]
+        labels = np.zeros(next(iter(masks.values())).shape, np.int64)
+        for label, (_, mask) in enumerate(chosen, start=1):
+            labels[mask] = label
+        names: dict[int, str] | None = {label: name for label, (name, _) in enumerate(chosen, start=1)}
+    else:
+        data, affine = read_image(path)
+        if data.ndim != 3 or not np.array_equal(data, np.round(data)) or data.min() < 0:
+            raise ValueError(
+                f"The {what} {path} must be a 3D label map or mask of non-negative integers; got shape {data.shape}."
+            )
+        labels, names = data.astype(np.int64), None
+    if onto is None:
+        return labels, names
+    moved = transfer(labels, Grid(labels.shape, affine), onto)
+    if labels.any() and not moved.any():
+        raise ValueError(
+            f"The {what} {path} does not overlap the image: none of its labelled voxels lies inside the image's "
+            "volume (in RAS). Was it drawn on another image, or saved without its geometry?"
+        )
+    return moved, names
+
+
 def read_json(path: str | os.PathLike, what: str) -> dict:
     """The JSON object in ``path`` (``what`` names the file in errors: "model config file", "request file", ...).
 
@@ -236,6 +324,15 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
     if not isinstance(content, dict):
         raise ValueError(f"The {what} {path} must hold a JSON object.")
     return content
+
+
+def json_number(value) -> float | list | None:
+    """A number, or an array of them, as JSON can hold it: floats (a list for an array), ``None`` for NaN and
+    infinities (which JSON has no words for)."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim == 0:
+        return float(array) if np.isfinite(array) else None
+    return [float(v) if np.isfinite(v) else None for v in array.ravel()]
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> None:
@@ -312,26 +409,6 @@ def _nrrd_header(affine: np.ndarray, list_axis: bool) -> dict:
     }
 
 
-@contextlib.contextmanager
-def _signals_held():
-    """Hold SIGINT and SIGTERM until the block ends (only possible, and only needed, in the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {
-        sig: signal.signal(sig, lambda number, frame: received.append(number))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for number in received:
-            signal.raise_signal(number)
-
-
 class StagedOutput:
     """Write files into a staging folder, then move them all into ``destination`` at once.
 
@@ -376,7 +453,7 @@ class StagedOutput:
             shutil.rmtree(self.staging, ignore_errors=True)
 
     def _commit(self) -> None:
-        with _signals_held():
+        with DeferredSignals():
             self.destination.mkdir(parents=True, exist_ok=True)
             for path in sorted(self.staging.iterdir()):
                 os.replace(path, self.destination / path.name)

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from .adjustment import ADJUST_CELLS, tree_adjusted
 from .evaluation import Evaluator, LimitReached, ShapleyResult, converged
 
 __all__ = ["leverage_shap"]
@@ -25,10 +26,10 @@ class _Stratum:
     For ``size == M / 2`` a pair and its swap are the same pair, so the population is half the coalitions.
     """
 
-    def __init__(self, n_features: int, size: int, rng: np.random.Generator) -> None:
-        self.m, self.size, self.rng = n_features, size, rng
-        self.middle = 2 * size == n_features
-        self.population = math.comb(n_features, size) // (2 if self.middle else 1)
+    def __init__(self, n_players: int, size: int, rng: np.random.Generator) -> None:
+        self.m, self.size, self.rng = n_players, size, rng
+        self.middle = 2 * size == n_players
+        self.population = math.comb(n_players, size) // (2 if self.middle else 1)
         self.drawn: list[np.ndarray] = []
         self.seen: set[bytes] = set()
         self._listed: np.ndarray | None = None
@@ -113,7 +114,7 @@ def leverage_shap(
 ) -> ShapleyResult:
     """Sample pairs in rounds, each size to the same number per size, until the budget, a limit or the tolerance
     stops it; then the (adjusted) regression estimate."""
-    m = evaluator.n_features
+    m = evaluator.n_players
     evaluator.total = budget
     strata = [_Stratum(m, size, rng) for size in range(1, m // 2 + 1)]
     ends = np.zeros((2, m), dtype=bool)
@@ -155,7 +156,7 @@ def _solve(
     """Leverage SHAP's estimate and standard errors (:class:`_KernelRegression`), and with ``adjust`` the
     regression-adjusted estimate (:func:`_tree_adjusted`) for each target where its error is expected to be smaller.
     The third array says, per target, whether the adjusted estimate was taken."""
-    m = evaluator.n_features
+    m = evaluator.n_players
     ends = evaluator.lookup(np.stack([np.zeros(m, bool), np.ones(m, bool)]))
     regression = _KernelRegression(strata, m)
     if regression.rows is None:  # a budget of 2 or 3: nothing beyond the ends, whose difference is shared out equally
@@ -172,10 +173,6 @@ def _solve(
 _ADJUST_FOLDS = 5
 """Groups of sampled pairs left out in turn to estimate the regression-adjusted estimate's variance."""
 
-_ADJUST_CELLS = 400_000
-"""The adjustment is tried only while (coalitions evaluated) x M is at most this: boosting the trees then takes at
-most about a second per target and fold on one core."""
-
 _TREE_DEPTHS = (3, 4)
 """Depths of the boosted trees tried; the jackknife's variance picks among them and the plain estimate."""
 
@@ -190,8 +187,8 @@ class _KernelRegression:
     estimate is linear in the values, so one factorisation serves every column of values given.
     """
 
-    def __init__(self, strata: list[_Stratum], n_features: int) -> None:
-        m = self.m = n_features
+    def __init__(self, strata: list[_Stratum], n_players: int) -> None:
+        m = self.m = n_players
         # Every sampled pair contributes its two coalitions; within a stratum the first members of its pairs come
         # first, then their complements, in the same order.
         blocks, weights, pair = [], [], []
@@ -227,7 +224,7 @@ class _KernelRegression:
             hessian += np.trace(hessian) / m**2
             self.solve = _symmetric_solver(hessian)
         n_pairs = int(self.pair.max()) + 1
-        self.adjustable = not self.dual and n_pairs >= 2 * _ADJUST_FOLDS and (len(self.rows) + 2) * m <= _ADJUST_CELLS
+        self.adjustable = not self.dual and n_pairs >= 2 * _ADJUST_FOLDS and (len(self.rows) + 2) * m <= ADJUST_CELLS
 
     def fit(self, values: np.ndarray, ends: np.ndarray, errors: bool = False):
         """``phi`` ``(M, C)`` for values ``(rows, C)`` with end values ``(2, C)``; with ``errors`` also the standard
@@ -272,48 +269,29 @@ class _KernelRegression:
 
 
 def _tree_adjusted(regression: _KernelRegression, values, ends, phi, stderr, seed: int):
-    """Regression adjustment by boosted trees, taken per target where it is expected to err less.
-
-    Trees fitted to every evaluated coalition (:func:`segshap.surrogate.fit_boosted_trees`) give their exact
-    Shapley values, and the kernel regression of the residual ``v - trees`` corrects them; the estimate keeps
-    efficiency exactly. Its variance is estimated by the grouped jackknife: the sampled pairs are split into
-    :data:`_ADJUST_FOLDS` groups, and the adjusted estimate is recomputed with each group left out of the trees'
-    fit (the jackknife overstates variance on average, Efron-Stein, so the choice leans to Leverage SHAP). This is
-    done for each depth of :data:`_TREE_DEPTHS`, and each target keeps the estimate (plain, or adjusted at one
-    depth) with the smallest summed variance, with its standard errors.
-    """
-    from .surrogate import fit_boosted_trees
-
+    """The boosted-tree adjustment (:func:`segshap.adjustment.tree_adjusted`) of Leverage SHAP: the trees' exact
+    Shapley values plus the kernel regression of the residual ``v - trees``, which keeps efficiency exactly, with
+    groups of sampled pairs left out of the trees' fit and each depth of :data:`_TREE_DEPTHS` tried."""
     m = regression.m
     corners = np.stack([np.zeros(m, bool), np.ones(m, bool)])
     coalitions = np.concatenate([corners, regression.rows])
     known = np.concatenate([ends, values])
-    n_pairs = int(regression.pair.max()) + 1
-    group = np.random.default_rng([seed, 2]).permutation(n_pairs) % _ADJUST_FOLDS
-    row_group = np.concatenate([[-1, -1], group[regression.pair]])  # the ends are in every fit
-    t = ends.shape[1]
-    best_variance = np.where(np.isfinite(stderr), stderr**2, np.inf).sum(axis=0)  # inf where the plain errors are NaN
-    taken = np.zeros(t, bool)
-    for depth in _TREE_DEPTHS:
-        surrogates = [fit_boosted_trees(coalitions, known, seed, depth)]
-        surrogates += [
-            fit_boosted_trees(coalitions[row_group != k], known[row_group != k], seed, depth)
-            for k in range(_ADJUST_FOLDS)
-        ]
+
+    def training(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.concatenate([[True, True], keep[regression.pair]])  # the ends are in every fit
+        return coalitions[rows], known[rows]
+
+    def estimate(surrogates) -> np.ndarray:
         # One solve for every surrogate's residual (the regression is linear in the values).
         residual_rows = np.concatenate([values - g(regression.rows) for g in surrogates], axis=1)
         residual_ends = np.concatenate([ends - g(corners) for g in surrogates], axis=1)
-        corrections = regression.fit(residual_rows, residual_ends).reshape(m, len(surrogates), t)
-        estimates = np.stack([g.shapley_values() for g in surrogates], axis=1) + corrections
-        adjusted, left_out = estimates[:, 0], estimates[:, 1:]
-        spread = left_out - left_out.mean(axis=1, keepdims=True)
-        variance = (_ADJUST_FOLDS - 1) / _ADJUST_FOLDS * (spread**2).sum(axis=1)
-        better = variance.sum(axis=0) < best_variance
-        phi = np.where(better, adjusted, phi)
-        stderr = np.where(better, np.sqrt(variance), stderr)
-        best_variance = np.where(better, variance.sum(axis=0), best_variance)
-        taken |= better
-    return phi, stderr, taken
+        corrections = regression.fit(residual_rows, residual_ends).reshape(m, len(surrogates), -1)
+        return np.moveaxis(np.stack([g.shapley_values() for g in surrogates], axis=1) + corrections, 1, 0)
+
+    n_pairs = int(regression.pair.max()) + 1
+    return tree_adjusted(
+        estimate, training, n_pairs, phi, stderr, groups=_ADJUST_FOLDS, depths=_TREE_DEPTHS, seed=(seed, 2)
+    )
 
 
 def _symmetric_solver(matrix: np.ndarray):

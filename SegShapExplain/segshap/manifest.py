@@ -70,20 +70,24 @@ def read_manifest(path: str | os.PathLike) -> list[Case]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No such manifest: {path}. Give a CSV with a header row: case_id,image[,...].")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in ("case_id", "image") if c not in columns]
-        unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
-        if missing or unknown:
-            raise ManifestError(
-                path,
-                [
-                    f"header: columns {columns} miss {missing} or have unknown {unknown}; the columns are "
-                    f"{', '.join(MANIFEST_COLUMNS)} (case_id and image required)."
-                ],
-            )
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    try:
+        # utf-8-sig: spreadsheet programs save UTF-8 with a byte-order mark, which would glue onto "case_id".
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ManifestError(path, [f"not a CSV text file in UTF-8 ({error}); save it as CSV (UTF-8)."]) from None
+    missing = [c for c in ("case_id", "image") if c not in columns]
+    unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
+    if missing or unknown:
+        raise ManifestError(
+            path,
+            [
+                f"header: columns {columns} miss {missing} or have unknown {unknown}; the columns are "
+                f"{', '.join(MANIFEST_COLUMNS)} (case_id and image required)."
+            ],
+        )
     if not rows:
         raise ManifestError(path, ["no cases: the manifest has a header but no rows."])
     cases, problems, seen = [], [], {}
@@ -110,6 +114,7 @@ def _case(row: dict, folder: Path) -> tuple[Case | None, list[str]]:
             f"case_id {case_id!r} must be a plain name (letters, digits, '.', '_', '-'): it names the case's folder"
         )
     files: dict[str, Path | None] = {}
+    shape = None
     for column in ("image", "reference", "labelmap"):
         text = row.get(column, "")
         if not text:
@@ -119,18 +124,36 @@ def _case(row: dict, folder: Path) -> tuple[Case | None, list[str]]:
             continue
         file = folder / text
         files[column] = file
-        if not file.is_file():
+        if file.is_dir():
+            problems.append(f"{column} {file} is a folder, not a file; give the image file (NIfTI or NRRD)")
+        elif not file.is_file():
             problems.append(f"{column} {file} does not exist")
         elif column == "image":
             try:
-                read_image_shape(file)
+                shape = read_image_shape(file)
             except ValueError as error:
                 problems.append(str(error))
     roi: str | Path | None = row.get("roi") or None
-    if roi is not None and not _BOX.fullmatch(roi):
+    if roi is not None and _BOX.fullmatch(roi):
+        problems += _box_problems(roi, shape)
+    elif roi is not None:
         roi = folder / roi
         if not roi.is_file():
             problems.append(f"roi {row['roi']!r} is neither a box x0:x1,y0:y1,z0:z1 nor an existing mask file")
     if problems and not _CASE_ID.fullmatch(case_id):
         return None, problems
     return Case(case_id, files["image"], files["reference"], files["labelmap"], roi), problems
+
+
+def _box_problems(text: str, shape: tuple[int, ...] | None) -> list[str]:
+    """What is wrong with a ROI box for an image of this shape (``None``: the image could not be read)."""
+    box = [tuple(int(v) for v in part.split(":")) for part in text.split(",")]
+    if shape is None:
+        return []
+    wrong = [axis for axis, ((start, stop), size) in enumerate(zip(box, shape[:3])) if not 0 <= start < stop <= size]
+    if wrong:
+        return [
+            f"roi {text!r} is empty or reaches outside the image of shape {tuple(shape[:3])} along axis "
+            f"{'xyz'[wrong[0]]}; each start:stop must satisfy 0 <= start < stop <= size"
+        ]
+    return []

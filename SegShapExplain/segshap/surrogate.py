@@ -189,15 +189,15 @@ class BoostedTrees:
     ----------
     models : tuple
         One fitted :class:`sklearn.ensemble.GradientBoostingRegressor` per target.
-    n_features : int
+    n_players : int
     """
 
     models: tuple
-    n_features: int
+    n_players: int
 
     def __call__(self, coalitions: np.ndarray) -> np.ndarray:
         """``(n, T)`` predicted values of ``(n, M)`` bool coalitions."""
-        z = np.asarray(coalitions, dtype=np.float64).reshape(-1, self.n_features)
+        z = np.asarray(coalitions, dtype=np.float64).reshape(-1, self.n_players)
         return np.stack([model.predict(z) for model in self.models], axis=1)
 
     def shapley_values(self) -> np.ndarray:
@@ -206,7 +206,7 @@ class BoostedTrees:
         return np.stack(
             [
                 model.learning_rate
-                * sum(tree_shapley_values(tree.tree_, self.n_features) for tree in model.estimators_[:, 0])
+                * sum(tree_shapley_values(tree.tree_, self.n_players) for tree in model.estimators_[:, 0])
                 for model in self.models
             ],
             axis=1,
@@ -241,7 +241,7 @@ def fit_boosted_trees(
     return BoostedTrees(models, coalitions.shape[1])
 
 
-def tree_shapley_values(tree, n_features: int) -> np.ndarray:
+def tree_shapley_values(tree, n_players: int) -> np.ndarray:
     """``(M,)`` exact Shapley values of ``S -> tree(1_S)`` for a regression tree over 0/1 features.
 
     ``tree`` is a fitted scikit-learn ``Tree`` (``estimator.tree_``) whose splits send 0 left and 1 right. A leaf
@@ -253,7 +253,7 @@ def tree_shapley_values(tree, n_features: int) -> np.ndarray:
     """
     left, right, feature = tree.children_left, tree.children_right, tree.feature
     leaf_value = tree.value.reshape(tree.node_count, -1)[:, 0]
-    phi = np.zeros(n_features)
+    phi = np.zeros(n_players)
     # Node ids grow from parent to child, so one pass in id order sees every path's conditions before its leaf.
     present: list = [()] * tree.node_count
     absent: list = [()] * tree.node_count

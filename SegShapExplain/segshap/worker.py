@@ -1,11 +1,12 @@
 """The engine's half of the worker protocol (``segshap worker --request FILE``), which 3D Slicer's module speaks.
 
-The worker carries out one request file (see :mod:`segshap.jobs`) and reports on its real stdout, one JSON object
-per line: ``{"event": "log", "level", "message"}`` for stage messages, ``{"event": "progress", "done", "total",
-"eta_s", "eta"}`` while it computes (a cohort counts cases, and reports each as it ends: ``{"event": "case",
-"case_id", "failed"}``, ``failed`` the reason or ``null``), then ``{"event": "done", ...}`` with the task's fields,
-or ``{"event": "error", "message"}`` (with ``"reason": "out_of_memory"`` when the GPU ran out). Everything else it
-prints goes to stderr. It ends when the process that launched it is gone (:func:`exit_with_parent`).
+The worker carries out one request file (:mod:`segshap.request`, :mod:`segshap.jobs`; the protocol in full is in
+``docs/cli.md``) and reports on its real stdout, one JSON object per line: ``{"event": "log", "level",
+"message"}`` for stage messages, ``{"event": "progress", "done", "total", "eta_s", "eta"}`` while it computes (a
+cohort counts cases, and reports each as it ends: ``{"event": "case", "case_id", "failed"}``, ``failed`` the
+reason or ``null``), then ``{"event": "done", ...}`` with the task's fields, or ``{"event": "error", "message"}``
+(with ``"reason": "out_of_memory"`` when the GPU ran out). Everything else it prints goes to stderr. It ends when
+the process that launched it is gone (:func:`exit_with_parent`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import signal
 import threading
 import time
 
-from .jobs import Rate, describe, explain_and_save, format_duration, logging_to, read_request, segment, summary
+from .jobs import cohort_from_request, describe, explain_and_save, segment
 from .processes import process_alive
+from .reporting import Rate, format_duration, logging_to, summary
+from .request import read_request
 
 __all__ = ["EventWriter", "EventLogHandler", "run_worker", "exit_with_parent", "argument_name"]
 
@@ -74,8 +77,6 @@ def run_worker(request_path: str, events: EventWriter, parent_pid: int | None = 
         elif task == "segment":
             fields = segment(request)
         elif task == "cohort":
-            from .cohort import cohort_from_request  # Ray and pandas only for cohorts
-
             _, fields = cohort_from_request(
                 request, events.progress, lambda case_id, reason: events.emit("case", case_id=case_id, failed=reason)
             )

@@ -59,7 +59,7 @@ def main() -> None:
                     device=args.device,
                 )
                 coalitions = sample_coalitions(
-                    engine.n_features, args.coalitions, "kernel", np.random.default_rng(args.seed)
+                    engine.n_players, args.coalitions, "kernel", np.random.default_rng(args.seed)
                 )
                 started = time.perf_counter()
                 results[dtype] = engine.evaluate(coalitions), time.perf_counter() - started

@@ -108,11 +108,11 @@ def _estimate(inputs: dict, n_features: int, budget: int, seed: int, design: str
     started = time.perf_counter()
     result = segshap.kernel_shap(
         engine.evaluate,
-        engine.n_features,
+        engine.n_players,
         budget,
         seed=seed,
         design=design,
-        cost=engine.forward_cost,
+        forward_cost=engine.forward_cost,
         interactions=pairs,
     )
     seconds = time.perf_counter() - started

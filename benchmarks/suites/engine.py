@@ -186,7 +186,7 @@ def run_feature_set(name, model, image, features, reference, coalitions, args) -
     )
     engine_options = dict(options, cache_bytes=int(args.cache_gib * 2**30))
     engine, setup = timed(lambda: segshap.PatchEngine(model, image, features, **engine_options))
-    m = engine.n_features
+    m = engine.n_players
     per_window = [ids.size for ids in window_features(engine, image, features, args.baseline)]
     print(
         f"   engine: {m} features can change the value, {engine.stats['windows']} of "

@@ -47,7 +47,7 @@ def models() -> dict[str, Path]:
 
 def gradient_x_input(game) -> tuple[np.ndarray, float]:
     """Per feature ``sum (x - b) * dv/dx``, and ``v(all)`` from the same differentiable pass."""
-    engine, spec = game.engine, game.tiling
+    engine, spec = game.engine, game.tiling_spec
     x = torch.from_numpy(np.ascontiguousarray(game.prepared.image))[None].requires_grad_(True)
     network = game.model.network if hasattr(game.model, "network") else game.model
     logits = sliding_window_inference(

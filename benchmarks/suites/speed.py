@@ -132,15 +132,15 @@ def run_case(name: str, settings: dict) -> dict:
         engine = segshap.PatchEngine(model, image, features, cache_bytes=int(settings["cache_gib"] * 2**30), **options)
         result = segshap.kernel_shap(
             engine.evaluate,
-            engine.n_features,
+            engine.n_players,
             budget,
             seed=0,
             batch_size=64,
-            cost=engine.forward_cost,
+            forward_cost=engine.forward_cost,
             interactions=lambda: adjacent_pairs(features, engine.feature_ids),
         )
         ours_s = time.perf_counter() - started
-    m, windows = engine.n_features, engine.tiling.n_windows
+    m, windows = engine.n_players, engine.tiling.n_windows
     outside = 1 - engine.stats["forward_seconds"] / ours_s
     rows = {
         "ours": {
@@ -319,7 +319,7 @@ def run_swin_case() -> dict:
     with PeakMemory() as memory:
         started = time.perf_counter()
         engine = segshap.PatchEngine(model, image, features, **options)
-        result = segshap.kernel_shap(engine.evaluate, engine.n_features, SWIN["coalitions"], seed=0, batch_size=64)
+        result = segshap.kernel_shap(engine.evaluate, engine.n_players, SWIN["coalitions"], seed=0, batch_size=64)
         ours_s = time.perf_counter() - started
     n = result.n_evaluations
     rows = {
@@ -381,7 +381,7 @@ def run_swin_case() -> dict:
         row["vs_ours"] = row["explanation_s"] / rows["ours"]["explanation_s"]
     return {
         "volume": list(image.shape),
-        "features": engine.n_features,
+        "features": engine.n_players,
         "windows_total": windows,
         "windows_roi": engine.stats["windows"],
         "budget": n,

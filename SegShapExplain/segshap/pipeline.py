@@ -19,19 +19,17 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from . import features as feature_maps
 from .engine import PatchEngine
-from .estimator import DESIGNS, kernel_shap
+from .estimator import AUTO_TOLERANCE, auto_budget, kernel_shap
 from .explanation import Explanation
 from .faithfulness import Faithfulness, faithfulness_curves
-from .game import ORGAN_FEATURES, explanation_game
+from .features import feature_organs
+from .game import explanation_game
 from .models import LoadedModel
+from .options import ExplainOptions
 from .surrogate import adjacent_pairs
 
-__all__ = ["explain", "AUTO_TOLERANCE"]
-
-AUTO_TOLERANCE = 0.01
-"""Early-stopping tolerance of ``nsamples="auto"`` (max stderr relative to the spread of the values)."""
+__all__ = ["explain"]
 
 _log = logging.getLogger("segshap")
 
@@ -43,23 +41,12 @@ def explain(
     target: int | str | Sequence[int | str],
     reference: np.ndarray | None = None,
     roi: np.ndarray | Sequence[tuple[int, int]] | None = None,
-    features: str | np.ndarray = "slic",
-    n_features: int = 100,
-    value: str = "soft_dice",
-    nsamples: int | str = "auto",
-    baseline: str | float | np.ndarray = "mean",
-    device: str = "auto",
-    seed: int = 0,
-    progress: Callable[[int, int], None] | None = None,
-    tolerance: float | None = None,
     labelmap: np.ndarray | None = None,
     organ_names: dict[int, str] | None = None,
     affine: np.ndarray | None = None,
-    design: str = "auto",
-    max_forwards: int | None = None,
-    max_seconds: float | None = None,
-    faithfulness: bool = True,
-    **engine_options,
+    progress: Callable[[int, int], None] | None = None,
+    options: ExplainOptions | None = None,
+    **option_values,
 ) -> Explanation:
     """Explain a model's segmentation of a target class with Shapley values of supervoxels.
 
@@ -67,7 +54,7 @@ def explain(
     ----------
     model : path, LoadedModel or torch.nn.Module
         A TorchScript file with its sidecar (see :func:`segshap.load_model`), a loaded model, or a bare network
-        taking the image as it is (give ``patch_size`` etc. in ``engine_options``).
+        taking the image as it is (give ``patch_size`` etc. among the options).
     image : np.ndarray
         The image as read from disk (``(X, Y, Z)`` or channels last) for a model with preprocessing, or the
         network's ``(X, Y, Z)``/``(C, X, Y, Z)`` input for a bare network.
@@ -78,30 +65,7 @@ def explain(
         prediction on the unperturbed image.
     roi : np.ndarray or box, optional
         Where values are read (bool mask or ``((x0, x1), (y0, y1), (z0, z1))``). Default: the reference's bounding
-        box grown by ``margin`` (an engine option, 8 voxels).
-    features : str or np.ndarray
-        ``"slic"``, ``"fcc"``, ``"grid"``, ``"organs"``, ``"organ_aware"`` (built only where they can matter), or
-        your own integer map (ids ``1..N``, 0 = never perturbed).
-    n_features : int
-        About how many features to build inside the support (per organ for ``"organ_aware"``: divided among the
-        regions; ignored for ``"organs"``).
-    value : str
-        ``"soft_dice"``, ``"dice"``, ``"tp"``, ``"fp"`` or ``"mean_prob"``.
-    nsamples : int or "auto"
-        Coalitions to evaluate at most. ``"auto"``: ``2 M + 2048`` (all ``2**M`` when fewer), stopping early at
-        ``tolerance`` (default 0.01).
-    baseline : str, number or np.ndarray
-        What a removed feature's voxels become, in the network's input space: ``"mean"`` (of each channel),
-        ``"min"``, ``"zero"``, a number, or an array like the network's input.
-    device : str
-        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-    seed : int
-        Seed of the coalition sampler.
-    progress : callable, optional
-        ``progress(done, total)`` in window forwards, what takes the time: ``total`` is ``max_forwards`` when given,
-        else the forwards the remaining coalitions would take at the pace so far.
-    tolerance : float, optional
-        Early-stopping tolerance (see :func:`segshap.kernel_shap`).
+        box grown by the ``margin`` option (8 voxels).
     labelmap : np.ndarray, optional
         Organ label map for ``"organs"``/``"organ_aware"`` features; default the model's prediction.
     organ_names : dict of int to str, optional
@@ -112,66 +76,38 @@ def explain(
         reoriented and resampled onto its grid (perturbations happen there); ``reference``, ``roi``, ``labelmap``
         and a given feature map are on the image's grid and carried to the model's by nearest neighbour, and the
         outputs come back onto the image's grid. Without it the image is taken to lie on the model's grid.
-    design : str
-        Coalition design (see :func:`segshap.kernel_shap`): ``"auto"``, ``"chains"`` (walks that change one
-        feature at a time, so each coalition reruns only that feature's windows) or ``"leverage"``.
-    max_forwards : int, optional
-        Stop sampling before the window forwards of the explanation would exceed this.
-    max_seconds : float, optional
-        Stop sampling before the estimation would run longer than this (the set-up before it is not counted).
-    faithfulness : bool
-        After estimating, compute the deletion and insertion curves of the ranking by value and of one random
-        ranking (:attr:`Explanation.faithfulness`): ``4 (M + 1)`` coalitions per target, each one feature away from
-        the one before, so each reruns only that feature's windows. Their forwards (``stats["faithfulness_forwards"]``)
-        are not limited by ``max_forwards`` or ``max_seconds``.
-    **engine_options
-        Passed to :class:`segshap.PatchEngine` (``patch_size``, ``overlap``, ``blend``, ``margin``, ``batch_size``,
-        ``cache_bytes``, ``autocast_dtype``, ...).
+    progress : callable, optional
+        ``progress(done, total)`` in window forwards, what takes the time: ``total`` is ``max_forwards`` when given,
+        else the forwards the remaining coalitions would take at the pace so far.
+    options : ExplainOptions, optional
+        The options as one object (default: every default).
+    **option_values
+        Options by name, in place of those of ``options``: ``features``, ``n_features``, ``value``, ``nsamples``,
+        ``baseline``, ``design``, ``max_forwards``, ``max_seconds``, ``faithfulness``, ``device``, ``seed``... (every
+        field of :class:`~segshap.options.ExplainOptions`, which says what each does). ``features`` may also be
+        your own integer feature map (ids ``1..N``, 0 = never perturbed) and ``baseline`` an array like the
+        network's input.
 
     Returns
     -------
     Explanation
+
+    Notes
+    -----
+    The faithfulness curves (option ``faithfulness``) cost ``4 (M + 1)`` coalitions per target, each one feature
+    away from the one before, so each reruns only that feature's windows. Their forwards
+    (``stats["faithfulness_forwards"]``) are not limited by ``max_forwards`` or ``max_seconds``.
     """
     started = time.perf_counter()
-    if nsamples != "auto" and (
-        isinstance(nsamples, bool) or not isinstance(nsamples, (int, np.integer)) or nsamples < 2
-    ):
-        raise ValueError(f"nsamples must be 'auto' or an integer >= 2 (coalitions to evaluate), got {nsamples!r}.")
-    if design not in DESIGNS:
-        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}.")
-    if max_forwards is not None and (
-        isinstance(max_forwards, bool) or not isinstance(max_forwards, (int, np.integer)) or max_forwards < 1
-    ):
-        raise ValueError(f"max_forwards must be a positive integer (window forwards) or None, got {max_forwards!r}.")
-    if max_seconds is not None and (
-        isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or max_seconds <= 0
-    ):
-        raise ValueError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r}.")
-    if not isinstance(faithfulness, (bool, np.bool_)):
-        raise ValueError(f"faithfulness must be True or False, got {faithfulness!r}.")
     game = explanation_game(
-        model,
-        image,
-        target=target,
-        reference=reference,
-        roi=roi,
-        features=features,
-        n_features=n_features,
-        value=value,
-        baseline=baseline,
-        device=device,
-        labelmap=labelmap,
-        affine=affine,
-        **engine_options,
-    )
-    engine = game.engine
-    m = game.n_players
-    exact_count = 2**m if m < 62 else None
-    if nsamples == "auto":
-        budget = 2 * m + 2048 if exact_count is None else min(exact_count, 2 * m + 2048)
-        tolerance = AUTO_TOLERANCE if tolerance is None else tolerance
+        model, image, target=target, reference=reference, roi=roi, labelmap=labelmap, affine=affine,
+        options=options, **option_values,
+    )  # fmt: skip
+    options, engine, m = game.options, game.engine, game.n_players
+    if options.nsamples == "auto":
+        budget, tolerance = auto_budget(m), AUTO_TOLERANCE if options.tolerance is None else options.tolerance
     else:
-        budget = int(nsamples)
+        budget, tolerance = options.nsamples, options.tolerance
     _log.info("Estimating Shapley values of %d features from up to %d coalitions", m, budget)
     forwards_before = engine.stats["patch_forwards"]
     estimation_started = time.perf_counter()
@@ -179,25 +115,23 @@ def explain(
         engine.evaluate,
         m,
         budget,
-        seed=seed,
+        seed=options.seed,
         tolerance=tolerance,
         batch_size=64,
-        progress=None if progress is None else _forward_progress(progress, engine, max_forwards),
-        design=design,
-        cost=engine.forward_cost,
-        max_cost=max_forwards,
-        max_seconds=max_seconds,
+        progress=None if progress is None else _forward_progress(progress, engine, options.max_forwards),
+        design=options.design,
+        forward_cost=engine.forward_cost,
+        max_forwards=options.max_forwards,
+        max_seconds=options.max_seconds,
         interactions=lambda: adjacent_pairs(game.feature_map, engine.feature_ids),
     )
     forwards = engine.stats["patch_forwards"] - forwards_before
     estimation_seconds = time.perf_counter() - estimation_started
-    curves = _faithfulness(engine, result.values, seed) if faithfulness else ()
+    curves = _faithfulness(engine, result.values, options.seed) if options.faithfulness else ()
     faithfulness_seconds = time.perf_counter() - estimation_started - estimation_seconds
 
     feature_map = np.where(np.isin(game.feature_map, engine.feature_ids), game.feature_map, 0).astype(np.int32)
-    organ_labels = None
-    if isinstance(features, str) and features in ORGAN_FEATURES:
-        organ_labels = feature_maps.feature_organs(feature_map, game.labelmap)[engine.feature_ids]
+    organ_labels = feature_organs(feature_map, game.labelmap)[engine.feature_ids] if game.organ_features else None
     image_feature_map = game.prepared.to_image_grid(feature_map)
     hidden = np.setdiff1d(engine.feature_ids, image_feature_map)
     if hidden.size:
@@ -205,7 +139,7 @@ def explain(
             "%d of %d features are smaller than the image's voxels and show on no image voxel (the model's grid is "
             "finer than the image's); explanation.json lists them all",
             hidden.size,
-            engine.n_features,
+            m,
         )
     values, stderr = result.values, result.stderr
     base, full = result.base_value, result.full_value
@@ -217,34 +151,13 @@ def explain(
         "budget": budget,
         "design": result.design,
         "tree_adjusted": result.adjusted,
-        "stop_reason": {"max_cost": "max_forwards"}.get(result.stop_reason, result.stop_reason),
+        "stop_reason": result.stop_reason,
         "estimation_forwards": forwards,
         "forwards_per_coalition": forwards / max(result.n_evaluations, 1),
         "estimation_seconds": estimation_seconds,
         "faithfulness_forwards": sum(c.forwards for c in curves),
         "faithfulness_seconds": faithfulness_seconds,
         "seconds": time.perf_counter() - started,
-    }
-    settings = {
-        "target": list(game.targets),
-        "features": features if isinstance(features, str) else "given",
-        "n_features": n_features,
-        "value": value,
-        "nsamples": nsamples,
-        "tolerance": tolerance,
-        "design": design,
-        "max_forwards": max_forwards,
-        "max_seconds": max_seconds,
-        "faithfulness": faithfulness,
-        "baseline": baseline if isinstance(baseline, (str, int, float)) else "array",
-        "device": str(game.device),
-        "seed": seed,
-        "roi_box": [list(b) for b in engine.roi_box],
-        "support_box": [list(b) for b in game.support],
-        "margin": game.margin,
-        "model_format": game.model.format if isinstance(game.model, LoadedModel) else "network",
-        **game.tiling.to_dict(),
-        **{k: v for k, v in game.engine_options.items() if isinstance(v, (int, float, str, bool))},
     }
     display = np.asarray(image, dtype=np.float32)
     display = display if display.ndim == 3 else (display[..., 0] if isinstance(game.model, LoadedModel) else display[0])
@@ -258,7 +171,7 @@ def explain(
         stats=stats,
         targets=game.targets,
         target_names=game.target_names,
-        settings=settings,
+        settings=_settings(game, tolerance),
         image=display,
         reference=game.prepared.to_image_grid(game.masks),
         roi=game.prepared.to_image_grid(game.roi),
@@ -273,9 +186,27 @@ def explain(
     )
 
 
+def _settings(game, tolerance: float | None) -> dict:
+    """Everything that determined the result (``explanation.json``'s ``settings``): the options as used, the
+    targets, the boxes of the ROI and the support, and the model's format."""
+    options = game.options.to_dict()
+    return {
+        **options,
+        "target": list(game.targets),
+        "features": "given" if game.features_given else options["features"],
+        "baseline": "array" if game.baseline_given else options["baseline"],
+        "tolerance": tolerance,
+        "device": str(game.device),
+        "roi_box": [list(b) for b in game.engine.roi_box],
+        "support_box": [list(b) for b in game.support],
+        "model_format": game.model.format if isinstance(game.model, LoadedModel) else "network",
+        **game.tiling_spec.to_dict(),
+    }
+
+
 def _faithfulness(engine: PatchEngine, values: np.ndarray, seed: int) -> tuple[Faithfulness, ...]:
     """Deletion and insertion curves of each target's ranking (``values``: ``(M, T)``), with their forwards."""
-    _log.info("Checking faithfulness: deletion and insertion curves over %d features", engine.n_features)
+    _log.info("Checking faithfulness: deletion and insertion curves over %d features", engine.n_players)
     curves = []
     for column in range(values.shape[1]):
         before = engine.stats["patch_forwards"]

@@ -1,0 +1,7 @@
+"""Cohorts: explanations of many cases as Ray tasks (:mod:`.run`, :mod:`.case`), and their aggregation across the
+cohort (:mod:`.aggregation`). Ray and pandas are the optional extra ``segshap[cohort]``."""
+
+from .aggregation import COHORT_COLUMNS, CohortResult, MissingDependency, aggregate
+from .run import CohortStopped, explain_cohort
+
+__all__ = ["explain_cohort", "aggregate", "CohortResult", "CohortStopped", "COHORT_COLUMNS", "MissingDependency"]

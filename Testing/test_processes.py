@@ -1,0 +1,70 @@
+"""segshap.processes: a process tree found and ended whole (with /proc and with psutil), and signals held back
+while a block must not be cut short."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from segshap import processes
+from segshap.processes import DeferredSignals, descendants, end_process_tree, process_alive
+
+# A parent that starts a child which ignores SIGTERM (only SIGKILL ends it), then waits.
+TREE = """
+import signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"],
+    stdout=subprocess.PIPE, text=True)
+child.stdout.readline()
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _tree() -> tuple[subprocess.Popen, int]:
+    parent = subprocess.Popen([sys.executable, "-c", TREE], stdout=subprocess.PIPE, text=True)
+    return parent, int(parent.stdout.readline())
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize("source", ["proc", "psutil"])
+def test_a_tree_is_found_and_ended_whole_even_a_child_that_ignores_sigterm(source, monkeypatch, tmp_path):
+    if source == "psutil":
+        pytest.importorskip("psutil")
+        monkeypatch.setattr(processes, "PROC", tmp_path / "no-proc")  # as on macOS
+    elif not processes.PROC.is_dir():
+        pytest.skip("no /proc here")
+    parent, child = _tree()
+    try:
+        assert child in descendants(parent.pid)
+        end_process_tree(parent.pid, grace_s=0.5)
+        parent.wait(timeout=30)  # reaps the parent; the orphaned child is reaped by init
+        deadline = time.monotonic() + 30
+        while process_alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not process_alive(child)
+    finally:
+        for pid in (parent.pid, child):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_deferred_signals_are_recorded_inside_the_block_and_delivered_after_it():
+    reached_end_of_block = False
+    with pytest.raises(KeyboardInterrupt):
+        with DeferredSignals() as signals:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C does not cut the block short either
+            time.sleep(0.05)
+            assert signals.received == [signal.SIGINT, signal.SIGINT]
+            reached_end_of_block = True
+    assert reached_end_of_block
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
