@@ -8,11 +8,14 @@
 # ./segshap-demo-cohort): DIR/cohort.png, cohort.csv, cohort.json. Extra arguments go to `segshap cohort`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$root/scripts/env.sh"
-cd "$root"
+# Only what the demo needs: the engine and slicer-core for slices.png (and Ray for the cohort); test.sh adds the rest.
 if [[ "${1:-}" != "--cohort" ]]; then
+    SEGSHAP_EXTRAS="${SEGSHAP_EXTRAS:-views}" source "$root/scripts/env.sh"
+    cd "$root"
     exec segshap demo "$@"
 fi
+SEGSHAP_EXTRAS="${SEGSHAP_EXTRAS:-views,cohort,demo}" source "$root/scripts/env.sh"
+cd "$root"
 shift
 out="segshap-demo-cohort"
 passed=()
