@@ -4,7 +4,7 @@ Commands: ``explain``, ``demo``, ``cohort`` (:mod:`segshap.cohort`) and ``worker
 module, :mod:`segshap.worker`). Every command computes in a background thread (``cohort``: in Ray's workers)
 while the main thread waits for it, so SIGINT and SIGTERM are handled within a fraction of a second even while the
 model runs; outputs are written through
-:class:`segshap.io.StagedOutput`, so an interrupted or failed run leaves the output folder as it was. Bad input
+:class:`segshap.staging.StagedOutput`, so an interrupted or failed run leaves the output folder as it was. Bad input
 (a missing file, an unreadable image, an unknown target, a bad option) ends with one ``segshap: error: ...`` line
 (the worker: one ``error`` event) and exit code 2.
 """

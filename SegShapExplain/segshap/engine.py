@@ -26,7 +26,7 @@ region
     The bounding box of the ROI in padded coordinates: the only part of any window's output that is kept.
 support
     The union of the run windows' boxes: the only part of the image, baseline and feature map the engine reads,
-    so it keeps them cropped to it.
+    so it keeps them cropped to it (:mod:`segshap.support`).
 cell
     A box of the region covered by the same windows throughout (:class:`~segshap.cells.Cell`).
 key
@@ -39,13 +39,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .cache import DEFAULT_CACHE_BYTES, PatchCache
-from .cells import Cell, CellStatistics, WindowLookup, cut_cells, intersect_boxes, shift_box
+from .cells import Cell, CellStatistics, WindowLookup, cut_cells
 from .inference import DEFAULT_BATCH_SIZE, predict_labels, require_predicted
 from .inputs import (
     DEFAULT_MARGIN,
@@ -62,6 +61,7 @@ from .inputs import (
     roi_around,
 )
 from .network import Network
+from .support import crop_to_support
 from .tiling import Box, TilingSpec, box_slices
 from .values import VALUE_NAMES, class_probabilities, segment_statistics, values_from_statistics
 
@@ -76,74 +76,6 @@ _HELD_BYTES = 1024**3
 
 def _volume(slices: tuple[slice, ...]) -> int:
     return int(np.prod([s.stop - s.start for s in slices]))
-
-
-class _Support(NamedTuple):
-    """The part of the input the engine ever reads: what the windows it runs read (see :func:`_crop_to_support`)."""
-
-    windows: np.ndarray
-    run_boxes: list[Box]
-    window_boxes: list[Box]
-    feature_ids: np.ndarray
-    window_columns: list[np.ndarray]
-    feature_window_positions: list[np.ndarray]
-    columns: np.ndarray
-    image: np.ndarray
-    baseline: float | np.ndarray
-    region: Box
-    in_window: list[tuple[slice, ...]]
-    roi_padded: np.ndarray
-
-
-def _crop_to_support(
-    tiling, roi_mask: np.ndarray, image: np.ndarray, features: np.ndarray, baseline: float | np.ndarray
-) -> _Support:
-    """The windows whose output overlaps the ROI, the features that change their input, and the image, baseline
-    and feature map cropped to the windows' support.
-
-    Switching a feature off changes a window's input only where the image differs from the baseline, so a
-    window's key holds just those features, and a feature that changes no window is no feature at all.
-    """
-    roi_padded = tiling.pad(roi_mask, False)
-    region = bounding_box(roi_padded)
-    windows, support = tiling.windows_reading(roi_padded)
-    run_boxes = [tiling.window_box(w) for w in windows]
-    origin = [a for a, _ in support]
-    crop = (slice(None), *box_slices(support))
-    image_support = np.ascontiguousarray(tiling.pad(image)[crop])
-    baseline_support = baseline if isinstance(baseline, float) else np.ascontiguousarray(tiling.pad(baseline)[crop])
-    features_support = tiling.pad(features, 0)[crop[1:]]
-    changes = np.any(image_support != baseline_support, axis=0)
-    window_boxes = [shift_box(b, origin) for b in run_boxes]
-    window_ids = []
-    for box in window_boxes:
-        inside = box_slices(box)
-        ids = np.unique(features_support[inside][changes[inside]])
-        window_ids.append(ids[ids > 0])
-    feature_ids = np.unique(np.concatenate([np.zeros(0, np.int64), *window_ids]))
-    window_columns = [np.searchsorted(feature_ids, ids) for ids in window_ids]
-    positions: list[list[int]] = [[] for _ in range(feature_ids.size)]
-    for position, columns in enumerate(window_columns):
-        for column in columns.tolist():
-            positions[column].append(position)
-    # Voxels of no feature read column M, which every coalition keeps.
-    column_of = np.full(int(features.max()) + 1, feature_ids.size, dtype=np.int32)
-    column_of[feature_ids] = np.arange(feature_ids.size)
-    return _Support(
-        windows=windows,
-        run_boxes=run_boxes,
-        window_boxes=window_boxes,
-        feature_ids=feature_ids,
-        window_columns=window_columns,
-        feature_window_positions=[np.array(p, dtype=np.int64) for p in positions],
-        columns=column_of[features_support],
-        image=image_support,
-        baseline=baseline_support,
-        region=region,
-        # Each window's output is kept only where it overlaps the region.
-        in_window=[box_slices(shift_box(intersect_boxes(box, region), [a for a, _ in box])) for box in run_boxes],
-        roi_padded=roi_padded,
-    )
 
 
 class PatchEngine:
@@ -262,7 +194,7 @@ class PatchEngine:
         masks = self._target_masks(reference, roi, image)
         roi_mask = roi_around(masks, checked_integer(margin, "margin", 0)) if roi is None else as_roi_mask(roi, spatial)
 
-        support = _crop_to_support(self.tiling, roi_mask, image, features, baseline)
+        support = crop_to_support(self.tiling, roi_mask, image, features, baseline)
         self.roi_box: Box = bounding_box(roi_mask)
         self.windows: np.ndarray = support.windows
         self.feature_ids: np.ndarray = support.feature_ids

@@ -13,7 +13,8 @@ import numpy as np
 from . import figure
 from .estimator import efficiency_error
 from .faithfulness import Faithfulness
-from .io import StagedOutput, json_number, write_image
+from .io import json_number, write_image
+from .staging import StagedOutput
 
 __all__ = ["Explanation", "OUTPUT_FILES", "VOLUME_FORMATS", "output_files"]
 

@@ -1,23 +1,17 @@
-"""Reading images and writing outputs so that a failed or cancelled run leaves nothing half-written.
-
-Images are read with their affine (voxel indices to RAS millimetres). Outputs are written into a staging folder
-beside the destination and moved into place only once all of them exist (:class:`StagedOutput`); the moves run
-with SIGINT and SIGTERM held back, so an interruption leaves either the old folder or the complete new outputs.
+"""Reading and writing the files of an explanation: images (NIfTI, NRRD) with their affine (voxel indices to RAS
+millimetres), 3D Slicer segmentations, label maps and masks carried onto a grid (:func:`read_labels`), and JSON.
+Output folders are written all or nothing through :class:`segshap.staging.StagedOutput`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .geometry import Grid, transfer
-from .inputs import ArgumentError
-from .processes import DeferredSignals
 
 __all__ = [
     "read_image",
@@ -30,7 +24,6 @@ __all__ = [
     "write_image",
     "write_segmentation",
     "volume_suffix",
-    "StagedOutput",
     "NIFTI_SUFFIXES",
     "NRRD_SUFFIXES",
 ]
@@ -407,53 +400,3 @@ def _nrrd_header(affine: np.ndarray, list_axis: bool) -> dict:
         "space origin": lps[:, 3],
         "kinds": kinds,
     }
-
-
-class StagedOutput:
-    """Write files into a staging folder, then move them all into ``destination`` at once.
-
-    Use as a context manager: the body writes into the returned folder; leaving the body normally commits, leaving
-    it by an exception (``KeyboardInterrupt`` included) removes the staging folder and leaves ``destination`` as
-    it was.
-
-    Parameters
-    ----------
-    destination : str or path-like
-        The output folder; created if missing. Files of the same name in it are replaced, others are kept.
-    """
-
-    def __init__(self, destination: str | os.PathLike) -> None:
-        self.destination = Path(destination)
-        if self.destination.exists() and not self.destination.is_dir():
-            raise ArgumentError(
-                "out_dir",
-                f"The output path {self.destination} exists and is not a folder; choose another {{argument}}.",
-            )
-        self.staging: Path | None = None
-
-    def __enter__(self) -> Path:
-        # Stage in the nearest folder that exists (same file system, so the final moves are renames); missing
-        # parents of the destination are created only when committing.
-        parent = self.destination.absolute().parent
-        while not parent.is_dir():
-            parent = parent.parent
-        try:
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.partial-", dir=parent))
-        except OSError as error:
-            raise ArgumentError(
-                "out_dir", f"Cannot write outputs next to {self.destination}: {error}. Choose another {{argument}}."
-            ) from error
-        return self.staging
-
-    def __exit__(self, kind, error, traceback) -> None:
-        try:
-            if kind is None:
-                self._commit()
-        finally:
-            shutil.rmtree(self.staging, ignore_errors=True)
-
-    def _commit(self) -> None:
-        with DeferredSignals():
-            self.destination.mkdir(parents=True, exist_ok=True)
-            for path in sorted(self.staging.iterdir()):
-                os.replace(path, self.destination / path.name)

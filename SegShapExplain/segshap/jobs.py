@@ -19,7 +19,7 @@ import torch
 from .explanation import Explanation
 from .inference import predict
 from .inputs import resolve_device
-from .io import StagedOutput, write_image
+from .io import write_image
 from .options import ExplainOptions
 from .request import (
     UsageError,
@@ -30,6 +30,7 @@ from .request import (
     request_targets,
     volume_format_of,
 )
+from .staging import StagedOutput
 
 __all__ = ["explain_and_save", "segment", "describe", "cohort_from_request", "compute_in_background"]
 

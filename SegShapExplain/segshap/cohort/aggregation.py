@@ -20,7 +20,8 @@ import numpy as np
 
 from ..figure import cohort_figure
 from ..inputs import ArgumentError
-from ..io import StagedOutput, json_number
+from ..io import json_number
+from ..staging import StagedOutput
 
 __all__ = [
     "CohortResult",

@@ -1,0 +1,68 @@
+"""Output folders written all or nothing, so that a failed or cancelled run leaves nothing half-written.
+
+Outputs are written into a staging folder beside the destination and moved into place only once all of them exist
+(:class:`StagedOutput`); the moves run with SIGINT and SIGTERM held back (:class:`segshap.processes.DeferredSignals`),
+so an interruption leaves either the old folder or the complete new outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .inputs import ArgumentError
+from .processes import DeferredSignals
+
+__all__ = ["StagedOutput"]
+
+
+class StagedOutput:
+    """Write files into a staging folder, then move them all into ``destination`` at once.
+
+    Use as a context manager: the body writes into the returned folder; leaving the body normally commits, leaving
+    it by an exception (``KeyboardInterrupt`` included) removes the staging folder and leaves ``destination`` as
+    it was.
+
+    Parameters
+    ----------
+    destination : str or path-like
+        The output folder; created if missing. Files of the same name in it are replaced, others are kept.
+    """
+
+    def __init__(self, destination: str | os.PathLike) -> None:
+        self.destination = Path(destination)
+        if self.destination.exists() and not self.destination.is_dir():
+            raise ArgumentError(
+                "out_dir",
+                f"The output path {self.destination} exists and is not a folder; choose another {{argument}}.",
+            )
+        self.staging: Path | None = None
+
+    def __enter__(self) -> Path:
+        # Stage in the nearest folder that exists (same file system, so the final moves are renames); missing
+        # parents of the destination are created only when committing.
+        parent = self.destination.absolute().parent
+        while not parent.is_dir():
+            parent = parent.parent
+        try:
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.partial-", dir=parent))
+        except OSError as error:
+            raise ArgumentError(
+                "out_dir", f"Cannot write outputs next to {self.destination}: {error}. Choose another {{argument}}."
+            ) from error
+        return self.staging
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if kind is None:
+                self._commit()
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def _commit(self) -> None:
+        with DeferredSignals():
+            self.destination.mkdir(parents=True, exist_ok=True)
+            for path in sorted(self.staging.iterdir()):
+                os.replace(path, self.destination / path.name)
