@@ -1,7 +1,7 @@
 """The tasks a request can ask for (:data:`segshap.request.TASKS`), carried out for the command line and the worker
 alike: an explanation saved to its folder, the model's segmentation, a description of the model, and a cohort.
 
-Each runs its work in a background thread (:func:`compute_in_background`; a cohort in Ray's workers), so the main
+Each runs its work in a background thread (:func:`run_in_background`; a cohort in Ray's workers), so the main
 thread stays free to take signals. **A new worker task goes here** (and into ``TASKS`` and ``worker.py``'s
 dispatch).
 """
@@ -9,7 +9,6 @@ dispatch).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from .inference import predict
 from .inputs import resolve_device
 from .io import write_image
 from .options import ExplainOptions
+from .processes import run_in_background
 from .request import (
     UsageError,
     explain_request,
@@ -32,7 +32,7 @@ from .request import (
 )
 from .staging import StagedOutput
 
-__all__ = ["explain_and_save", "segment", "describe", "cohort_from_request", "compute_in_background"]
+__all__ = ["explain_and_save", "segment", "describe", "cohort_from_request"]
 
 _SEGMENT_OPTIONS = frozenset({"device", "batch_size"})
 
@@ -41,7 +41,7 @@ def explain_and_save(
     request: dict, progress: Callable[[int, int], None] | None, log: logging.Logger
 ) -> tuple[Explanation, dict[str, str]]:
     """Carry out an ``explain`` request: the explanation, and its output files by name (absolute paths)."""
-    explanation = compute_in_background(lambda: explain_request(request, progress))
+    explanation = run_in_background(lambda: explain_request(request, progress))
     log.info("Writing outputs to %s", request["out"])
     outputs = explanation.save(
         request["out"], volume_format=volume_format_of(request), slices=request.get("slices", False)
@@ -52,7 +52,7 @@ def explain_and_save(
 def segment(request: dict) -> dict:
     """Carry out a ``segment`` request: the model's segmentation of the image, saved as a label map on the
     image's grid. Returns the fields of the worker's ``done`` event."""
-    return compute_in_background(lambda: _segmentation(request))
+    return run_in_background(lambda: _segmentation(request))
 
 
 def _segmentation(request: dict) -> dict:
@@ -79,7 +79,7 @@ def _segmentation(request: dict) -> dict:
 def describe(request: dict) -> dict:
     """Carry out a ``describe`` request: what the worker knows of a model and of the machine, without an image.
     Returns the fields of the worker's ``done`` event."""
-    return compute_in_background(lambda: _description(request))
+    return run_in_background(lambda: _description(request))
 
 
 def _description(request: dict) -> dict:
@@ -146,23 +146,3 @@ def cohort_from_request(
         "failed": result.failed,
         "summary": result.summary,
     }
-
-
-def compute_in_background(work: Callable[[], object]) -> object:
-    """Run ``work`` in a thread and return what it returns (or raise what it raised); the calling thread stays
-    free to take signals."""
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = work()
-        except BaseException as error:  # handed to the calling thread, which reports it
-            outcome["error"] = error
-
-    thread = threading.Thread(target=run, name="segshap-compute", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.1)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]

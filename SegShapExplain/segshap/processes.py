@@ -11,10 +11,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["process_alive", "descendants", "end_processes", "end_process_tree", "DeferredSignals"]
+__all__ = ["process_alive", "descendants", "end_processes", "end_process_tree", "DeferredSignals", "run_in_background"]
 
 PROC = Path("/proc")
 """Where Linux describes its processes; elsewhere ``psutil`` (which 3D Slicer ships) finds descendants."""
@@ -145,16 +145,9 @@ class DeferredSignals:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> DeferredSignals:
-        self.install()
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._record) for sig in self.SIGNALS}
         return self
-
-    def install(self) -> None:
-        """Set the recording handlers (again: a library started in the block may have replaced them)."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in self.SIGNALS:
-            handler = signal.signal(sig, self._record)
-            self._previous.setdefault(sig, handler)
 
     def _record(self, number: int, frame) -> None:
         self.received.append(number)
@@ -164,3 +157,23 @@ class DeferredSignals:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
         if self.received:
             signal.raise_signal(self.received[0])
+
+
+def run_in_background(work: Callable[[], object]) -> object:
+    """Run ``work`` in a thread and return what it returns (or raise what it raised); the calling thread stays
+    free to take signals."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # handed to the calling thread, which reports it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="segshap-compute", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

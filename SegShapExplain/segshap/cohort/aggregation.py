@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ CASES = "cases"
 """The folder of complete cases inside a cohort's output folder."""
 
 _FAILED = "failed.csv"
+_NO_CRASH_HANDLER = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
 _PER_CASE_SETTINGS = ("roi_box", "support_box")
 _log = logging.getLogger("segshap")
 
@@ -51,13 +53,24 @@ class MissingDependency(ImportError):
 
 
 def cohort_dependency(name: str):
-    """Ray or pandas, which only cohorts need, or :class:`MissingDependency` saying how to install them."""
+    """Ray or pandas, which only cohorts need, or :class:`MissingDependency` saying how to install them.
+
+    Ray is imported with its crash handler left out of this process (``RAY_DISABLE_FAILURE_SIGNAL_HANDLER``, read
+    when Ray is first imported; its workers keep theirs): in the driver it takes SIGTERM too and can abort the run
+    before it has cleaned up.
+    """
+    ours = name == "ray" and name not in sys.modules and _NO_CRASH_HANDLER not in os.environ
+    if ours:
+        os.environ[_NO_CRASH_HANDLER] = "1"
     try:
         return importlib.import_module(name)
     except ImportError as error:
         raise MissingDependency(
             f"Cohorts need {name}, which is not installed ({error}): pip install 'segshap[cohort]'."
         ) from error
+    finally:
+        if ours:
+            del os.environ[_NO_CRASH_HANDLER]  # so that the workers Ray starts keep their crash handler
 
 
 @dataclass

@@ -10,17 +10,17 @@ interrupted run leaves the complete cases and nothing else.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..features import ORGAN_FEATURES
 from ..manifest import Case, read_manifest
 from ..options import ExplainOptions
-from ..processes import DeferredSignals, descendants, end_processes
+from ..processes import DeferredSignals, descendants, end_processes, run_in_background
 from .aggregation import CASES, CohortResult, aggregate, cohort_dependency, read_failed, write_failed
 from .case import STAGING, case_fields, explain_case, model_package, restore_replaced
 
@@ -32,8 +32,6 @@ _WORKER_EXIT_SECONDS = 3.0
 _WAIT_SECONDS = 0.5
 """Longest wait for a case to end before the run looks for a signal again."""
 
-_TOKEN_NOTICE = "ray._private.authentication.authentication_token_setup"
-"""The logger of Ray's notice that token authentication is on."""
 
 _log = logging.getLogger("segshap")
 
@@ -134,26 +132,72 @@ def explain_cohort(
     _clear_staging(out)  # what a killed run left
     todo = [case for case in cases if not (resume and (out / CASES / case.case_id).is_dir())]
     _log.info("Cohort: %d case(s), %d to explain", len(cases), len(todo))
-    jobs = [(case, labelmaps.get(case.case_id, case.labelmap)) for case in todo]
 
-    failed: dict[str, str] = {}
-    connected_here = not ray.is_initialized()
-    address = None if address in (None, "", "local") else address
-    # A local instance started for this run ends with it; a cluster joined (an address) runs on.
-    owns_instance = connected_here and address is None
+    session = _Session(
+        ray=ray,
+        out=out,
+        jobs=[(case, labelmaps.get(case.case_id, case.labelmap)) for case in todo],
+        total=len(cases),
+        package=package,
+        settings=settings,
+        address=None if address in (None, "", "local") else address,
+        gpus_per_case=gpus_per_case,
+        progress=progress,
+        on_case=on_case,
+    )
     with DeferredSignals() as signals:
+        # The main thread only waits and records signals; Ray runs on a thread of its own (see _Session).
+        failed = run_in_background(lambda: session.run(signals))
+    done = {case.case_id for case in cases} - set(failed)
+    previous = read_failed(out) if resume else {}
+    write_failed(out, {**{k: v for k, v in previous.items() if k not in done}, **failed})
+    return aggregate(out)
+
+
+@dataclass
+class _Session:
+    """The Ray part of a run, from starting or joining Ray to the shutdown, on a thread of its own.
+
+    Started on the main thread, ``ray.init`` installs a SIGTERM handler of its own that ends the process half-way
+    (and a signal whose handler raises inside one of Ray's compiled calls leaves it broken); on another thread it
+    leaves the run's handlers, which only record a signal, in place, and the session looks for a signal between
+    its calls to Ray. The thread lives until Ray is shut down: Ray ties its processes' lives to the thread that
+    started them.
+    """
+
+    ray: object
+    out: Path
+    jobs: list[tuple[Case, Path | None]]
+    total: int
+    package: dict
+    settings: dict
+    address: str | None
+    gpus_per_case: float | None
+    progress: Callable[[int, int], None] | None
+    on_case: Callable[[str, str | None], None] | None
+
+    def run(self, signals: DeferredSignals) -> dict[str, str]:
+        """Explain the cases; returns the failures (case id to reason).
+
+        Raises
+        ------
+        CohortStopped
+            When a signal arrived; the complete cases are kept, the staging folder is gone, and the run's own Ray
+            processes have ended.
+        """
+        ray = self.ray
+        connected_here = not ray.is_initialized()
+        # A local instance started for this run ends with it; a cluster joined (an address) runs on.
+        owns_instance = connected_here and self.address is None
         children_before = set(descendants(os.getpid())) if owns_instance else set()
-        (out / STAGING).mkdir()
+        (self.out / STAGING).mkdir()
         try:
             if connected_here:
-                with _quiet_token_notice(owns_instance):
+                with _RayNotices(owns_instance):
                     # "local": a new instance even where `ray start` left one (or the address file of one that is
                     # gone), which a plain ray.init() would join.
-                    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
-                signals.install()  # Ray's core sets a SIGTERM handler of its own
-            failed = _run(
-                ray, jobs, len(cases), package, settings, out, gpus_per_case, progress, on_case, signals, owns_instance
-            )
+                    ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False)
+            return self._collect(signals, owns_instance)
         finally:
             if owns_instance:
                 processes = [pid for pid in descendants(os.getpid()) if pid not in children_before]
@@ -161,26 +205,74 @@ def explain_cohort(
                 end_processes(processes, _WORKER_EXIT_SECONDS)
             elif connected_here:
                 ray.shutdown()
-            _clear_staging(out)
-    done = {case.case_id for case in cases} - set(failed)
-    previous = read_failed(out) if resume else {}
-    write_failed(out, {**{k: v for k, v in previous.items() if k not in done}, **failed})
-    return aggregate(out)
+            _clear_staging(self.out)
+
+    def _collect(self, signals: DeferredSignals, owns_instance: bool) -> dict[str, str]:
+        """Submit one task per case and collect them as they end. On a signal, tasks on a joined cluster are
+        cancelled; those on the run's own instance end with it (cancelling them too races with the shutdown inside
+        Ray)."""
+        ray = self.ray
+        gpus = self.gpus_per_case
+        if gpus is None:
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        package_ref, settings_ref = ray.put(self.package), ray.put(self.settings)
+        task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=1, retry_exceptions=True)(explain_case)
+        out = str(self.out.absolute())
+        pending = {
+            task.remote(package_ref, settings_ref, case_fields(case, labelmap), out): case.case_id
+            for case, labelmap in self.jobs
+        }
+        failed: dict[str, str] = {}
+        finished = self.total - len(self.jobs)
+        if self.progress is not None:
+            self.progress(finished, self.total)
+        while pending:
+            if signals.received:
+                if not owns_instance:
+                    for ref in pending:
+                        ray.cancel(ref)
+                raise CohortStopped(f"The cohort run was stopped; the complete cases are kept in {self.out / CASES}.")
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=_WAIT_SECONDS)
+            if not ready:
+                continue
+            case_id = pending.pop(ready[0])
+            try:
+                ray.get(ready[0])
+                _log.info("Cohort: %s done", case_id)
+            except Exception as error:  # a case's failure is recorded, the others go on
+                failed[case_id] = _reason(error)
+                _log.warning("Cohort: %s failed: %s", case_id, failed[case_id])
+            if self.on_case is not None:
+                self.on_case(case_id, failed.get(case_id))
+            finished += 1
+            if self.progress is not None:
+                self.progress(finished, self.total)
+        return failed
 
 
-@contextlib.contextmanager
-def _quiet_token_notice(own_instance: bool):
-    """Ray starts a local instance with token authentication (its default since 2.5x) and announces that with a
-    warning on every start; for the instance the run starts itself, that notice says nothing the user must act on.
-    A joined cluster's authentication messages are left as they are."""
-    notice = logging.getLogger(_TOKEN_NOTICE)
-    level = notice.level
-    if own_instance:
-        notice.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        notice.setLevel(level)
+class _RayNotices(logging.Filter):
+    """While the block runs (for an instance the run starts itself), Ray's start-up notices that say nothing its
+    user must act on are left out: that its token authentication is on, and that it set no SIGTERM handler."""
+
+    LOGGERS = ("ray._private.authentication.authentication_token_setup", "ray._private.worker")
+    TEXTS = ("Token authentication is enabled", "SIGTERM handler is not set")
+
+    def __init__(self, active: bool) -> None:
+        super().__init__()
+        self.active = active
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.TEXTS)
+
+    def __enter__(self) -> _RayNotices:
+        if self.active:
+            for name in self.LOGGERS:
+                logging.getLogger(name).addFilter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
 
 
 def _clear_staging(out: Path) -> None:
@@ -188,54 +280,6 @@ def _clear_staging(out: Path) -> None:
     for case_id in restore_replaced(out):
         _log.warning("Cohort: %s was being replaced when a run stopped; its earlier folder is kept", case_id)
     shutil.rmtree(out / STAGING, ignore_errors=True)
-
-
-def _run(
-    ray, jobs, total, package, settings, out, gpus_per_case, progress, on_case, signals, owns_instance
-) -> dict[str, str]:
-    """Submit one task per case and collect them as they end; returns the failures (case id to reason).
-
-    Raises
-    ------
-    CohortStopped
-        When a signal arrived (looked for between Ray's calls). Tasks on a joined cluster are cancelled; those on
-        the run's own instance end with it (cancelling them too races with the shutdown inside Ray).
-    """
-    if gpus_per_case is None:
-        gpus_per_case = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    package_ref = ray.put(package)
-    settings_ref = ray.put(settings)
-    task = ray.remote(num_cpus=1, num_gpus=gpus_per_case, max_retries=1, retry_exceptions=True)(explain_case)
-    pending = {
-        task.remote(package_ref, settings_ref, case_fields(case, labelmap), str(out.absolute())): case.case_id
-        for case, labelmap in jobs
-    }
-    failed: dict[str, str] = {}
-    finished = total - len(jobs)
-    if progress is not None:
-        progress(finished, total)
-    while pending:
-        if signals.received:
-            if not owns_instance:
-                for ref in pending:
-                    ray.cancel(ref)
-            raise CohortStopped(f"The cohort run was stopped; the complete cases are kept in {out / CASES}.")
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=_WAIT_SECONDS)
-        if not ready:
-            continue
-        case_id = pending.pop(ready[0])
-        try:
-            ray.get(ready[0])
-            _log.info("Cohort: %s done", case_id)
-        except Exception as error:  # a case's failure is recorded, the others go on
-            failed[case_id] = _reason(error)
-            _log.warning("Cohort: %s failed: %s", case_id, failed[case_id])
-        if on_case is not None:
-            on_case(case_id, failed.get(case_id))
-        finished += 1
-        if progress is not None:
-            progress(finished, total)
-    return failed
 
 
 def _reason(error: BaseException) -> str:
