@@ -1,7 +1,8 @@
 """3D Slicer module: explain a segmentation model's output with efficient KernelSHAP over supervoxels.
 
 GUI and self-test only. Every decision lives in ``SegShapExplainLib`` (no Qt, tested headless with slicer-core);
-the engine ``segshap`` runs in a separate worker process and is never imported here.
+the engine ``segshap`` runs in a separate worker process (Slicer's side imports only its standard-library
+``segshap.processes``).
 """
 
 from __future__ import annotations

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import shutil
+
 import nibabel
 import numpy as np
 import pytest
 from helpers.volumes import oblique_affine, write_slicer_segmentation
 
 from segshap.geometry import Grid, transfer
-from segshap.io import read_image, read_image_shape, read_segmentation, write_image, write_segmentation
+from segshap.inputs import ArgumentError
+from segshap.io import (
+    read_image,
+    read_image_shape,
+    read_labels,
+    read_segmentation,
+    segment_names,
+    write_image,
+    write_segmentation,
+)
+from segshap.staging import StagedOutput
 
 
 def test_nrrd_and_nifti_give_the_same_world_geometry(tmp_path):
@@ -117,3 +129,64 @@ def test_the_shape_is_read_from_the_header_alone(tmp_path, name):
     (tmp_path / "broken.nrrd").write_text("NRRD0004\nnot a header\n")
     with pytest.raises(ValueError, match="as an NRRD image"):
         read_image_shape(tmp_path / "broken.nrrd")
+
+
+def test_read_labels_is_the_one_reader_of_masks_label_maps_and_segmentations(tmp_path):
+    image_grid = Grid((20, 18, 10), oblique_affine())
+    crop = np.eye(4)
+    crop[:3, 3] = (5, 4, 2)
+    seg_affine = image_grid.affine @ crop  # a crop of the image's grid, as 3D Slicer saves segmentations
+    layers = np.zeros((2, 8, 7, 5), np.uint8)
+    layers[0, 1:4, 1:4, 1:3] = 1  # liver
+    layers[0, 5:7, 2:5, 0:2] = 2  # spleen
+    layers[1, 2:6, 2:6, 1:4] = 1  # tumour, overlapping the liver
+    path = tmp_path / "organs.seg.nrrd"
+    write_slicer_segmentation(path, layers, seg_affine, [("liver", 0, 1), ("spleen", 0, 2), ("tumour", 1, 1)])
+    assert segment_names(path) == ["liver", "spleen", "tumour"]
+
+    labels, names = read_labels(path, image_grid)
+    assert names == {1: "liver", 2: "spleen", 3: "tumour"} and labels.shape == image_grid.shape
+    on_image = np.zeros(image_grid.shape, np.int64)
+    on_image[5:13, 4:11, 2:7] = np.where(layers[1] == 1, 3, layers[0])  # the later segment takes overlaps
+    np.testing.assert_array_equal(labels, on_image)
+    picked, picked_names = read_labels(path, image_grid, segments=["Tumour", "liver"])  # by name, any case
+    assert picked_names == {1: "tumour", 2: "liver"}
+    expected = np.zeros(image_grid.shape, np.int64)
+    expected[5:13, 4:11, 2:7] = np.where(layers[0] == 1, 2, np.where(layers[1] == 1, 1, 0))  # liver, later, wins
+    np.testing.assert_array_equal(picked, expected)
+    with pytest.raises(ValueError, match="has no segment named 'kidney'; its segments are 'liver', 'spleen'"):
+        read_labels(path, image_grid, segments=["kidney"], what="reference")
+
+    # A label map keeps its labels and has no names; a probability map is a mask only when read as one.
+    write_image(tmp_path / "labels.nii.gz", layers[0].astype(np.int16), seg_affine)
+    plain, plain_names = read_labels(tmp_path / "labels.nii.gz", image_grid)
+    assert plain_names is None and set(np.unique(plain)) == {0, 1, 2}
+    write_image(tmp_path / "probability.nii.gz", layers[0].astype(np.float32) * 0.4, seg_affine)
+    with pytest.raises(ValueError, match="must be a 3D label map or mask of non-negative integers"):
+        read_labels(tmp_path / "probability.nii.gz", image_grid)
+    mask, _ = read_labels(tmp_path / "probability.nii.gz", image_grid, mask=True, what="ROI mask")
+    np.testing.assert_array_equal(mask > 0, plain > 0)
+
+    # Drawn elsewhere: no labelled voxel lands on the image.
+    far = seg_affine.copy()
+    far[:3, 3] += 1000
+    write_image(tmp_path / "far.nii.gz", layers[0].astype(np.int16), far)
+    with pytest.raises(ValueError, match="The label map .* does not overlap the image"):
+        read_labels(tmp_path / "far.nii.gz", image_grid)
+
+
+def test_staged_output_writes_nothing_into_a_folder_removed_while_it_worked(tmp_path):
+    """A cohort's case saves into a folder of the run's staging area; once the run has removed that area, the
+    save must not make it again (nor stage anything beside it)."""
+    owned = tmp_path / "run" / ".staging" / "case-1"
+    owned.mkdir(parents=True)
+    staged = StagedOutput(owned)
+    shutil.rmtree(tmp_path / "run" / ".staging")  # the run ends and clears its staging folder
+    with pytest.raises(ArgumentError, match="Cannot write outputs next to"):
+        with staged as folder:
+            (folder / "explanation.json").write_text("{}")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []
+    new = StagedOutput(tmp_path / "new" / "deeper")  # a folder that did not exist: made, parents included
+    with new as folder:
+        (folder / "a.txt").write_text("a")
+    assert (tmp_path / "new" / "deeper" / "a.txt").read_text() == "a"

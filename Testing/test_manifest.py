@@ -105,9 +105,9 @@ def test_rois_outside_their_image_and_images_that_are_folders_are_refused_before
     problems = raised.value.problems
     assert len(problems) == 3, problems
     assert problems[0].startswith(
-        "row 3 (b): roi '0:7,0:5,0:4' is empty or reaches outside the image of shape (6, 5, 4)"
+        "row 3 (b): roi '0:7,0:5,0:4': box [(0, 7), (0, 5), (0, 4)] is empty or reaches outside the volume of shape"
     )
-    assert problems[1].startswith("row 4 (c): roi '2:2,0:5,0:4' is empty or reaches outside")
+    assert problems[1].startswith("row 4 (c): roi '2:2,0:5,0:4': box") and "of shape (6, 5, 4)" in problems[1]
     assert problems[2].startswith("row 5 (d): image") and "is a folder, not a file" in problems[2]
 
 

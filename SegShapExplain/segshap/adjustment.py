@@ -61,7 +61,8 @@ def tree_adjusted(
     values, stderr : np.ndarray
         ``(M, T)``, each target's chosen estimate and its standard errors.
     taken : np.ndarray
-        ``(T,)`` bool: where an adjusted estimate was chosen.
+        ``(T,)`` bool: where an adjusted estimate was chosen (always, where the plain standard errors are NaN, not
+        estimated, and the adjusted estimate's variance is finite).
     """
     group = np.random.default_rng(list(seed)).permutation(n_units) % groups
     everyone = np.ones(n_units, bool)

@@ -19,7 +19,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .cohort import MissingDependency
+from .cohort import COHORT_FEATURES, MissingDependency
 from .inputs import ArgumentError
 from .jobs import cohort_from_request, explain_and_save
 from .options import add_option_flags, options_from_flags
@@ -169,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only rebuild cohort.csv, cohort.json and cohort.png from the case folders in --out",
     )
-    add_option_flags(cohort)  # features default organs (cohort_from_request)
+    add_option_flags(cohort, defaults={"features": COHORT_FEATURES})
     cohort.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
     worker = commands.add_parser("worker", help="run a request file, reporting JSON events on stdout")
@@ -183,7 +183,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="explain the embedded demo model on the embedded MRI")
     demo.add_argument("--out", default="segshap-demo", help="output folder (default ./segshap-demo)")
-    demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     demo.add_argument("--n-features", dest="n_features", type=int, help="about how many supervoxels (default 100)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     return parser

@@ -215,17 +215,17 @@ def _chain_error_ratio(budget: int, n_players: int) -> float:
     return float(np.interp(math.log(n_players), np.log(sizes), by_size))
 
 
-def _cheaper_design(cost, n_players: int, budget: int, chains_fit: int, seed: int) -> str:
-    """The design with the lower expected error per unit of cost: the chains if one fits and a chain's coalitions,
-    as ``cost`` prices them now, are cheap enough to make up for their error per coalition at this budget."""
-    if cost is None or chains_fit < 1:
+def _cheaper_design(forward_cost, n_players: int, budget: int, chains_fit: int, seed: int) -> str:
+    """The design with the lower expected error per forward: the chains if one fits and a chain's coalitions, as
+    ``forward_cost`` prices them now, are cheap enough to make up for their error per coalition at this budget."""
+    if forward_cost is None or chains_fit < 1:
         return "leverage"
     rng = np.random.default_rng([seed, 1])
     steps = min(n_players - 1, _COST_PROBE)
     chain = loop_coalitions(rng.permutation(n_players))[:steps]
     sizes = rng.integers(1, n_players, size=steps)
     sampled = rng.random((steps, n_players)).argsort(axis=1) < sizes[:, None]
-    chain_cost, sampled_cost = float(cost(chain)) / steps, float(cost(sampled)) / steps
+    chain_cost, sampled_cost = float(forward_cost(chain)) / steps, float(forward_cost(sampled)) / steps
     return "chains" if chain_cost * _chain_error_ratio(budget, n_players) ** 2 < sampled_cost else "leverage"
 
 

@@ -16,7 +16,7 @@ from .engine import PatchEngine
 from .features import ORGAN_FEATURES, build_features
 from .geometry import ModelInput
 from .inference import model_labels, prepare, require_predicted
-from .inputs import ArgumentError, as_roi_mask, reference_masks, resolve_baseline, resolve_device, roi_around
+from .inputs import as_roi_mask, reference_masks, resolve_baseline, resolve_device, roi_around, target_list
 from .models import LoadedModel, load_model
 from .options import ExplainOptions, split_arrays
 from .tiling import TilingSpec
@@ -44,6 +44,8 @@ class ExplanationGame:
         All features built, on the model's grid (``engine.feature_ids`` are those that can change a value).
     features_given, baseline_given : bool
         Whether the feature map or the baseline was given as an array (in place of the options' names).
+    organ_features : bool
+        Whether the features are organs or organ-aware supervoxels of :attr:`labelmap`.
     labelmap : np.ndarray or None
         The organ label map on the model's grid (organ features only).
     targets, target_names : tuple
@@ -67,6 +69,7 @@ class ExplanationGame:
     feature_map: np.ndarray
     features_given: bool
     baseline_given: bool
+    organ_features: bool
     labelmap: np.ndarray | None
     targets: tuple
     target_names: tuple
@@ -83,11 +86,6 @@ class ExplanationGame:
         """``M``: the features that can change a value, the game's players (``engine.feature_ids``). The
         ``n_features`` option is how many were asked for; ``M`` is often fewer."""
         return self.engine.n_players
-
-    @property
-    def organ_features(self) -> bool:
-        """Whether the features are organs or organ-aware supervoxels of :attr:`labelmap`."""
-        return not self.features_given and self.options.features in ORGAN_FEATURES
 
 
 def explanation_game(
@@ -175,6 +173,7 @@ def explanation_game(
         feature_map=feature_map,
         features_given=given_features is not None,
         baseline_given=given_baseline is not None,
+        organ_features=organ_features,
         labelmap=labelmap,
         targets=targets,
         target_names=names,
@@ -190,10 +189,7 @@ def explanation_game(
 
 def _targets(model, target) -> tuple[tuple[int, ...], tuple[str, ...], bool]:
     """The targets' class indices and names, and whether one target (not a list) was given."""
-    single = isinstance(target, (int, np.integer, str)) and not isinstance(target, bool)
-    requested = [target] if single else list(target) if isinstance(target, (list, tuple, np.ndarray)) else []
-    if not requested or any(isinstance(t, bool) or not isinstance(t, (int, np.integer, str)) for t in requested):
-        raise ArgumentError("target", f"{{argument}} must be a class index or name, or a list of them; got {target!r}.")
+    requested, single = target_list(target)
     if isinstance(model, LoadedModel):
         indices = [model.class_index(t) for t in requested]
         names = [model.classes[i] for i in indices]

@@ -27,8 +27,11 @@ __all__ = [
     "as_features",
     "as_baseline",
     "as_targets",
+    "target_list",
     "reference_masks",
     "as_roi_mask",
+    "parse_box",
+    "box_problem",
     "bounding_box",
     "roi_around",
     "resolve_device",
@@ -185,6 +188,16 @@ def as_baseline(baseline, image_shape: tuple[int, ...], given_ndim: int) -> np.n
     return array
 
 
+def target_list(target) -> tuple[list[int | str], bool]:
+    """Targets as given to the pipeline: a list of class indices and names, and whether a single one (not a list)
+    was given. Refuses anything else (an object, an empty list, a bool, an empty name) naming ``target``."""
+    single = is_integer(target) or isinstance(target, str)
+    requested = [target] if single else list(target) if isinstance(target, (list, tuple, np.ndarray)) else []
+    if not requested or any(not (is_integer(t) or (isinstance(t, str) and t)) for t in requested):
+        raise ArgumentError("target", f"{{argument}} must be a class index or name, or a list of them; got {target!r}.")
+    return requested, single
+
+
 def as_targets(target) -> tuple[tuple[int, ...], bool]:
     """Target class indices and whether a single target (not a sequence) was given."""
     single = is_integer(target)
@@ -232,6 +245,33 @@ def bounding_box(mask: np.ndarray, margin: int = 0) -> Box:
     return tuple(box)
 
 
+def parse_box(text: str) -> Box:
+    """A box from its text ``x0:x1,y0:y1,z0:z1`` (voxel indices, stops exclusive).
+
+    Raises
+    ------
+    ValueError
+        When the text is not three ``start:stop`` pairs of integers.
+    """
+    parts = [part.split(":") for part in text.split(",")]
+    try:
+        if len(parts) != 3 or any(len(part) != 2 for part in parts):
+            raise ValueError
+        return tuple((int(start), int(stop)) for start, stop in parts)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a box x0:x1,y0:y1,z0:z1") from None
+
+
+def box_problem(box: Box, spatial_shape: Sequence[int]) -> str | None:
+    """What is wrong with a box for a volume of this spatial shape, or ``None``."""
+    if any(start < 0 or stop > size or start >= stop for (start, stop), size in zip(box, spatial_shape)):
+        return (
+            f"box {[tuple(pair) for pair in box]} is empty or reaches outside the volume of shape "
+            f"{tuple(spatial_shape)}; each (start, stop) must satisfy 0 <= start < stop <= size"
+        )
+    return None
+
+
 def as_roi_mask(roi, spatial_shape: tuple[int, ...]) -> np.ndarray:
     """A bool ROI mask from a mask of the image's shape or a box ``((x0, x1), (y0, y1), (z0, z1))``."""
     if isinstance(roi, np.ndarray) and roi.ndim == len(spatial_shape):
@@ -251,11 +291,9 @@ def as_roi_mask(roi, spatial_shape: tuple[int, ...]) -> np.ndarray:
             f"roi must be a bool mask of the image's spatial shape {spatial_shape} or a box "
             f"((x0, x1), (y0, y1), (z0, z1)); got {roi!r}."
         )
-    if any(start < 0 or stop > size or start >= stop for (start, stop), size in zip(box, spatial_shape)):
-        raise ValueError(
-            f"roi box {box} is empty or reaches outside the volume of shape {spatial_shape}; "
-            "each (start, stop) must satisfy 0 <= start < stop <= size."
-        )
+    problem = box_problem(box, spatial_shape)
+    if problem:
+        raise ValueError(f"roi {problem}.")
     mask = np.zeros(spatial_shape, dtype=bool)
     mask[tuple(slice(start, stop) for start, stop in box)] = True
     return mask

@@ -232,6 +232,7 @@ def read_labels(
     onto: Grid | None = None,
     *,
     segments: list[str] | None = None,
+    mask: bool = False,
     what: str = "label map",
 ) -> tuple[np.ndarray, dict[int, str] | None]:
     """The labels of a mask, label map or segmentation file, placed on a grid by the file's geometry: the one
@@ -246,6 +247,9 @@ def read_labels(
     segments : list of str, optional
         For a ``.seg.nrrd``: the segments to read, by name (case does not matter), labelled ``1..K`` in this
         order; default every segment, in file order.
+    mask : bool
+        For a NIfTI or NRRD file: a mask, whose voxels above 0 are label 1 whatever their values (a probability
+        map thresholded at 0, say), rather than a label map of integers.
     what : str
         What the file is, for errors (``"reference"``, ``"ROI mask"``...).
 
@@ -281,6 +285,8 @@ def read_labels(
         names: dict[int, str] | None = {label: name for label, (name, _) in enumerate(chosen, start=1)}
     else:
         data, affine = read_image(path)
+        if mask and data.ndim == 3:
+            data = data > 0
         if data.ndim != 3 or not np.array_equal(data, np.round(data)) or data.min() < 0:
             raise ValueError(
                 f"The {what} {path} must be a 3D label map or mask of non-negative integers; got shape {data.shape}."

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cohort import COHORT_FEATURES, explain_cohort
 from .explanation import Explanation
 from .inference import predict
 from .inputs import resolve_device
@@ -123,9 +124,7 @@ def cohort_from_request(
         The ``done`` event's fields: ``outputs`` (the aggregated files and ``cases/`` by name, absolute),
         ``cases`` (how many are complete), ``failed`` (case id to reason) and ``summary`` (one line).
     """
-    from .cohort import explain_cohort  # Ray and pandas only for cohorts
-
-    options = {"features": "organs", **(request.get("options") or {})}
+    options = {"features": COHORT_FEATURES, **(request.get("options") or {})}
     result = explain_cohort(
         request["manifest"],
         request["model"],

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .inputs import box_problem, parse_box
 from .io import read_image_shape
 
 __all__ = ["Case", "ManifestError", "read_manifest", "MANIFEST_COLUMNS"]
@@ -125,7 +126,7 @@ def _case(row: dict, folder: Path) -> tuple[Case | None, list[str]]:
         file = folder / text
         files[column] = file
         if file.is_dir():
-            problems.append(f"{column} {file} is a folder, not a file; give the image file (NIfTI or NRRD)")
+            problems.append(f"{column} {file} is a folder, not a file; give the file itself (NIfTI, NRRD or .seg.nrrd)")
         elif not file.is_file():
             problems.append(f"{column} {file} does not exist")
         elif column == "image":
@@ -147,13 +148,5 @@ def _case(row: dict, folder: Path) -> tuple[Case | None, list[str]]:
 
 def _box_problems(text: str, shape: tuple[int, ...] | None) -> list[str]:
     """What is wrong with a ROI box for an image of this shape (``None``: the image could not be read)."""
-    box = [tuple(int(v) for v in part.split(":")) for part in text.split(",")]
-    if shape is None:
-        return []
-    wrong = [axis for axis, ((start, stop), size) in enumerate(zip(box, shape[:3])) if not 0 <= start < stop <= size]
-    if wrong:
-        return [
-            f"roi {text!r} is empty or reaches outside the image of shape {tuple(shape[:3])} along axis "
-            f"{'xyz'[wrong[0]]}; each start:stop must satisfy 0 <= start < stop <= size"
-        ]
-    return []
+    problem = None if shape is None else box_problem(parse_box(text), shape[:3])
+    return [f"roi {text!r}: {problem}"] if problem else []

@@ -298,14 +298,18 @@ def _is_array(value) -> bool:
     return value is not None and not isinstance(value, (str, int, float, np.number))
 
 
-def add_option_flags(parser: argparse.ArgumentParser) -> None:
+def add_option_flags(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
     """Add a flag per option (``--n-features``, ``--no-faithfulness``...); each defaults to ``None``, meaning the
-    option's own default, so that only the options given reach the request."""
+    option's own default (or the command's, as ``defaults`` says for its help), so that only the options given
+    reach the request."""
     for option in fields(ExplainOptions):
         meta, flag = option.metadata, "--" + option.name.replace("_", "-")
+        help_text = meta["help"]
+        if defaults and option.name in defaults:
+            help_text = re.sub(r"\(default [^)]*\)", f"(default {defaults[option.name]})", help_text)
         if option.type == "bool":
             parser.add_argument(
-                "--no-" + option.name, dest=option.name, action="store_const", const=False, help=meta["help"]
+                "--no-" + option.name, dest=option.name, action="store_const", const=False, help=help_text
             )
             continue
         parser.add_argument(
@@ -314,7 +318,7 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
             type=meta["parse"],
             choices=meta["choices"],
             metavar=meta["metavar"] or (None if meta["choices"] else option.name.upper()),
-            help=meta["help"],
+            help=help_text,
         )
 
 

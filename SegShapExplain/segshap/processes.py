@@ -1,7 +1,7 @@
 """The processes a run starts or answers to: whether one is alive, which descend from one, ending them, and the
 signals that ask a run to stop, held back while it must not be cut short.
 
-Linux answers from ``/proc``; elsewhere existence is all there is to know.
+Linux answers from ``/proc``; elsewhere ``psutil`` does where it is installed (3D Slicer ships it).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 __all__ = ["process_alive", "descendants", "end_processes", "end_process_tree", "DeferredSignals", "run_in_background"]
 
 PROC = Path("/proc")
-"""Where Linux describes its processes; elsewhere ``psutil`` (which 3D Slicer ships) finds descendants."""
+"""Where Linux describes its processes; elsewhere ``psutil`` (which 3D Slicer ships) tells."""
 
 
 def process_alive(pid: int) -> bool:
@@ -38,11 +38,26 @@ def process_alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
+    if not PROC.is_dir():
+        return _alive_by_psutil(pid)
     try:
         state = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:  # no /proc (macOS): existence is all there is to know
-        return True
+    except OSError:  # gone meanwhile
+        return False
     return state not in ("Z", "X")
+
+
+def _alive_by_psutil(pid: int) -> bool:
+    """Without ``/proc`` (macOS): whether a process exists and is no zombie, by ``psutil`` where it is installed
+    (3D Slicer ships it), else its existence."""
+    try:
+        import psutil
+    except ImportError:
+        return True
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def descendants(pid: int) -> list[int]:

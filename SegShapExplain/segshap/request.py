@@ -22,7 +22,7 @@ import torch
 from .explanation import Explanation
 from .features import ORGAN_FEATURES
 from .geometry import Grid
-from .inputs import ArgumentError
+from .inputs import ArgumentError, parse_box, target_list
 from .io import NRRD_SUFFIXES, read_image, read_json, read_labels, segment_names, volume_suffix
 from .models import LoadedModel, load_model
 from .options import ExplainOptions
@@ -167,17 +167,7 @@ def request_targets(target) -> list[str | int]:
     ArgumentError
         For anything else (an object, an empty list, ``true``...).
     """
-    if isinstance(target, str):
-        targets = [part.strip() for part in target.split(",")]
-    elif isinstance(target, list):
-        targets = target
-    else:
-        targets = [target]
-    if not targets or any(
-        isinstance(t, bool) or not isinstance(t, (str, int)) or (isinstance(t, str) and not t) for t in targets
-    ):
-        raise ArgumentError("target", f"{{argument}} must be a class name or index, or a list of them; got {target!r}.")
-    return targets
+    return target_list([part.strip() for part in target.split(",")] if isinstance(target, str) else target)[0]
 
 
 def demo_request(out: str, options: dict) -> dict:
@@ -231,12 +221,12 @@ def _roi(value, image_grid: Grid):
         return tuple(tuple(int(v) for v in pair) for pair in value)
     if ":" in value and not Path(value).exists():
         try:
-            return tuple(tuple(int(v) for v in part.split(":")) for part in value.split(","))
+            return parse_box(value)
         except ValueError:
             raise ArgumentError(
                 "roi", f"{{argument}} {value!r} is not a box x0:x1,y0:y1,z0:z1 nor an existing mask file."
             ) from None
-    labels, _ = read_labels(value, image_grid, what="ROI mask")
+    labels, _ = read_labels(value, image_grid, mask=True, what="ROI mask")
     return labels > 0
 
 

@@ -28,7 +28,9 @@ class StagedOutput:
     Parameters
     ----------
     destination : str or path-like
-        The output folder; created if missing. Files of the same name in it are replaced, others are kept.
+        The output folder; created if missing (with its missing parents, when committing). Files of the same name
+        in it are replaced, others are kept. A folder that exists when this is made and is removed before the end
+        (by whoever owns it: a cohort run removing its staging folder) is not made again: nothing is written.
     """
 
     def __init__(self, destination: str | os.PathLike) -> None:
@@ -38,13 +40,14 @@ class StagedOutput:
                 "out_dir",
                 f"The output path {self.destination} exists and is not a folder; choose another {{argument}}.",
             )
+        self.existed = self.destination.is_dir()
         self.staging: Path | None = None
 
     def __enter__(self) -> Path:
-        # Stage in the nearest folder that exists (same file system, so the final moves are renames); missing
-        # parents of the destination are created only when committing.
+        # Stage beside the destination (same file system, so the final moves are renames); for a new one, in the
+        # nearest folder that exists: its missing parents are created only when committing.
         parent = self.destination.absolute().parent
-        while not parent.is_dir():
+        while not self.existed and not parent.is_dir():
             parent = parent.parent
         try:
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.partial-", dir=parent))
@@ -63,6 +66,6 @@ class StagedOutput:
 
     def _commit(self) -> None:
         with DeferredSignals():
-            self.destination.mkdir(parents=True, exist_ok=True)
+            self.destination.mkdir(parents=not self.existed, exist_ok=True)
             for path in sorted(self.staging.iterdir()):
                 os.replace(path, self.destination / path.name)

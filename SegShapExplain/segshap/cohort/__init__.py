@@ -2,6 +2,14 @@
 cohort (:mod:`.aggregation`). Ray and pandas are the optional extra ``segshap[cohort]``."""
 
 from .aggregation import COHORT_COLUMNS, CohortResult, MissingDependency, aggregate
-from .run import CohortStopped, explain_cohort
+from .run import COHORT_FEATURES, CohortStopped, explain_cohort
 
-__all__ = ["explain_cohort", "aggregate", "CohortResult", "CohortStopped", "COHORT_COLUMNS", "MissingDependency"]
+__all__ = [
+    "explain_cohort",
+    "aggregate",
+    "CohortResult",
+    "CohortStopped",
+    "COHORT_COLUMNS",
+    "COHORT_FEATURES",
+    "MissingDependency",
+]

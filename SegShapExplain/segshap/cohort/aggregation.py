@@ -149,10 +149,12 @@ def write_failed(out: Path, failed: dict[str, str]) -> None:
     if not failed:
         path.unlink(missing_ok=True)
         return
-    with path.open("w", newline="") as handle:
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case_id", "reason"])
         writer.writerows(sorted(failed.items()))
+    os.replace(partial, path)  # whole or not at all
 
 
 def aggregate(out: str | os.PathLike) -> CohortResult:

@@ -62,11 +62,13 @@ def model_package(model: Path, config: str | os.PathLike | None) -> dict:
 def explain_case(package: dict, settings: dict, case: dict, out: str) -> str:
     """A Ray task: unpack the model, explain one case into the run's staging folder, put it into ``cases/``.
 
-    The staging folder is the run's: if it is gone (the run ended), nothing is written.
+    The staging folder is the run's: once it is gone (the run ended), nothing is written.
     """
     out_path = Path(out)
+    # Not parents=True, here nor when saving (StagedOutput makes no folder it saw removed): a run that has ended and
+    # removed its staging folder gets nothing back.
     staging = out_path / STAGING / f"{case['case_id']}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()  # not parents=True: a run that has ended and removed its staging folder gets nothing back
+    staging.mkdir()
     with tempfile.TemporaryDirectory(prefix="segshap-model-") as folder:
         with tarfile.open(fileobj=io.BytesIO(package["archive"])) as archive:
             archive.extractall(folder, filter="data")
@@ -83,11 +85,11 @@ def explain_case(package: dict, settings: dict, case: dict, out: str) -> str:
             "reference": case["reference"],
             "labelmap": case["labelmap"],
             "roi": case["roi"],
-            "out": str(staging / "case"),
+            "out": str(staging),
             "options": settings["options"],
         }
         explain_request(request).save(request["out"], volume_format=volume_format_of(request))
-    place_case(staging / "case", out_path, case["case_id"])
+    place_case(staging, out_path, case["case_id"])
     return case["case_id"]
 
 

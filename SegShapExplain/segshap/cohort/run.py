@@ -24,10 +24,16 @@ from ..processes import DeferredSignals, descendants, end_processes, run_in_back
 from .aggregation import CASES, CohortResult, aggregate, cohort_dependency, read_failed, write_failed
 from .case import STAGING, case_fields, explain_case, model_package, restore_replaced
 
-__all__ = ["explain_cohort", "CohortStopped"]
+__all__ = ["explain_cohort", "CohortStopped", "COHORT_FEATURES"]
+
+COHORT_FEATURES = "organs"
+"""The features of a cohort unless its options say otherwise: organs compare across cases."""
 
 _WORKER_EXIT_SECONDS = 3.0
 """Seconds the run's own Ray processes get to end after the shutdown before they are killed."""
+
+_CANCEL_SECONDS = 30.0
+"""Longest wait for a joined cluster's cancelled tasks to end before the run removes its staging folder."""
 
 _WAIT_SECONDS = 0.5
 """Longest wait for a case to end before the run looks for a signal again."""
@@ -90,8 +96,8 @@ def explain_cohort(
     model_config, trust_model
         As ``config`` and ``trust`` of :func:`segshap.load_model`.
     options : ExplainOptions, optional
-        The options of every case's explanation; without it, ``features`` defaults to ``"organs"``, which makes
-        the values comparable across cases.
+        The options of every case's explanation, ``features`` among them; without it, ``features`` defaults to
+        :data:`COHORT_FEATURES` (``"organs"``), which makes the values comparable across cases.
     **option_values
         Options by name, in place of those of ``options`` (as :func:`segshap.explain` takes them).
 
@@ -112,7 +118,7 @@ def explain_cohort(
     ray = cohort_dependency("ray")
     cohort_dependency("pandas")  # aggregation's, checked before any case runs
     options = ExplainOptions.given(
-        options, option_values if options is not None else {"features": "organs", **option_values}
+        options, option_values if options is not None else {"features": COHORT_FEATURES, **option_values}
     )
     cases = read_manifest(cases) if isinstance(cases, (str, os.PathLike)) else list(cases)
     out = Path(out)
@@ -146,12 +152,13 @@ def explain_cohort(
         on_case=on_case,
     )
     with DeferredSignals() as signals:
-        # The main thread only waits and records signals; Ray runs on a thread of its own (see _Session).
+        # The main thread only waits and records signals; Ray runs on a thread of its own (see _Session). Once the
+        # cases are done, the tables are written whole before a signal that came meanwhile stops the run.
         failed = run_in_background(lambda: session.run(signals))
-    done = {case.case_id for case in cases} - set(failed)
-    previous = read_failed(out) if resume else {}
-    write_failed(out, {**{k: v for k, v in previous.items() if k not in done}, **failed})
-    return aggregate(out)
+        done = {case.case_id for case in cases} - set(failed)
+        previous = read_failed(out) if resume else {}
+        write_failed(out, {**{k: v for k, v in previous.items() if k not in done}, **failed})
+        return aggregate(out)
 
 
 @dataclass
@@ -228,9 +235,10 @@ class _Session:
             self.progress(finished, self.total)
         while pending:
             if signals.received:
-                if not owns_instance:
+                if not owns_instance:  # the cluster runs on: its tasks are cancelled, and given time to end
                     for ref in pending:
                         ray.cancel(ref)
+                    ray.wait(list(pending), num_returns=len(pending), timeout=_CANCEL_SECONDS)
                 raise CohortStopped(f"The cohort run was stopped; the complete cases are kept in {self.out / CASES}.")
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=_WAIT_SECONDS)
             if not ready:
