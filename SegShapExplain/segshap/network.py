@@ -29,8 +29,8 @@ class Network:
     Parameters
     ----------
     model : torch.nn.Module or callable
-        Maps a ``(B, C, *patch_size)`` float tensor to ``(B, K, *patch_size)`` logits. A module must be in eval
-        mode; it is moved to ``device``.
+        The model as :class:`segshap.PatchEngine` takes it (windows to logits; a module in eval mode, moved to
+        ``device``).
     device : torch.device
         Where it runs.
     autocast_dtype : torch.dtype, optional

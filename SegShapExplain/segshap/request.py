@@ -280,27 +280,25 @@ def explain_request(request: dict, progress: Callable[[int, int], None] | None =
     single = len(targets) == 1 and not isinstance(request["target"], list)
     indices = [model.class_index(t) for t in targets]
     image_grid = Grid(image.shape[:3], affine)
-    reference = _reference(
-        request.get("reference"), request.get("reference_segment"), {i: model.classes[i] for i in indices}, image_grid
-    )
-    roi = _roi(request.get("roi"), image_grid)
-    labelmap, organ_names = None, None
+    # The files of the request, on the image's grid: what explain takes beside the model, the image and the options.
+    given = {
+        "reference": _reference(
+            request.get("reference"),
+            request.get("reference_segment"),
+            {i: model.classes[i] for i in indices},
+            image_grid,
+        ),
+        "roi": _roi(request.get("roi"), image_grid),
+        "affine": affine,
+    }
     if request.get("labelmap") is not None:
         if options.features not in ORGAN_FEATURES:
             raise ArgumentError("labelmap", f"{{argument}} makes organ features: ask for one of {ORGAN_FEATURES}.")
-        labelmap, organ_names = read_labels(request["labelmap"], image_grid, what="label map")
+        given["labelmap"], given["organ_names"] = read_labels(request["labelmap"], image_grid, what="label map")
+    target = targets[0] if single else targets
     return halving_batch_on_oom(
         lambda batch: explain(
-            model,
-            image,
-            target=targets[0] if single else targets,
-            reference=reference,
-            roi=roi,
-            labelmap=labelmap,
-            organ_names=organ_names,
-            affine=affine,
-            progress=progress,
-            options=options.replace(batch_size=batch),
+            model, image, target=target, progress=progress, options=options.replace(batch_size=batch), **given
         ),
         options.batch_size,
     )
