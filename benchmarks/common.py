@@ -150,12 +150,12 @@ def plain_estimates():
     import segshap.chains
     import segshap.leverage
 
-    saved = segshap.leverage._ADJUST_CELLS, segshap.chains._ADJUST_CELLS
-    segshap.leverage._ADJUST_CELLS = segshap.chains._ADJUST_CELLS = 0
+    saved = segshap.leverage.ADJUST_CELLS, segshap.chains.ADJUST_CELLS
+    segshap.leverage.ADJUST_CELLS = segshap.chains.ADJUST_CELLS = 0
     try:
         yield
     finally:
-        segshap.leverage._ADJUST_CELLS, segshap.chains._ADJUST_CELLS = saved
+        segshap.leverage.ADJUST_CELLS, segshap.chains.ADJUST_CELLS = saved
 
 
 def pyplot():
