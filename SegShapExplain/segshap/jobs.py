@@ -31,7 +31,7 @@ from .request import (
     request_targets,
     volume_format_of,
 )
-from .staging import StagedOutput
+from .staging import StagedOutput, output_folder
 
 __all__ = ["explain_and_save", "segment", "describe", "cohort_from_request"]
 
@@ -42,6 +42,7 @@ def explain_and_save(
     request: dict, progress: Callable[[int, int], None] | None, log: logging.Logger
 ) -> tuple[Explanation, dict[str, str]]:
     """Carry out an ``explain`` request: the explanation, and its output files by name (absolute paths)."""
+    output_folder(request["out"])  # refused before the work, not after it
     explanation = run_in_background(lambda: explain_request(request, progress))
     log.info("Writing outputs to %s", request["out"])
     outputs = explanation.save(
@@ -60,6 +61,7 @@ def _segmentation(request: dict) -> dict:
     unused = set(request.get("options") or {}) - _SEGMENT_OPTIONS
     if unused:
         raise UsageError(f"Option(s) {sorted(unused)} do not apply to segmenting; give device and batch_size only.")
+    output_folder(request["out"])
     image, affine, model, options = load_inputs(request)
     logging.getLogger("segshap").info("Segmenting with the model")
     labels = halving_batch_on_oom(

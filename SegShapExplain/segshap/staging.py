@@ -15,7 +15,18 @@ from pathlib import Path
 from .inputs import ArgumentError
 from .processes import DeferredSignals
 
-__all__ = ["StagedOutput"]
+__all__ = ["StagedOutput", "output_folder"]
+
+
+def output_folder(destination: str | os.PathLike) -> Path:
+    """``destination`` as a path, refused when it exists and is not a folder: a check worth making before the
+    work whose outputs it is to hold."""
+    destination = Path(destination)
+    if destination.exists() and not destination.is_dir():
+        raise ArgumentError(
+            "out_dir", f"The output path {destination} exists and is not a folder; choose another {{argument}}."
+        )
+    return destination
 
 
 class StagedOutput:
@@ -34,12 +45,7 @@ class StagedOutput:
     """
 
     def __init__(self, destination: str | os.PathLike) -> None:
-        self.destination = Path(destination)
-        if self.destination.exists() and not self.destination.is_dir():
-            raise ArgumentError(
-                "out_dir",
-                f"The output path {self.destination} exists and is not a folder; choose another {{argument}}.",
-            )
+        self.destination = output_folder(destination)
         self.existed = self.destination.is_dir()
         self.staging: Path | None = None
 
