@@ -239,6 +239,8 @@ def test_a_killed_worker_costs_only_its_case_which_is_rerun(manifest, tmp_path):
         time.sleep(0.05)
     victims = _case_workers()
     assert victims, "no Ray worker was seen running a case"
+    # The run's workers run at its own priority (Ray's default niceness of 15 starved them beside busy processes).
+    assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in victims} == {os.getpriority(os.PRIO_PROCESS, 0)}
     for pid in victims:  # the first cases submitted, demo and noisy, run first: at least one good case dies
         os.kill(pid, signal.SIGKILL)
     run.join(timeout=600)

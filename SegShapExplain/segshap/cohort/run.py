@@ -200,10 +200,12 @@ class _Session:
         (self.out / STAGING).mkdir()
         try:
             if connected_here:
+                # "local": a new instance even where `ray start` left one (or the address file of one that is gone),
+                # which a plain ray.init() would join. Its workers run at the run's own priority: Ray's default
+                # niceness (15) starved them to a few per cent of a core beside any other busy process.
+                own = {"_system_config": {"worker_niceness": 0}} if owns_instance else {}
                 with _RayNotices(owns_instance):
-                    # "local": a new instance even where `ray start` left one (or the address file of one that is
-                    # gone), which a plain ray.init() would join.
-                    ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False)
+                    ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False, **own)
             return self._collect(signals, owns_instance)
         finally:
             if owns_instance:
