@@ -24,17 +24,17 @@ def demo_cohort():
 
 
 def test_the_same_seed_derives_the_same_subjects_and_each_differs(demo_cohort, tmp_path):
-    first = demo_cohort.write_cohort(tmp_path / "a", cases=3, seed=7)
-    second = demo_cohort.write_cohort(tmp_path / "b", cases=3, seed=7)
+    first = demo_cohort.write_cohort(tmp_path / "a", cases=2, seed=7)
+    second = demo_cohort.write_cohort(tmp_path / "b", cases=2, seed=7)
     cases = read_manifest(first)
-    assert [case.case_id for case in cases] == ["subject00", "subject01", "subject02"]
+    assert [case.case_id for case in cases] == ["subject00", "subject01"]
     images = []
     for case, again in zip(cases, read_manifest(second)):
         image, affine = read_image(case.image)
         image_again, affine_again = read_image(again.image)
         assert np.array_equal(image, image_again) and np.array_equal(affine, affine_again)
         images.append(image)
-    assert not np.array_equal(images[0], images[1]) and not np.array_equal(images[1], images[2])
+    assert not np.array_equal(images[0], images[1])
     other = read_image(read_manifest(demo_cohort.write_cohort(tmp_path / "c", cases=1, seed=8))[0].image)[0]
     assert other.shape != images[0].shape or not np.array_equal(other, images[0])
 

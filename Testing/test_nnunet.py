@@ -118,7 +118,7 @@ def test_engine_values_equal_nnunets_own_prediction_on_perturbed_images(model_fo
         tiling=model.tiling_spec,
     )
     rng = np.random.default_rng(0)
-    coalitions = np.vstack([np.ones(engine.n_players, bool), rng.random((2, engine.n_players)) < 0.5])
+    coalitions = np.vstack([np.ones(engine.n_players, bool), rng.random((1, engine.n_players)) < 0.5])
     values = engine.evaluate(coalitions)
     box = tuple(slice(a, b) for a, b in roi)
     for coalition, value in zip(coalitions, values):
