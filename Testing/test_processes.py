@@ -68,3 +68,25 @@ def test_deferred_signals_are_recorded_inside_the_block_and_delivered_after_it()
             reached_end_of_block = True
     assert reached_end_of_block
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_a_deferred_signal_goes_to_the_callers_own_handler_or_its_default_action():
+    delivered = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: delivered.append(signum))
+    try:
+        with DeferredSignals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert delivered == []
+        assert delivered == [signal.SIGTERM]  # once, after the block
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # Where the caller left the default action, the process ends by the signal once the block is done.
+    script = (
+        "import os, signal, time\nfrom segshap.processes import DeferredSignals\n"
+        "with DeferredSignals():\n    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(0.05)\n"
+        "    print('end of block', flush=True)\nprint('after the block', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGTERM and done.stdout == "end of block\n", done.stderr
