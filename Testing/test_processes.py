@@ -58,16 +58,21 @@ def test_a_tree_is_found_and_ended_whole_even_a_child_that_ignores_sigterm(sourc
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 def test_deferred_signals_are_recorded_inside_the_block_and_delivered_after_it():
+    # Python's own Ctrl-C handler, set here: a suite started in the background of a script inherits SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     reached_end_of_block = False
-    with pytest.raises(KeyboardInterrupt):
-        with DeferredSignals() as signals:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C does not cut the block short either
-            time.sleep(0.05)
-            assert signals.received == [signal.SIGINT, signal.SIGINT]
-            reached_end_of_block = True
-    assert reached_end_of_block
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with DeferredSignals() as signals:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C does not cut the block short either
+                time.sleep(0.05)
+                assert signals.received == [signal.SIGINT, signal.SIGINT]
+                reached_end_of_block = True
+        assert reached_end_of_block
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")

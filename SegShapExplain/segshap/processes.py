@@ -149,9 +149,8 @@ class DeferredSignals:
 
     For work that must not be cut short: moving outputs into place, or a run that polls :attr:`received` between
     calls into a library where an exception raised by a signal handler would corrupt its state (Ray's waits). On
-    leaving the block the previous handlers are put back and the first signal received goes to its handler (the
-    default action where there was none), so the caller stops as it would have. Signal handlers can only be set
-    in the main thread; elsewhere this does nothing.
+    leaving the block the previous handlers are put back and the first signal received is raised again, so the
+    caller stops as it would have. Signal handlers can only be set in the main thread; elsewhere this does nothing.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -171,17 +170,8 @@ class DeferredSignals:
     def __exit__(self, kind, error, traceback) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
-        if not self.received:
-            return
-        first = self.received[0]
-        handler = signal.getsignal(first)
-        if callable(handler):
-            # Called directly, not raised again: then it runs now, in this thread, whatever native libraries have
-            # done to the process's signal delivery (raised again, a SIGINT once did not reach the handler in the
-            # suite on a loaded machine).
-            handler(first, None)
-        elif handler == signal.SIG_DFL:
-            signal.raise_signal(first)
+        if self.received:
+            signal.raise_signal(self.received[0])
 
 
 def run_in_background(work: Callable[[], object]) -> object:
