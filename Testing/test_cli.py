@@ -59,7 +59,9 @@ def test_explain_writes_the_outputs_and_says_where(job, tmp_path):
     assert report["targets"] == [{"index": 1, "name": "tissue_a"}]
     # Chains use whole walks only, so they may leave part of the budget unspent.
     assert report["stats"]["design"] in ("chains", "leverage") and 0 < report["stats"]["evaluations"] <= 120
-    assert "window forwards" in done.stderr  # the progress lines count what takes the time
+    # Progress and the summary in the user's words; the engine's terms in the log line.
+    assert "evaluating the model, 100 %" in done.stderr and "window forwards" in done.stderr
+    assert "features from" in done.stdout and "samples in" in done.stdout and "coalitions" not in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -176,9 +178,11 @@ def test_worker_reports_json_events_and_the_outputs(job, tmp_path):
     assert all(e["eta_s"] is None or e["eta_s"] >= 0 for e in progress)
     assert events[-1]["event"] == "done"
     outputs = events[-1]["outputs"]
-    # Progress counts window forwards, and ends at those the estimation ran.
+    # Progress counts window forwards, and ends at those the estimation and the faithfulness curves ran.
     stats = json.loads(Path(outputs["report"]).read_text())["stats"]
-    assert progress[-1]["done"] == progress[-1]["total"] == stats["estimation_forwards"] > 0
+    spent = stats["estimation_forwards"] + stats["faithfulness_forwards"]
+    assert progress[-1]["done"] == progress[-1]["total"] == spent > 0
+    assert progress[-1]["text"].startswith("evaluating the model, 100 %")
     assert set(outputs) == {"heatmap", "features", "report", "overview"} and all(
         Path(p).is_file() for p in outputs.values()
     )

@@ -3,6 +3,7 @@ features only where they matter, outputs on disk, and errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -13,7 +14,10 @@ from helpers.contract import perturbed, reference_values
 from helpers.models import small_unet
 
 import segshap
+from segshap.faithfulness import CURVE_POINTS
 from segshap.io import read_image
+from segshap.pipeline import FAITHFULNESS_SHARE
+from segshap.reporting import summary
 
 ROI = ((40, 52), (50, 62), (40, 52))
 TILING = {"patch_size": (32, 32, 32), "overlap": 0.25, "blend": "gaussian"}
@@ -197,8 +201,9 @@ def test_the_explanation_game_is_the_game_explain_estimates(mni_t1):
 
 
 @pytest.mark.slow
-def test_a_forward_budget_and_the_design_are_kept_and_reported(mni_t1, tmp_path):
-    """max_forwards bounds what the estimation runs; progress counts forwards; explanation.json says how it went."""
+def test_a_forward_budget_bounds_the_whole_run_and_is_reported(mni_t1, tmp_path):
+    """max_forwards bounds the estimation and the faithfulness curves together, the curves taking at most their
+    share; progress counts forwards; explanation.json says how it went."""
     net = small_unet(1, 3)
     reports = []
     ex = segshap.explain(
@@ -217,10 +222,13 @@ def test_a_forward_budget_and_the_design_are_kept_and_reported(mni_t1, tmp_path)
     )
     stats = ex.stats
     assert stats["design"] == "chains" and stats["stop_reason"] == "max_forwards"
-    assert 0 < stats["estimation_forwards"] <= 150 and stats["evaluations"] < 5000
+    assert 0 < stats["estimation_forwards"] <= 150 / (1 + FAITHFULNESS_SHARE) and stats["evaluations"] < 5000
     assert stats["forwards_per_coalition"] == pytest.approx(stats["estimation_forwards"] / stats["evaluations"])
-    assert reports[-1] == (stats["estimation_forwards"], stats["estimation_forwards"])
-    assert all(total == 150 for _, total in reports[:-1]) and [d for d, _ in reports] == sorted(d for d, _ in reports)
+    spent = stats["estimation_forwards"] + stats["faithfulness_forwards"]
+    assert spent <= 150 and stats["faithfulness_forwards"] <= FAITHFULNESS_SHARE * stats["estimation_forwards"]
+    assert (ex.faithfulness == ()) == (stats["faithfulness_skipped"] is not None)
+    assert reports[-1] == (spent, spent) and [d for d, _ in reports] == sorted(d for d, _ in reports)
+    assert all(total == 150 for _, total in reports[: stats["evaluations"] // 64])
     assert abs(ex.values.sum() - (ex.full_value - ex.base_value)) < 1e-9
     ex.save(tmp_path)
     report = json.loads((tmp_path / "explanation.json").read_text())
@@ -228,12 +236,33 @@ def test_a_forward_budget_and_the_design_are_kept_and_reported(mni_t1, tmp_path)
     assert report["stats"]["stop_reason"] == "max_forwards" and "forwards_per_coalition" in report["stats"]
 
 
+@pytest.mark.slow
+def test_with_many_features_the_curves_take_steps_of_several_and_a_bounded_share(mni_t1):
+    """64 features: 20 steps per curve, each switching about 3 features, at most a quarter of the estimation's
+    forwards; a budget too small for even two steps skips the curves and says why."""
+    net = small_unet(1, 3)
+    options = dict(roi=ROI, features="grid", n_features=64, device="cpu", **TILING)
+    ex = segshap.explain(net, mni_t1, target=1, nsamples=600, **options)
+    (curves,) = ex.faithfulness
+    m = ex.feature_ids.size
+    assert m > CURVE_POINTS and curves.steps[0] == 0 and curves.steps[-1] == m
+    assert curves.deletion.shape == curves.steps.shape and len(curves.steps) <= CURVE_POINTS + 1
+    assert 0 < ex.stats["faithfulness_forwards"] <= FAITHFULNESS_SHARE * ex.stats["estimation_forwards"]
+    assert curves.deletion[0] == pytest.approx(ex.full_value, abs=1e-9)
+    assert curves.insertion[-1] == pytest.approx(ex.full_value, abs=1e-9)
+    assert curves.deletion_auc == pytest.approx(np.trapezoid(curves.deletion, curves.steps / m))
+    starved = segshap.explain(net, mni_t1, target=1, nsamples=600, max_forwards=30, **options)
+    assert starved.faithfulness == () and "steps per curve" in starved.stats["faithfulness_skipped"]
+    assert starved.stats["estimation_forwards"] + starved.stats["faithfulness_forwards"] <= 30
+
+
 def test_faithfulness_curves_are_the_game_s_values_along_the_ranking(mni_t1, explained, tmp_path):
     """Every explanation carries deletion and insertion curves; their points are full-volume inference values."""
     net, ex = explained
     (curves,) = ex.faithfulness
-    m = ex.feature_ids.size
-    assert curves.deletion.shape == curves.insertion.shape == curves.random_deletion.shape == (m + 1,)
+    m, points = ex.feature_ids.size, curves.steps.size
+    assert curves.deletion.shape == curves.insertion.shape == curves.random_deletion.shape == (points,)
+    assert points == min(m, CURVE_POINTS) + 1 and curves.steps[-1] == m
     for start, end in ((curves.deletion, curves.insertion), (curves.random_deletion, curves.random_insertion)):
         assert start[0] == pytest.approx(ex.full_value, abs=1e-9) and start[-1] == pytest.approx(
             ex.base_value, abs=1e-9
@@ -242,10 +271,10 @@ def test_faithfulness_curves_are_the_game_s_values_along_the_ranking(mni_t1, exp
     roi = np.zeros(mni_t1.shape, bool)
     roi[tuple(slice(a, b) for a, b in ROI)] = True
     masks = [segshap.predict(net, mni_t1, device="cpu", **TILING) == 1]
-    order, k = np.argsort(-ex.values, kind="stable"), m // 3
+    order, point = np.argsort(-ex.values, kind="stable"), points // 3
     taken = np.zeros(m, bool)
-    taken[order[:k]] = True
-    for coalition, expected in ((~taken, curves.deletion[k]), (taken, curves.insertion[k])):
+    taken[order[: curves.steps[point]]] = True
+    for coalition, expected in ((~taken, curves.deletion[point]), (taken, curves.insertion[point])):
         image = perturbed(mni_t1, ex.feature_map, ex.feature_ids, coalition, float(mni_t1.mean()))
         assert reference_values(net, image, roi, masks, [1], "soft_dice", **TILING)[0] == pytest.approx(
             expected, abs=1e-5
@@ -253,7 +282,7 @@ def test_faithfulness_curves_are_the_game_s_values_along_the_ranking(mni_t1, exp
     assert ex.stats["faithfulness_forwards"] == curves.forwards > 0
     ex.save(tmp_path)
     entry = json.loads((tmp_path / "explanation.json").read_text())["faithfulness"]
-    assert entry["deletion_auc"] == pytest.approx(curves.deletion_auc) and len(entry["random_insertion"]) == m + 1
+    assert entry["deletion_auc"] == pytest.approx(curves.deletion_auc) and len(entry["random_insertion"]) == points
 
 
 def test_faithfulness_can_be_turned_off_and_follows_each_target(mni_t1):
@@ -320,3 +349,27 @@ def test_intensities_near_the_float32_limit_give_no_overflow_warning(mni_t1, mni
         )
     np.testing.assert_allclose(scaled, model.preprocess(data, affine).image, atol=1e-4)
     assert game.baseline == pytest.approx(float(huge.mean(dtype=np.float64)), rel=1e-6)
+
+
+def test_values_whose_standard_errors_were_not_estimated_are_said_to_be_rough(explained, tmp_path):
+    """A run stopped at the time limit with fewer samples than features has no standard errors: the summary line,
+    the warnings and explanation.json say that the values are rough instead of showing them as exact."""
+    _, ex = explained
+    assert ex.warnings == [] and "rough" not in summary(ex)
+    rough = dataclasses.replace(
+        ex,
+        stderr=np.full_like(ex.stderr, np.nan),
+        stats={**ex.stats, "stop_reason": "max_seconds", "evaluations": 20},
+        faithfulness=(),
+    )
+    (warning,) = rough.warnings
+    assert "standard errors not estimated" in warning and "time limit" in warning and "rough" in warning
+    line = summary(rough)
+    assert f"stopped at the time limit after 20 of {ex.stats['budget']:,} samples" in line and warning in line
+    assert "coalitions" not in line and "forwards" not in line
+    unsettled = dataclasses.replace(
+        ex, stats={**ex.stats, "stop_reason": "max_forwards"}, settings={**ex.settings, "tolerance": 1e-6}
+    )
+    assert any("before the values settled" in w for w in unsettled.warnings)
+    rough.save(tmp_path)
+    assert json.loads((tmp_path / "explanation.json").read_text())["warnings"] == [warning]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segshap.faithfulness import Faithfulness, faithfulness_curves, ranking_curves
+from segshap.faithfulness import Faithfulness, curve_steps, faithfulness_curves, ranking_curves
 
 
 def _additive(weights: np.ndarray, calls: list):
@@ -50,3 +50,21 @@ def test_the_report_entry_round_trips():
 def test_an_order_that_is_not_a_permutation_is_refused(order):
     with pytest.raises(ValueError, match="permutation"):
         ranking_curves(_additive(np.ones(3), []), np.array(order))
+
+
+def test_with_more_features_than_points_each_step_takes_several():
+    steps = curve_steps(50, 20)
+    assert steps[0] == 0 and steps[-1] == 50 and steps.size == 21 and set(np.diff(steps)) == {2, 3}
+    np.testing.assert_array_equal(curve_steps(7, 20), np.arange(8))
+    weights = np.linspace(-1.0, 2.0, 50)
+    calls: list = []
+    curves = faithfulness_curves(_additive(weights, calls), weights, steps=steps, seed=1)
+    ranked = np.sort(weights)[::-1]
+    np.testing.assert_allclose(curves.insertion, np.r_[0, np.cumsum(ranked)][steps])
+    assert sum(calls) == 4 * steps.size
+    assert curves.insertion_auc == pytest.approx(np.trapezoid(curves.insertion, steps / 50))
+    back = Faithfulness.from_dict(curves.to_dict())
+    np.testing.assert_array_equal(back.steps, steps)
+    assert back.deletion_auc == curves.deletion_auc
+    with pytest.raises(ValueError, match="at least one feature"):
+        curve_steps(0)

@@ -73,12 +73,14 @@ def parseEvent(line: str) -> WorkerEvent:
 @dataclass(frozen=True)
 class Progress:
     """Window forwards run so far, of how many, and the time left: in seconds (``None`` until the pace is known)
-    and as the worker writes it (``"3m05s"``, ``"..."`` until known)."""
+    and as the worker writes it (``"3m05s"``, ``"..."`` until known); ``text`` the line to show the user
+    (``"evaluating the model, 37 %, about 19 s left"``)."""
 
     done: int
     total: int
     etaSeconds: float | None
     eta: str = "..."
+    text: str = ""
 
     @property
     def percent(self) -> float:
@@ -342,7 +344,11 @@ class WorkerJob:
             self.stage = "Estimating"
             fields = event.fields
             self.progress = Progress(
-                int(fields["done"]), int(fields["total"]), fields.get("eta_s"), fields.get("eta", "...")
+                int(fields["done"]),
+                int(fields["total"]),
+                fields.get("eta_s"),
+                fields.get("eta", "..."),
+                fields.get("text", ""),
             )
             if self.callbacks.onProgress:
                 self.callbacks.onProgress(self.progress)

@@ -23,7 +23,7 @@ from .cohort import COHORT_FEATURES, MissingDependency
 from .inputs import ArgumentError
 from .jobs import cohort_from_request, explain_and_save
 from .options import add_option_flags, options_from_flags
-from .reporting import Rate, format_duration, logging_to, summary
+from .reporting import Rate, engine_summary, logging_to, progress_text, summary
 from .request import OutOfMemory, UsageError, demo_request
 from .version import __version__
 from .worker import EventWriter, argument_name, run_worker
@@ -57,13 +57,13 @@ class _Parser(argparse.ArgumentParser):
 class _ProgressBar:
     """A one-line bar with percentage and ETA on a terminal; a line per 10 % otherwise."""
 
-    def __init__(self, stream, unit: str = "window forwards") -> None:
+    def __init__(self, stream, unit: str | None = None) -> None:
         self.stream, self.rate, self.last_tenth, self.unit = stream, Rate(), -1, unit
         self.terminal = stream.isatty()
 
     def __call__(self, done: int, total: int) -> None:
         percent = 100.0 * done / max(total, 1)
-        text = f"{percent:5.1f}% {done}/{total} {self.unit}, ETA {format_duration(self.rate.eta(done, total))}"
+        text = progress_text(done, total, self.rate.eta(done, total), unit=self.unit)
         if self.terminal:
             filled = int(percent / 4)
             self.stream.write(f"\r|{'#' * filled}{' ' * (25 - filled)}| {text}   ")
@@ -111,6 +111,7 @@ def _stderr_log(quiet: bool) -> logging.Handler | None:
 def _explain(request: dict, quiet: bool) -> int:
     with logging_to(_stderr_log(quiet)) as log:
         explanation, outputs = explain_and_save(request, None if quiet else _ProgressBar(sys.stderr), log)
+        log.info("%s", engine_summary(explanation))
     print(f"Explained {', '.join(explanation.target_names)}: {summary(explanation)}")
     print(f"Outputs in {Path(request['out']).absolute()}:")
     for name, path in outputs.items():

@@ -107,6 +107,34 @@ class Explanation:
         return np.moveaxis(heat, -1, 0) if heat.ndim == 4 else heat
 
     @property
+    def warnings(self) -> list[str]:
+        """What a reader of the values must know, in words (also in ``explanation.json`` and the summary line):
+        standard errors that could not be estimated, a limit that stopped the sampling before the values settled,
+        faithfulness curves that were skipped."""
+        found = []
+        stderr = np.asarray(self.stderr, dtype=np.float64)
+        stop = self.stats.get("stop_reason")
+        limit = {"max_seconds": "the time limit", "max_forwards": "the forward limit"}.get(stop)
+        if not self.exact and np.isnan(stderr).any():
+            found.append(
+                f"standard errors not estimated: {self.stats.get('evaluations', 0):,} samples are too few for "
+                f"{len(self.feature_ids)} features, so the values are rough"
+                + (f" (raise {limit} or the number of samples)" if limit else " (raise the number of samples)")
+            )
+        elif limit is not None and not self.exact:
+            spread = np.ptp(np.asarray(self.values, dtype=np.float64), axis=0)
+            relative = float(np.max(np.max(stderr, axis=0) / np.where(spread > 0, spread, np.inf)))
+            tolerance = self.settings.get("tolerance")
+            if tolerance is not None and relative > tolerance:
+                found.append(
+                    f"stopped at {limit} before the values settled: the largest standard error is {relative:.0%} "
+                    "of the values' range"
+                )
+        if self.stats.get("faithfulness_skipped"):
+            found.append(f"faithfulness curves skipped: {self.stats['faithfulness_skipped']}")
+        return found
+
+    @property
     def efficiency_error(self) -> float:
         """Largest ``|sum(values) - (full_value - base_value)|`` over targets."""
         return efficiency_error(self.values, self.full_value, self.base_value)
@@ -153,6 +181,7 @@ class Explanation:
             "full_value": json_number(self.full_value),
             "efficiency_error": self.efficiency_error,
             "exact": self.exact,
+            "warnings": self.warnings,
             "stats": self.stats,
             "faithfulness": self._faithfulness_entry(),
             "features": rows,

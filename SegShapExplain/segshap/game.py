@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .engine import PatchEngine
-from .features import ORGAN_FEATURES, build_features
+from .features import FEATURE_WORDS, ORGAN_FEATURES, build_features
 from .geometry import ModelInput
 from .inference import model_labels, prepare, require_predicted
 from .inputs import as_roi_mask, reference_masks, resolve_baseline, resolve_device, roi_around, target_list
@@ -139,7 +139,13 @@ def explanation_game(
     _, padded_support = tiling.windows_reading(tiling.pad(roi, False))
     support = tiling.unpad_box(padded_support)
     if given_features is None:
-        _log.info("Building %s features inside the support %s", options.features, support)
+        _log.info(
+            "Building %s in the part of the image that can change the result (voxels %s)",
+            "organs"
+            if options.features == "organs"
+            else f"about {options.n_features} {FEATURE_WORDS[options.features]}",
+            " x ".join(f"{a}-{b}" for a, b in support),
+        )
         feature_map = build_features(options.features, x, labelmap, support, options.n_features)
     else:
         feature_map = prepared.to_model_grid(np.asarray(given_features))

@@ -120,11 +120,14 @@ class ExplainOptions:
     design : str
         Coalition design: ``"auto"``, ``"chains"`` or ``"leverage"`` (see :func:`segshap.kernel_shap`).
     max_forwards : int, optional
-        Stop sampling before the window forwards of the explanation would exceed this.
+        Window forwards the explanation may run, the faithfulness curves included: the sampling stops in time to
+        leave the curves their share.
     max_seconds : float, optional
-        Stop sampling before the estimation would run longer than this.
+        Seconds the explanation may take, from the start of :func:`segshap.explain` (set-up, sampling and curves;
+        saving the outputs comes after): the sampling stops before a batch that would leave too little time.
     faithfulness : bool
-        Also compute the deletion and insertion curves of the ranking (and of a random one).
+        Also compute the deletion and insertion curves of the ranking (and of a random one), at most a quarter of
+        the estimation's forwards (:data:`segshap.pipeline.FAITHFULNESS_SHARE`).
     seed : int
         Seed of the coalition sampler (and of the random ranking).
     device : str
@@ -162,10 +165,10 @@ class ExplainOptions:
     )
     design: str = field(default="auto", metadata=_option("coalition design (default auto)", choices=DESIGNS))
     max_forwards: int | None = field(
-        default=None, metadata=_option("stop sampling before this many window forwards", _integer, "N")
+        default=None, metadata=_option("window forwards the whole explanation may run, curves included", _integer, "N")
     )
     max_seconds: float | None = field(
-        default=None, metadata=_option("stop sampling before the estimation runs this many seconds", _number, "S")
+        default=None, metadata=_option("seconds the whole explanation may take, curves included", _number, "S")
     )
     faithfulness: bool = field(
         default=True, metadata=_option("skip the deletion and insertion curves computed after the values")

@@ -22,16 +22,21 @@ import torch
 from .engine import PatchEngine
 from .estimator import AUTO_TOLERANCE, auto_budget, kernel_shap
 from .explanation import Explanation
-from .faithfulness import Faithfulness, faithfulness_curves
+from .faithfulness import CURVE_POINTS, Faithfulness, curve_steps, faithfulness_coalitions, faithfulness_curves
 from .features import feature_organs
 from .game import explanation_game
 from .models import LoadedModel
 from .options import ExplainOptions
 from .surrogate import adjacent_pairs
 
-__all__ = ["explain"]
+__all__ = ["explain", "FAITHFULNESS_SHARE"]
 
 _log = logging.getLogger("segshap")
+
+FAITHFULNESS_SHARE = 0.25
+"""The faithfulness curves cost at most this fraction of the estimation's window forwards: a check around the
+estimate must not cost more than the estimate (they took 4 (M + 1) coalitions per target before, 545 s of a 672 s
+run with 1,000 features)."""
 
 
 def explain(
@@ -77,8 +82,9 @@ def explain(
         and a given feature map are on the image's grid and carried to the model's by nearest neighbour, and the
         outputs come back onto the image's grid. Without it the image is taken to lie on the model's grid.
     progress : callable, optional
-        ``progress(done, total)`` in window forwards, what takes the time: ``total`` is ``max_forwards`` when given,
-        else the forwards the remaining coalitions would take at the pace so far.
+        ``progress(done, total)`` in window forwards, what takes the time, the faithfulness curves included:
+        ``total`` is ``max_forwards`` when given, else the forwards the remaining coalitions (and the curves'
+        share) would take at the pace so far.
     options : ExplainOptions, optional
         The options as one object (default: every default).
     **option_values
@@ -94,9 +100,12 @@ def explain(
 
     Notes
     -----
-    The faithfulness curves (option ``faithfulness``) cost ``4 (M + 1)`` coalitions per target, each one feature
-    away from the one before, so each reruns only that feature's windows. Their forwards
-    (``stats["faithfulness_forwards"]``) are not limited by ``max_forwards`` or ``max_seconds``.
+    ``max_forwards`` and ``max_seconds`` bound the whole call, the faithfulness curves (option ``faithfulness``)
+    and, for ``max_seconds``, the set-up included: the sampling stops in time to leave the curves their share.
+    The curves cost at most :data:`FAITHFULNESS_SHARE` of the estimation's forwards: each has up to
+    :data:`~segshap.faithfulness.CURVE_POINTS` steps (several features per step when there are more features),
+    fewer when that costs too much, and they are skipped (``stats["faithfulness_skipped"]`` says why) when even
+    two steps per curve would.
     """
     started = time.perf_counter()
     game = explanation_game(
@@ -108,9 +117,11 @@ def explain(
         budget, tolerance = auto_budget(m), AUTO_TOLERANCE if options.tolerance is None else options.tolerance
     else:
         budget, tolerance = options.nsamples, options.tolerance
-    _log.info("Estimating Shapley values of %d features from up to %d coalitions", m, budget)
+    curve_share = FAITHFULNESS_SHARE if options.faithfulness else 0.0
+    _log.info("Estimating the Shapley value of each of %d features (up to %s samples)", m, f"{budget:,}")
     forwards_before = engine.stats["patch_forwards"]
     estimation_started = time.perf_counter()
+    report = None if progress is None else _ForwardProgress(progress, engine, options.max_forwards, curve_share)
     result = kernel_shap(
         engine.evaluate,
         m,
@@ -118,17 +129,33 @@ def explain(
         seed=options.seed,
         tolerance=tolerance,
         batch_size=64,
-        progress=None if progress is None else _forward_progress(progress, engine, options.max_forwards),
+        progress=None if report is None else report.estimation,
         design=options.design,
         forward_cost=engine.forward_cost,
-        max_forwards=options.max_forwards,
-        max_seconds=options.max_seconds,
+        max_forwards=None if options.max_forwards is None else options.max_forwards / (1 + curve_share),
+        max_seconds=_estimation_seconds(options.max_seconds, curve_share, estimation_started - started),
         interactions=lambda: adjacent_pairs(game.feature_map, engine.feature_ids),
     )
     forwards = engine.stats["patch_forwards"] - forwards_before
     estimation_seconds = time.perf_counter() - estimation_started
-    curves = _faithfulness(engine, result.values, options.seed) if options.faithfulness else ()
+    curves, skipped = (), None
+    if options.faithfulness:
+        allowed = FAITHFULNESS_SHARE * forwards
+        if options.max_forwards is not None:
+            allowed = min(allowed, options.max_forwards - forwards)
+        seconds_left = None if options.max_seconds is None else options.max_seconds - (time.perf_counter() - started)
+        curves, skipped = _faithfulness(
+            engine,
+            result.values,
+            options.seed,
+            max_forwards=allowed,
+            max_seconds=seconds_left,
+            seconds_per_forward=estimation_seconds / max(forwards, 1),
+            report=report,
+        )
     faithfulness_seconds = time.perf_counter() - estimation_started - estimation_seconds
+    if report is not None:
+        report.finish()
 
     feature_map = np.where(np.isin(game.feature_map, engine.feature_ids), game.feature_map, 0).astype(np.int32)
     organ_labels = feature_organs(feature_map, game.labelmap)[engine.feature_ids] if game.organ_features else None
@@ -157,6 +184,7 @@ def explain(
         "estimation_seconds": estimation_seconds,
         "faithfulness_forwards": sum(c.forwards for c in curves),
         "faithfulness_seconds": faithfulness_seconds,
+        "faithfulness_skipped": skipped,
         "seconds": time.perf_counter() - started,
     }
     display = np.asarray(image, dtype=np.float32)
@@ -204,30 +232,106 @@ def _settings(game, tolerance: float | None) -> dict:
     }
 
 
-def _faithfulness(engine: PatchEngine, values: np.ndarray, seed: int) -> tuple[Faithfulness, ...]:
-    """Deletion and insertion curves of each target's ranking (``values``: ``(M, T)``), with their forwards."""
-    _log.info("Checking faithfulness: deletion and insertion curves over %d features", engine.n_players)
+def _estimation_seconds(max_seconds: float | None, curve_share: float, set_up: float) -> float | None:
+    """The sampling's time limit: the run's, less the set-up, with the curves' share left over (at least the
+    sampling's first batch runs whatever this says)."""
+    if max_seconds is None:
+        return None
+    return max(max_seconds / (1 + curve_share) - set_up, 1e-3)
+
+
+def _faithfulness(
+    engine: PatchEngine,
+    values: np.ndarray,
+    seed: int,
+    *,
+    max_forwards: float,
+    max_seconds: float | None,
+    seconds_per_forward: float,
+    report: _ForwardProgress | None,
+) -> tuple[tuple[Faithfulness, ...], str | None]:
+    """Deletion and insertion curves of each target's ranking (``values``: ``(M, T)``) with their forwards, at the
+    most points per curve (up to :data:`CURVE_POINTS`) whose forwards fit ``max_forwards`` and, at the estimation's
+    pace, ``max_seconds``; or no curves and the reason."""
+    m, targets = engine.n_players, values.shape[1]
+    for points in _point_counts(m):
+        steps = curve_steps(m, points)
+        coalitions = np.concatenate(
+            [faithfulness_coalitions(values[:, t], steps=steps, seed=seed) for t in range(targets)]
+        )
+        cost = engine.forward_cost(coalitions)
+        if cost <= max_forwards and (max_seconds is None or cost * seconds_per_forward <= max_seconds):
+            break
+    else:
+        limit = f"{max(max_forwards, 0):.0f} window forwards"
+        limit += "" if max_seconds is None else f" and {max(max_seconds, 0):.1f} s"
+        reason = (
+            f"even {len(steps) - 1} steps per curve would cost {cost} window forwards; {limit} were left for them "
+            f"(at most {FAITHFULNESS_SHARE:.0%} of the estimation's forwards, within max_forwards and max_seconds)"
+        )
+        _log.warning("Faithfulness curves skipped: %s", reason)
+        return (), reason
+    _log.info(
+        "Checking faithfulness: the score as the features are removed and added in order of value (%d points)",
+        len(steps),
+    )
+    if report is not None:
+        report.curves_expected(cost)
+    evaluate = engine.evaluate if report is None else report.curve_evaluation(engine.evaluate)
     curves = []
-    for column in range(values.shape[1]):
+    for column in range(targets):
         before = engine.stats["patch_forwards"]
-        found = faithfulness_curves(engine.evaluate, values[:, column], column=column, seed=seed)
+        found = faithfulness_curves(evaluate, values[:, column], steps=steps, column=column, seed=seed)
         curves.append(dataclasses.replace(found, forwards=engine.stats["patch_forwards"] - before))
-    return tuple(curves)
+    return tuple(curves), None
 
 
-def _forward_progress(progress: Callable[[int, int], None], engine: PatchEngine, max_forwards: int | None):
-    """Turns the estimator's ``(coalitions done, budget)`` into ``(window forwards done, expected in all)``."""
-    before = engine.stats["patch_forwards"]
+def _point_counts(n_players: int) -> list[int]:
+    """Steps per curve to try, most first: :data:`CURVE_POINTS` (at most ``M``), halved down to 2."""
+    counts, points = [], min(CURVE_POINTS, n_players)
+    while True:
+        counts.append(points)
+        if points <= 2:
+            return counts
+        points = max(points // 2, 2)
 
-    def report(done: int, total: int) -> None:
-        forwards = engine.stats["patch_forwards"] - before
-        if max_forwards is not None:
-            expected = max_forwards
+
+class _ForwardProgress:
+    """Turns the estimator's ``(coalitions done, budget)`` and the curves' evaluations into ``(window forwards
+    done, expected in all)``: the estimation's forwards at the pace so far plus the curves' share until the curves
+    are priced, then their price."""
+
+    def __init__(
+        self, progress: Callable[[int, int], None], engine: PatchEngine, max_forwards: int | None, curve_share: float
+    ) -> None:
+        self.progress, self.engine, self.max_forwards, self.curve_share = progress, engine, max_forwards, curve_share
+        self.before = engine.stats["patch_forwards"]
+        self.curves_total = 0
+
+    def _done(self) -> int:
+        return self.engine.stats["patch_forwards"] - self.before
+
+    def estimation(self, done: int, total: int) -> None:
+        forwards = self._done()
+        if self.max_forwards is not None:
+            expected = self.max_forwards
         else:
-            expected = forwards + (total - done) * forwards / max(done, 1)
-        progress(forwards, int(round(max(expected, forwards))) if done < total else forwards)
+            expected = (forwards + (total - done) * forwards / max(done, 1)) * (1 + self.curve_share)
+        self.progress(forwards, int(round(max(expected, forwards))))
 
-    return report
+    def finish(self) -> None:
+        self.progress(self._done(), self._done())
+
+    def curves_expected(self, cost: int) -> None:
+        self.curves_total = self._done() + cost
+
+    def curve_evaluation(self, evaluate: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        def evaluated(coalitions: np.ndarray) -> np.ndarray:
+            values = evaluate(coalitions)
+            self.progress(self._done(), max(self.curves_total, self._done()))
+            return values
+
+        return evaluated
 
 
 def _versions() -> dict:

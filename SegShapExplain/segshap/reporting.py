@@ -1,5 +1,7 @@
-"""What the front ends (the command line and the worker) show of a run: the time left at the pace so far, durations
-as people read them, the engine's stage messages sent to their handler, and the one-line summary of an explanation.
+"""What the front ends (the command line and the worker) show of a run, in the user's words: the time left at the
+pace so far, durations as people read them, progress lines, the engine's stage messages sent to their handler, and
+the one-line summary of an explanation (the engine's terms, coalitions and window forwards, stay in the log line of
+:func:`engine_summary` and in ``explanation.json``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import time
 
 from .explanation import Explanation
 
-__all__ = ["Rate", "format_duration", "logging_to", "summary"]
+__all__ = ["Rate", "about", "engine_summary", "format_duration", "logging_to", "progress_text", "summary"]
 
 
 class Rate:
@@ -56,18 +58,65 @@ def logging_to(handler: logging.Handler | None):
         log.setLevel(level)
 
 
+def about(seconds: float | None) -> str:
+    """A time left as people say it: ``"about 19 s"``, ``"about 3 min"``; ``"estimating the time left"`` before
+    the pace is known."""
+    if seconds is None:
+        return "estimating the time left"
+    if seconds < 1:
+        return "about a second"
+    if seconds < 90:
+        return f"about {seconds:.0f} s"
+    if seconds < 5400:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+def progress_text(done: int, total: int, eta: float | None, *, unit: str | None = None) -> str:
+    """A progress line in the user's words: ``"evaluating the model, 37 %, about 19 s left"`` (window forwards,
+    what an explanation's time goes to, are not a unit users know), or with a ``unit``
+    ``"3 of 10 cases, about 2 min left"``."""
+    percent = 100.0 * done / max(total, 1)
+    left = about(eta) if eta is None else f"{about(eta)} left"
+    if unit is None:
+        return f"evaluating the model, {percent:.0f} %, {left}"
+    return f"{done:,} of {total:,} {unit}, {left}"
+
+
+_ENDINGS = {
+    "exact": "exact: every coalition evaluated",
+    "tolerance": "settled: largest standard error under {tolerance:.0%} of the values' range",
+    "budget": "all {budget:,} samples used",
+    "exhausted": "every sample the design can draw used",
+    "max_seconds": "stopped at the time limit after {n:,} of {budget:,} samples",
+    "max_forwards": "stopped at the forward limit after {n:,} of {budget:,} samples",
+}
+"""How an estimation ended (:data:`segshap.evaluation.STOP_REASONS`), in words."""
+
+
 def summary(explanation: Explanation) -> str:
-    """One line on what an explanation cost and how faithful it is."""
+    """One line on an explanation in the user's words: features, samples and time, how the sampling ended, what
+    the standard errors allow, the faithfulness check. The engine's own account is :func:`engine_summary`."""
+    stats, settings = explanation.stats, explanation.settings
+    ending = _ENDINGS.get("exact" if explanation.exact else stats["stop_reason"], stats["stop_reason"]).format(
+        tolerance=settings.get("tolerance") or 0.0, budget=stats["budget"], n=stats["evaluations"]
+    )
+    line = (
+        f"{len(explanation.feature_ids)} features from {stats['evaluations']:,} samples in "
+        f"{format_duration(stats['seconds'])} ({ending})"
+    )
+    for name, curves in zip(explanation.target_names, explanation.faithfulness):
+        line += f"; {name + ': ' if len(explanation.faithfulness) > 1 else ''}{curves.summary()}"
+    return "; ".join([line, *explanation.warnings])
+
+
+def engine_summary(explanation: Explanation) -> str:
+    """One line on what an explanation cost in the engine's terms (coalitions, design, window forwards), for logs."""
     stats = explanation.stats
     forwards = stats.get("faithfulness_forwards", 0)
-    curves = "".join(
-        f"; {name}: {curves.summary()}" if len(explanation.faithfulness) > 1 else f"; {curves.summary()}"
-        for name, curves in zip(explanation.target_names, explanation.faithfulness)
-    )
     return (
         f"{len(explanation.feature_ids)} features, {stats['evaluations']} coalitions "
-        f"({'exact' if explanation.exact else stats['design']}, stopped by {stats['stop_reason']}), "
-        f"{stats['patch_forwards']} patch forwards ({stats['forwards_per_coalition']:.1f} per coalition"
-        f"{f', {forwards} of them for the faithfulness curves' if forwards else ''}), "
-        f"{stats['seconds']:.1f} s{curves}"
+        f"({'exact' if explanation.exact else stats['design']}, stop reason {stats['stop_reason']}), "
+        f"{stats['patch_forwards']} window forwards ({stats['forwards_per_coalition']:.1f} per coalition"
+        f"{f', {forwards} of them for the faithfulness curves' if forwards else ''}), {stats['seconds']:.1f} s"
     )

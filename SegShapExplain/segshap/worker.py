@@ -2,11 +2,12 @@
 
 The worker carries out one request file (:mod:`segshap.request`, :mod:`segshap.jobs`; the protocol in full is in
 ``docs/cli.md``) and reports on its real stdout, one JSON object per line: ``{"event": "log", "level",
-"message"}`` for stage messages, ``{"event": "progress", "done", "total", "eta_s", "eta"}`` while it computes (a
-cohort counts cases, and reports each as it ends: ``{"event": "case", "case_id", "failed"}``, ``failed`` the
-reason or ``null``), then ``{"event": "done", ...}`` with the task's fields, or ``{"event": "error", "message"}``
-(with ``"reason": "out_of_memory"`` when the GPU ran out). Everything else it prints goes to stderr. It ends when
-the process that launched it is gone (:func:`exit_with_parent`).
+"message"}`` for stage messages, ``{"event": "progress", "done", "total", "eta_s", "eta", "text"}`` while it
+computes (``text``: the line to show, in the user's words; a cohort counts cases, and reports each as it ends:
+``{"event": "case", "case_id", "failed"}``, ``failed`` the reason or ``null``), then ``{"event": "done", ...}``
+with the task's fields, or ``{"event": "error", "message"}`` (with ``"reason": "out_of_memory"`` when the GPU ran
+out). Everything else it prints goes to stderr. It ends when the process that launched it is gone
+(:func:`exit_with_parent`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 
 from .jobs import cohort_from_request, describe, explain_and_save, segment
 from .processes import process_alive
-from .reporting import Rate, format_duration, logging_to, summary
+from .reporting import Rate, engine_summary, format_duration, logging_to, progress_text, summary
 from .request import read_request
 
 __all__ = ["EventWriter", "EventLogHandler", "run_worker", "exit_with_parent", "argument_name"]
@@ -44,11 +45,19 @@ class EventWriter:
             self.stream.write(json.dumps({"event": event, **fields}) + "\n")
             self.stream.flush()
 
-    def progress(self, done: int, total: int) -> None:
+    def progress(self, done: int, total: int, unit: str | None = None) -> None:
         eta = self.rate.eta(done, total)
         self.emit(
-            "progress", done=done, total=total, eta_s=None if eta is None else round(eta, 1), eta=format_duration(eta)
+            "progress",
+            done=done,
+            total=total,
+            eta_s=None if eta is None else round(eta, 1),
+            eta=format_duration(eta),
+            text=progress_text(done, total, eta, unit=unit),
         )
+
+    def case_progress(self, done: int, total: int) -> None:
+        self.progress(done, total, unit="cases")
 
 
 class EventLogHandler(logging.Handler):
@@ -78,11 +87,14 @@ def run_worker(request_path: str, events: EventWriter, parent_pid: int | None = 
             fields = segment(request)
         elif task == "cohort":
             _, fields = cohort_from_request(
-                request, events.progress, lambda case_id, reason: events.emit("case", case_id=case_id, failed=reason)
+                request,
+                events.case_progress,
+                lambda case_id, reason: events.emit("case", case_id=case_id, failed=reason),
             )
         else:
             explanation, outputs = explain_and_save(request, events.progress, log)
-            fields = {"outputs": outputs, "summary": summary(explanation)}
+            log.info("%s", engine_summary(explanation))
+            fields = {"outputs": outputs, "summary": summary(explanation), "warnings": explanation.warnings}
     events.emit("done", **fields)
     return 0
 

@@ -45,6 +45,7 @@ from .slic import build as _build_slic
 
 __all__ = [
     "FEATURE_KINDS",
+    "FEATURE_WORDS",
     "ORGAN_FEATURES",
     "DEFAULT_COMPACTNESS",
     "build_features",
@@ -69,6 +70,15 @@ FEATURE_KINDS = tuple(_BUILDERS)
 
 ORGAN_FEATURES = ("organs", "organ_aware")
 """The kinds made from an organ label map."""
+
+FEATURE_WORDS = {
+    "slic": "supervoxels",
+    "fcc": "regular supervoxels",
+    "grid": "cubes",
+    "organs": "organs",
+    "organ_aware": "organ-aware supervoxels",
+}
+"""Each kind as messages name it to users."""
 
 
 def build_features(
