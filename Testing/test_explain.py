@@ -101,7 +101,8 @@ def test_save_writes_all_outputs_with_the_geometry(tmp_path, explained):
     assert report["stats"]["evaluations"] == 200
     assert {"segshap", "torch", "monai"} <= set(report["versions"])
     assert sum(row["voxels"] for row in report["features"]) == int((ex.feature_map > 0).sum())
-    assert report["features"][0]["centroid_ras_mm"] == [2 * c for c in report["features"][0]["centroid_voxel"]]
+    first = report["features"][0]  # both rounded to 0.01: the RAS one may differ by its rounding
+    assert first["centroid_ras_mm"] == pytest.approx([2 * c for c in first["centroid_voxel"]], abs=0.011)
     assert outputs["overview"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial")]
 
@@ -216,23 +217,23 @@ def test_a_forward_budget_bounds_the_whole_run_and_is_reported(mni_t1, tmp_path)
         nsamples=5000,
         device="cpu",
         design="chains",
-        max_forwards=150,
+        max_forwards=300,
         progress=lambda done, total: reports.append((done, total)),
         **TILING,
     )
     stats = ex.stats
     assert stats["design"] == "chains" and stats["stop_reason"] == "max_forwards"
-    assert 0 < stats["estimation_forwards"] <= 150 / (1 + FAITHFULNESS_SHARE) and stats["evaluations"] < 5000
+    assert 0 < stats["estimation_forwards"] <= 300 / (1 + FAITHFULNESS_SHARE) and stats["evaluations"] < 5000
     assert stats["forwards_per_coalition"] == pytest.approx(stats["estimation_forwards"] / stats["evaluations"])
     spent = stats["estimation_forwards"] + stats["faithfulness_forwards"]
-    assert spent <= 150 and stats["faithfulness_forwards"] <= FAITHFULNESS_SHARE * stats["estimation_forwards"]
+    assert spent <= 300 and stats["faithfulness_forwards"] <= FAITHFULNESS_SHARE * stats["estimation_forwards"]
     assert (ex.faithfulness == ()) == (stats["faithfulness_skipped"] is not None)
     assert reports[-1] == (spent, spent) and [d for d, _ in reports] == sorted(d for d, _ in reports)
-    assert all(total == 150 for _, total in reports[: stats["evaluations"] // 64])
+    assert all(total == 300 for _, total in reports[: stats["evaluations"] // 64])
     assert abs(ex.values.sum() - (ex.full_value - ex.base_value)) < 1e-9
     ex.save(tmp_path)
     report = json.loads((tmp_path / "explanation.json").read_text())
-    assert report["settings"]["design"] == "chains" and report["settings"]["max_forwards"] == 150
+    assert report["settings"]["design"] == "chains" and report["settings"]["max_forwards"] == 300
     assert report["stats"]["stop_reason"] == "max_forwards" and "forwards_per_coalition" in report["stats"]
 
 
@@ -262,7 +263,7 @@ def test_faithfulness_curves_are_the_game_s_values_along_the_ranking(mni_t1, exp
     (curves,) = ex.faithfulness
     m, points = ex.feature_ids.size, curves.steps.size
     assert curves.deletion.shape == curves.insertion.shape == curves.random_deletion.shape == (points,)
-    assert points == min(m, CURVE_POINTS) + 1 and curves.steps[-1] == m
+    assert points <= min(m, CURVE_POINTS) + 1 and curves.steps[0] == 0 and curves.steps[-1] == m
     for start, end in ((curves.deletion, curves.insertion), (curves.random_deletion, curves.random_insertion)):
         assert start[0] == pytest.approx(ex.full_value, abs=1e-9) and start[-1] == pytest.approx(
             ex.base_value, abs=1e-9

@@ -90,10 +90,20 @@ def test_the_command_line_has_a_flag_per_option_and_sends_only_those_given():
 def test_arrays_are_inputs_beside_the_options():
     import numpy as np
 
-    features, baseline = np.ones((4, 4, 4), int), np.zeros((4, 4, 4))
-    values, feature_map, baseline_array = split_arrays({"features": features, "baseline": baseline, "seed": 3})
-    assert values == {"seed": 3} and feature_map is features and baseline_array is baseline
-    assert split_arrays({"features": "grid", "baseline": 0.5}) == ({"features": "grid", "baseline": 0.5}, None, None)
+    features, baseline, foreground = np.ones((4, 4, 4), int), np.zeros((4, 4, 4)), np.ones((4, 4, 4), bool)
+    values, arrays = split_arrays({"features": features, "baseline": baseline, "foreground": foreground, "seed": 3})
+    assert values == {"seed": 3} and arrays == {"features": features, "baseline": baseline, "foreground": foreground}
+    named = {"features": "grid", "baseline": 0.5, "foreground": "none"}
+    assert split_arrays(named) == (named, {})
+
+
+def test_the_foreground_is_auto_none_or_a_mask_file(tmp_path):
+    assert ExplainOptions().foreground == "auto" and ExplainOptions(foreground="none").foreground == "none"
+    mask = tmp_path / "mask.nii.gz"
+    mask.write_bytes(b"")
+    assert ExplainOptions(foreground=mask).foreground == str(mask)
+    with pytest.raises(ArgumentError, match="foreground= must be auto or none, a mask file .*which is no file"):
+        ExplainOptions(foreground=str(tmp_path / "missing.nii.gz"))
 
 
 def test_the_version_is_printed():

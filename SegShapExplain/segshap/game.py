@@ -14,9 +14,19 @@ import torch
 
 from .engine import PatchEngine
 from .features import FEATURE_WORDS, ORGAN_FEATURES, build_features
+from .foreground import foreground_mask
 from .geometry import ModelInput
 from .inference import model_labels, prepare, require_predicted
-from .inputs import as_roi_mask, reference_masks, resolve_baseline, resolve_device, roi_around, target_list
+from .inputs import (
+    ArgumentError,
+    as_roi_mask,
+    reference_masks,
+    resolve_baseline,
+    resolve_device,
+    roi_around,
+    target_list,
+)
+from .io import read_labels
 from .models import LoadedModel, load_model
 from .options import ExplainOptions, split_arrays
 from .tiling import TilingSpec
@@ -42,8 +52,11 @@ class ExplanationGame:
         The image on the model's grid.
     feature_map : np.ndarray
         All features built, on the model's grid (``engine.feature_ids`` are those that can change a value).
-    features_given, baseline_given : bool
-        Whether the feature map or the baseline was given as an array (in place of the options' names).
+    features_given, baseline_given, foreground_given : bool
+        Whether the feature map, the baseline or the foreground was given as an array (in place of the options'
+        names).
+    foreground : np.ndarray or None
+        Where features may be, on the model's grid (``None``: everywhere); see the ``foreground`` option.
     organ_features : bool
         Whether the features are organs or organ-aware supervoxels of :attr:`labelmap`.
     labelmap : np.ndarray or None
@@ -69,6 +82,8 @@ class ExplanationGame:
     feature_map: np.ndarray
     features_given: bool
     baseline_given: bool
+    foreground_given: bool
+    foreground: np.ndarray | None
     organ_features: bool
     labelmap: np.ndarray | None
     targets: tuple
@@ -104,7 +119,8 @@ def explanation_game(
     segments and ROI, and the :class:`PatchEngine` that evaluates coalitions. Parameters as for :func:`explain`.
     Useful to evaluate chosen coalitions (deletion curves, exact enumeration, other estimators) on the same game.
     """
-    values, given_features, given_baseline = split_arrays(option_values)
+    values, arrays = split_arrays(option_values)
+    given_features, given_baseline = arrays.get("features"), arrays.get("baseline")
     options = ExplainOptions.given(options, values)
     device = resolve_device(options.device)
     if isinstance(model, (str, os.PathLike)):
@@ -138,7 +154,9 @@ def explanation_game(
     roi = as_roi_mask(roi, spatial)
     _, padded_support = tiling.windows_reading(tiling.pad(roi, False))
     support = tiling.unpad_box(padded_support)
+    foreground = None
     if given_features is None:
+        foreground = _foreground(options.foreground, arrays.get("foreground"), prepared, options.features == "organs")
         _log.info(
             "Building %s in the part of the image that can change the result (voxels %s)",
             "organs"
@@ -146,7 +164,7 @@ def explanation_game(
             else f"about {options.n_features} {FEATURE_WORDS[options.features]}",
             " x ".join(f"{a}-{b}" for a, b in support),
         )
-        feature_map = build_features(options.features, x, labelmap, support, options.n_features)
+        feature_map = build_features(options.features, x, labelmap, support, options.n_features, foreground)
     else:
         feature_map = prepared.to_model_grid(np.asarray(given_features))
 
@@ -179,6 +197,8 @@ def explanation_game(
         feature_map=feature_map,
         features_given=given_features is not None,
         baseline_given=given_baseline is not None,
+        foreground_given="foreground" in arrays,
+        foreground=foreground,
         organ_features=organ_features,
         labelmap=labelmap,
         targets=targets,
@@ -191,6 +211,34 @@ def explanation_game(
         device=device,
         baseline=baseline,
     )
+
+
+def _foreground(option: str, given: np.ndarray | None, prepared: ModelInput, whole_organs: bool) -> np.ndarray | None:
+    """Where features may be, on the model's grid: the given mask (an array or a file on the image's grid), the
+    image's own foreground for ``"auto"`` (not for whole organs, which the label map delimits), or everywhere
+    (``None``)."""
+    if given is None and option == "auto":
+        if whole_organs:
+            return None
+        mask = foreground_mask(prepared.image)
+        if mask is None:
+            _log.info("The image has no background to leave out: features may be anywhere")
+        else:
+            _log.info(
+                "Features only in the image's foreground, %.0f %% of it (foreground='none' puts them everywhere)",
+                100 * mask.mean(),
+            )
+        return mask
+    if given is None and option == "none":
+        return None
+    if given is None:
+        given, _ = read_labels(option, prepared.source, mask=True, what="foreground mask")
+    given, shape = np.asarray(given), tuple(prepared.source.shape)
+    if given.shape != shape:
+        raise ArgumentError(
+            "foreground", f"{{argument}} has shape {given.shape}; it must be a mask on the image's grid, {shape}."
+        )
+    return prepared.to_model_grid(given > 0)
 
 
 def _targets(model, target) -> tuple[tuple[int, ...], tuple[str, ...], bool]:

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 
 from .cache import DEFAULT_CACHE_BYTES
 from .estimator import DESIGNS
 from .features import FEATURE_KINDS
+from .foreground import FOREGROUND_CHOICES
 from .inference import DEFAULT_BATCH_SIZE
 from .inputs import (
     BASELINES,
@@ -40,6 +43,7 @@ __all__ = [
     "ExplainOptions",
     "OPTION_NAMES",
     "AUTOCAST_DTYPES",
+    "ARRAY_OPTIONS",
     "split_arrays",
     "add_option_flags",
     "options_from_flags",
@@ -104,6 +108,11 @@ class ExplainOptions:
     features : str
         How the image is cut into features: ``"slic"``, ``"fcc"``, ``"grid"``, ``"organs"`` or ``"organ_aware"``
         (see :mod:`segshap.features`); built only where they can change a value.
+    foreground : str
+        Where features may be: ``"auto"``, the image's foreground (:func:`segshap.foreground.foreground_mask`:
+        the air around the patient is no feature; whole organs are left as the label map makes them), ``"none"``,
+        everywhere, or the path of a mask file (NIfTI, NRRD or ``.seg.nrrd``, placed by its geometry).
+        ``segshap.explain`` also takes a bool array on the image's grid.
     n_features : int
         About how many features to build inside the support (per region for ``"organ_aware"``; ignored for
         ``"organs"``).
@@ -150,6 +159,12 @@ class ExplainOptions:
 
     features: str = field(
         default="slic", metadata=_option("how the image is cut into features (default slic)", choices=FEATURE_KINDS)
+    )
+    foreground: str = field(
+        default="auto",
+        metadata=_option(
+            "auto (features only where the image is not background), none, or a mask file", None, "auto|none|FILE"
+        ),
     )
     n_features: int = field(default=100, metadata=_option("about how many features (default 100)", _integer))
     value: str = field(default="soft_dice", metadata=_option("value function (default soft_dice)", choices=VALUE_NAMES))
@@ -209,6 +224,7 @@ class ExplainOptions:
     def __post_init__(self) -> None:
         normalised = {
             "features": checked_choice(self.features, "features", FEATURE_KINDS),
+            "foreground": _checked_foreground(self.foreground),
             "n_features": checked_integer(self.n_features, "n_features"),
             "value": checked_choice(self.value, "value", VALUE_NAMES),
             "baseline": _checked_baseline(self.baseline),
@@ -288,13 +304,17 @@ OPTION_NAMES = tuple(f.name for f in fields(ExplainOptions))
 ``options``."""
 
 
-def split_arrays(values: dict) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
-    """Keyword options with a feature map or a baseline given as an array taken out: ``(options, feature_map,
-    baseline_array)``. ``features=`` and ``baseline=`` take either a name (an option) or an array (an input)."""
+ARRAY_OPTIONS = ("features", "baseline", "foreground")
+"""The options that also take an array, which is then an input: a feature map, a baseline image, a foreground
+mask."""
+
+
+def split_arrays(values: dict) -> tuple[dict, dict[str, np.ndarray]]:
+    """Keyword options with those given as arrays (:data:`ARRAY_OPTIONS`) taken out: ``(options, arrays)``.
+    ``features=``, ``baseline=`` and ``foreground=`` take either a name (an option) or an array (an input)."""
     values = dict(values)
-    feature_map = values.pop("features") if _is_array(values.get("features")) else None
-    baseline = values.pop("baseline") if _is_array(values.get("baseline")) else None
-    return values, feature_map, baseline
+    arrays = {name: values.pop(name) for name in ARRAY_OPTIONS if _is_array(values.get(name))}
+    return values, arrays
 
 
 def _is_array(value) -> bool:
@@ -346,6 +366,18 @@ def _checked_baseline(value) -> str | float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
         raise ArgumentError("baseline", f"{{argument}} must be one of {', '.join(BASELINES)} or a finite number.")
     return float(value)
+
+
+def _checked_foreground(value) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or (value not in FOREGROUND_CHOICES and not Path(value).is_file()):
+        raise ArgumentError(
+            "foreground",
+            f"{{argument}} must be {' or '.join(FOREGROUND_CHOICES)}, a mask file or (in Python) a bool array; got "
+            f"{value!r}" + (", which is no file" if isinstance(value, str) else "") + ".",
+        )
+    return value
 
 
 def _checked_nsamples(value) -> int | str:

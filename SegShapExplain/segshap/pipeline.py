@@ -223,6 +223,7 @@ def _settings(game, tolerance: float | None) -> dict:
         "target": list(game.targets),
         "features": "given" if game.features_given else options["features"],
         "baseline": "array" if game.baseline_given else options["baseline"],
+        "foreground": "array" if game.foreground_given else options["foreground"],
         "tolerance": tolerance,
         "device": str(game.device),
         "roi_box": [list(b) for b in game.engine.roi_box],

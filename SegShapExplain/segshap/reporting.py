@@ -22,6 +22,8 @@ class Rate:
         self.first: tuple[float, int] | None = None
 
     def eta(self, done: int, total: int) -> float | None:
+        if total <= 0:  # nothing to measure yet (the first batches may all come from the cache)
+            return None
         now = time.monotonic()
         if self.first is None:
             self.first = (now, done)

@@ -22,8 +22,9 @@ features only where they can matter. :func:`grid` and :func:`fcc` are anchored a
 in the same cell whatever the support (only the numbering of the cells depends on it); cells cut by the support keep
 their inside part.
 
-A new kind is a module with the kind's function and a ``build(image, labelmap, support, n_features)`` that makes
-about ``n_features`` features of it, registered in :data:`FEATURE_KINDS`'s table below.
+A new kind is a module with the kind's function and a ``build(image, labelmap, support, n_features, mask)`` that
+makes about ``n_features`` features of it inside the bool ``mask`` (none outside it; ``None``: everywhere),
+registered in :data:`FEATURE_KINDS`'s table below.
 """
 
 from __future__ import annotations
@@ -82,7 +83,12 @@ FEATURE_WORDS = {
 
 
 def build_features(
-    kind: str, image: np.ndarray, labelmap: np.ndarray | None, support: Box, n_features: int
+    kind: str,
+    image: np.ndarray,
+    labelmap: np.ndarray | None,
+    support: Box,
+    n_features: int,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """A feature map of ``kind`` with about ``n_features`` features inside ``support``.
 
@@ -97,10 +103,23 @@ def build_features(
     support : box
         Where features are built.
     n_features : int
-        About how many (per the kind's own rule; whole organs take as many as there are).
+        About how many (per the kind's own rule; whole organs take as many as there are), inside ``mask``.
+    mask : np.ndarray, optional
+        Bool ``(X, Y, Z)``: features only here (the image's foreground, :mod:`segshap.foreground`); voxels outside
+        belong to no feature.
+
+    Raises
+    ------
+    ValueError
+        When ``mask`` has no voxel inside the support.
     """
     checked_choice(kind, "features", FEATURE_KINDS)
     checked_integer(n_features, "n_features")
     if kind in ORGAN_FEATURES and labelmap is None:
         raise ValueError(f"features={kind!r} needs an organ label map.")
-    return _BUILDERS[kind](image, labelmap, support, n_features)
+    if mask is not None and not mask[tuple(slice(a, b) for a, b in support)].any():
+        raise ValueError(
+            "The foreground mask has no voxel where features could change the value; give a mask that covers the "
+            "target's surroundings, or foreground='none'."
+        )
+    return _BUILDERS[kind](image, labelmap, support, n_features, mask)

@@ -119,3 +119,11 @@ def contiguous(labels: np.ndarray) -> np.ndarray:
     """Non-negative labels renumbered ``1..N`` in increasing order, 0 kept as 0."""
     labels = np.asarray(labels, dtype=np.int64)
     return number_present(labels, int(labels.max()) + 1, zero_is_none=True)
+
+
+def restricted(features: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``features`` with the voxels outside ``mask`` in no feature, renumbered ``1..N`` (a feature wholly outside
+    is gone, one cut by the mask keeps its inside part)."""
+    if mask is None:
+        return features
+    return contiguous(np.where(mask, features, 0))

@@ -13,13 +13,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..tiling import Box
-from .base import as_positive_float, as_shape, as_support, number_present, paste
+from .base import as_positive_float, as_shape, as_support, number_present, paste, restricted
 
 
-def build(image: np.ndarray, labelmap: np.ndarray | None, support: Box, n_features: int) -> np.ndarray:
-    """About ``n_features`` cells inside ``support`` (a cell holds ``spacing**3 / sqrt(2)`` voxels)."""
-    volume = math.prod(b - a for a, b in support)
-    return fcc(image.shape[1:], (math.sqrt(2) * volume / n_features) ** (1 / 3), support=support)
+def build(
+    image: np.ndarray, labelmap: np.ndarray | None, support: Box, n_features: int, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """About ``n_features`` cells inside ``support`` (a cell holds ``spacing**3 / sqrt(2)`` voxels), cut to
+    ``mask`` (the cells keep their size: those outside the mask are gone)."""
+    spacing = (math.sqrt(2) * math.prod(b - a for a, b in support) / n_features) ** (1 / 3)
+    return restricted(fcc(image.shape[1:], spacing, support=support), mask)
 
 
 _CHUNK_VOXELS = 2**21

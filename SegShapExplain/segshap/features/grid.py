@@ -9,13 +9,16 @@ import numpy as np
 
 from ..inputs import is_integer
 from ..tiling import Box
-from .base import as_shape, as_support, paste
+from .base import as_shape, as_support, paste, restricted
 
 
-def build(image: np.ndarray, labelmap: np.ndarray | None, support: Box, n_features: int) -> np.ndarray:
-    """Blocks of about ``n_features`` inside ``support`` (cubes of the volume they share)."""
-    volume = math.prod(b - a for a, b in support)
-    return grid(image.shape[1:], max(1, round((volume / n_features) ** (1 / 3))), support=support)
+def build(
+    image: np.ndarray, labelmap: np.ndarray | None, support: Box, n_features: int, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Blocks of about ``n_features`` inside ``support`` (cubes of the volume they share), cut to ``mask`` (the
+    cubes keep their size: those outside the mask are gone)."""
+    size = max(1, round((math.prod(b - a for a, b in support) / n_features) ** (1 / 3)))
+    return restricted(grid(image.shape[1:], size, support=support), mask)
 
 
 def grid(shape: Sequence[int], size: int | Sequence[int], *, support: Box | None = None) -> np.ndarray:

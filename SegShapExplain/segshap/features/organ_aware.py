@@ -11,14 +11,28 @@ import numpy as np
 
 from ..inputs import as_channels_first
 from ..tiling import Box, box_slices
-from .base import as_labelmap, as_positive_float, as_positive_int, as_support, check_finite, distinct, paste
+from .base import (
+    as_labelmap,
+    as_positive_float,
+    as_positive_int,
+    as_support,
+    check_finite,
+    distinct,
+    paste,
+    restricted,
+)
 from .slic import DEFAULT_COMPACTNESS, slic_labels, spread_normalised
 
 
-def build(image: np.ndarray, labelmap: np.ndarray | None, support: Box, n_features: int) -> np.ndarray:
-    """About ``n_features`` supervoxels in all, divided among the regions inside ``support``."""
-    regions = len(np.unique(labelmap[box_slices(support)]))
-    return organ_aware(labelmap, image[0], max(1, round(n_features / regions)), support=support)
+def build(
+    image: np.ndarray, labelmap: np.ndarray | None, support: Box, n_features: int, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """About ``n_features`` supervoxels in all, divided among the regions inside ``support``, cut to ``mask``
+    (the regions outside it, such as the air around the patient, make none)."""
+    crop = labelmap[box_slices(support)]
+    regions = len(np.unique(crop if mask is None else crop[mask[box_slices(support)]]))
+    features = organ_aware(labelmap, image[0], max(1, round(n_features / max(regions, 1))), support=support)
+    return restricted(features, mask)
 
 
 def organ_aware(

@@ -10,12 +10,14 @@ import numpy as np
 
 from ..inputs import as_features
 from ..tiling import Box, box_slices
-from .base import as_labelmap, as_support, distinct, paste
+from .base import as_labelmap, as_support, distinct, paste, restricted
 
 
-def build(image: np.ndarray, labelmap: np.ndarray | None, support: Box, n_features: int) -> np.ndarray:
-    """Every organ of ``labelmap`` inside ``support`` (``n_features`` does not apply)."""
-    return organs(labelmap, support=support)
+def build(
+    image: np.ndarray, labelmap: np.ndarray | None, support: Box, n_features: int, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Every organ of ``labelmap`` inside ``support``, cut to ``mask`` (``n_features`` does not apply)."""
+    return restricted(organs(labelmap, support=support), mask)
 
 
 _DENSE_COUNTS = 2**26

@@ -12,9 +12,11 @@ from ..tiling import Box, box_slices
 from .base import as_positive_float, as_positive_int, as_support, check_finite, contiguous, paste
 
 
-def build(image: np.ndarray, labelmap: np.ndarray | None, support: Box, n_features: int) -> np.ndarray:
-    """About ``n_features`` supervoxels inside ``support``."""
-    return slic(image if len(image) > 1 else image[0], n_segments=n_features, support=support)
+def build(
+    image: np.ndarray, labelmap: np.ndarray | None, support: Box, n_features: int, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """About ``n_features`` supervoxels inside ``support`` and ``mask`` (mask-SLIC seeds them over the mask)."""
+    return slic(image if len(image) > 1 else image[0], n_segments=n_features, mask=mask, support=support)
 
 
 DEFAULT_COMPACTNESS = 0.2
