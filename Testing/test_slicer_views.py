@@ -1,5 +1,7 @@
 """What a clinician sees: a real explanation shown by the Lib's ``showResults`` and rendered by 3D Slicer's own
-slice and 3D view code (slicer-core, offscreen through Mesa's EGL), checked pixel by pixel.
+slice and 3D view code (slicer-core, offscreen through Mesa's EGL), checked pixel by pixel: the colours and
+opacities of ``segshap.palette`` (weak features leave the anatomy readable), the screen directions, the outlines,
+the 3D view, and the orientation letters and marker of ``slices.png``.
 
 The features are drawn by Slicer's segmentation displayable manager, through OpenGL. Where no EGL can be had, the
 slice pixels come from the slice logic's blended layers (the same pixels without OpenGL, but without the
@@ -11,7 +13,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +23,11 @@ import slicer
 import slicer.util
 import vtk
 from helpers.slicer_scenes import DEMO, SMALL, vtk_matrix
+from matplotlib.image import imread
 from scipy import ndimage
 
+import SegShapExplainLib
+from segshap.palette import UNPAINTED_FRACTION
 from SegShapExplainLib import OutlineStyle, SegShapExplainLogic
 from SegShapExplainLib.results import (
     STRONGEST_ALPHA,
@@ -30,7 +37,15 @@ from SegShapExplainLib.results import (
     setOutlineStyle,
     showInSliceViews,
 )
-from SegShapExplainLib.views import SLICE_VIEWS, HeadlessViews, _nonzeroBounds, openGLAvailable
+from SegShapExplainLib.views import (
+    PICTURE_SIZE,
+    SLICE_VIEWS,
+    HeadlessViews,
+    _nonzeroBounds,
+    openGLAvailable,
+    panelOrigins,
+    screenLetters,
+)
 
 pytestmark = pytest.mark.slow
 SIZE = (240, 240)
@@ -150,7 +165,7 @@ def test_only_feature_pixels_change_and_the_strongest_show_the_end_colours(shown
             assert (ids > 0).any(), name
             if not egl:
                 continue
-            # Inside, every feature is tinted by its value: none is invisible, the strongest is the most opaque.
+            # Inside, every feature is tinted as the palette says (the weakest not at all), the strongest most.
             for other in np.unique(ids[ids > 0]):
                 pixels = _inside(ids, other)
                 expected = _expected(
@@ -167,32 +182,109 @@ def test_only_feature_pixels_change_and_the_strongest_show_the_end_colours(shown
     assert checked["positive"] >= 1, "the strongest positive feature shows in no slice view through its centre"
 
 
-def test_a_feature_of_two_percent_is_visibly_tinted(shown, egl, tmp_path):
+def _saved(nodes, volume, folder, report=None) -> tuple:
+    """The explanation's outputs (its report, or ``report``) and the image, written to ``folder``."""
+    (folder / "explanation.json").write_text(json.dumps(report or nodes.report))
+    outputs = {
+        "heatmap": _write(nodes.heatmap, folder / "heatmap.nrrd"),
+        "features": _write(nodes.features, folder / "features.nrrd"),
+        "report": folder / "explanation.json",
+    }
+    return outputs, _write(volume, folder / "image.nrrd")
+
+
+def test_weak_features_leave_the_anatomy_readable(shown, egl, tmp_path):
     if not egl:
         pytest.skip("The segments are drawn through OpenGL; no EGL here.")
     scene, views, volume, nodes, _ = shown
     rows, strongest = _rows(nodes), _strongest(nodes)
-    weak = min(rows, key=lambda i: abs(rows[i]["value"]))
+    faint, weak = sorted(rows, key=lambda i: abs(rows[i]["value"]))[:2]
     report = copy.deepcopy(nodes.report)
+    shares = {faint: UNPAINTED_FRACTION / 2, weak: 0.2}  # of the strongest |value|
     for row in report["features"]:
-        if row["id"] == weak:
-            row["value"] = 0.02 * strongest
-    (tmp_path / "explanation.json").write_text(json.dumps(report))
-    outputs = {
-        "heatmap": _write(nodes.heatmap, tmp_path / "heatmap.nrrd"),
-        "features": _write(nodes.features, tmp_path / "features.nrrd"),
-        "report": tmp_path / "explanation.json",
+        row["value"] = shares[row["id"]] * strongest if row["id"] in shares else row["value"]
+    edited = importExplanation(scene, _saved(nodes, volume, tmp_path, report)[0], volume, "weak")
+    alpha = featureOpacity(0.2 * strongest, strongest)
+    seen = {faint: 0, weak: 0}
+    for feature in seen:
+        _through(views, volume, rows[feature])
+        for name, (plain, after, ids) in _before_and_after(scene, views, volume, edited).items():
+            pixels = _inside(ids, feature)
+            grey = plain[pixels].mean(axis=-1)
+            if pixels.sum() < 20 or grey.std() < 3:
+                continue  # too few pixels, or too little anatomy under them, to read
+            seen[feature] += 1
+            if feature == faint:  # not painted: the image as it is
+                np.testing.assert_allclose(after[pixels], plain[pixels], atol=1, err_msg=name)
+                continue
+            for channel in range(3):
+                # The anatomy's grey levels still drive what is shown: the tint adds a constant and keeps 1 - alpha
+                # of their contrast (here 0.85).
+                slope = np.polyfit(grey, after[pixels][:, channel], 1)[0]
+                assert slope == pytest.approx(1 - alpha, abs=0.05), f"{name}, channel {channel}: slope {slope:.2f}"
+                assert np.corrcoef(grey, after[pixels][:, channel])[0, 1] > 0.98, f"{name}, channel {channel}"
+    assert all(seen.values()), f"a feature shows in no slice view through its centre: {seen}"
+
+
+def test_slices_png_has_letters_at_the_slice_edges_and_the_orientation_marker(shown, egl, tmp_path):
+    scene, views, volume, nodes, _ = shown
+    rows = _rows(nodes)
+    centre = rows[max(rows, key=lambda i: abs(rows[i]["value"]))]["centroid_ras_mm"]
+    _, image = _saved(nodes, volume, tmp_path)
+    # In a process of its own, as the engine renders slices.png: the displayable-manager factories are
+    # process-wide, and a second set of views in this process would share them with the fixture's.
+    command = [sys.executable, "-m", "SegShapExplainLib.views", "--image", str(image), "--outputs", str(tmp_path)]
+    command += ["--volume-format", ".nrrd", "--centre=" + ",".join(map(str, centre)), "--out", str(tmp_path / "s.png")]
+    environment = {**os.environ, "PYTHONPATH": str(Path(SegShapExplainLib.__file__).parents[1])}
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    size = PICTURE_SIZE
+    picture = (imread(tmp_path / "s.png")[..., :3] * 255).round()
+    panels = [picture[r : r + size, c : c + size] for r, c in panelOrigins(size)]
+    expected = {
+        "Red": {"left": "R", "right": "L", "top": "A", "bottom": "P"},
+        "Yellow": {"left": "A", "right": "P", "top": "S", "bottom": "I"},
+        "Green": {"left": "R", "right": "L", "top": "S", "bottom": "I"},
     }
-    edited = importExplanation(scene, outputs, volume, "two percent")
-    _through(views, volume, rows[weak])
-    seen = 0
-    for name, (plain, after, ids) in _before_and_after(scene, views, volume, edited).items():
-        pixels = _inside(ids, weak)
-        if pixels.any():
-            seen += 1
-            # Opacity 0.34: at least 25 grey levels from the image in some channel, whatever the anatomy.
-            assert np.abs(after[pixels] - plain[pixels]).max(axis=-1).min() >= 25, name
-    assert seen, "the weak feature shows in no slice view through its centre"
+    half, edge = size // 2, 26
+    boxes = {
+        "left": np.s_[half - 15 : half + 15, :edge],
+        "right": np.s_[half - 15 : half + 15, -edge:],
+        "top": np.s_[:edge, half - 15 : half + 15],
+        "bottom": np.s_[-edge:, half - 15 : half + 15],
+    }
+    for (name, letters), panel in zip(expected.items(), panels):
+        assert screenLetters(views.sliceNode(name)) == letters, name
+        yellow = (panel[..., 0] > 200) & (panel[..., 1] > 170) & (panel[..., 2] < 80)  # palette.LETTER_RGB
+        for side, box in boxes.items():
+            assert yellow[box].sum() >= 10, f"{name}: no letter at the {side} edge"
+        inside = np.zeros_like(yellow)
+        inside[edge:-edge, edge:-edge] = True
+        assert not (yellow & inside).any(), f"{name}: letter-coloured pixels away from the edges"
+    if not egl:
+        pytest.skip("The 3D view and its orientation marker need OpenGL; no EGL here (the letters were checked).")
+    # Slicer's own marker, found as what it adds to the 3D view: the R axis (red) points to the screen's left and
+    # the S axis (blue) up from the A axis (green, towards the viewer), as a patient seen from the front.
+    bounds = _nonzeroBounds(nodes.features, set(nodes.topFeatures))
+    node = views.viewNode
+    node.SetOrientationMarkerSize(node.OrientationMarkerSizeLarge)
+    marked = {}
+    for kind in (node.OrientationMarkerTypeNone, node.OrientationMarkerTypeAxes):
+        node.SetOrientationMarkerType(kind)
+        marked[kind] = views.renderThreeD((size, size), bounds).astype(float)
+    node.SetOrientationMarkerType(node.OrientationMarkerTypeNone)
+    marker = np.abs(marked[node.OrientationMarkerTypeAxes] - marked[node.OrientationMarkerTypeNone]).max(axis=-1) > 30
+    pixels = marked[node.OrientationMarkerTypeAxes]
+    centres = {}
+    for colour, channel in (("red", 0), ("green", 1), ("blue", 2)):
+        others = np.delete(pixels, channel, axis=-1).max(axis=-1)
+        where = marker & (pixels[..., channel] > 80) & (others < 60)
+        assert where.sum() >= 10, f"no {colour} axis in the orientation marker"
+        centres[colour] = np.argwhere(where).mean(axis=0)
+    assert centres["red"][1] < centres["green"][1] - 10, centres
+    assert centres["blue"][0] < centres["green"][0] - 10, centres
+    # slices.png's 3D panel carries the same marker.
+    assert np.abs(panels[3][marker] - pixels[marker]).mean() < 10
 
 
 def test_axial_shows_patient_right_on_screen_left_and_anterior_up(shown):

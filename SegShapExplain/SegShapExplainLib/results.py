@@ -1,11 +1,11 @@
 """The worker's outputs as MRML nodes: heatmap, feature labelmap, value table, volume rendering, subject hierarchy.
 
 What the slice views show: the input as background and a segmentation with one segment per feature, each filled
-in the colour of its sign (red supports the segmentation, blue works against it) at an opacity that grows with
-|value| (``FAINTEST_ALPHA`` for the weakest, ``STRONGEST_ALPHA`` for the strongest), so weak features let the
-anatomy through and only voxels outside every feature are shown untouched. The top features are also outlined, in
-their own colour at full opacity (outline colour is sign, as the fill's; a neutral colour would be a third one to
-read). Segments are drawn by Slicer's segmentation displayable manager, which blends each segment's opacity over
+in the colour of its sign (red supports the segmentation, blue works against it) at an opacity proportional to
+|value| (``segshap.palette``, the rule ``overview.png`` follows too: none under ``UNPAINTED_FRACTION`` of the
+strongest, ``STRONGEST_ALPHA`` for the strongest), so weak features let the anatomy through. The top features are
+also outlined, in their own colour at full opacity (outline colour is sign, as the fill's; a neutral colour would
+be a third one to read). Segments are drawn by Slicer's segmentation displayable manager, which blends each segment's opacity over
 the image; a label layer cannot: Slicer's slice view draws the blended layers with their alpha over black, so a
 translucent label entry darkens the anatomy under it. The segments are named with their values for the data probe.
 
@@ -23,21 +23,19 @@ from pathlib import Path
 import slicer
 import vtk
 
+# Colours and opacities shared with overview.png (segshap.palette needs nothing but the standard library); the
+# redundant aliases re-export names that this module's callers use.
+from segshap.palette import FAINTEST_ALPHA as FAINTEST_ALPHA
+from segshap.palette import NEGATIVE_RGB, POSITIVE_RGB, STRONGEST_ALPHA
+from segshap.palette import NEUTRAL_RGB as NEUTRAL_RGB
+from segshap.palette import feature_color as featureColor
+from segshap.palette import feature_opacity as featureOpacity
+
 from .exchange import ensureSegmentationConverters, readVolume
 from .settings import OutlineStyle
 
 DIVERGING_COLOR_NAME = "SegShapExplain diverging"
 DIVERGING_COLOR_TAG = "SegShapExplainDiverging"
-NEGATIVE_RGB = (0.23, 0.30, 0.75)
-"""Blue: features that work against the segmentation (Moreland's cool-warm end points)."""
-POSITIVE_RGB = (0.71, 0.02, 0.15)
-"""Red: features that support the segmentation."""
-NEUTRAL_RGB = (0.8, 0.8, 0.8)
-"""Grey: a feature whose value is exactly 0 (still a feature: only voxels outside every feature are untouched)."""
-FAINTEST_ALPHA = 0.25
-"""Opacity of the weakest tinted value: the anatomy under a weak feature stays readable."""
-STRONGEST_ALPHA = 0.9
-"""Opacity at the strongest value."""
 TOP_FEATURES = 10
 """The top features (by |value|) that are outlined and shown in 3D: this many, or all when there are fewer."""
 TABLE_COLUMNS = ("Feature", "Value", "Std. error", "Voxels", "Organ", "R", "A", "S")
@@ -288,18 +286,6 @@ def _featureSegments(scene, features, rows: list[dict], strongest: float, name: 
         segment.SetColor(*featureColor(value))
         display.SetSegmentOpacity2DFill(segmentId, featureOpacity(value, strongest))
     return segmentation
-
-
-def featureColor(value: float) -> tuple[float, float, float]:
-    """A feature's colour: its sign's (grey for exactly 0, which is still a feature)."""
-    return NEGATIVE_RGB if value < 0 else POSITIVE_RGB if value > 0 else NEUTRAL_RGB
-
-
-def featureOpacity(value: float, strongest: float) -> float:
-    """A feature's fill opacity: ``FAINTEST_ALPHA`` at 0, ``STRONGEST_ALPHA`` at the strongest |value|, growing
-    as its square root so that weak features stay visible."""
-    strength = abs(value) / strongest if strongest > 0 else 0.0
-    return FAINTEST_ALPHA + (STRONGEST_ALPHA - FAINTEST_ALPHA) * math.sqrt(strength)
 
 
 def _divergingColorNode(scene, added: SceneAdditions):

@@ -4,7 +4,9 @@
 rendering logics, the Red (axial), Yellow (sagittal) and Green (coronal) slice logics and a 3D view, each drawn
 by Slicer's displayable managers into an offscreen render window (Mesa's EGL). Where no OpenGL can be had, the
 slice views still come from the slice logic's blended layers, which are the same pixels. :func:`explanationPicture`
-renders a saved explanation this way (``slices.png``); ``python -m SegShapExplainLib.views`` does it in a process
+renders a saved explanation this way (``slices.png``), each slice view with the anatomical direction (L/R, A/P, S/I)
+at its edges and its position in RAS millimetres in its title, read from its slice node, and the 3D view with 3D
+Slicer's own orientation marker (labelled R, A, S axes); ``python -m SegShapExplainLib.views`` does it in a process
 of its own, which the engine uses so that a crash in a graphics driver cannot take an explanation with it.
 """
 
@@ -22,6 +24,9 @@ import numpy as np
 import slicer
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
+
+# The anatomical letters, slice positions and colours shared with overview.png (standard library only).
+from segshap.palette import LETTER_RGB, UNPAINTED_FRACTION, direction_letter, position_text
 
 from .exchange import readVolume
 from .results import ExplanationNodes, importExplanation, showInSliceViews
@@ -41,6 +46,7 @@ _THREE_D_MANAGERS = (
     "vtkMRMLModelDisplayableManager",
     "vtkMRMLSegmentationsDisplayableManager3D",
     "vtkMRMLVolumeRenderingDisplayableManager",
+    "vtkMRMLOrientationMarkerDisplayableManager",
 )
 _CAMERA_DIRECTIONS = {
     "anterior": ((0, 1, 0), (0, 0, 1)),
@@ -50,6 +56,14 @@ _CAMERA_DIRECTIONS = {
     "left": ((-1, 0, 0), (0, 0, 1)),
 }
 """From the focal point towards the camera, and the view-up, of each 3D view direction (RAS)."""
+PICTURE_SIZE = 360
+"""Pixels of each view's side in ``slices.png``."""
+PANEL_GAP = 10
+"""Pixels between the panels of ``slices.png`` and around them."""
+TITLE_HEIGHT = 24
+"""Pixels of each panel's title, above it."""
+HEADER_HEIGHT = 40
+"""Pixels of the picture's caption, above the titles."""
 _EGL_PROBE = """
 import os
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
@@ -303,18 +317,79 @@ def _nonzeroBounds(node, values: set[int]) -> list[float]:
     return [v for axis in range(3) for v in (ras[:, axis].min(), ras[:, axis].max())]
 
 
+def _matrix(vtkMatrix) -> np.ndarray:
+    return np.array([[vtkMatrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def screenLetters(sliceNode) -> dict[str, str]:
+    """The anatomical direction (R/L, A/P, S/I) that each edge (``left``, ``right``, ``top``, ``bottom``) of a slice
+    view points to: the nearest RAS axis of its slice node's screen right and up (SliceToRAS columns 0 and 1)."""
+    sliceToRas = _matrix(sliceNode.GetSliceToRAS())
+    letters = {}
+    for (positive, negative), column in ((("right", "left"), 0), (("top", "bottom"), 1)):
+        direction = sliceToRas[:3, column]
+        axis = int(np.argmax(np.abs(direction)))
+        letters[positive] = direction_letter(axis, direction[axis])
+        letters[negative] = direction_letter(axis, -direction[axis])
+    return letters
+
+
+def slicePosition(sliceNode) -> str:
+    """Where a slice view's plane is, in RAS millimetres along the nearest RAS axis of its normal: e.g.
+    ``"S 12.0 mm"`` (for an oblique plane, where it crosses the slice's centre)."""
+    sliceToRas = _matrix(sliceNode.GetSliceToRAS())
+    axis = int(np.argmax(np.abs(sliceToRas[:3, 2])))
+    return position_text(axis, float(sliceToRas[axis, 3]))
+
+
+def panelOrigins(size: int, count: int = 4) -> list[tuple[int, int]]:
+    """The (row, column) pixel of each panel's top left corner in ``slices.png`` (panels of ``size`` pixels)."""
+    top = HEADER_HEIGHT + TITLE_HEIGHT
+    return [(top, PANEL_GAP + index * (size + PANEL_GAP)) for index in range(count)]
+
+
+def _letterEdges(ax, letters: dict[str, str]) -> None:
+    """Write ``letters`` at the edges of a panel, in the colour overview.png uses, with a black rim."""
+    from matplotlib import patheffects
+
+    rim = [patheffects.withStroke(linewidth=2.5, foreground="black")]
+    for edge, (x, y, ha, va) in {
+        "left": (0.015, 0.5, "left", "center"),
+        "right": (0.985, 0.5, "right", "center"),
+        "top": (0.5, 0.985, "center", "top"),
+        "bottom": (0.5, 0.015, "center", "bottom"),
+    }.items():
+        ax.text(
+            x,
+            y,
+            letters[edge],
+            transform=ax.transAxes,
+            ha=ha,
+            va=va,
+            color=LETTER_RGB,
+            fontsize=11,
+            fontweight="bold",
+            path_effects=rim,
+        )
+
+
 def explanationPicture(
     image: str | os.PathLike,
     outputs: dict,
     path: str | os.PathLike,
     centre: tuple[float, float, float],
     *,
-    size: int = 360,
+    size: int = PICTURE_SIZE,
     openGL: bool | None = None,
     outlines: OutlineStyle = OutlineStyle.TOP,
 ) -> Path:
     """Render an explanation as 3D Slicer shows it: axial, sagittal and coronal views through ``centre`` (RAS)
     and a 3D view of the top features, side by side in one PNG.
+
+    Each slice view has L/R, A/P, S/I at its edges (from its slice node, yellow as in overview.png) and its
+    position in RAS millimetres in its title; the 3D view, seen from the front, has 3D Slicer's orientation marker
+    (the R, A and S axes, drawn by its orientation marker displayable manager) in its lower right corner. The
+    panels lie at :func:`panelOrigins`, pixel for pixel as the views rendered them.
 
     Parameters
     ----------
@@ -333,10 +408,7 @@ def explanationPicture(
     outlines : OutlineStyle
         Which features the slice views outline.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     openGL = openGLAvailable() if openGL is None else openGL
     scene = slicer.vtkMRMLScene()
@@ -350,30 +422,46 @@ def explanationPicture(
         )
         showInSliceViews(scene, volume, nodes, outlines=outlines)
         views.showSlicesThrough(centre, (size, size), volume)
-        panels = [(f"{orientation} ({name})", views.renderSlice(name)) for name, orientation in SLICE_VIEWS.items()]
+        panels = []
+        for name, orientation in SLICE_VIEWS.items():
+            sliceNode = views.sliceNode(name)
+            title = f"{orientation.lower()} ({name}), {slicePosition(sliceNode)}"
+            panels.append((title, views.renderSlice(name), screenLetters(sliceNode)))
         top = nodes.topFeatures
         if openGL:
+            views.viewNode.SetOrientationMarkerType(views.viewNode.OrientationMarkerTypeAxes)
+            views.viewNode.SetOrientationMarkerSize(views.viewNode.OrientationMarkerSizeLarge)
             bounds = _nonzeroBounds(nodes.features, set(top))
-            panels.append((f"3D: top {len(top)} features (anterior)", views.renderThreeD((size, size), bounds)))
+            panels.append((f"3D: top {len(top)} features (anterior)", views.renderThreeD((size, size), bounds), None))
         else:
-            panels.append(("3D: needs OpenGL (EGL), not available here", np.zeros((size, size, 3), np.uint8)))
+            blank = np.zeros((size, size, 3), np.uint8)
+            panels.append(("3D: needs OpenGL (EGL), not available here", blank, None))
     finally:
         views.close()
     report = json.loads(Path(outputs["report"]).read_text())
-    figure, axes = plt.subplots(1, 4, figsize=(4 * size / 100, size / 100 + 0.9), dpi=100)
-    for ax, (title, pixels) in zip(axes, panels):
-        ax.imshow(pixels)
-        ax.set_title(title, fontsize=9)
+    # Panels at whole pixels, drawn unresampled: slices.png holds the views' own pixels.
+    width = len(panels) * (size + PANEL_GAP) + PANEL_GAP
+    height = HEADER_HEIGHT + TITLE_HEIGHT + size + PANEL_GAP
+    figure = Figure(figsize=(width / 100, height / 100), dpi=100)
+    for (row, column), (title, pixels, letters) in zip(panelOrigins(size, len(panels)), panels):
+        ax = figure.add_axes((column / width, 1 - (row + size) / height, size / width, size / height))
+        ax.imshow(pixels, interpolation="none")
         ax.set_axis_off()
+        figure.text((column + size / 2) / width, 1 - (row - 4) / height, title, ha="center", va="bottom", fontsize=9)
+        if letters is not None:
+            _letterEdges(ax, letters)
     target = ", ".join(t["name"] for t in report["targets"])
-    figure.suptitle(
-        f"{target}: red supports the segmentation, blue works against it (opacity grows with |value|); "
-        f"outlined: the top {len(top)} features. Rendered headless by 3D Slicer's own view code.",
+    figure.text(
+        0.5,
+        1 - 4 / height,
+        f"{target}: red supports the segmentation, blue works against it; opacity proportional to |value|, none "
+        f"under {UNPAINTED_FRACTION:.0%} of the strongest.\nOutlined: the top {len(top)} features. Rendered headless "
+        "by 3D Slicer's own view code.",
+        ha="center",
+        va="top",
         fontsize=8,
     )
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    figure.savefig(path, dpi=100)
     return Path(path)
 
 

@@ -2,35 +2,54 @@
 (``slices.png``, when slicer-core is installed: the ``views`` extra).
 
 The engine imports no Slicer code: ``slices.png`` is rendered by the Slicer-side ``SegShapExplainLib.views`` in a
-process of its own, so that a graphics driver that fails cannot take the explanation with it.
+process of its own, so that a graphics driver that fails cannot take the explanation with it. Both pictures show
+slices as 3D Slicer's views do (``SCREEN_DIRECTIONS``), with anatomical letters at their edges, and paint features
+by one rule, :mod:`segshap.palette`.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .geometry import Grid
 from .inputs import bounding_box
+from .palette import LETTER_RGB, direction_letter, feature_color, feature_opacity, position_text
 
-__all__ = ["overview_figure", "cohort_figure", "slicer_views_available", "slicer_views_picture", "SLICES_FILE"]
+__all__ = [
+    "overview_figure",
+    "draw_overview",
+    "cohort_figure",
+    "slicer_views_available",
+    "slicer_views_picture",
+    "SLICES_FILE",
+    "SCREEN_DIRECTIONS",
+]
 
 SLICES_FILE = "slices.png"
 SLICER_VIEWS_TIMEOUT = 600
 """Seconds the rendering process may take (the first import of slicer-core on a cold disk is the slow part)."""
 _log = logging.getLogger("segshap")
 
+SCREEN_DIRECTIONS = {
+    "axial": ((0, -1), (1, 1)),
+    "sagittal": ((1, -1), (2, 1)),
+    "coronal": ((0, -1), (2, 1)),
+}
+"""Where each of 3D Slicer's slice views (Red axial, Yellow sagittal, Green coronal) points the screen's right and
+up, as ``(RAS axis, sign)``: the first two columns of ``vtkMRMLSliceNode``'s Axial, Sagittal and Coronal
+SliceToRAS presets. Axial and coronal put the patient's left on the screen's right, sagittal puts posterior there;
+up is anterior in axial, superior in the others."""
 TOP_FEATURES = 15
-FAINT = 0.01
-"""Values below this fraction of the largest absolute value are not painted."""
+FIGURE_DPI = 110
+"""Pixels per inch of ``overview.png``."""
 ZOOM_MARGIN = 6
 """Voxels shown around the features' support."""
 TOP_ORGANS = 8
@@ -126,36 +145,141 @@ def cohort_figure(table, full_values: dict[str, dict[str, float]], path: str | o
     figure.savefig(path, dpi=110)
 
 
-def _plane(volume: np.ndarray, *, crop: tuple, axis: int, index: int) -> np.ndarray:
-    """The slice ``index`` along ``axis`` of ``volume[crop]``, transposed for ``imshow``."""
-    return np.take(volume[crop], index, axis=axis).T
+@dataclass(frozen=True)
+class _Panel:
+    """How one of 3D Slicer's slice views reads a volume: the voxel axis it cuts across (``normal``), the voxel axes
+    shown along the screen's columns and rows, whether each is drawn reversed, and the letters at its edges."""
+
+    name: str
+    normal: int
+    columns: int
+    rows: int
+    flip_columns: bool
+    flip_rows: bool
+    normal_ras: int
+    letters: dict[str, str]
+
+    def plane(self, volume: np.ndarray, index: int) -> np.ndarray:
+        """The slice ``index`` of ``volume`` as the view shows it: ``[row, column]``, top row and left column
+        first."""
+        plane = np.take(volume, index, axis=self.normal)
+        plane = plane if self.rows < self.columns else plane.T  # np.take keeps the other axes in their order
+        return plane[:: -1 if self.flip_rows else 1, :: -1 if self.flip_columns else 1]
 
 
-def _views(shape: tuple[int, ...], affine: np.ndarray | None) -> list[tuple[str, int]]:
-    """The voxel axis across which each of the sagittal, coronal and axial slices is cut."""
-    codes = Grid(shape, np.eye(4) if affine is None else affine).axcodes
-    planes = (("sagittal", "LR"), ("coronal", "PA"), ("axial", "IS"))
-    return [(name, next(axis for axis, code in enumerate(codes) if code in letters)) for name, letters in planes]
+def _panels(affine: np.ndarray) -> list[_Panel]:
+    """The axial, sagittal and coronal views (``SCREEN_DIRECTIONS``) of a volume with this voxel-to-RAS affine.
+
+    Each voxel axis is taken along its nearest RAS axis (nibabel's ``io_orientation``), so an oblique volume is read
+    as planes of voxels, never resampled.
+    """
+    from nibabel.orientations import io_orientation
+
+    nearest = io_orientation(affine)  # per voxel axis: its RAS axis and whether it points along or against it
+    voxel_axis = {int(ras): axis for axis, (ras, _) in enumerate(nearest)}
+    sign = {int(ras): float(along) for ras, along in nearest}
+    panels = []
+    for name, ((right, right_sign), (up, up_sign)) in SCREEN_DIRECTIONS.items():
+        normal = 3 - right - up
+        panels.append(
+            _Panel(
+                name=name,
+                normal=voxel_axis[normal],
+                columns=voxel_axis[right],
+                rows=voxel_axis[up],
+                flip_columns=sign[right] * right_sign < 0,
+                flip_rows=sign[up] * up_sign > 0,  # rows run down the screen, against "up"
+                normal_ras=normal,
+                letters={
+                    "right": direction_letter(right, right_sign),
+                    "left": direction_letter(right, -right_sign),
+                    "top": direction_letter(up, up_sign),
+                    "bottom": direction_letter(up, -up_sign),
+                },
+            )
+        )
+    return panels
 
 
-def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0) -> None:
-    """Save a PNG with three orthogonal slices through the target and a bar chart of the top features.
+def _edge_letters(ax, letters: dict[str, str]) -> None:
+    """Write the anatomical direction at each edge of a 2D panel (``letters``: ``left``, ``right``, ``top``,
+    ``bottom`` to R/L, A/P, S/I) in ``LETTER_RGB`` with a black rim, readable over any anatomy."""
+    from matplotlib import patheffects
 
-    The slices, zoomed on the features' support, show the image in grey, the heatmap over it in a diverging colour
-    map centred at 0 (red: the feature supports the segmentation, blue: it works against it), the target segment's
-    outline in black and the ROI's in dashed gold, and a colour bar. The bar chart shows the features with the
-    largest absolute values, with ±1 standard error bars; beside it, when the explanation has them, the deletion and
-    insertion curves of its ranking and of a random one.
+    rim = [patheffects.withStroke(linewidth=2.5, foreground="black")]
+    for edge, (x, y, ha, va) in {
+        "left": (0.015, 0.5, "left", "center"),
+        "right": (0.985, 0.5, "right", "center"),
+        "top": (0.5, 0.985, "center", "top"),
+        "bottom": (0.5, 0.015, "center", "bottom"),
+    }.items():
+        ax.text(
+            x,
+            y,
+            letters[edge],
+            transform=ax.transAxes,
+            ha=ha,
+            va=va,
+            color=LETTER_RGB,
+            fontsize=11,
+            fontweight="bold",
+            path_effects=rim,
+        )
+
+
+def _overlay(heat: np.ndarray, strongest: float) -> np.ndarray:
+    """``(rows, columns, 4)`` RGBA of a heatmap slice: each feature in its colour at its opacity (``palette``)."""
+    values, inverse = np.unique(heat, return_inverse=True)
+    rgba = np.array([(*feature_color(v), feature_opacity(v, strongest)) for v in values.tolist()])
+    return rgba[inverse.reshape(heat.shape)]
+
+
+def _value_colour_map():
+    """The colour bar's map from -strongest to +strongest: the palette's colour and opacity of each value."""
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap([(*feature_color(t), feature_opacity(t, 1.0)) for t in np.linspace(-1, 1, 255)])
+
+
+def _stderr_note(stderr: np.ndarray) -> str:
+    """What the bar chart says of standard errors that were not estimated (NaN), or ``""`` when all were.
+
+    A run with too few samples for an estimate of its error reports NaN: no error bar is drawn for it, rather than
+    a bar of ±0 that would claim an exact value.
+    """
+    missing = int(np.isnan(stderr).sum())
+    if missing == 0:
+        return ""
+    if missing == stderr.size:
+        return "standard errors not estimated: too few samples"
+    return f"standard errors of {missing} of {stderr.size} features not estimated: too few samples"
+
+
+def _feature_labels(explanation, indices: np.ndarray) -> list[str]:
+    """The bar chart's label of each feature in ``indices`` (positions in ``explanation.values``): an organ's name
+    (``class_names`` of its label, else ``label N``), otherwise ``#id``."""
+    if explanation.organ_labels is None:
+        return [f"#{explanation.feature_ids[i]}" for i in indices]
+    labels = [int(explanation.organ_labels[i]) for i in indices]
+    return [explanation.class_names.get(label, f"label {label}") for label in labels]
+
+
+def draw_overview(explanation, target_index: int = 0):
+    """The overview figure (:func:`overview_figure` saves it), as a matplotlib ``Figure`` (not pyplot's: a
+    notebook's plotting backend stays as it is).
 
     Parameters
     ----------
     explanation : segshap.Explanation
-    path : str or path-like
-        Where to write the PNG.
     target_index : int
         Which target to show when the explanation has several.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
-    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     heat = explanation.heatmap
@@ -170,41 +294,66 @@ def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0)
     visible = explanation.feature_map > 0 if explanation.feature_map.any() else roi
     support = bounding_box(visible) if visible.any() else tuple((0, n) for n in roi.shape)
     zoom = [slice(max(a - ZOOM_MARGIN, 0), min(b + ZOOM_MARGIN, size)) for (a, b), size in zip(support, roi.shape)]
-    limit = float(np.abs(heat).max()) or 1.0
-    norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
+    finite = np.abs(values[np.isfinite(values)])
+    strongest = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    affine = np.eye(4) if explanation.affine is None else np.asarray(explanation.affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    centre_ras = (affine @ np.append(center, 1.0))[:3]
 
-    figure = Figure(figsize=(13, 8.5), layout="constrained")  # not pyplot's: a notebook's backend stays as it is
+    figure = Figure(figsize=(13, 8.5), dpi=FIGURE_DPI, layout="constrained")
     grid = figure.add_gridspec(2, 3, height_ratios=[1.15, 1])
     image = explanation.image
     low, high = np.percentile(image, [1, 99])
-    views = _views(roi.shape, explanation.affine)
-    overlay = None
-    for column, (name, axis) in enumerate(views):
+    for column, panel in enumerate(_panels(affine)):
         ax = figure.add_subplot(grid[0, column])
-        # Slices are shown with the first remaining axis horizontal and the second pointing up.
-        crop = tuple(slice(None) if a == axis else zoom[a] for a in range(3))
-        take = functools.partial(_plane, crop=crop, axis=axis, index=center[axis])
-        ax.imshow(take(image), cmap="gray", vmin=low, vmax=high, origin="lower")
-        # Features with values near 0 stay transparent so that the anatomy under them shows.
-        shown = np.ma.masked_where(np.abs(take(heat)) < FAINT * limit, take(heat))
-        overlay = ax.imshow(shown, cmap="RdBu_r", norm=norm, alpha=0.75, origin="lower")
-        ax.contour(take(reference.astype(np.float32)), levels=[0.5], colors="black", linewidths=0.8)
-        ax.contour(take(roi.astype(np.float32)), levels=[0.5], colors="gold", linewidths=1.0, linestyles="dashed")
-        ax.set_title(f"{name} slice {center[axis]}")
+        crop = tuple(slice(None) if a == panel.normal else zoom[a] for a in range(3))
+        grey, tint, target, box = (
+            panel.plane(volume[crop], center[panel.normal])
+            for volume in (image, heat, reference.astype(np.float32), roi.astype(np.float32))
+        )
+        # Millimetres on both screen axes, so that the voxel spacing sets the aspect; y runs down, as rows do.
+        rows, columns = grey.shape
+        width, height = spacing[panel.columns], spacing[panel.rows]
+        extent = (0.0, columns * width, rows * height, 0.0)
+        ax.imshow(grey, cmap="gray", vmin=low, vmax=high, extent=extent, interpolation="nearest")
+        ax.imshow(_overlay(tint, strongest), extent=extent, interpolation="nearest")
+        x, y = (np.arange(columns) + 0.5) * width, (np.arange(rows) + 0.5) * height
+        ax.contour(x, y, target, levels=[0.5], colors="black", linewidths=0.8)
+        ax.contour(x, y, box, levels=[0.5], colors="gold", linewidths=1.0, linestyles="dashed")
+        ax.set_xlim(0.0, columns * width)
+        ax.set_ylim(rows * height, 0.0)
+        _edge_letters(ax, panel.letters)
+        ax.set_title(f"{panel.name}, {position_text(panel.normal_ras, centre_ras[panel.normal_ras])}")
         ax.set_axis_off()
-    figure.colorbar(overlay, ax=figure.axes, shrink=0.8, label="Shapley value")
+    scale = ScalarMappable(Normalize(-strongest, strongest), _value_colour_map())
+    figure.colorbar(
+        scale,
+        ax=figure.axes,
+        shrink=0.8,
+        label="Shapley value (opacity ∝ |value|)",
+    )
 
     curves = explanation.faithfulness[target_index] if explanation.faithfulness else None
     ax = figure.add_subplot(grid[1, :2] if curves is not None else grid[1, :])
     order = np.argsort(-np.abs(values))[:TOP_FEATURES]
-    colours = np.where(values[order] >= 0, "#c0392b", "#2e6da4")
     positions = np.arange(len(order))
-    errors = np.nan_to_num(stderr[order])
-    ax.bar(positions, values[order], yerr=errors, color=colours, capsize=3)
-    labels = [f"#{explanation.feature_ids[i]}" for i in order]
-    if explanation.organ_labels is not None:
-        labels = [f"{label}\n(label {explanation.organ_labels[i]})" for label, i in zip(labels, order)]
-    ax.set_xticks(positions, labels, fontsize=8)
+    errors = stderr[order]
+    note = _stderr_note(errors)
+    ax.bar(
+        positions,
+        values[order],
+        yerr=errors if np.isfinite(errors).any() else None,  # a NaN error draws no bar
+        color=[feature_color(v) for v in values[order]],
+        capsize=3,
+    )
+    organs = explanation.organ_labels is not None
+    ax.set_xticks(
+        positions,
+        _feature_labels(explanation, order),
+        fontsize=8,
+        rotation=30 if organs else 0,
+        ha="right" if organs else "center",
+    )
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_ylabel("Shapley value ± s.e.")
     settings = explanation.settings
@@ -212,11 +361,39 @@ def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0)
         f"Top {len(order)} of {len(values)} features for {explanation.target_names[target_index]}: "
         f"{settings['value']}, baseline {settings['baseline']}; "
         f"v(all) = {np.ravel(explanation.full_value)[target_index]:.3f}, "
-        f"v(none) = {np.ravel(explanation.base_value)[target_index]:.3f}"
+        f"v(none) = {np.ravel(explanation.base_value)[target_index]:.3f}" + (f"\n{note}" if note else "")
     )
     if curves is not None:
         _plot_faithfulness(figure.add_subplot(grid[1, 2]), curves)
-    figure.savefig(path, dpi=110)
+    return figure
+
+
+def overview_figure(explanation, path: str | os.PathLike, target_index: int = 0) -> None:
+    """Save a PNG with three orthogonal slices through the target and a bar chart of the top features.
+
+    The slices are 3D Slicer's axial, sagittal and coronal views (``SCREEN_DIRECTIONS``: patient left on the
+    screen's right in axial and coronal, posterior on the right in sagittal), with L/R, A/P, S/I at their edges and
+    their position in RAS millimetres in their titles, drawn in millimetres so that the voxel spacing sets their
+    aspect. An oblique image is read along its nearest anatomical axes (nibabel's ``io_orientation``): each slice
+    is a plane of voxels, flipped and transposed to those screen directions, not resampled, whereas 3D Slicer
+    reslices along true anatomical planes; the two differ by the image's obliquity. Zoomed on the features'
+    support, the slices show the image in grey and each feature over it in its sign's colour (red: it supports the
+    segmentation, blue: it works against it) at an opacity proportional to its |value|, none under 5 % of the
+    strongest (:mod:`segshap.palette`, the rule 3D Slicer's scene uses), the target segment's outline in black and
+    the ROI's in dashed gold, and a colour bar. The bar chart shows the features with the largest absolute values
+    (organs by name), with ±1 standard error bars (none, and a note in its title, where the errors were not
+    estimated); beside it, when the explanation has them, the deletion and insertion curves of its ranking and of a
+    random one.
+
+    Parameters
+    ----------
+    explanation : segshap.Explanation
+    path : str or path-like
+        Where to write the PNG.
+    target_index : int
+        Which target to show when the explanation has several.
+    """
+    draw_overview(explanation, target_index).savefig(path)
 
 
 def _plot_faithfulness(ax, curves) -> None:
