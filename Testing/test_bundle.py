@@ -15,6 +15,7 @@ from monai.networks.nets import UNet
 
 import segshap
 from segshap.io import read_image
+from segshap.modelinfo import read_model_info
 
 CONFIG = {
     "bundle_root": ".",
@@ -112,6 +113,25 @@ def test_a_bundle_loads_its_network_tiling_and_classes(bundle):
     window = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.network(window), expected(window))
+
+
+def test_the_bundles_files_give_classes_channels_and_window_without_running_it(bundle, tmp_path):
+    info = read_model_info(bundle)
+    assert info.format == "monai_bundle" and info.needs_trust and info.classes_reason is None
+    assert info.classes == {0: "background", 1: "gray_matter", 2: "white_matter"}
+    assert info.in_channels == 1 and info.patch_size == (32, 32, 32)
+
+
+def test_a_bundle_without_channel_def_has_classes_only_once_loaded(tmp_path):
+    metadata = json.loads(json.dumps(METADATA))
+    del metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
+    root = write_bundle(tmp_path / "unnamed", metadata=metadata)
+    info = read_model_info(root)
+    assert info.classes is None and info.in_channels == 1 and info.patch_size == (32, 32, 32)
+    assert "names no classes" in info.classes_reason and "add a channel_def" in info.classes_reason
+    assert segshap.load_model(root, trust=True, device="cpu").classes == {0: "background", 1: "class 1", 2: "class 2"}
+    (root / "configs" / "inference.json").rename(root / "configs" / "inference.yaml")
+    assert read_model_info(root).patch_size is None  # YAML is not read without its package
 
 
 def canonical_loader(transforms):

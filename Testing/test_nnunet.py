@@ -23,6 +23,7 @@ from helpers.nnunet_models import make_model_folder  # noqa: E402
 
 import segshap  # noqa: E402
 from segshap.io import read_image  # noqa: E402
+from segshap.modelinfo import read_model_info  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,29 @@ def test_an_nnunet_folder_loads_with_its_folds_classes_and_tiling(model_folder):
     assert model.patch_size == (32, 32, 32) and model.overlap == 0.5 and model.config["mirror_axes"] == (0, 1, 2)
     one = segshap.load_model(model_folder, config={"folds": [1], "use_mirroring": False}, device="cpu")
     assert one.folds == 1 and len(one.network.networks) == 1 and one.network.flips == []
+
+
+def test_the_folders_files_give_classes_channels_and_window_without_loading(model_folder, tmp_path):
+    info = read_model_info(model_folder)
+    assert info.format == "nnunet" and not info.needs_trust and info.classes_reason is None
+    assert info.classes == {0: "background", 1: "gray_matter", 2: "white_matter"}
+    assert info.in_channels == 1 and info.patch_size == (32, 32, 32)
+    folder = tmp_path / model_folder.name  # the two JSON files are all it reads
+    folder.mkdir()
+    plans = json.loads((model_folder / "plans.json").read_text())
+    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    (folder / "plans.json").write_text(json.dumps(plans))
+    dataset = json.loads((model_folder / "dataset.json").read_text())
+    dataset["labels"]["ignore"] = 3  # unannotated voxels: no output channel
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    info = read_model_info(folder, config={"configuration": "3d_cascade_fullres"})
+    assert info.classes == {0: "background", 1: "gray_matter", 2: "white_matter"} and info.patch_size == (32, 32, 32)
+    with pytest.raises(ValueError, match=r"Unknown nnU-Net option\(s\) \['fold'\]"):
+        read_model_info(folder, config={"fold": 0})
+    dataset["labels"] = {"background": 0, "tissue": [1, 2], "white_matter": 2}
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    with pytest.raises(ValueError, match=r"region-based nnU-Net model \(regions tissue"):
+        read_model_info(folder)
 
 
 def test_preprocessing_equals_nnunets_own_from_the_file(model_folder, image_file):

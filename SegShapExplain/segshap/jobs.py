@@ -9,6 +9,9 @@ dispatch).
 from __future__ import annotations
 
 import logging
+import re
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +36,7 @@ from .request import (
 )
 from .staging import StagedOutput, output_folder
 
-__all__ = ["explain_and_save", "segment", "describe", "cohort_from_request"]
+__all__ = ["explain_and_save", "segment", "describe", "torch_facts", "cohort_from_request"]
 
 _SEGMENT_OPTIONS = frozenset({"device", "batch_size"})
 
@@ -81,7 +84,11 @@ def _segmentation(request: dict) -> dict:
 
 def describe(request: dict) -> dict:
     """Carry out a ``describe`` request: what the worker knows of a model and of the machine, without an image.
-    Returns the fields of the worker's ``done`` event."""
+
+    Returns the fields of the worker's ``done`` event: ``model`` (``format``, ``classes``, ``in_channels``,
+    ``patch_size``, ``tiling``, ``folds``, ``device``, ``cuda_devices``), ``torch`` (:func:`torch_facts`) and
+    ``summary``.
+    """
     return run_in_background(lambda: _description(request))
 
 
@@ -99,7 +106,69 @@ def _description(request: dict) -> dict:
         "device": str(resolve_device(device)),
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
     }
-    return {"model": description, "summary": f"{model.format} model, classes: {', '.join(model.classes.values())}"}
+    return {
+        "model": description,
+        "torch": torch_facts(),
+        "summary": f"{model.format} model, classes: {', '.join(model.classes.values())}",
+    }
+
+
+def torch_facts() -> dict:
+    """The worker's PyTorch and what it can do with the machine's GPUs, for the panel to tell why it cannot use one
+    (``SegShapExplainLib.dependencies.torchGpuMessage`` words it).
+
+    Returns
+    -------
+    dict
+        ``version``; ``cuda``: the CUDA version PyTorch was built for (``None`` for a CPU-only build);
+        ``cuda_available``; ``unsupported_gpus``: the GPUs it sees but was not built for (``name``, ``capability``
+        as ``"sm_120"``); ``nvidia_gpus``: the GPUs the NVIDIA driver lists when PyTorch sees none (empty without a
+        driver), ``None`` when PyTorch sees GPUs.
+    """
+    available = torch.cuda.is_available()
+    unsupported = []
+    if available:
+        arches = torch.cuda.get_arch_list()
+        for index in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(index)
+            if not _built_for(major, minor, arches):
+                unsupported.append({"name": torch.cuda.get_device_name(index), "capability": f"sm_{major}{minor}"})
+    return {
+        "version": str(torch.__version__),
+        "cuda": torch.version.cuda,
+        "cuda_available": available,
+        "unsupported_gpus": unsupported,
+        "nvidia_gpus": None if available else _nvidia_gpus(),
+    }
+
+
+def _built_for(major: int, minor: int, arches: list[str]) -> bool:
+    """Whether a PyTorch built for ``arches`` (``torch.cuda.get_arch_list()``) runs on a GPU of compute capability
+    ``major.minor``: an ``sm_XY`` binary runs on GPUs of major version X and minor version Y or higher, ``compute_XY``
+    code is compiled when loaded for any GPU of capability X.Y or higher. An empty list tells nothing: it may."""
+    for arch in arches:
+        match = re.fullmatch(r"(sm|compute)_(\d+)[a-z]?", arch)
+        if match is None:
+            continue
+        built = divmod(int(match.group(2)), 10)
+        if built <= (major, minor) and (match.group(1) == "compute" or built[0] == major):
+            return True
+    return not arches
+
+
+def _nvidia_gpus() -> list[str]:
+    """The GPUs the NVIDIA driver lists (``nvidia-smi -L``); empty without the driver's tool or when it fails."""
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return []
+    try:
+        listing = subprocess.run([tool, "-L"], capture_output=True, text=True, timeout=5, check=True).stdout
+    except (OSError, subprocess.SubprocessError):  # a driver in a bad state fails or hangs: no GPU to use
+        return []
+    # "GPU 0: NVIDIA GeForce RTX 4090 (UUID: GPU-...)"; MIG instances follow, indented.
+    return [
+        line.split(":", 1)[1].split(" (UUID", 1)[0].strip() for line in listing.splitlines() if line.startswith("GPU ")
+    ]
 
 
 def cohort_from_request(

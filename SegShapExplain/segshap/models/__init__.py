@@ -1,7 +1,8 @@
 """Models as their authors run them: the network, its sliding-window settings and its preprocessing.
 
-:func:`load_model` recognises three formats from their files (:func:`model_format`), each in a module of its own
-that imports only :mod:`.base`:
+:func:`load_model` recognises three formats from their files (:func:`model_format`, in :mod:`segshap.modelinfo`,
+which reads what the files say with the standard library alone), each loaded by a module of its own that imports
+only :mod:`.base` (and :mod:`segshap.modelinfo`):
 
 * **TorchScript** (a ``.pt``/``.ts`` file) with a JSON sidecar that says what the network expects: see
   :mod:`segshap.models.torchscript`;
@@ -10,8 +11,9 @@ that imports only :mod:`.base`:
 * **nnU-Net v2** trained-model folders (``dataset.json``, ``plans.json``, ``fold_*/checkpoint_final.pth``): see
   :mod:`segshap.models.nnunet` (needs the ``nnunet`` extra).
 
-A new format is a module with a ``holds_<format>(path)`` test and a loader returning a :class:`LoadedModel`,
-listed in :data:`MODEL_FORMATS` and :func:`load_model`. Checkpoints are read with
+A new format is a ``holds_<format>(path)`` test and the reading of its class names in :mod:`segshap.modelinfo`
+(listed in :data:`MODEL_FORMATS` and :func:`model_format` there), and a module here with a loader returning a
+:class:`LoadedModel`, called from :func:`load_model`. Checkpoints are read with
 ``torch.load(..., weights_only=True)``: a file that needs arbitrary unpickling is refused.
 """
 
@@ -21,37 +23,13 @@ import os
 from pathlib import Path
 
 from ..inputs import resolve_device
+from ..modelinfo import MODEL_FORMATS, model_format
 from .base import LoadedModel
-from .bundle import holds_bundle, load_bundle
-from .nnunet import holds_nnunet, load_nnunet
-from .torchscript import holds_torchscript, load_torchscript_model
+from .bundle import load_bundle
+from .nnunet import load_nnunet
+from .torchscript import load_torchscript_model
 
 __all__ = ["load_model", "model_format", "LoadedModel", "MODEL_FORMATS"]
-
-MODEL_FORMATS = ("torchscript", "monai_bundle", "nnunet")
-
-
-def model_format(path: str | os.PathLike) -> str:
-    """Which of :data:`MODEL_FORMATS` ``path`` holds, from its files alone (nothing is loaded or run).
-
-    Raises
-    ------
-    FileNotFoundError
-        When ``path`` does not exist.
-    ValueError
-        When it is none of the formats; the message lists what each needs.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"No such model: {path}.")
-    for name, holds in (("torchscript", holds_torchscript), ("monai_bundle", holds_bundle), ("nnunet", holds_nnunet)):
-        if holds(path):
-            return name
-    raise ValueError(
-        f"{path} is not a model segshap knows. Pass a TorchScript file (.pt/.ts) with its JSON sidecar, a MONAI "
-        "bundle folder (configs/inference.json or .yaml, models/model.pt or model.ts) or an nnU-Net v2 "
-        "trained-model folder (dataset.json, plans.json, fold_N/checkpoint_final.pth)."
-    )
 
 
 def load_model(

@@ -28,26 +28,20 @@ import torch
 
 from ..geometry import Grid, ModelInput, reorient
 from ..inputs import ArgumentError
-from ..io import read_json
+from ..modelinfo import bundle_classes, bundle_config, bundle_in_channels, bundle_metadata
 from ..tiling import TilingSpec
 from .base import LoadedModel, check_classes, image_grid, load_checkpoint, load_torchscript, output_channels
 
-__all__ = ["holds_bundle", "load_bundle"]
+__all__ = ["load_bundle"]
 
-_CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 _WEIGHT_NAMES = ("model.pt", "model.ts")
 
 
-def holds_bundle(path: Path) -> bool:
-    """Whether ``path`` is a folder with a bundle's inference config (nothing is parsed or run)."""
-    return path.is_dir() and any((path / "configs" / name).is_file() for name in _CONFIG_NAMES)
-
-
 def _config_file(folder: Path) -> Path:
-    for name in _CONFIG_NAMES:
-        if (folder / "configs" / name).is_file():
-            return folder / "configs" / name
-    raise ValueError(f"{folder} has no configs/inference.json or configs/inference.yaml: it is not a MONAI bundle.")
+    config = bundle_config(folder)
+    if config is None:
+        raise ValueError(f"{folder} has no configs/inference.json or configs/inference.yaml: it is not a MONAI bundle.")
+    return config
 
 
 def _weights_file(folder: Path) -> Path:
@@ -57,11 +51,6 @@ def _weights_file(folder: Path) -> Path:
     raise ValueError(
         f"The bundle {folder} has no weights: put them in models/model.pt (a state dict) or models/model.ts."
     )
-
-
-def _metadata(folder: Path) -> dict:
-    path = folder / "configs" / "metadata.json"
-    return read_json(path, "bundle metadata file") if path.is_file() else {}
 
 
 def _parsed(parser, key: str, folder: Path, config: Path):
@@ -90,21 +79,10 @@ def _image_key(transforms) -> str:
     return "image"
 
 
-def _classes(metadata: dict) -> dict[int, str] | None:
-    outputs = metadata.get("network_data_format", {}).get("outputs", {})
-    channel_def = next(iter(outputs.values()), {}).get("channel_def") if outputs else None
-    return {int(k): str(v) for k, v in channel_def.items()} if channel_def else None
-
-
 def _setting(value) -> float | tuple[float, ...]:
     """A per-axis inferer setting as one number when all axes agree."""
     values = tuple(float(v) for v in np.ravel(value))
     return values[0] if len(set(values)) == 1 else values
-
-
-def _in_channels(metadata: dict) -> int:
-    inputs = metadata.get("network_data_format", {}).get("inputs", {})
-    return int(next(iter(inputs.values()), {}).get("num_channels", 1)) if inputs else 1
 
 
 class _BundlePreprocessor:
@@ -184,7 +162,7 @@ def load_bundle(folder: Path, *, trust: bool, device: torch.device) -> LoadedMod
     from monai.bundle import ConfigParser
     from monai.inferers import SlidingWindowInferer
 
-    metadata = _metadata(folder)
+    metadata = bundle_metadata(folder)
     parser = ConfigParser()
     parser.read_config(str(config))
     parser["bundle_root"] = str(folder)
@@ -224,9 +202,9 @@ def load_bundle(folder: Path, *, trust: bool, device: torch.device) -> LoadedMod
     key = _image_key(transforms)
     loaders = [t for t in transforms if type(t).__name__ in ("LoadImaged", "LoadImage")]
     transforms = [t for t in transforms if t not in loaders]
-    in_channels = _in_channels(metadata)
+    in_channels = bundle_in_channels(metadata)
     channels = output_channels(network, in_channels, roi_size, device)
-    classes = _classes(metadata)
+    classes = bundle_classes(metadata)
     if classes is None:
         classes = {i: ("background" if i == 0 else f"class {i}") for i in range(max(channels, 2))}
     check_classes(classes, channels, str(folder / "configs" / "metadata.json"))

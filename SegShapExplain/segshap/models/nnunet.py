@@ -31,26 +31,14 @@ import torch
 
 from ..geometry import Grid, ModelInput, reorient
 from ..inputs import ArgumentError
-from ..io import read_json
+from ..modelinfo import NNUNET_OPTIONS, nnunet_classes, nnunet_default_configuration, nnunet_options, read_json
 from ..tiling import TilingSpec
 from .base import LoadedModel, check_classes, image_grid, load_checkpoint
 
-__all__ = ["holds_nnunet", "load_nnunet", "NNUNET_OPTIONS"]
+__all__ = ["load_nnunet", "NNUNET_OPTIONS"]
 
-NNUNET_OPTIONS = {
-    "folds": "all",
-    "checkpoint": "checkpoint_final.pth",
-    "configuration": None,
-    "use_mirroring": True,
-    "tile_step_size": 0.5,
-}
 _READERS_REVERSING_AXES = ("SimpleITKIO", "NibabelIO")
 _READERS_REORIENTING = ("NibabelIOWithReorient",)
-
-
-def holds_nnunet(path: Path) -> bool:
-    """Whether ``path`` is a folder with nnU-Net's plans and dataset description (nothing is loaded)."""
-    return (path / "plans.json").is_file() and (path / "dataset.json").is_file()
 
 
 def _import_nnunet():
@@ -67,22 +55,10 @@ def _import_nnunet():
     return nnUNetTrainer, determine_num_input_channels, PlansManager
 
 
-def _options(options, folder: Path) -> dict:
-    if options is None:
-        options = {}
-    elif not isinstance(options, dict):
-        options = read_json(options, "nnU-Net options file")
-    unknown = set(options) - set(NNUNET_OPTIONS)
-    if unknown:
-        raise ValueError(f"Unknown nnU-Net option(s) {sorted(unknown)}; known: {', '.join(NNUNET_OPTIONS)}.")
-    return {**NNUNET_OPTIONS, **options}
-
-
 def _configuration(folder: Path, plans: dict, requested: str | None) -> str:
     available = sorted(plans.get("configurations", {}))
     if requested is None:
-        parts = folder.name.split("__")
-        requested = parts[2] if len(parts) == 3 else (available[0] if len(available) == 1 else None)
+        requested = nnunet_default_configuration(folder, plans)
     if requested not in available:
         raise ArgumentError(
             "config",
@@ -202,7 +178,7 @@ def load_nnunet(folder: Path, *, options=None, device: torch.device) -> LoadedMo
     LoadedModel
     """
     nnUNetTrainer, determine_num_input_channels, PlansManager = _import_nnunet()
-    settings = _options(options, folder)
+    settings = nnunet_options(options)
     plans = read_json(folder / "plans.json", "nnU-Net plans file")
     dataset_json = read_json(folder / "dataset.json", "nnU-Net dataset file")
     configuration = _configuration(folder, plans, settings["configuration"])
@@ -216,12 +192,8 @@ def load_nnunet(folder: Path, *, options=None, device: torch.device) -> LoadedMo
             f"{folder / 'plans.json'} reads images with {reader}; segshap reproduces SimpleITKIO, NibabelIO and "
             "NibabelIOWithReorient."
         )
+    classes = nnunet_classes(dataset_json, str(folder / "dataset.json"))  # refuses region-based models
     label_manager = plans_manager.get_label_manager(dataset_json)
-    if label_manager.has_regions:
-        raise ValueError(
-            f"{folder} is a region-based nnU-Net model (sigmoid outputs per region); segshap explains models whose "
-            "classes compete in a softmax."
-        )
     in_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
     checkpoints = _fold_checkpoints(folder, settings["folds"], settings["checkpoint"])
     networks, mirror_axes = [], None
@@ -249,14 +221,11 @@ def load_nnunet(folder: Path, *, options=None, device: torch.device) -> LoadedMo
             mirror_axes = checkpoint.get("inference_allowed_mirroring_axes")
     if not settings["use_mirroring"]:
         mirror_axes = None
-    labels = dataset_json.get("labels", {})
-    # The ignore label marks unannotated voxels in training; the network has no output channel for it.
-    classes = {int(i): str(name) for name, i in labels.items() if int(i) != label_manager.ignore_label}
     check_classes(classes, label_manager.num_segmentation_heads, str(folder / "dataset.json"))
     step = float(settings["tile_step_size"])
     return LoadedModel(
         network=FoldEnsemble(networks, None if mirror_axes is None else tuple(mirror_axes)).eval(),
-        classes=dict(sorted(classes.items())),
+        classes=classes,
         in_channels=in_channels,
         tiling_spec=TilingSpec(
             patch_size=tuple(int(p) for p in configuration_manager.patch_size),

@@ -28,23 +28,16 @@ import torch
 
 from ..geometry import INTERPOLATION_ORDERS, Grid, ModelInput, reorient, resample
 from ..inputs import ArgumentError
-from ..io import read_json
+from ..modelinfo import missing_sidecar, read_sidecar, sidecar_candidates, torchscript_info
 from ..tiling import TilingSpec
 from .base import LoadedModel, check_classes, load_torchscript, output_channels
 
-__all__ = ["SUFFIXES", "holds_torchscript", "load_torchscript_model", "sidecar_preprocess"]
+# sidecar_candidates is re-exported for segshap.cohort.case, which imports it from here.
+__all__ = ["load_torchscript_model", "sidecar_preprocess", "sidecar_candidates"]
 
-SUFFIXES = (".pt", ".ts", ".pth", ".jit")
 _TILING_FIELDS = {"overlap": float, "blend": str, "sigma_scale": float}
 """The sidecar's optional sliding-window settings; missing ones take :class:`~segshap.tiling.TilingSpec`'s defaults."""
-_SIDECAR_FORMAT = "segshap-torchscript/1"
-_REQUIRED = ("in_channels", "classes", "patch_size")
 _NORMALIZATIONS = ("zscore", "scale", "none")
-
-
-def holds_torchscript(path: Path) -> bool:
-    """Whether ``path`` is a file with a TorchScript suffix (nothing is loaded)."""
-    return path.is_file() and path.suffix.lower() in SUFFIXES
 
 
 def sidecar_preprocess(data: np.ndarray, affine: np.ndarray | None, settings: dict) -> ModelInput:
@@ -75,38 +68,8 @@ def sidecar_preprocess(data: np.ndarray, affine: np.ndarray | None, settings: di
     return ModelInput(data, Grid(data.shape[1:], grid_affine), source)
 
 
-def sidecar_candidates(path: Path) -> tuple[Path, Path]:
-    """Where a TorchScript model's sidecar may lie: ``<name>.json`` beside it, then ``model.json``."""
-    return path.with_suffix(".json"), path.parent / "model.json"
-
-
-def _sidecar_for(path: Path) -> Path:
-    for candidate in sidecar_candidates(path):
-        if candidate.is_file():
-            return candidate
-    raise ArgumentError(
-        "config",
-        f"No JSON sidecar for {path}: put {path.with_suffix('.json').name} or model.json beside it, or pass its "
-        "path as {argument}; it holds in_channels, classes and patch_size (see segshap.models.torchscript).",
-    )
-
-
-def _read_config(config, model_path: Path) -> tuple[dict, str]:
-    if isinstance(config, dict):
-        return config, "config"
-    source = Path(config) if config is not None else _sidecar_for(model_path)
-    return read_json(source, "model config file"), str(source)
-
-
-def _validate(config: dict, source: str) -> None:
-    missing = [key for key in _REQUIRED if key not in config]
-    if missing:
-        raise ValueError(f"{source} misses {', '.join(missing)}; a model sidecar needs {', '.join(_REQUIRED)}.")
-    if config.get("format", _SIDECAR_FORMAT) != _SIDECAR_FORMAT:
-        raise ValueError(f"{source} has format {config['format']!r}; this version reads {_SIDECAR_FORMAT!r}.")
-    if not isinstance(config["classes"], dict) or not config["classes"]:
-        raise ValueError(f'{source}: classes must map output channel indices to names, e.g. {{"0": "background"}}.')
-    preprocessing = config.get("preprocessing") or {}
+def _check_preprocessing(settings: dict, source: str) -> None:
+    preprocessing = settings.get("preprocessing") or {}
     method = preprocessing.get("normalize", "none")
     if method not in _NORMALIZATIONS:
         raise ValueError(f"{source}: preprocessing.normalize must be one of {_NORMALIZATIONS}, got {method!r}.")
@@ -121,15 +84,19 @@ def _validate(config: dict, source: str) -> None:
 def load_torchscript_model(path: Path, config: dict | str | os.PathLike | None, device: torch.device) -> LoadedModel:
     """A TorchScript network with its JSON sidecar (``config``, or found beside ``path``) as a :class:`LoadedModel`;
     see the module's description for the sidecar's fields."""
-    settings, source = _read_config(config, path)
-    _validate(settings, source)
+    found = read_sidecar(path, config)
+    if found is None:
+        raise ArgumentError("config", missing_sidecar(path, "{argument}"))
+    settings, source = found
+    info = torchscript_info(path, settings, source)
+    _check_preprocessing(settings, source)
     preprocessing = dict(settings.get("preprocessing") or {})
     loaded = LoadedModel(
         network=load_torchscript(path, device=device),
-        classes={int(k): str(v) for k, v in settings["classes"].items()},
-        in_channels=int(settings["in_channels"]),
+        classes=info.classes,
+        in_channels=info.in_channels,
         tiling_spec=TilingSpec(
-            patch_size=tuple(int(p) for p in settings["patch_size"]),
+            patch_size=info.patch_size,
             **{name: kind(settings[name]) for name, kind in _TILING_FIELDS.items() if name in settings},
         ),
         preprocessing=preprocessing,
