@@ -6,6 +6,7 @@ import math
 
 import nibabel
 import numpy as np
+import slicer.util
 import vtk
 from scipy import ndimage
 
@@ -41,3 +42,28 @@ def oblique_demo_t1() -> tuple[np.ndarray, np.ndarray]:
     source = np.linalg.solve(image.affine, np.c_[ijk @ affine[:3, :3].T + affine[:3, 3], np.ones(len(ijk))].T)
     voxels = ndimage.map_coordinates(data, source[:3], order=1).reshape(shape).astype(np.float32)
     return voxels, affine
+
+
+def add_volume(scene, voxels: np.ndarray, affine: np.ndarray, name: str, node_class="vtkMRMLScalarVolumeNode"):
+    """A volume node holding ``voxels`` (indexed ``[i, j, k]``) with ``affine`` as its IJK-to-RAS."""
+    volume = scene.AddNewNodeByClass(node_class, name)
+    slicer.util.updateVolumeFromArray(volume, np.ascontiguousarray(voxels.transpose(2, 1, 0)))
+    volume.SetIJKToRASMatrix(vtk_matrix(affine))
+    return volume
+
+
+def add_linear_transform(scene, matrix: np.ndarray, name: str, parent=None):
+    """A linear transform node (to parent: ``matrix``), under ``parent`` when given."""
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    transform.SetMatrixTransformToParent(vtk_matrix(matrix))
+    if parent is not None:
+        transform.SetAndObserveTransformNodeID(parent.GetID())
+    return transform
+
+
+def rigid(rotation: np.ndarray, shift) -> np.ndarray:
+    """The ``(4, 4)`` matrix rotating by ``rotation`` (3 x 3) and then shifting by ``shift``."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation
+    matrix[:3, 3] = shift
+    return matrix
