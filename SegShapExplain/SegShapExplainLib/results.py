@@ -1,13 +1,14 @@
 """The worker's outputs as MRML nodes: heatmap, feature labelmap, value table, volume rendering, subject hierarchy.
 
-What the slice views show: the input as background and a segmentation with one segment per feature, each filled
-in the colour of its sign (red supports the segmentation, blue works against it) at an opacity proportional to
-|value| (``segshap.palette``, the rule ``overview.png`` follows too: none under ``UNPAINTED_FRACTION`` of the
-strongest, ``STRONGEST_ALPHA`` for the strongest), so weak features let the anatomy through. The top features are
-also outlined, in their own colour at full opacity (outline colour is sign, as the fill's; a neutral colour would
-be a third one to read). Segments are drawn by Slicer's segmentation displayable manager, which blends each segment's opacity over
-the image; a label layer cannot: Slicer's slice view draws the blended layers with their alpha over black, so a
-translucent label entry darkens the anatomy under it. The segments are named with their values for the data probe.
+What the slice views show: the input as background and a segmentation with one segment per feature, each filled in
+the colour of its sign (red supports the segmentation, blue works against it) at an opacity proportional to |value|
+(``segshap.palette``, the rule ``overview.png`` follows too: none under ``UNPAINTED_FRACTION`` of the strongest,
+``STRONGEST_ALPHA`` for the strongest), so weak features let the anatomy through. The top features are also
+outlined, in their own colour at full opacity (outline colour is sign, as the fill's; a neutral colour would be a
+third one to read). Segments are drawn by Slicer's segmentation displayable manager, which blends each segment's
+opacity over the image; a label layer cannot: Slicer's slice view draws the blended layers with their alpha over
+black, so a translucent label entry darkens the anatomy under it. The segments are named with their values for the
+data probe.
 
 Everything is built first and added to the scene last, inside :class:`SceneAdditions`, so an error half-way
 removes what was added and the scene is as it was.
