@@ -1,8 +1,10 @@
-"""Slicer-side logic of SegShapExplain: MRML nodes to files, the background worker, files back to MRML nodes.
+"""Slicer-side logic of SegShapExplain: MRML nodes to files, the background worker, files back to MRML nodes, and
+the panel's rules.
 
-Nothing here imports Qt (or the engine, but for its standard-library ``segshap.processes``), so every decision is
-testable with the PyPI package ``slicer-core``; the module file ``SegShapExplain.py`` only wires these to the
-panel.
+Nothing here imports Qt, nor the engine's computing parts: of ``segshap`` only its standard-library modules
+(``segshap.processes``, ``segshap.modelinfo``, ``segshap.palette``), so that the module loads in 3D Slicer before
+PyTorch is installed and every decision is testable with the PyPI package ``slicer-core``; the module file
+``SegShapExplain.py`` only wires these to the panel.
 """
 
 from .logic import ModelDescription, SegShapExplainLogic

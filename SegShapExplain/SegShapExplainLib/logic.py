@@ -20,7 +20,15 @@ from pathlib import Path
 
 import slicer
 
-from .exchange import checkScalarVolume, exportSegment, exportVolume
+from .exchange import (
+    checkScalarVolume,
+    createRoi,
+    createRoiAroundSegment,
+    exportLabelmap,
+    exportRoi,
+    exportSegment,
+    exportVolume,
+)
 from .results import (
     ExplanationNodes,
     importExplanation,
@@ -29,7 +37,7 @@ from .results import (
     setOutlineStyle,
     showInSliceViews,
 )
-from .settings import Device, ExplainSettings, OutlineStyle, workerBatchSize
+from .settings import Device, ExplainSettings, FeatureKind, OutlineStyle, workerBatchSize
 from .worker import (
     JobCallbacks,
     ProcessRunner,
@@ -136,6 +144,8 @@ class SegShapExplainLogic:
         segmentId: str | None = None,
         settings: ExplainSettings | None = None,
         *,
+        roiNode=None,
+        organSegmentationNode=None,
         trustModel: bool = False,
         onProgress: Callable[[Progress], None] | None = None,
         onLog: Callable[[str], None] | None = None,
@@ -154,6 +164,12 @@ class SegShapExplainLogic:
             The target segment to read values on; default the model's own segmentation of ``target``.
         settings : ExplainSettings, optional
             Features, value function, samples, baseline, device...; default ``ExplainSettings()``.
+        roiNode : vtkMRMLMarkupsROINode, optional
+            The box where values are read (the voxels whose centres lie inside it, exactly, also when the box or
+            the volume is rotated); default the target segment's bounding box with a margin.
+        organSegmentationNode : vtkMRMLSegmentationNode, optional
+            For organ and organ-aware features: the organs, one per segment and named after it (an atlas, an
+            earlier segmentation...); default the model's own segmentation of the image.
         trustModel : bool
             Allow a MONAI bundle, whose configuration can run code.
         onProgress, onLog : callable, optional
@@ -179,6 +195,8 @@ class SegShapExplainLogic:
             segmentationNode,
             segmentId,
             settings,
+            roiNode=roiNode,
+            organSegmentationNode=organSegmentationNode,
             trustModel=trustModel,
             callbacks=JobCallbacks(onProgress=onProgress, onLog=onLog),
         ).wait()
@@ -192,12 +210,20 @@ class SegShapExplainLogic:
         segmentId: str | None = None,
         settings: ExplainSettings | None = None,
         *,
+        roiNode=None,
+        organSegmentationNode=None,
         trustModel: bool = False,
         callbacks: JobCallbacks | None = None,
     ) -> WorkerJob:
         """Start :meth:`explain` in the background; its result (``ExplanationNodes``) goes to ``onDone``."""
         settings = settings or ExplainSettings()
         checkScalarVolume(volumeNode)
+        if organSegmentationNode is not None and settings.features not in (FeatureKind.ORGANS, FeatureKind.ORGAN_AWARE):
+            raise ValueError(
+                f"Organs from {organSegmentationNode.GetName()!r} apply to organ features only: choose "
+                f"'{FeatureKind.label(FeatureKind.ORGANS)}' or '{FeatureKind.label(FeatureKind.ORGAN_AWARE)}', or "
+                "clear the organs segmentation."
+            )
         if segmentationNode is not None and not segmentId:
             raise ValueError(f"Choose a segment of {segmentationNode.GetName()!r} as the target segment.")
         if segmentationNode is not None and segmentationNode.GetTransformNodeID() != volumeNode.GetTransformNodeID():
@@ -219,6 +245,11 @@ class SegShapExplainLogic:
             }
             if segmentationNode is not None:
                 request["reference"] = str(exportSegment(segmentationNode, segmentId, folder / "reference.seg.nrrd"))
+            if roiNode is not None:
+                request["roi"] = exportRoi(roiNode, volumeNode, folder)
+            if organSegmentationNode is not None:
+                organs = exportLabelmap(organSegmentationNode, volumeNode, folder / "organs.seg.nrrd")
+                request["labelmap"] = str(organs.path)
             return request
 
         def finish(fields: dict) -> ExplanationNodes:
@@ -236,12 +267,19 @@ class SegShapExplainLogic:
     # ------------------------------------------------------------------------------------------------ segment
 
     def segment(
-        self, volumeNode, modelPath: str, *, device: Device = Device.AUTO, batchSize: int = 0, trustModel: bool = False
+        self,
+        volumeNode,
+        modelPath: str,
+        *,
+        device: Device = Device.AUTO,
+        gpuIndex: int = 0,
+        batchSize: int = 0,
+        trustModel: bool = False,
     ):
         """The model's segmentation of ``volumeNode`` as a new segmentation node (one segment per class found).
         ``batchSize`` 0 leaves the windows per forward pass to the engine."""
         return self.segmentAsync(
-            volumeNode, modelPath, device=device, batchSize=batchSize, trustModel=trustModel
+            volumeNode, modelPath, device=device, gpuIndex=gpuIndex, batchSize=batchSize, trustModel=trustModel
         ).wait()
 
     def segmentAsync(
@@ -250,6 +288,7 @@ class SegShapExplainLogic:
         modelPath: str,
         *,
         device: Device = Device.AUTO,
+        gpuIndex: int = 0,
         batchSize: int = 0,
         trustModel: bool = False,
         callbacks: JobCallbacks | None = None,
@@ -265,7 +304,7 @@ class SegShapExplainLogic:
                 "model": str(modelPath),
                 "trust_model": trustModel,
                 "out": str(folder / "out"),
-                "options": {"device": device.value} | workerBatchSize(batchSize),
+                "options": {"device": device.workerName(gpuIndex)} | workerBatchSize(batchSize),
             }
 
         def finish(fields: dict):
@@ -278,16 +317,18 @@ class SegShapExplainLogic:
     # ------------------------------------------------------------------------------------------------ describe
 
     def describeModel(
-        self, modelPath: str, *, device: Device = Device.AUTO, trustModel: bool = False
+        self, modelPath: str, *, device: Device = Device.AUTO, gpuIndex: int = 0, trustModel: bool = False
     ) -> ModelDescription:
-        """Load the model in the worker and report its format, classes and the device it would run on."""
-        return self.describeModelAsync(modelPath, device=device, trustModel=trustModel).wait()
+        """Load the model in the worker and report its format, classes and the device it would run on (the
+        classes alone, without the worker: :func:`SegShapExplainLib.panel.modelStatus`)."""
+        return self.describeModelAsync(modelPath, device=device, gpuIndex=gpuIndex, trustModel=trustModel).wait()
 
     def describeModelAsync(
         self,
         modelPath: str,
         *,
         device: Device = Device.AUTO,
+        gpuIndex: int = 0,
         trustModel: bool = False,
         callbacks: JobCallbacks | None = None,
     ) -> WorkerJob:
@@ -298,10 +339,38 @@ class SegShapExplainLogic:
                 "task": "describe",
                 "model": str(modelPath),
                 "trust_model": trustModel,
-                "options": {"device": device.value},
+                "options": {"device": device.workerName(gpuIndex)},
             }
 
         return self._start(prepare, ModelDescription.fromEvent, callbacks)
+
+    # ------------------------------------------------------------------------------------------------ region
+
+    def placeBox(
+        self,
+        volumeNode,
+        segmentationNode=None,
+        segmentId: str | None = None,
+        *,
+        marginMm: float = 10.0,
+        sizeMm: float = 60.0,
+    ):
+        """A box (markups ROI, aligned to the volume's voxels) to explain, for the user to drag: around the target
+        segment with ``marginMm`` on every side when one is given, else ``sizeMm`` wide around the slice views'
+        crosshair (the volume's centre without one). Returns the ``vtkMRMLMarkupsROINode``."""
+        checkScalarVolume(volumeNode)
+        name = f"{volumeNode.GetName()} SHAP box"
+        if segmentationNode is not None and segmentId:
+            return createRoiAroundSegment(self.scene, segmentationNode, segmentId, volumeNode, marginMm, name)
+        return createRoi(self.scene, volumeNode, self._viewCentre(volumeNode), sizeMm, name)
+
+    def _viewCentre(self, volumeNode) -> tuple[float, float, float]:
+        crosshair = self.scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        if crosshair is not None and any(crosshair.GetCrosshairRAS()):
+            return tuple(crosshair.GetCrosshairRAS())
+        bounds = [0.0] * 6
+        volumeNode.GetRASBounds(bounds)
+        return tuple((bounds[2 * axis] + bounds[2 * axis + 1]) / 2 for axis in range(3))
 
     # ------------------------------------------------------------------------------------------------ display
 

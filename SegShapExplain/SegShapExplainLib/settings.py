@@ -63,15 +63,26 @@ class Baseline(enum.Enum):
 
 
 class Device(enum.Enum):
-    """Where the worker runs the model; ``AUTO`` is the GPU when the worker's torch sees one."""
+    """Where the worker runs the model; ``AUTO`` is the GPU when the worker's torch sees one. ``CUDA`` takes the GPU
+    number of :attr:`ExplainSettings.gpuIndex`."""
 
     AUTO = "auto"
     CUDA = "cuda"
+    MPS = "mps"
     CPU = "cpu"
 
     @staticmethod
     def label(device: Device) -> str:
-        return {Device.AUTO: "Auto (GPU if available)", Device.CUDA: "GPU (CUDA)", Device.CPU: "CPU"}[device]
+        return {
+            Device.AUTO: "Auto (GPU if available)",
+            Device.CUDA: "NVIDIA GPU (CUDA)",
+            Device.MPS: "Apple GPU (MPS)",
+            Device.CPU: "CPU",
+        }[device]
+
+    def workerName(self, gpuIndex: int = 0) -> str:
+        """The engine's name of this device: ``"cuda:1"`` for the second NVIDIA GPU."""
+        return f"cuda:{gpuIndex}" if self is Device.CUDA and gpuIndex else self.value
 
 
 class OutlineStyle(enum.Enum):
@@ -102,17 +113,23 @@ class ExplainSettings:
         For ``nSamples == 0``: stop once the largest standard error is this fraction of the values' spread;
         0 means the engine's default.
     timeLimit : float
-        Seconds the sampling may take (the worker's ``max_seconds``): it stops before a batch that would end later
-        and the values reached are shown with their standard errors; 0 means no limit.
+        Seconds the explanation may take, from loading the model to the faithfulness curves (the worker's
+        ``max_seconds``): the sampling stops in time, and the values reached are shown with their standard errors
+        (or a warning that they are rough); 0 means no limit.
     baseline : Baseline
     device : Device
+    gpuIndex : int
+        Which NVIDIA GPU (0 the first) when ``device`` is ``Device.CUDA``.
+    foreground : bool
+        Build features only where the image is not background (the engine's ``foreground="auto"``), so that the
+        air around the patient is no feature; off, everywhere.
     seed : int
     batchSize : int
         Windows per forward pass (halved automatically when the GPU runs out of memory); 0 means the engine's
         default.
     faithfulness : bool
         Also compute the deletion and insertion curves of the ranking (and of a random one), whose AUCs the
-        status line shows; they cost about a third more forwards.
+        status line shows; they cost at most a quarter of the estimation's forwards, within the time limit.
     """
 
     features: FeatureKind = FeatureKind.SUPERVOXELS
@@ -123,6 +140,8 @@ class ExplainSettings:
     timeLimit: float = 0.0
     baseline: Baseline = Baseline.MEAN
     device: Device = Device.AUTO
+    gpuIndex: int = 0
+    foreground: bool = True
     seed: int = 0
     batchSize: int = 0
     faithfulness: bool = True
@@ -137,6 +156,8 @@ class ExplainSettings:
             problems.append(f"the tolerance must be positive, or 0 for the default (got {self.tolerance})")
         if self.timeLimit < 0:
             problems.append(f"the time limit must be positive, or 0 for none (got {self.timeLimit})")
+        if self.gpuIndex < 0:
+            problems.append(f"the GPU number must be 0 or more (got {self.gpuIndex})")
         if self.batchSize < 0:
             problems.append(f"the batch size must be positive, or 0 for the default (got {self.batchSize})")
         if problems:
@@ -152,7 +173,8 @@ class ExplainSettings:
             "tolerance": self.tolerance or None,
             "max_seconds": self.timeLimit or None,
             "baseline": self.baseline.value,
-            "device": self.device.value,
+            "device": self.device.workerName(self.gpuIndex),
+            "foreground": "auto" if self.foreground else "none",
             "seed": self.seed,
             "faithfulness": self.faithfulness,
         }
