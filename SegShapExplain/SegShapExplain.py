@@ -1,8 +1,8 @@
 """3D Slicer module: explain a segmentation model's output with efficient KernelSHAP over supervoxels.
 
-GUI and self-test only. Every decision lives in ``SegShapExplainLib`` (no Qt, tested headless with slicer-core);
-the engine ``segshap`` runs in a separate worker process (Slicer's side imports only its standard-library
-``segshap.processes``).
+GUI and self-test only. Every rule of the panel lives in ``SegShapExplainLib`` (no Qt, tested headless with
+slicer-core: ``panel.panelState`` says what each widget shows); the engine ``segshap`` runs in a separate worker
+process (Slicer's side imports only its standard-library modules).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -31,13 +31,15 @@ from SegShapExplainLib import (
     JobCallbacks,
     OutlineStyle,
     OutOfMemoryError,
+    OutputMode,
     SegShapExplainLogic,
     ValueFunction,
     WorkerCancelled,
     WorkerError,
 )
-from SegShapExplainLib.dependencies import installDependencies, installMessage, missingPackages
-from SegShapExplainLib.resources import demoCase, resourcesFolder
+from SegShapExplainLib.dependencies import installDependencies, installMessage, missingPackages, torchGpuMessage
+from SegShapExplainLib.panel import PanelInputs, modelStatus, panelState
+from SegShapExplainLib.resources import HELP_TEXT, demoCase, demoSampleData, resourcesFolder
 from SegShapExplainLib.worker import slicerRunner
 
 DEMO = demoCase()
@@ -50,15 +52,20 @@ class SegShapExplain(ScriptedLoadableModule):
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
         self.parent.contributors = ["SegShapExplain developers"]
-        self.parent.helpText = (
-            "Explains why a 3D segmentation model segmented a structure: the Shapley value of each supervoxel (or "
-            "organ) for the model's score on the target segment, computed exactly as full sliding-window inference "
-            "would, in a background process. Red supports the segmentation, blue works against it. "
-            "See the <a href='https://github.com/segshapexplain/SegShapExplain'>project page</a>."
-        )
+        self.parent.helpText = HELP_TEXT
         self.parent.acknowledgementText = (
             "Builds on efficient KernelSHAP for patch-based 3D segmentation (Coimbra Brioso et al., arXiv 2604.11775)."
         )
+        # Slicer looks for the icon beside the module; a source checkout keeps it in the top-level Resources/.
+        self.parent.icon = qt.QIcon(str(resourcesFolder() / "Icons" / "SegShapExplain.png"))
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """The demo MRI in the Sample Data module (its model is the panel's default)."""
+    import SampleData
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(**demoSampleData())
 
 
 @parameterNodeWrapper
@@ -71,8 +78,11 @@ class SegShapExplainParameterNode:
     target: str = ""
     referenceSegmentation: vtkMRMLSegmentationNode
     referenceSegmentId: str = ""
+    roi: vtkMRMLMarkupsROINode
     features: FeatureKind = FeatureKind.SUPERVOXELS
     nFeatures: Annotated[int, WithinRange(1, 100000)] = 100
+    organSegmentation: vtkMRMLSegmentationNode
+    foreground: bool = True
     value: ValueFunction = ValueFunction.SOFT_DICE
     autoSamples: bool = True
     nSamples: Annotated[int, WithinRange(2, 10000000)] = 2000
@@ -80,8 +90,10 @@ class SegShapExplainParameterNode:
     timeLimit: Annotated[int, WithinRange(0, 86400)] = 0
     baseline: Baseline = Baseline.MEAN
     device: Device = Device.AUTO
+    gpuIndex: Annotated[int, WithinRange(0, 63)] = 0
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     faithfulness: bool = True
+    outputMode: OutputMode = OutputMode.NEW
     outlineStyle: OutlineStyle = OutlineStyle.TOP
     resultTable: vtkMRMLTableNode
 
@@ -95,6 +107,8 @@ class SegShapExplainParameterNode:
             timeLimit=self.timeLimit,
             baseline=self.baseline,
             device=self.device,
+            gpuIndex=self.gpuIndex,
+            foreground=self.foreground,
             seed=self.seed,
             faithfulness=self.faithfulness,
         )
@@ -113,7 +127,7 @@ class SegShapExplainParameterLogic(ScriptedLoadableModuleLogic):
 
 
 class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: inputs, options, Explain/Cancel with progress, and the results table."""
+    """The panel: binds widgets to the parameter node and applies ``panelState``; the jobs run in the worker."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -122,11 +136,12 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self.job = None
         self.modelJob = None
-        self._describedModel = None  # (path, trust, device) the listed classes are from
+        self._model = None  # (path, ModelStatus) of the model the panel last read
+        self._describedModel = None  # (path, trust, device) the worker last described
         self._restoringReference = False
         self._retry = None  # starts the last job again (after an out-of-memory error, on the CPU)
-        self._shownResults = None  # the ExplanationNodes in the slice views, restyled when the outline style changes
-        self._outlineStyle = None
+        self._results = []  # the ExplanationNodes the result selector lists
+        self._shown = None  # the ExplanationNodes in the views
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -148,11 +163,16 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelFolderButton.clicked.connect(self.onChooseModelFolder)
         self.ui.explainButton.clicked.connect(self.onExplainOrCancel)
         self.ui.segmentWithModelButton.clicked.connect(self.onSegmentWithModel)
+        self.ui.placeBoxButton.clicked.connect(self.onPlaceBox)
+        self.ui.show3DButton.toggled.connect(self.onShow3D)
+        self.ui.resultTargetComboBox.currentIndexChanged.connect(self.onResultChosen)
         self.ui.resultsTableView.selectionModel().currentRowChanged.connect(self.onResultRowChanged)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneImported)
         self.initializeParameterNode()
+        self.listResults()
 
     # ------------------------------------------------------------------------------------------ parameter node
 
@@ -172,10 +192,14 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self.cancelJobs()
         self.setParameterNode(None)
+        self._results, self._shown = [], None
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    def onSceneImported(self, caller, event) -> None:
+        self.listResults()  # a scene saved with results shows them again
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.parameterLogic.getParameterNode())
@@ -199,23 +223,54 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateButtons(self, caller=None, event=None) -> None:
         parameters = self._parameterNode
-        if parameters and self._shownResults and parameters.outlineStyle is not self._outlineStyle:
-            self._outlineStyle = parameters.outlineStyle
-            self.logic.setOutlineStyle(self._shownResults, self._outlineStyle)
-        if parameters and (parameters.modelPath, parameters.trustModel, parameters.device) != self._describedModel:
-            self.describeModel()
-        running = self.job is not None
-        ready = bool(
-            parameters and parameters.inputVolume and str(parameters.modelPath) not in ("", ".") and parameters.target
+        if parameters is None:
+            return
+        if self._shown is not None and parameters.outlineStyle is not self._shown.outlineStyle:
+            self.logic.setOutlineStyle(self._shown, parameters.outlineStyle)
+        model = self.readModel()
+        state = panelState(
+            PanelInputs(
+                hasVolume=bool(parameters.inputVolume),
+                model=model,
+                target=parameters.target,
+                trustModel=parameters.trustModel,
+                running=self.job is not None,
+                features=parameters.features,
+                hasOrganSegmentation=bool(parameters.organSegmentation),
+                hasRoi=bool(parameters.roi),
+                device=parameters.device,
+                autoSamples=parameters.autoSamples,
+                hasResult=self._shown is not None,
+            )
         )
-        self.ui.explainButton.text = "Cancel" if running else "Explain"
-        self.ui.explainButton.enabled = running or ready
-        self.ui.explainButton.toolTip = (
-            "" if running or ready else "Choose an input volume, a model and a target class."
-        )
-        self.ui.segmentWithModelButton.enabled = not running and bool(parameters and parameters.inputVolume)
-        self.ui.nSamplesSpinBox.enabled = bool(parameters and not parameters.autoSamples)
-        self.ui.toleranceSpinBox.enabled = bool(parameters and parameters.autoSamples)
+        self.ui.explainButton.text = state.explainText
+        self.ui.explainButton.enabled = state.explainEnabled
+        self.ui.explainButton.toolTip = state.explainToolTip
+        self.ui.segmentWithModelButton.enabled = state.segmentEnabled
+        self.ui.placeBoxButton.enabled = state.placeBoxEnabled
+        self.ui.trustModelCheckBox.visible = state.trustVisible
+        self.ui.organSegmentationSelector.enabled = state.organSegmentationEnabled
+        self.ui.gpuIndexSpinBox.enabled = state.gpuIndexEnabled
+        self.ui.nSamplesSpinBox.enabled = state.nSamplesEnabled
+        self.ui.toleranceSpinBox.enabled = state.toleranceEnabled
+        self.ui.show3DButton.enabled = state.show3DEnabled
+        if not self.modelJob:
+            self.ui.modelInfoLabel.text = state.modelMessage
+
+    def readModel(self):
+        """The chosen model's format and classes from its files (no PyTorch needed); the target list follows."""
+        path = self._parameterNode.modelPath
+        if self._model is None or self._model[0] != path:
+            self._model = (path, modelStatus(path, missingPackages()))
+            wanted = self._parameterNode.target
+            classes = list(self._model[1].classes)
+            self.ui.targetComboBox.clear()
+            self.ui.targetComboBox.addItems(classes)
+            self.ui.targetComboBox.setCurrentText(wanted if wanted or not classes else classes[-1])
+        described = (path, self._parameterNode.trustModel, self._parameterNode.device)
+        if self._model[1].usable and described != self._describedModel and not missingPackages():
+            self.describeModel(described)
+        return self._model[1]
 
     def onTargetChanged(self, text: str) -> None:
         if self._parameterNode:
@@ -244,45 +299,40 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------------------------------ actions
 
-    def describeModel(self) -> None:
-        """Load the model in the worker to list its classes (and check it) without blocking the panel."""
+    def describeModel(self, described) -> None:
+        """Ask the worker where the model would run (and whether PyTorch can use the GPU), without blocking."""
         if self.modelJob is not None:
             self.modelJob.cancel()
-            self.modelJob = None
-        parameters = self._parameterNode
-        self._describedModel = (parameters.modelPath, parameters.trustModel, parameters.device)
-        path = parameters.modelPath
-        if not path or str(path) in ("", ".") or not path.exists():
-            self.ui.modelInfoLabel.text = "Choose a model file or folder to list its classes."
-            return
-        if missingPackages():
-            self.ui.modelInfoLabel.text = "Python packages are missing; they are installed when you press Explain."
-            return
-        self.ui.modelInfoLabel.text = "Reading the model..."
+        self._describedModel = described
+        path, trust, device = described
         self.modelJob = self.logic.describeModelAsync(
             str(path),
-            device=self._parameterNode.device,
-            trustModel=self._parameterNode.trustModel,
+            device=device,
+            gpuIndex=self._parameterNode.gpuIndex,
+            trustModel=trust,
             callbacks=JobCallbacks(onDone=self.onModelDescribed, onError=self.onModelFailed),
         )
         self.timer.start()
 
     def onModelDescribed(self, description) -> None:
         self.modelJob = None
-        wanted = self._parameterNode.target
-        classes = [name for index, name in sorted(description.classes.items()) if index != 0]
-        self.ui.targetComboBox.clear()
-        self.ui.targetComboBox.addItems(classes)
-        self.ui.targetComboBox.setCurrentText(wanted if wanted in classes else classes[-1] if classes else "")
-        where = f"GPU ({description.cudaDevices[0]})" if description.cudaDevices else "CPU"
-        self.ui.modelInfoLabel.text = (
-            f"{description.format} model, {len(description.classes)} classes, "
-            f"patch {'x'.join(map(str, description.patchSize))}; runs on the {where}."
+        where = f"the GPU ({description.cudaDevices[0]})" if description.cudaDevices else "the CPU"
+        warning = torchGpuMessage(description.torch) if description.torch else None
+        self.ui.modelInfoLabel.text = f"{self._model[1].message} It runs on {where}." + (
+            f" {warning}" if warning else ""
         )
 
     def onModelFailed(self, error: BaseException) -> None:
         self.modelJob = None
         self.ui.modelInfoLabel.text = f"This model cannot be used: {error}"
+
+    def onPlaceBox(self) -> None:
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Could not place a box.", waitCursor=True):
+            reference = parameters.referenceSegmentation
+            parameters.roi = self.logic.placeBox(
+                parameters.inputVolume, reference, parameters.referenceSegmentId if reference else None
+            )
 
     def onExplainOrCancel(self) -> None:
         if self.job is not None:
@@ -304,6 +354,8 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             reference,
             parameters.referenceSegmentId if reference else None,
             parameters.settings(),
+            roiNode=parameters.roi,
+            organSegmentationNode=parameters.organSegmentation,
             trustModel=parameters.trustModel,
             callbacks=JobCallbacks(
                 onProgress=self.onProgress,
@@ -313,12 +365,7 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 onCancelled=self.onCancelled,
             ),
         )
-        self.ui.progressBar.visible = True
-        self.ui.progressBar.value = 0
-        self.ui.progressBar.format = "Starting the worker..."
-        self.ui.statusLabel.text = "Starting the worker..."
-        self.timer.start()
-        self.updateButtons()
+        self._started("Starting the worker...", progress=True)
 
     def onSegmentWithModel(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not segment with the model.", waitCursor=True):
@@ -333,12 +380,19 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parameters.inputVolume,
             str(parameters.modelPath),
             device=parameters.device,
+            gpuIndex=parameters.gpuIndex,
             trustModel=parameters.trustModel,
             callbacks=JobCallbacks(
                 onLog=self.onStage, onDone=self.onSegmented, onError=self.onFailed, onCancelled=self.onCancelled
             ),
         )
-        self.ui.statusLabel.text = "Segmenting with the model..."
+        self._started("Segmenting with the model...", progress=False)
+
+    def _started(self, status: str, progress: bool) -> None:
+        self.ui.progressBar.visible = progress
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.format = status
+        self.ui.statusLabel.text = status
         self.timer.start()
         self.updateButtons()
 
@@ -359,17 +413,49 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onProgress(self, progress) -> None:
         self.ui.progressBar.value = int(progress.percent)
-        self.ui.progressBar.format = f"%p%  ({progress.done}/{progress.total} window forwards, {progress.eta} left)"
+        self.ui.progressBar.format = progress.text or "%p%"
 
     def onStage(self, message: str) -> None:
         self.ui.statusLabel.text = message
 
-    def onExplained(self, nodes) -> None:
-        self._finished(f"Done: {nodes.table.GetAttribute('SegShapExplain.Summary')}.")
-        self._shownResults, self._outlineStyle = nodes, self._parameterNode.outlineStyle
-        self.logic.showResults(self._parameterNode.inputVolume, nodes, outlines=self._outlineStyle)
-        self._parameterNode.resultTable = nodes.table
-        self.ui.resultsTableView.setMRMLTableNode(nodes.table)
+    def onExplained(self, results) -> None:
+        parameters = self._parameterNode
+        if parameters.outputMode is OutputMode.REPLACE:
+            self.logic.replacePrevious(results)
+        self._finished(f"Done: {results[0].summary}")
+        self.listResults(shown=results[0])
+
+    def listResults(self, shown=None) -> None:
+        """Fill the result selector with the explanations in the scene and show ``shown`` (default the newest)."""
+        self._results = self.logic.findResults()
+        self.ui.resultTargetComboBox.blockSignals(True)
+        self.ui.resultTargetComboBox.clear()
+        self.ui.resultTargetComboBox.addItems([result.name for result in self._results])
+        self.ui.resultTargetComboBox.blockSignals(False)
+        if self._results:
+            chosen = shown if shown in self._results else self._results[-1]
+            self.ui.resultTargetComboBox.setCurrentIndex(self._results.index(chosen))
+            self.showResult(chosen)
+
+    def onResultChosen(self, index: int) -> None:
+        if 0 <= index < len(self._results):
+            self.showResult(self._results[index])
+
+    def showResult(self, result) -> None:
+        """Add ``result``'s features over the views (the user's layers stay), its table below; Show 3D follows."""
+        if self._shown is not None and self._shown is not result:
+            self.logic.hideResults(self._shown)
+        self._shown = result
+        result.outlineStyle = self._parameterNode.outlineStyle
+        self.logic.showResults(self._parameterNode.inputVolume or result.heatmap, result, outlines=result.outlineStyle)
+        self.logic.setShow3D(result, self.ui.show3DButton.checked)
+        self._parameterNode.resultTable = result.table
+        self.ui.resultsTableView.setMRMLTableNode(result.table)
+        self.updateButtons()
+
+    def onShow3D(self, checked: bool) -> None:
+        if self._shown is not None:
+            self.logic.setShow3D(self._shown, checked)
 
     def onSegmented(self, segmentation) -> None:
         self._finished(f"Segmented: {segmentation.GetName()}.")
@@ -413,7 +499,7 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not slicer.util.confirmOkCancelDisplay(installMessage(missing), windowTitle="SegShapExplain"):
             return False
         installDependencies(missing)
-        self._describedModel = None  # list the model's classes now that the worker can run
+        self._model = self._describedModel = None  # read the model again now that the worker can run
         self.updateButtons()
         return True
 
@@ -450,7 +536,7 @@ class SegShapExplainTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Explaining the demo model's white matter")
         logic, volume, segmentation, segmentId = self._inputs()
-        nodes = logic.explain(volume, str(DEMO.model), DEMO.target, segmentation, segmentId, self.SETTINGS)
+        (nodes,) = logic.explain(volume, str(DEMO.model), DEMO.target, segmentation, segmentId, self.SETTINGS)
         heat = slicer.util.arrayFromVolume(nodes.heatmap)
         ids = slicer.util.arrayFromVolume(nodes.features)
         self.assertEqual(heat.shape, slicer.util.arrayFromVolume(volume).shape)

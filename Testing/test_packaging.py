@@ -146,3 +146,32 @@ def test_the_slicer_side_and_the_process_helper_load_without_torch():
     env = {**os.environ, "PYTHONPATH": str(ROOT / "SegShapExplain")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_every_option_of_the_panel_has_a_tooltip_and_explain_is_the_default_button():
+    import xml.etree.ElementTree as ElementTree
+
+    root = ElementTree.fromstring(_panel()[0])
+    inputs = ("QComboBox", "QSpinBox", "QDoubleSpinBox", "QCheckBox", "QPushButton", "qMRMLNodeComboBox")
+    inputs += ("ctkPathLineEdit", "qMRMLSegmentSelectorWidget", "qMRMLTableView")
+    without = [
+        widget.get("name")
+        for widget in root.iter("widget")
+        if widget.get("class") in inputs
+        and widget.get("name") != "explainButton"  # its tooltip is set by the panel's rules (panelState)
+        and not any(
+            p.get("name") == "toolTip" and (p.findtext("string") or "").strip() for p in widget.findall("property")
+        )
+    ]
+    assert without == []
+    explain = next(w for w in root.iter("widget") if w.get("name") == "explainButton")
+    assert any(p.get("name") == "default" and p.findtext("bool") == "true" for p in explain.findall("property"))
+
+
+def test_the_demo_is_listed_in_sample_data_from_a_local_file():
+    from SegShapExplainLib.resources import HELP_TEXT, demoSampleData
+
+    sample = demoSampleData()
+    assert sample["uris"].startswith("file://") and Path(sample["uris"][len("file://") :]).is_file()
+    assert Path(sample["thumbnailFileName"]).is_file() and sample["loadFileType"] == "VolumeFile"
+    assert "Reading the result" in HELP_TEXT and "Limits" in HELP_TEXT

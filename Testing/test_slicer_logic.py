@@ -129,7 +129,7 @@ def test_explain_end_to_end_builds_the_nodes_on_the_input_geometry(scene, tmp_pa
     volume.SetAndObserveTransformNodeID(transform.GetID())
     segmentation.SetAndObserveTransformNodeID(transform.GetID())
     progress, stages = [], []
-    nodes = logic.explain(
+    (nodes,) = logic.explain(
         volume,
         str(MODEL),
         "white_matter",
@@ -146,9 +146,10 @@ def test_explain_end_to_end_builds_the_nodes_on_the_input_geometry(scene, tmp_pa
     assert any("Estimating" in stage for stage in stages)
     assert list(tmp_path.iterdir()) == []
 
-    # The panel's status line carries the faithfulness of the ranking.
-    summary = nodes.table.GetAttribute("SegShapExplain.Summary")
-    assert "deletion AUC" in summary and "insertion AUC" in summary, summary
+    # The panel's status line carries the faithfulness of the ranking, in the user's words.
+    summary = nodes.summary
+    assert "deletion AUC" in summary and "insertion AUC" in summary and "samples" in summary, summary
+    assert logic.findResults() == [nodes]
 
     # Geometry identical to the input.
     for node in (nodes.heatmap, nodes.features):

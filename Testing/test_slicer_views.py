@@ -77,7 +77,7 @@ def shown(egl, oblique_t1, tmp_path_factory):  # noqa: F811  (the fixture import
         volumeRenderingLogic=views.volumeRendering,
         temporaryFolder=str(tmp_path_factory.mktemp("jobs")),
     )
-    nodes = logic.explain(volume, str(DEMO.model), "white_matter", settings=SMALL)
+    (nodes,) = logic.explain(volume, str(DEMO.model), "white_matter", settings=SMALL)
     yield scene, views, volume, nodes, logic
     views.close()
 

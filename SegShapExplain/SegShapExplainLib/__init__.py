@@ -9,7 +9,7 @@ PyTorch is installed and every decision is testable with the PyPI package ``slic
 
 from .logic import ModelDescription, SegShapExplainLogic
 from .results import ExplanationNodes
-from .settings import Baseline, Device, ExplainSettings, FeatureKind, OutlineStyle, ValueFunction
+from .settings import Baseline, Device, ExplainSettings, FeatureKind, OutlineStyle, OutputMode, ValueFunction
 from .worker import (
     JobCallbacks,
     OutOfMemoryError,
@@ -30,6 +30,7 @@ __all__ = [
     "Baseline",
     "Device",
     "OutlineStyle",
+    "OutputMode",
     "JobCallbacks",
     "Progress",
     "WorkerJob",

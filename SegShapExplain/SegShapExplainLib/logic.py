@@ -31,10 +31,14 @@ from .exchange import (
 )
 from .results import (
     ExplanationNodes,
-    importExplanation,
+    findExplanations,
+    hideInViews,
+    importExplanations,
     importSegmentation,
     jumpToFeature,
+    replaceExplanations,
     setOutlineStyle,
+    setShow3D,
     showInSliceViews,
 )
 from .settings import Device, ExplainSettings, FeatureKind, OutlineStyle, workerBatchSize
@@ -65,6 +69,9 @@ class ModelDescription:
         Where the worker would run it (``"cuda"`` or ``"cpu"`` for device ``auto``).
     cudaDevices : tuple of str
         The GPUs the worker's torch sees (empty: CPU only).
+    torch : dict
+        The worker's PyTorch and the machine's GPUs (``segshap.jobs.torch_facts``), which
+        ``dependencies.torchGpuMessage`` words when PyTorch cannot use a GPU that is there.
     """
 
     format: str
@@ -73,6 +80,7 @@ class ModelDescription:
     patchSize: tuple
     device: str
     cudaDevices: tuple
+    torch: dict
 
     @classmethod
     def fromEvent(cls, fields: dict) -> ModelDescription:
@@ -84,6 +92,7 @@ class ModelDescription:
             patchSize=tuple(model["patch_size"]),
             device=model["device"],
             cudaDevices=tuple(model["cuda_devices"]),
+            torch=dict(fields.get("torch") or {}),
         )
 
 
@@ -149,7 +158,7 @@ class SegShapExplainLogic:
         trustModel: bool = False,
         onProgress: Callable[[Progress], None] | None = None,
         onLog: Callable[[str], None] | None = None,
-    ) -> ExplanationNodes:
+    ) -> list[ExplanationNodes]:
         """Explain why the model segmented ``target`` on ``volumeNode``; blocks until the nodes are in the scene.
 
         Parameters
@@ -159,7 +168,8 @@ class SegShapExplainLogic:
         modelPath : str
             TorchScript file with its JSON sidecar, MONAI bundle folder, or nnU-Net v2 model folder.
         target : str or int
-            The model's class, by name or index.
+            The model's class, by name or index; several separated by commas (all explained from the same model
+            evaluations).
         segmentationNode, segmentId : optional
             The target segment to read values on; default the model's own segmentation of ``target``.
         settings : ExplainSettings, optional
@@ -177,7 +187,9 @@ class SegShapExplainLogic:
 
         Returns
         -------
-        ExplanationNodes
+        list of ExplanationNodes
+            One per target, in one subject hierarchy folder; kept with the scene (report, figures, values), found
+            again after a reload by :meth:`findResults`.
 
         Raises
         ------
@@ -215,7 +227,8 @@ class SegShapExplainLogic:
         trustModel: bool = False,
         callbacks: JobCallbacks | None = None,
     ) -> WorkerJob:
-        """Start :meth:`explain` in the background; its result (``ExplanationNodes``) goes to ``onDone``."""
+        """Start :meth:`explain` in the background; its result (a list of ``ExplanationNodes``, one per target) goes
+        to ``onDone``."""
         settings = settings or ExplainSettings()
         checkScalarVolume(volumeNode)
         if organSegmentationNode is not None and settings.features not in (FeatureKind.ORGANS, FeatureKind.ORGAN_AWARE):
@@ -252,10 +265,21 @@ class SegShapExplainLogic:
                 request["labelmap"] = str(organs.path)
             return request
 
-        def finish(fields: dict) -> ExplanationNodes:
-            nodes = importExplanation(self.scene, fields["outputs"], volumeNode, baseName, self.volumeRenderingLogic)
-            nodes.table.SetAttribute("SegShapExplain.Summary", fields.get("summary", ""))
-            return nodes
+        # What "the previous result of the same inputs" means to the output selector: same model, target and segment.
+        inputs = json.dumps(
+            [str(modelPath), str(target), segmentationNode.GetID() if segmentationNode else None, segmentId]
+        )
+
+        def finish(fields: dict) -> list[ExplanationNodes]:
+            return importExplanations(
+                self.scene,
+                fields["outputs"],
+                volumeNode,
+                baseName,
+                self.volumeRenderingLogic,
+                inputs=inputs,
+                summary=fields.get("summary"),
+            )
 
         return self._start(prepare, finish, callbacks)
 
@@ -377,8 +401,27 @@ class SegShapExplainLogic:
     def showResults(
         self, volumeNode, nodes: ExplanationNodes, opacity: float = 1.0, outlines: OutlineStyle = OutlineStyle.TOP
     ) -> None:
-        """Show the features over ``volumeNode``, filled by value, with the chosen outlines, in every slice view."""
+        """Add the features over every slice view, filled by value, with the chosen outlines; the views' own layers
+        stay as they are (a view without a background gets ``volumeNode``)."""
         showInSliceViews(self.scene, volumeNode, nodes, opacity, outlines)
+
+    def hideResults(self, nodes: ExplanationNodes) -> None:
+        """Take a result's features off the views."""
+        hideInViews(nodes)
+
+    def setShow3D(self, nodes: ExplanationNodes, visible: bool) -> None:
+        """Show or hide the strongest features of a result in the 3D view."""
+        setShow3D(nodes, visible)
+
+    def findResults(self, volumeNode=None) -> list[ExplanationNodes]:
+        """The explanations in the scene (of ``volumeNode``, when given), oldest first: also those of a scene that
+        was saved and opened again."""
+        return findExplanations(self.scene, volumeNode)
+
+    def replacePrevious(self, results: list[ExplanationNodes]) -> list[str]:
+        """Remove the earlier results of the same volume, model, target and segment as ``results`` (which are
+        already in the scene, so that a failed run loses nothing); returns the removed results' ids."""
+        return replaceExplanations(self.scene, results)
 
     def setOutlineStyle(self, nodes: ExplanationNodes, outlines: OutlineStyle) -> None:
         """Outline the top features, all of them, or none, in the slice views."""

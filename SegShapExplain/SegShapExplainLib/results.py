@@ -1,14 +1,24 @@
-"""The worker's outputs as MRML nodes: heatmap, feature labelmap, value table, volume rendering, subject hierarchy.
+"""The worker's outputs as MRML nodes: heatmap, feature labelmap, value table, report, figures, volume rendering,
+subject hierarchy; finding them again in a saved scene, replacing and removing them.
 
-What the slice views show: the input as background and a segmentation with one segment per feature, each filled in
-the colour of its sign (red supports the segmentation, blue works against it) at an opacity proportional to |value|
-(``segshap.palette``, the rule ``overview.png`` follows too: none under ``UNPAINTED_FRACTION`` of the strongest,
-``STRONGEST_ALPHA`` for the strongest), so weak features let the anatomy through. The top features are also
-outlined, in their own colour at full opacity (outline colour is sign, as the fill's; a neutral colour would be a
-third one to read). Segments are drawn by Slicer's segmentation displayable manager, which blends each segment's
-opacity over the image; a label layer cannot: Slicer's slice view draws the blended layers with their alpha over
-black, so a translucent label entry darkens the anatomy under it. The segments are named with their values for the
-data probe.
+What the slice views show: the feature segments over whatever the views already show (the input as background
+only in a view without one; the user's background, foreground and label layers are left as they are): one segment
+per feature, each filled in the colour of its sign (red supports the segmentation, blue works against it) at an
+opacity proportional to |value| (``segshap.palette``, the rule ``overview.png`` follows too: none under
+``UNPAINTED_FRACTION`` of the strongest, ``STRONGEST_ALPHA`` for the strongest), so weak features let the anatomy
+through. The top features are also outlined, in their own colour at full opacity (outline colour is sign, as the
+fill's; a neutral colour would be a third one to read). Segments are drawn by Slicer's segmentation displayable
+manager, which blends each segment's opacity over the image; a label layer cannot: Slicer's slice view draws the
+blended layers with their alpha over black, so a translucent label entry darkens the anatomy under it. The
+segments are named with their values for the data probe.
+
+What lasts: every node of a result is saved with the scene, the worker's ``explanation.json`` included (a text
+node, :data:`ROLE_ATTRIBUTE` ``"report"``: settings, versions, base and full values, faithfulness curves, standard
+errors, warnings), with a table of it for people to read (``"reportTable"``) and ``overview.png``/``slices.png`` as
+image nodes (``"overview"``, ``"slices"``). The nodes of one result share :data:`RESULT_ATTRIBUTE`; a target's own
+nodes (heatmap, segments, value table) carry its position in the report's targets (:data:`TARGET_ATTRIBUTE`), so
+:func:`findExplanations` rebuilds the :class:`ExplanationNodes` of a reloaded scene. Several targets give one
+:class:`ExplanationNodes` each, sharing the feature label map, the report and the figures.
 
 Everything is built first and added to the scene last, inside :class:`SceneAdditions`, so an error half-way
 removes what was added and the scene is as it was.
@@ -18,11 +28,14 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import slicer
 import vtk
+from vtk.util import numpy_support
 
 # Colours and opacities shared with overview.png (segshap.palette needs nothing but the standard library); the
 # redundant aliases re-export names that this module's callers use.
@@ -40,29 +53,64 @@ DIVERGING_COLOR_TAG = "SegShapExplainDiverging"
 TOP_FEATURES = 10
 """The top features (by |value|) that are outlined and shown in 3D: this many, or all when there are fewer."""
 TABLE_COLUMNS = ("Feature", "Value", "Std. error", "Voxels", "Organ", "R", "A", "S")
+REPORT_COLUMNS = ("Item", "Value")
+"""The columns of a result's report table: one row per item of ``explanation.json`` (settings, versions, values,
+faithfulness, warnings, statistics), in words."""
 ROLE_ATTRIBUTE = "SegShapExplain.Role"
+"""What a node is in its result: ``heatmap``, ``features``, ``segments``, ``table``, ``report``, ``reportTable``,
+``overview`` or ``slices``."""
+RESULT_ATTRIBUTE = "SegShapExplain.Result"
+"""The id shared by every node of one result (all its targets) and by its subject hierarchy folder."""
+TARGET_ATTRIBUTE = "SegShapExplain.Target"
+"""On a target's own nodes (heatmap, segments, value table): the target's position in the report's ``targets``."""
+INPUTS_ATTRIBUTE = "SegShapExplain.Inputs"
+"""On the report node: what identifies the result's inputs besides the volume (see :func:`importExplanations`)."""
+SUMMARY_ATTRIBUTE = "SegShapExplain.Summary"
+"""On the report node and the value tables: the worker's summary line, when the caller gave it."""
+TRANSFORM_ATTRIBUTE = "SegShapExplain.TransformNodeID"
+"""On a value table: the input's parent transform, which :func:`jumpToFeature` applies to the centroids."""
+INPUT_REFERENCE = "SegShapExplainInput"
+"""Node reference role from the report node to the explained volume (saved with the scene)."""
+_HELPER_CLASSES = ("vtkMRMLDisplayNode", "vtkMRMLStorageNode", "vtkMRMLVolumePropertyNode", "vtkMRMLShaderPropertyNode")
+"""Nodes that exist for a result's nodes only and go with them (colour tables and ROIs may be shared: they stay)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class ExplanationNodes:
-    """The nodes of one explanation in the scene.
+    """The nodes of one target of one explanation in the scene.
+
+    Two instances are equal when they are the same target of the same result (e.g. one from the import, one from
+    :func:`findExplanations`).
 
     Attributes
     ----------
     heatmap : vtkMRMLScalarVolumeNode
         Each voxel the Shapley value of its feature (0 outside all features), on the input's grid.
     features : vtkMRMLLabelMapVolumeNode
-        The feature ids (0: not a feature), coloured by value (see the module's docstring).
+        The feature ids (0: not a feature); shared by the targets of a result.
     segments : vtkMRMLSegmentationNode
         One segment per feature (named after its id and value), filled by value and outlined when on top.
     table : vtkMRMLTableNode
-        One row per feature, sorted by |value|: ``TABLE_COLUMNS`` (R, A, S: the feature's centroid).
+        One row per feature, sorted by |value|: ``TABLE_COLUMNS`` (R, A, S: the feature's centroid). A saved
+        scene keeps its numbers to 6 significant digits (3D Slicer's table files); :attr:`values` are the report's,
+        exact.
     volumeRendering : vtkMRMLVolumeRenderingDisplayNode or None
-        The top features in 3D: positive red, negative blue.
+        The top features in 3D: positive red, negative blue (none without a volume rendering logic; with several
+        targets only the first target's is visible after the import).
     folderItem : int
-        The subject hierarchy folder holding the nodes, under the input volume's study.
-    report : dict
-        The worker's ``explanation.json``.
+        The subject hierarchy folder holding the result's nodes, under the input volume's study.
+    reportNode : vtkMRMLTextNode
+        The worker's ``explanation.json``, as it wrote it; shared by the targets of a result.
+    reportTable : vtkMRMLTableNode or None
+        The report in words, one row per item (``REPORT_COLUMNS``); shared.
+    overview, slices : vtkMRMLVectorVolumeNode or None
+        ``overview.png`` and ``slices.png`` (RGB, one slice), when the worker made them; shared.
+    targetIndex : int
+        This target's position in the report's ``targets``.
+    resultId : str
+        The :data:`RESULT_ATTRIBUTE` of the result's nodes.
+    outlineStyle : OutlineStyle
+        The outlines last set by :func:`setOutlineStyle`.
     """
 
     heatmap: object
@@ -71,23 +119,114 @@ class ExplanationNodes:
     table: object
     volumeRendering: object | None
     folderItem: int
-    report: dict = field(repr=False)
+    reportNode: object
+    reportTable: object | None = None
+    overview: object | None = None
+    slices: object | None = None
+    targetIndex: int = 0
+    resultId: str = ""
+    outlineStyle: OutlineStyle = OutlineStyle.TOP
+    _parsed: tuple = field(default=(None, None), repr=False)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, ExplanationNodes):
+            return NotImplemented
+        return (self.resultId, self.targetIndex) == (other.resultId, other.targetIndex)
+
+    def __hash__(self) -> int:
+        return hash((self.resultId, self.targetIndex))
+
+    @property
+    def report(self) -> dict:
+        """The worker's ``explanation.json``, read from :attr:`reportNode` (so it is there after a reload)."""
+        stamp = self.reportNode.GetMTime()
+        if self._parsed[0] != stamp:
+            self._parsed = (stamp, json.loads(self.reportNode.GetText()))
+        return self._parsed[1]
+
+    @property
+    def target(self) -> str:
+        """This target's name."""
+        return self.report["targets"][self.targetIndex]["name"]
+
+    @property
+    def name(self) -> str:
+        """What lists name the result by: the heatmap's name (the result's name, and the target's with several)."""
+        return self.heatmap.GetName()
+
+    @property
+    def rows(self) -> list[dict]:
+        """The report's feature rows with this target's ``value`` and ``stderr`` (:func:`targetRows`)."""
+        return targetRows(self.report, self.targetIndex)
 
     @property
     def values(self) -> dict[int, float]:
         """Feature id to value, as the worker computed them."""
-        return {row["id"]: row["value"] for row in self.report["features"]}
+        return {row["id"]: row["value"] for row in self.rows}
 
     @property
     def topFeatures(self) -> list[int]:
         """The ids of the top features (``TOP_FEATURES`` of largest |value|), strongest first."""
-        return topFeatureIds(self.report["features"])
+        return topFeatureIds(self.rows)
+
+    @property
+    def inputVolume(self):
+        """The explained volume, while it is in the scene (else ``None``)."""
+        return self.reportNode.GetNodeReference(INPUT_REFERENCE)
+
+    @property
+    def inputs(self) -> str | None:
+        """What identifies the result's inputs besides the volume (:data:`INPUTS_ATTRIBUTE`)."""
+        return self.reportNode.GetAttribute(INPUTS_ATTRIBUTE)
+
+    @property
+    def summary(self) -> str:
+        """The worker's summary line when it was given to the import, else one made from the report."""
+        given = self.reportNode.GetAttribute(SUMMARY_ATTRIBUTE)
+        return given if given else reportSummary(self.report, self.targetIndex)
 
 
 def topFeatureIds(rows: list[dict], count: int = TOP_FEATURES) -> list[int]:
     """The ids of the ``count`` rows of largest |value| that are not 0, strongest first."""
     ranked = sorted((row for row in rows if row["value"] != 0), key=lambda row: -abs(row["value"]))
     return [row["id"] for row in ranked[:count]]
+
+
+def targetRows(report: dict, target: int = 0) -> list[dict]:
+    """The feature rows of ``explanation.json`` for its ``target``-th target: with several targets each row holds
+    a list of values and of standard errors; the rows returned hold this target's (the report is not changed)."""
+    return [_forTarget(row, target) for row in report["features"]]
+
+
+def _forTarget(row: dict, target: int) -> dict:
+    if not isinstance(row["value"], list):
+        return row
+    stderr = row["stderr"]
+    return {**row, "value": row["value"][target], "stderr": stderr[target] if isinstance(stderr, list) else stderr}
+
+
+def _perTarget(entry, target: int):
+    """A report entry of one target: the ``target``-th of a list, the entry itself otherwise."""
+    return entry[target] if isinstance(entry, list) else entry
+
+
+def reportSummary(report: dict, target: int = 0) -> str:
+    """One line on a result made from its report: features, samples, seconds, faithfulness, warnings."""
+    stats = report.get("stats") or {}
+    parts = [f"{len(report['features'])} features"]
+    if "evaluations" in stats:
+        parts[0] += f" from {stats['evaluations']:,} samples"
+    seconds = stats.get("seconds", stats.get("total_seconds"))
+    if seconds is not None:
+        parts[0] += f" in {seconds:.0f}s"
+    curves = _perTarget(report.get("faithfulness"), target)
+    if curves:
+        parts.append(
+            f"deletion AUC {curves['deletion_auc']:.3g} (random order {curves['random_deletion_auc']:.3g}), "
+            f"insertion AUC {curves['insertion_auc']:.3g} (random {curves['random_insertion_auc']:.3g})"
+        )
+    parts.extend(report.get("warnings") or [])
+    return "; ".join(parts)
 
 
 class SceneAdditions:
@@ -128,55 +267,345 @@ def _nodeIds(scene) -> list[str]:
     return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
 
 
+def importExplanations(
+    scene,
+    outputs: dict,
+    inputVolume,
+    baseName: str,
+    volumeRenderingLogic=None,
+    *,
+    inputs: str | None = None,
+    summary: str | None = None,
+) -> list[ExplanationNodes]:
+    """Load the worker's outputs into ``scene``: one :class:`ExplanationNodes` per target, in one folder.
+
+    Each target gets its own heatmap, segments, value table and volume rendering (only the first target's is
+    visible); they share the feature label map, the report (``explanation.json`` as a text node, and a table of it
+    in words) and the figures (``overview.png``, ``slices.png`` as image nodes). Every node is saved with the scene.
+
+    Parameters
+    ----------
+    scene : vtkMRMLScene
+    outputs : dict
+        The ``outputs`` of the worker's ``done`` event: ``heatmap``, ``features`` and ``report`` paths, and
+        ``overview`` and ``slices`` where the worker made them.
+    inputVolume : vtkMRMLScalarVolumeNode
+        The explained volume: outputs share its parent transform and its place in the subject hierarchy, and the
+        report node refers to it (:attr:`ExplanationNodes.inputVolume`).
+    baseName : str
+        Names the folder and the nodes: ``baseName`` (heatmap; ``baseName + " " + target`` with several targets),
+        ``... segments``, ``... values``, and the shared ``baseName + " features"``, ``" report"``,
+        ``" report (JSON)"``, ``" overview"``, ``" slices"``.
+    volumeRenderingLogic : vtkSlicerVolumeRenderingLogic, optional
+        3D Slicer's (``slicer.modules.volumerendering.logic()``); without one no volume rendering is made.
+    inputs : str, optional
+        What identifies the inputs besides the volume, e.g. the model, target(s) and target segment; results
+        with the same volume and ``inputs`` are "the same inputs" for :func:`replaceExplanations`. Default: the
+        target names.
+    summary : str, optional
+        The worker's summary line (its ``done`` event's ``summary``): :attr:`ExplanationNodes.summary`, a row of
+        the report table and the value tables' :data:`SUMMARY_ATTRIBUTE`.
+
+    Returns
+    -------
+    list of ExplanationNodes
+        One per target, in the report's order.
+    """
+    reportText = Path(outputs["report"]).read_text()
+    report = json.loads(reportText)
+    targets = [target["name"] for target in report["targets"]]
+    several = len(targets) > 1
+    features = readVolume(outputs["features"], "vtkMRMLLabelMapVolumeNode", f"{baseName} features")
+    names = [f"{baseName} {target}" if several else baseName for target in targets]
+    if several:  # 3D Slicer reads a 4D NIfTI as a sequence: each heatmap is made as the engine makes the file
+        heatmaps = [_targetHeatmap(features, targetRows(report, t), names[t]) for t in range(len(targets))]
+    else:
+        heatmaps = [readVolume(outputs["heatmap"], "vtkMRMLScalarVolumeNode", baseName)]
+    pictures = {
+        role: _readPicture(outputs[role], f"{baseName} {role}") for role in ("overview", "slices") if outputs.get(role)
+    }
+    resultId = uuid.uuid4().hex
+    transformId = inputVolume.GetTransformNodeID()
+    with SceneAdditions(scene) as added:
+        color = _divergingColorNode(scene, added)
+        added.add(features)
+        _mark(features, "features", resultId)
+        features.SetAndObserveTransformNodeID(transformId)
+        features.CreateDefaultDisplayNodes()
+        features.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeLabels")
+        reportNode = added.addNew("vtkMRMLTextNode", f"{baseName} report (JSON)")
+        reportNode.SetText(reportText)
+        reportNode.SetForceCreateStorageNode(reportNode.CreateStorageNodeAlways)  # saved beside the scene
+        _mark(reportNode, "report", resultId)
+        reportNode.SetAttribute(INPUTS_ATTRIBUTE, inputs if inputs is not None else ", ".join(targets))
+        reportNode.SetNodeReferenceID(INPUT_REFERENCE, inputVolume.GetID())
+        if summary:
+            reportNode.SetAttribute(SUMMARY_ATTRIBUTE, summary)
+        reportTable = added.addNew("vtkMRMLTableNode", f"{baseName} report")
+        _mark(reportTable, "reportTable", resultId)
+        _fillReportTable(reportTable, report, summary)
+        shared = [features, reportNode, reportTable]
+        for role, picture in pictures.items():
+            added.add(picture)
+            _mark(picture, role, resultId)
+            picture.CreateDefaultDisplayNodes()
+            shared.append(picture)
+        results, own = [], []
+        for t, heatmap in enumerate(heatmaps):
+            rows = sorted(targetRows(report, t), key=lambda row: -abs(row["value"]))
+            strongest = max((abs(row["value"]) for row in rows), default=0.0)
+            added.add(heatmap)
+            _mark(heatmap, "heatmap", resultId, t)
+            heatmap.SetAndObserveTransformNodeID(transformId)
+            heatmap.CreateDefaultDisplayNodes()
+            _showDiverging(heatmap.GetDisplayNode(), color, strongest)
+            segments = _featureSegments(scene, features, rows, strongest, f"{names[t]} segments", added)
+            _mark(segments, "segments", resultId, t)
+            segments.SetAndObserveTransformNodeID(transformId)
+            table = added.addNew("vtkMRMLTableNode", f"{names[t]} values")
+            _mark(table, "table", resultId, t)
+            _fillTable(table, rows, heatmap)
+            if summary:
+                table.SetAttribute(SUMMARY_ATTRIBUTE, summary)
+            rendering = None
+            if volumeRenderingLogic is not None:
+                rendering = _renderTop(volumeRenderingLogic, heatmap, rows, strongest)
+                if rendering is not None and t > 0:
+                    rendering.SetVisibility(False)  # one target at a time in 3D
+            own += [heatmap, segments, table]
+            results.append((heatmap, segments, table, rendering, t))
+        folder = placeInStudy(scene, inputVolume, baseName, own + shared, added)
+        scene.GetSubjectHierarchyNode().SetItemAttribute(folder, RESULT_ATTRIBUTE, resultId)
+    explanations = [
+        ExplanationNodes(
+            heatmap,
+            features,
+            segments,
+            table,
+            rendering,
+            folder,
+            reportNode,
+            reportTable,
+            pictures.get("overview"),
+            pictures.get("slices"),
+            targetIndex=t,
+            resultId=resultId,
+        )
+        for heatmap, segments, table, rendering, t in results
+    ]
+    for nodes in explanations:
+        setOutlineStyle(nodes, OutlineStyle.TOP)
+    return explanations
+
+
 def importExplanation(
     scene,
     outputs: dict,
     inputVolume,
     baseName: str,
     volumeRenderingLogic=None,
+    *,
+    inputs: str | None = None,
+    summary: str | None = None,
 ) -> ExplanationNodes:
-    """Load the worker's outputs (``heatmap``, ``features``, ``report`` paths) into ``scene``.
+    """:func:`importExplanations` of a result with one target; raises ``ValueError`` (adding nothing) for a report
+    with several targets."""
+    targets = json.loads(Path(outputs["report"]).read_text())["targets"]
+    if len(targets) != 1:
+        raise ValueError(
+            f"The report holds values for {len(targets)} targets; import them with importExplanations, one "
+            "ExplanationNodes per target."
+        )
+    return importExplanations(
+        scene, outputs, inputVolume, baseName, volumeRenderingLogic, inputs=inputs, summary=summary
+    )[0]
 
-    Parameters
-    ----------
-    scene : vtkMRMLScene
-    outputs : dict
-        The ``outputs`` of the worker's ``done`` event.
-    inputVolume : vtkMRMLScalarVolumeNode
-        The explained volume: outputs share its parent transform and its place in the subject hierarchy.
-    baseName : str
-        Names the nodes: ``baseName`` (heatmap), ``baseName + " features"``, ``baseName + " values"``.
-    volumeRenderingLogic : vtkSlicerVolumeRenderingLogic, optional
-        3D Slicer's (``slicer.modules.volumerendering.logic()``); without one no volume rendering is made.
+
+def _mark(node, role: str, resultId: str, target: int | None = None) -> None:
+    node.SetAttribute(ROLE_ATTRIBUTE, role)
+    node.SetAttribute(RESULT_ATTRIBUTE, resultId)
+    if target is not None:
+        node.SetAttribute(TARGET_ATTRIBUTE, str(target))
+
+
+# ------------------------------------------------------------------------------------------ results in a scene
+
+
+def findExplanations(scene, inputVolume=None, inputs: str | None = None) -> list[ExplanationNodes]:
+    """The results in ``scene`` (e.g. a scene saved with them and opened again), oldest first, one
+    :class:`ExplanationNodes` per target; only those of ``inputVolume`` and with these ``inputs`` when given.
+
+    A result is found by its report node and the nodes sharing its :data:`RESULT_ATTRIBUTE`; a target whose
+    heatmap, segments or value table was deleted is left out, as is a result without its feature label map.
     """
-    report = json.loads(Path(outputs["report"]).read_text())
-    heatmap = readVolume(outputs["heatmap"], "vtkMRMLScalarVolumeNode", baseName)
-    features = readVolume(outputs["features"], "vtkMRMLLabelMapVolumeNode", f"{baseName} features")
-    rows = sorted(report["features"], key=lambda row: -abs(row["value"]))
-    if rows and isinstance(rows[0]["value"], list):
-        raise ValueError("The report holds values for several targets; the module explains one target at a time.")
-    strongest = max((abs(row["value"]) for row in rows), default=0.0)
-    with SceneAdditions(scene) as added:
-        color = _divergingColorNode(scene, added)
-        for node in (heatmap, features):
-            added.add(node)
-            node.SetAttribute(ROLE_ATTRIBUTE, "heatmap" if node is heatmap else "features")
-            node.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
-            node.CreateDefaultDisplayNodes()
-        _showDiverging(heatmap.GetDisplayNode(), color, strongest)
-        features.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeLabels")
-        segments = _featureSegments(scene, features, rows, strongest, f"{baseName} segments", added)
-        segments.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
-        table = added.addNew("vtkMRMLTableNode", f"{baseName} values")
-        table.SetAttribute(ROLE_ATTRIBUTE, "table")
-        _fillTable(table, rows, heatmap)
-        rendering = None
-        if volumeRenderingLogic is not None:
-            rendering = _renderTop(volumeRenderingLogic, heatmap, rows, strongest)
-        folder = placeInStudy(scene, inputVolume, baseName, [heatmap, features, segments, table], added)
-    nodes = ExplanationNodes(heatmap, features, segments, table, rendering, folder, report)
-    setOutlineStyle(nodes, OutlineStyle.TOP)
-    return nodes
+    byResult: dict[str, dict] = {}
+    reports = []
+    for index in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(index)
+        resultId, role = node.GetAttribute(RESULT_ATTRIBUTE), node.GetAttribute(ROLE_ATTRIBUTE)
+        if not resultId or not role:
+            continue
+        target = node.GetAttribute(TARGET_ATTRIBUTE)
+        byResult.setdefault(resultId, {})[(role, int(target) if target else None)] = node
+        if role == "report" and node.IsA("vtkMRMLTextNode"):
+            reports.append((resultId, node))
+    shNode = scene.GetSubjectHierarchyNode()
+    found = []
+    for resultId, reportNode in reports:
+        if inputs is not None and reportNode.GetAttribute(INPUTS_ATTRIBUTE) != inputs:
+            continue
+        if inputVolume is not None and reportNode.GetNodeReferenceID(INPUT_REFERENCE) != inputVolume.GetID():
+            continue
+        nodes = byResult[resultId]
+        features = nodes.get(("features", None))
+        try:
+            report = json.loads(reportNode.GetText())
+        except ValueError:
+            continue  # not a report any more (edited by hand)
+        if features is None:
+            continue
+        folder = shNode.GetItemParent(shNode.GetItemByDataNode(reportNode))
+        for target in range(len(report["targets"])):
+            heatmap, segments, table = (nodes.get((role, target)) for role in ("heatmap", "segments", "table"))
+            if heatmap is None or segments is None or table is None:
+                continue
+            found.append(
+                ExplanationNodes(
+                    heatmap,
+                    features,
+                    segments,
+                    table,
+                    _volumeRenderingOf(heatmap),
+                    folder,
+                    reportNode,
+                    nodes.get(("reportTable", None)),
+                    nodes.get(("overview", None)),
+                    nodes.get(("slices", None)),
+                    targetIndex=target,
+                    resultId=resultId,
+                    outlineStyle=_outlineStyleOf(segments, targetRows(report, target)),
+                )
+            )
+    return found
+
+
+def _volumeRenderingOf(heatmap):
+    for index in range(heatmap.GetNumberOfDisplayNodes()):
+        display = heatmap.GetNthDisplayNode(index)
+        if display is not None and display.IsA("vtkMRMLVolumeRenderingDisplayNode"):
+            return display
+    return None
+
+
+def _outlineStyleOf(segments, rows: list[dict]) -> OutlineStyle:
+    """The outline style the segments' display shows (``TOP`` when it matches none exactly)."""
+    display = segments.GetDisplayNode()
+    segmentation = segments.GetSegmentation()
+    if display is None:
+        return OutlineStyle.TOP
+    outlined = set()
+    for index in range(segmentation.GetNumberOfSegments()):
+        segmentId = segmentation.GetNthSegmentID(index)
+        if display.GetSegmentVisibility2DOutline(segmentId):
+            outlined.add(segmentation.GetSegment(segmentId).GetLabelValue())
+    every = {segmentation.GetNthSegment(i).GetLabelValue() for i in range(segmentation.GetNumberOfSegments())}
+    if not outlined:
+        return OutlineStyle.NONE
+    return OutlineStyle.ALL if outlined == every and len(every) > len(topFeatureIds(rows)) else OutlineStyle.TOP
+
+
+def removeExplanation(scene, result: ExplanationNodes | str) -> None:
+    """Remove a result from ``scene``: every node of it (all its targets), their display and storage nodes, and its
+    subject hierarchy folder when nothing else was put in it. Nodes it shares with others (the input, colour
+    tables) stay. Call it once the result that replaces it is in the scene (:func:`replaceExplanations` checks
+    that), so a failed run loses nothing."""
+    resultId = result.resultId if isinstance(result, ExplanationNodes) else str(result)
+    if not resultId:
+        raise ValueError("This result has no id; it was not made by importExplanations.")
+    own = [
+        n
+        for n in map(scene.GetNthNode, range(scene.GetNumberOfNodes()))
+        if n.GetAttribute(RESULT_ATTRIBUTE) == resultId
+    ]
+    removed = {node.GetID() for node in own}
+    helpers = []
+    pending = list(own)
+    while pending:
+        node = pending.pop()
+        for role in [node.GetNthNodeReferenceRole(i) for i in range(node.GetNumberOfNodeReferenceRoles())]:
+            for index in range(node.GetNumberOfNodeReferences(role)):
+                referenced = node.GetNthNodeReference(role, index)
+                if (
+                    referenced is not None
+                    and referenced.GetID() not in removed
+                    and any(referenced.IsA(name) for name in _HELPER_CLASSES)
+                    and not referenced.GetSingletonTag()
+                ):
+                    removed.add(referenced.GetID())
+                    helpers.append(referenced)
+                    pending.append(referenced)
+    helpers = [node for node in helpers if not _referencedFrom(scene, node, removed)]
+    shNode = scene.GetSubjectHierarchyNode()
+    folders = {shNode.GetItemParent(shNode.GetItemByDataNode(node)) for node in own if shNode.GetItemByDataNode(node)}
+    scene.StartState(scene.BatchProcessState)
+    try:
+        for node in own + helpers:
+            item = shNode.GetItemByDataNode(node)
+            if item:
+                shNode.RemoveItem(item, False, False)
+            if node.GetScene() is scene:
+                scene.RemoveNode(node)
+        for folder in folders:
+            if (
+                folder
+                and shNode.GetItemAttribute(folder, RESULT_ATTRIBUTE) == resultId
+                and shNode.GetNumberOfItemChildren(folder) == 0
+            ):
+                shNode.RemoveItem(folder, False, False)
+    finally:
+        scene.EndState(scene.BatchProcessState)
+
+
+def _referencedFrom(scene, node, removed: set[str]) -> bool:
+    """Whether a node that stays refers to ``node``."""
+    nodeId = node.GetID()
+    for index in range(scene.GetNumberOfNodes()):
+        other = scene.GetNthNode(index)
+        if other.GetID() in removed:
+            continue
+        for role in [other.GetNthNodeReferenceRole(i) for i in range(other.GetNumberOfNodeReferenceRoles())]:
+            if any(
+                other.GetNthNodeReferenceID(role, i) == nodeId for i in range(other.GetNumberOfNodeReferences(role))
+            ):
+                return True
+    return False
+
+
+def replaceExplanations(scene, new: list[ExplanationNodes]) -> list[str]:
+    """Remove the earlier results of the same inputs as ``new`` (same input volume and
+    :attr:`ExplanationNodes.inputs`), once ``new`` is in the scene; returns the ids of the results removed.
+
+    Raises
+    ------
+    ValueError
+        When ``new`` is empty or its nodes are not in ``scene`` (import first, replace after: a failed run
+        must not lose the previous result).
+    """
+    if not new or any(
+        nodes.reportNode.GetScene() is not scene or nodes.heatmap.GetScene() is not scene for nodes in new
+    ):
+        raise ValueError("Replace only with a result that is in the scene: import it first.")
+    first = new[0]
+    volume = first.inputVolume
+    if volume is None:
+        return []
+    earlier = []
+    for nodes in findExplanations(scene, volume, first.inputs):
+        if nodes.resultId != first.resultId and nodes.resultId not in earlier:
+            earlier.append(nodes.resultId)
+    for resultId in earlier:
+        removeExplanation(scene, resultId)
+    return earlier
 
 
 def importSegmentation(scene, path: str, classes: dict, inputVolume, name: str):
@@ -226,7 +655,7 @@ def jumpToFeature(tableNode, row: int) -> tuple[float, float, float]:
     if not 0 <= row < table.GetNumberOfRows():
         raise IndexError(f"The table {tableNode.GetName()!r} has {table.GetNumberOfRows()} rows; row {row} is none.")
     point = [float(table.GetValueByName(row, axis).ToDouble()) for axis in ("R", "A", "S")]
-    transformId = tableNode.GetAttribute("SegShapExplain.TransformNodeID")
+    transformId = tableNode.GetAttribute(TRANSFORM_ATTRIBUTE)
     scene = tableNode.GetScene()
     transform = scene.GetNodeByID(transformId) if transformId else None
     if transform is not None:
@@ -240,36 +669,88 @@ def jumpToFeature(tableNode, row: int) -> tuple[float, float, float]:
 def showInSliceViews(
     scene, inputVolume, nodes: ExplanationNodes, opacity: float = 1.0, outlines: OutlineStyle = OutlineStyle.TOP
 ) -> None:
-    """In every slice view: the input as background, no foreground or label layer (they would cover it), and the
-    feature segments filled by value (``opacity`` scales every fill) with the chosen outlines."""
+    """Add the feature segments (filled by value, ``opacity`` scaling every fill, with the chosen outlines) over
+    what every slice view shows. The views' background, foreground and label layers stay as they are, except that a
+    view without a background gets ``inputVolume`` (default the result's input volume). The segments of other
+    results are hidden in the slice views (one result at a time: they would cover each other)."""
+    inputVolume = inputVolume if inputVolume is not None else nodes.inputVolume
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
         composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
-        composite.SetBackgroundVolumeID(inputVolume.GetID())
-        composite.SetForegroundVolumeID(None)
-        composite.SetLabelVolumeID(None)
+        background = composite.GetBackgroundVolumeID()
+        if inputVolume is not None and (not background or scene.GetNodeByID(background) is None):
+            composite.SetBackgroundVolumeID(inputVolume.GetID())
+    for other in _otherSegments(scene, nodes):
+        other.GetDisplayNode().SetVisibility2D(False)
     display = nodes.segments.GetDisplayNode()
     display.SetVisibility(True)
+    display.SetVisibility2D(True)
     display.SetOpacity2DFill(opacity)
     setOutlineStyle(nodes, outlines)
+
+
+def hideInViews(nodes: ExplanationNodes) -> None:
+    """Hide a result everywhere: its segments (slice and 3D views) and its volume rendering."""
+    nodes.segments.GetDisplayNode().SetVisibility(False)
+    if nodes.volumeRendering is not None:
+        nodes.volumeRendering.SetVisibility(False)
+
+
+def _otherSegments(scene, nodes: ExplanationNodes) -> list:
+    """The feature segmentations of the other results (and other targets) in the scene, with a display node."""
+    found = []
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
+        if node is not nodes.segments and node.GetAttribute(ROLE_ATTRIBUTE) == "segments" and node.GetDisplayNode():
+            found.append(node)
+    return found
 
 
 def setOutlineStyle(nodes: ExplanationNodes, style: OutlineStyle) -> None:
     """Outline the top features, all of them, or none (each in its own colour)."""
     display = nodes.segments.GetDisplayNode()
-    shown = {OutlineStyle.TOP: set(topFeatureIds(nodes.report["features"])), OutlineStyle.NONE: set()}.get(style)
+    shown = {OutlineStyle.TOP: set(nodes.topFeatures), OutlineStyle.NONE: set()}.get(style)
     segments = nodes.segments.GetSegmentation()
     for index in range(segments.GetNumberOfSegments()):
         segmentId = segments.GetNthSegmentID(index)
         feature = segments.GetSegment(segmentId).GetLabelValue()
         display.SetSegmentVisibility2DOutline(segmentId, shown is None or feature in shown)
+    nodes.outlineStyle = style
+
+
+def setShow3D(nodes: ExplanationNodes, visible: bool) -> None:
+    """Show or hide the top features in 3D: the heatmap's volume rendering when there is one, else the top
+    features' segments as surfaces (made on first use; the other segments stay hidden in 3D). The slice views are
+    left as they are."""
+    if nodes.volumeRendering is not None:
+        nodes.volumeRendering.SetVisibility(visible)
+        return
+    display = nodes.segments.GetDisplayNode()
+    if visible:
+        top = set(nodes.topFeatures)
+        segmentation = nodes.segments.GetSegmentation()
+        for index in range(segmentation.GetNumberOfSegments()):
+            segmentId = segmentation.GetNthSegmentID(index)
+            display.SetSegmentVisibility3D(segmentId, segmentation.GetSegment(segmentId).GetLabelValue() in top)
+        nodes.segments.CreateClosedSurfaceRepresentation()
+        if not display.GetVisibility():  # hidden everywhere: show it in 3D only
+            display.SetVisibility2D(False)
+            display.SetVisibility(True)
+    display.SetVisibility3D(visible)
+
+
+def isShown3D(nodes: ExplanationNodes) -> bool:
+    """Whether :func:`setShow3D` shows the result in 3D now."""
+    if nodes.volumeRendering is not None:
+        return bool(nodes.volumeRendering.GetVisibility())
+    display = nodes.segments.GetDisplayNode()
+    return bool(display.GetVisibility() and display.GetVisibility3D())
 
 
 def _featureSegments(scene, features, rows: list[dict], strongest: float, name: str, added: SceneAdditions):
     """One segment per feature, named with its value, filled in its sign's colour at an opacity growing with
-    |value|; shown in the slice views only (the 3D view has the volume rendering)."""
+    |value|; shown in the slice views only (the 3D view has the volume rendering, or :func:`setShow3D`)."""
     ensureSegmentationConverters()
     segmentation = added.addNew("vtkMRMLSegmentationNode", name)
-    segmentation.SetAttribute(ROLE_ATTRIBUTE, "segments")
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(features)
     if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(features, segmentation):
         raise ValueError(f"Could not make segments of the features of {features.GetName()!r}.")
@@ -287,6 +768,110 @@ def _featureSegments(scene, features, rows: list[dict], strongest: float, name: 
         segment.SetColor(*featureColor(value))
         display.SetSegmentOpacity2DFill(segmentId, featureOpacity(value, strongest))
     return segmentation
+
+
+def _targetHeatmap(features, rows: list[dict], name: str):
+    """A new scalar volume (not in a scene) holding each feature's value on the features' grid, 0 elsewhere: the
+    engine's heatmap of one target (``Explanation.heatmap``), made from the label map and that target's rows."""
+    ids = numpy_support.vtk_to_numpy(features.GetImageData().GetPointData().GetScalars())
+    size = max(int(ids.max(initial=0)), max((row["id"] for row in rows), default=0)) + 1
+    lookup = np.zeros(size, np.float32)
+    for row in rows:
+        lookup[row["id"]] = row["value"]
+    image = vtk.vtkImageData()
+    image.CopyStructure(features.GetImageData())
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(lookup[ids], deep=True))
+    heatmap = slicer.vtkMRMLScalarVolumeNode()
+    heatmap.SetName(name)
+    heatmap.CopyOrientation(features)
+    heatmap.SetAndObserveImageData(image)
+    return heatmap
+
+
+def _readPicture(path: str | Path, name: str):
+    """A new vector volume (not in a scene) holding a PNG's RGB pixels as one slice, placed as 3D Slicer places a
+    PNG it opens (first row on top in the axial view)."""
+    reader = vtk.vtkPNGReader()
+    if not reader.CanReadFile(str(path)):
+        raise OSError(f"Could not read the worker's picture {path}; the worker may have been interrupted.")
+    reader.SetFileName(str(path))
+    reader.Update()
+    components = reader.GetOutput().GetNumberOfScalarComponents()
+    rgb = vtk.vtkImageExtractComponents()
+    rgb.SetInputConnection(reader.GetOutputPort())
+    rgb.SetComponents(*((0, 1, 2) if components >= 3 else (0, 0, 0)))  # alpha dropped; grey as RGB
+    flip = vtk.vtkImageFlip()  # VTK's reader puts the bottom row first; the file's top row first, as ITK reads it
+    flip.SetInputConnection(rgb.GetOutputPort())
+    flip.SetFilteredAxis(1)
+    flip.Update()
+    image = vtk.vtkImageData()
+    image.DeepCopy(flip.GetOutput())
+    image.SetOrigin(0, 0, 0)
+    image.SetSpacing(1, 1, 1)
+    node = slicer.vtkMRMLVectorVolumeNode()
+    node.SetName(name)
+    node.SetIToRASDirection(-1, 0, 0)  # LPS, as ITK reads a PNG
+    node.SetJToRASDirection(0, -1, 0)
+    node.SetKToRASDirection(0, 0, 1)
+    node.SetAndObserveImageData(image)
+    return node
+
+
+def reportItems(report: dict, summary: str | None = None) -> list[tuple[str, str]]:
+    """``explanation.json`` in words, one ``(item, value)`` per entry: targets, base and full value, efficiency
+    error, faithfulness AUCs (per target with several), warnings, settings, versions and statistics."""
+    targets = [target["name"] for target in report["targets"]]
+    items = [("targets", ", ".join(targets))]
+    if summary:
+        items.append(("summary", summary))
+    for t, target in enumerate(targets):
+        prefix = f"{target}: " if len(targets) > 1 else ""
+        base, full = _perTarget(report.get("base_value"), t), _perTarget(report.get("full_value"), t)
+        items += [(f"{prefix}base value (every feature off)", _words(base)), (f"{prefix}full value", _words(full))]
+        curves = _perTarget(report.get("faithfulness"), t)
+        for key in ("deletion_auc", "random_deletion_auc", "insertion_auc", "random_insertion_auc"):
+            if curves:
+                items.append((f"{prefix}{key.replace('_', ' ').replace('auc', 'AUC')}", _words(curves.get(key))))
+    items += [
+        ("efficiency error", _words(report.get("efficiency_error"))),
+        ("exact", _words(report.get("exact"))),
+    ]
+    warnings = report.get("warnings") or []
+    items += [(f"warning {i + 1}", text) for i, text in enumerate(warnings)] or [("warnings", "none")]
+    for group, entries in (("setting", report.get("settings")), ("version", report.get("versions"))):
+        items += [(f"{group}: {key}", _words(value)) for key, value in (entries or {}).items()]
+    items += [
+        (f"statistic: {key}", _words(value))
+        for key, value in (report.get("stats") or {}).items()
+        if not isinstance(value, (dict, list))
+    ]
+    return items
+
+
+def _words(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _fillReportTable(table, report: dict, summary: str | None) -> None:
+    items = reportItems(report, summary)
+    for column, name in enumerate(REPORT_COLUMNS):
+        array = vtk.vtkStringArray()
+        array.SetName(name)
+        array.SetNumberOfValues(len(items))
+        for index, item in enumerate(items):
+            array.SetValue(index, item[column])
+        table.AddColumn(array)
+    table.SetColumnDescription("Item", "an entry of the worker's explanation.json (kept whole in the report node)")
+    table.SetUseColumnTitleAsColumnHeader(True)
+    table.SetLocked(True)
 
 
 def _divergingColorNode(scene, added: SceneAdditions):
@@ -351,7 +936,7 @@ def _fillTable(table, rows: list[dict], heatmap) -> None:
     table.SetUseColumnTitleAsColumnHeader(True)
     table.SetLocked(True)
     if heatmap.GetTransformNodeID():
-        table.SetAttribute("SegShapExplain.TransformNodeID", heatmap.GetTransformNodeID())
+        table.SetAttribute(TRANSFORM_ATTRIBUTE, heatmap.GetTransformNodeID())
 
 
 def _renderTop(logic, heatmap, rows: list[dict], strongest: float):

@@ -97,6 +97,17 @@ class OutlineStyle(enum.Enum):
         return {OutlineStyle.TOP: "Top features", OutlineStyle.ALL: "All features", OutlineStyle.NONE: "None"}[style]
 
 
+class OutputMode(enum.Enum):
+    """What a new explanation does with the previous result of the same volume, model and target."""
+
+    NEW = "new"
+    REPLACE = "replace"
+
+    @staticmethod
+    def label(mode: OutputMode) -> str:
+        return {OutputMode.NEW: "Add a new result", OutputMode.REPLACE: "Replace the previous result"}[mode]
+
+
 @dataclass(frozen=True)
 class ExplainSettings:
     """Options of one explanation (the worker's ``options``).

@@ -1,8 +1,10 @@
-"""What the Slicer-side tests share: the demo case, small explanation settings, and building MRML geometry."""
+"""What the Slicer-side tests share: the demo case, small explanation settings, building MRML geometry, and saving
+and reopening a scene headless."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import nibabel
 import numpy as np
@@ -11,6 +13,7 @@ import vtk
 from scipy import ndimage
 
 from SegShapExplainLib import Device, ExplainSettings
+from SegShapExplainLib.exchange import ensureSegmentationConverters
 from SegShapExplainLib.resources import demoCase
 
 DEMO = demoCase()
@@ -67,3 +70,41 @@ def rigid(rotation: np.ndarray, shift) -> np.ndarray:
     matrix[:3, :3] = rotation
     matrix[:3, 3] = shift
     return matrix
+
+
+def save_scene(scene, folder: Path) -> Path:
+    """Save ``scene`` as 3D Slicer's File > Save does, headless (slicer-core has no ``slicer.util.saveScene``):
+    every storable node's data to a file in ``folder`` through its storage node (its default one, made when it
+    has none), then the scene itself as ``folder/scene.mrml``. Returns the ``.mrml`` path.
+
+    Raises ``AssertionError`` naming the node whose data could not be written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for node in [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]:
+        if not node.IsA("vtkMRMLStorableNode"):
+            continue
+        if node.GetStorageNode() is None and not node.AddDefaultStorageNode():
+            continue  # kept in the .mrml file itself (e.g. a short text)
+        storage = node.GetStorageNode()
+        if storage is None:
+            continue
+        storage.SetFileName(str(folder / f"{node.GetID()}.{storage.GetDefaultWriteFileExtension()}"))
+        assert storage.WriteData(node), f"could not write {node.GetClassName()} {node.GetName()!r}"
+    path = folder / "scene.mrml"
+    scene.SetRootDirectory(str(folder))
+    scene.SetURL(str(path))
+    assert scene.Commit(), f"could not write {path}"
+    return path
+
+
+def load_scene(path: Path):
+    """A new scene read from a ``.mrml`` file and the data files beside it (as File > Open does), with a volume
+    rendering logic (it registers the volume rendering node classes): ``(scene, volume_rendering_logic)``."""
+    ensureSegmentationConverters()
+    scene = slicer.vtkMRMLScene()
+    rendering = slicer.vtkSlicerVolumeRenderingLogic()
+    rendering.SetMRMLScene(scene)
+    scene.SetURL(str(path))
+    assert scene.Connect(), f"could not read {path}"
+    return scene, rendering
