@@ -218,7 +218,7 @@ def test_worker_takes_nrrd_and_a_named_slicer_segment_as_the_slicer_module_sends
     "extra, fragment",
     [
         ({"target": "nerve"}, "Unknown target 'nerve'"),
-        ({"options": {"colour": "red"}}, 'Unknown option "colour"; the options are features, n_features'),
+        ({"options": {"colour": "red"}}, 'Unknown option "colour"; the options are features, foreground, n_features'),
         ({"options": {"n_features": 0}}, '"n_features" must be a positive integer, got 0'),
         ({"target": ["white_matter", {"class": 2}]}, '"target" must be a class index or name, or a list of them'),
         ({"target": True}, '"target" must be a class index or name'),

@@ -358,10 +358,11 @@ def draw_overview(explanation, target_index: int = 0):
     ax.set_ylabel("Shapley value ± s.e.")
     settings = explanation.settings
     ax.set_title(
-        f"Top {len(order)} of {len(values)} features for {explanation.target_names[target_index]}: "
-        f"{settings['value']}, baseline {settings['baseline']}; "
-        f"v(all) = {np.ravel(explanation.full_value)[target_index]:.3f}, "
-        f"v(none) = {np.ravel(explanation.base_value)[target_index]:.3f}" + (f"\n{note}" if note else "")
+        f"Top {len(order)} of {len(values)} features for {explanation.target_names[target_index]} "
+        f"({settings['value']}, baseline {settings['baseline']}): score "
+        f"{np.ravel(explanation.full_value)[target_index]:.3f} on the image,\n"
+        f"{np.ravel(explanation.base_value)[target_index]:.3f} with every feature at the baseline"
+        + (f"\n{note}" if note else "")
     )
     if curves is not None:
         _plot_faithfulness(figure.add_subplot(grid[1, 2]), curves)
