@@ -446,8 +446,7 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._shown is not None and self._shown is not result:
             self.logic.hideResults(self._shown)
         self._shown = result
-        result.outlineStyle = self._parameterNode.outlineStyle
-        self.logic.showResults(self._parameterNode.inputVolume or result.heatmap, result, outlines=result.outlineStyle)
+        self.logic.showResults(result.inputVolume, result, outlines=self._parameterNode.outlineStyle)
         self.logic.setShow3D(result, self.ui.show3DButton.checked)
         self._parameterNode.resultTable = result.table
         self.ui.resultsTableView.setMRMLTableNode(result.table)
