@@ -507,3 +507,24 @@ def test_show_3d_switches_the_volume_rendering_or_the_top_segments(two_targets):
     setShow3D(plain, True)
     assert display.GetVisibility() and display.GetVisibility3D() and not display.GetVisibility2D()
     assert plain.segments.GetAttribute(ROLE_ATTRIBUTE) == "segments"
+
+
+def test_slices_png_shows_the_chosen_target_of_a_multi_target_run(two_targets, tmp_path):
+    """slices.png is rendered for the second target of a multi-target explanation (it used to refuse them)."""
+    import os
+    import subprocess
+
+    import SegShapExplainLib
+    from segshap.io import write_image
+
+    image = tmp_path / "image.nii.gz"
+    write_image(image, two_targets["image"], MNI_AFFINE)
+    outputs = Path(two_targets["outputs"]["report"]).parent
+    centre = (MNI_AFFINE @ np.array([46.0, 56.0, 46.0, 1.0]))[:3]
+    out = tmp_path / "slices.png"
+    command = [sys.executable, "-m", "SegShapExplainLib.views", "--image", str(image), "--outputs", str(outputs)]
+    command += ["--centre=" + ",".join(map(str, centre)), "--out", str(out), "--target-index", "1"]
+    environment = {**os.environ, "PYTHONPATH": str(Path(SegShapExplainLib.__file__).parents[1])}
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert imread(out).shape[0] > 100

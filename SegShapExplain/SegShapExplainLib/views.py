@@ -29,7 +29,7 @@ from vtk.util.numpy_support import vtk_to_numpy
 from segshap.palette import LETTER_RGB, UNPAINTED_FRACTION, direction_letter, position_text
 
 from .exchange import readVolume
-from .results import ExplanationNodes, importExplanation, showInSliceViews
+from .results import ExplanationNodes, importExplanations, showInSliceViews
 from .settings import OutlineStyle
 
 SLICE_VIEWS = {"Red": "Axial", "Yellow": "Sagittal", "Green": "Coronal"}
@@ -382,6 +382,7 @@ def explanationPicture(
     size: int = PICTURE_SIZE,
     openGL: bool | None = None,
     outlines: OutlineStyle = OutlineStyle.TOP,
+    target: int = 0,
 ) -> Path:
     """Render an explanation as 3D Slicer shows it: axial, sagittal and coronal views through ``centre`` (RAS)
     and a 3D view of the top features, side by side in one PNG.
@@ -407,6 +408,8 @@ def explanationPicture(
         Render through EGL; default: when :func:`openGLAvailable`. Without it the 3D panel says it is missing.
     outlines : OutlineStyle
         Which features the slice views outline.
+    target : int
+        Which target of a multi-target explanation to show (its position in the report's ``targets``).
     """
     from matplotlib.figure import Figure
 
@@ -417,9 +420,9 @@ def explanationPicture(
         volume = readVolume(image, "vtkMRMLScalarVolumeNode", "image")
         scene.AddNode(volume)
         volume.CreateDefaultDisplayNodes()
-        nodes: ExplanationNodes = importExplanation(
+        nodes: ExplanationNodes = importExplanations(
             scene, outputs, volume, "explanation", volumeRenderingLogic=views.volumeRendering if openGL else None
-        )
+        )[target]
         showInSliceViews(scene, volume, nodes, outlines=outlines)
         views.showSlicesThrough(centre, (size, size), volume)
         panels = []
@@ -473,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--volume-format", dest="volume_format", default=".nii.gz")
     parser.add_argument("--centre", required=True, help="R,A,S point the slices go through")
     parser.add_argument("--out", required=True, help="the PNG to write")
+    parser.add_argument("--target-index", dest="target_index", type=int, default=0, help="which target to show")
     args = parser.parse_args(argv)
     folder = Path(args.outputs)
     outputs = {
@@ -481,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": folder / "explanation.json",
     }
     centre = tuple(float(v) for v in args.centre.split(","))
-    explanationPicture(args.image, outputs, args.out, centre)
+    explanationPicture(args.image, outputs, args.out, centre, target=args.target_index)
     return 0
 
 

@@ -485,6 +485,8 @@ def slicer_views_picture(
             "--volume-format",
             volume_format,
             "--centre=" + ",".join(f"{c:.4f}" for c in centre),
+            "--target-index",
+            str(target_index),
             "--out",
             str(path),
         ]
