@@ -50,7 +50,7 @@ class SegShapExplain(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "SegShapExplain"
         self.parent.categories = ["Segmentation"]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["Markups", "Segmentations", "SampleData", "VolumeRendering"]
         self.parent.contributors = ["SegShapExplain developers"]
         self.parent.helpText = HELP_TEXT
         self.parent.acknowledgementText = (
@@ -137,7 +137,9 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.job = None
         self.modelJob = None
         self._model = None  # (path, ModelStatus) of the model the panel last read
-        self._describedModel = None  # (path, trust, device) the worker last described
+        self._describedModel = None  # (path, trust, device, GPU) the worker last described
+        self._deviceNote = ""  # what the worker said of where the model runs, shown after the model's line
+        self._missing = None  # the worker's packages missing from Slicer's Python (cached: a file read per event)
         self._restoringReference = False
         self._retry = None  # starts the last job again (after an out-of-memory error, on the CPU)
         self._results = []  # the ExplanationNodes the result selector lists
@@ -179,6 +181,7 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         self.removeObservers()
         self.cancelJobs()
+        self.timer.stop()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -195,18 +198,25 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._results, self._shown = [], None
 
     def onSceneEndClose(self, caller, event) -> None:
+        self._model, self._describedModel, self._deviceNote = None, None, ""
         if self.parent.isEntered:
             self.initializeParameterNode()
+            self.listResults()
 
     def onSceneImported(self, caller, event) -> None:
-        self.listResults()  # a scene saved with results shows them again
+        if self._parameterNode is not None:  # a scene closed while another module was shown has none yet
+            self.listResults()  # a scene saved with results shows them again
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.parameterLogic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            volume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if volume and not volume.IsA("vtkMRMLLabelMapVolumeNode"):
-                self._parameterNode.inputVolume = volume
+            images = [
+                node
+                for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                if not node.IsA("vtkMRMLLabelMapVolumeNode") and not node.GetAttribute("SegShapExplain.Role")
+            ]
+            if images:
+                self._parameterNode.inputVolume = images[0]
 
     def setParameterNode(self, parameterNode: SegShapExplainParameterNode | None) -> None:
         if self._parameterNode:
@@ -225,15 +235,19 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         if parameters is None:
             return
+        if self._shown is not None and not _inScene(self._shown):  # removed: replaced, or deleted by the user
+            self._shown = None
         if self._shown is not None and parameters.outlineStyle is not self._shown.outlineStyle:
             self.logic.setOutlineStyle(self._shown, parameters.outlineStyle)
         model = self.readModel()
+        self._showParameters()
         state = panelState(
             PanelInputs(
                 hasVolume=bool(parameters.inputVolume),
                 model=model,
                 target=parameters.target,
                 trustModel=parameters.trustModel,
+                segmentMissing=bool(parameters.referenceSegmentation) and not parameters.referenceSegmentId,
                 running=self.job is not None,
                 features=parameters.features,
                 hasOrganSegmentation=bool(parameters.organSegmentation),
@@ -254,23 +268,61 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.nSamplesSpinBox.enabled = state.nSamplesEnabled
         self.ui.toleranceSpinBox.enabled = state.toleranceEnabled
         self.ui.show3DButton.enabled = state.show3DEnabled
-        if not self.modelJob:
-            self.ui.modelInfoLabel.text = state.modelMessage
+        self.ui.modelInfoLabel.text = state.modelMessage + (f" {self._deviceNote}" if self._deviceNote else "")
+
+    def missing(self) -> list[str]:
+        if self._missing is None:
+            self._missing = missingPackages()
+        return self._missing
 
     def readModel(self):
-        """The chosen model's format and classes from its files (no PyTorch needed); the target list follows."""
-        path = self._parameterNode.modelPath
+        """The chosen model's format and classes from its files (no PyTorch needed); the target list follows, and
+        Trust is given again for each model."""
+        parameters = self._parameterNode
+        path = parameters.modelPath
         if self._model is None or self._model[0] != path:
-            self._model = (path, modelStatus(path, missingPackages()))
-            wanted = self._parameterNode.target
+            another = self._model is not None
+            self._model = (path, modelStatus(path, self.missing()))  # first: the changes below call this again
+            self._deviceNote = ""
+            if self.modelJob is not None:
+                self.modelJob.cancel()
+                self.modelJob = None
             classes = list(self._model[1].classes)
+            wanted = parameters.target
+            target = wanted if wanted in classes or not classes else classes[-1]
+            self.ui.targetComboBox.blockSignals(True)
             self.ui.targetComboBox.clear()
             self.ui.targetComboBox.addItems(classes)
-            self.ui.targetComboBox.setCurrentText(wanted if wanted or not classes else classes[-1])
-        described = (path, self._parameterNode.trustModel, self._parameterNode.device)
-        if self._model[1].usable and described != self._describedModel and not missingPackages():
-            self.describeModel(described)
-        return self._model[1]
+            self.ui.targetComboBox.setCurrentText(target)
+            self.ui.targetComboBox.blockSignals(False)
+            if another:
+                parameters.trustModel = False
+            parameters.target = target
+        status = self._model[1]
+        described = (path, parameters.trustModel, parameters.device, parameters.gpuIndex)
+        trusted = parameters.trustModel or not status.needsTrust
+        if status.usable and trusted and self.job is None and described != self._describedModel and not self.missing():
+            try:
+                self.describeModel(described)
+            except Exception as error:  # the panel must still show its state; the label says why
+                self._deviceNote = f"The worker could not start: {error}"
+        return status
+
+    def _showParameters(self) -> None:
+        """Show the target and the target segment the parameter node holds (a scene opened in place of another
+        brings its own); these two widgets are not bound by the parameter node wrapper."""
+        parameters = self._parameterNode
+        if self.ui.targetComboBox.currentText != parameters.target:
+            self.ui.targetComboBox.blockSignals(True)
+            self.ui.targetComboBox.setCurrentText(parameters.target)
+            self.ui.targetComboBox.blockSignals(False)
+        selector = self.ui.referenceSegmentSelector
+        segmentId = parameters.referenceSegmentId if parameters.referenceSegmentation else ""
+        if (
+            selector.currentNode() != parameters.referenceSegmentation
+            or (selector.currentSegmentID() or "") != segmentId
+        ):
+            self._showReference(parameters.referenceSegmentation, segmentId)
 
     def onTargetChanged(self, text: str) -> None:
         if self._parameterNode:
@@ -303,12 +355,13 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Ask the worker where the model would run (and whether PyTorch can use the GPU), without blocking."""
         if self.modelJob is not None:
             self.modelJob.cancel()
+            self.modelJob = None
         self._describedModel = described
-        path, trust, device = described
+        path, trust, device, gpuIndex = described
         self.modelJob = self.logic.describeModelAsync(
             str(path),
             device=device,
-            gpuIndex=self._parameterNode.gpuIndex,
+            gpuIndex=gpuIndex,
             trustModel=trust,
             callbacks=JobCallbacks(onDone=self.onModelDescribed, onError=self.onModelFailed),
         )
@@ -316,15 +369,18 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onModelDescribed(self, description) -> None:
         self.modelJob = None
-        where = f"the GPU ({description.cudaDevices[0]})" if description.cudaDevices else "the CPU"
+        if description.device.startswith("cuda"):
+            where = f"the GPU ({description.cudaDevices[0]})" if description.cudaDevices else "the GPU"
+        else:
+            where = {"cpu": "the CPU", "mps": "the Apple GPU"}.get(description.device, description.device)
         warning = torchGpuMessage(description.torch) if description.torch else None
-        self.ui.modelInfoLabel.text = f"{self._model[1].message} It runs on {where}." + (
-            f" {warning}" if warning else ""
-        )
+        self._deviceNote = f"It runs on {where}." + (f" {warning}" if warning else "")
+        self.updateButtons()
 
     def onModelFailed(self, error: BaseException) -> None:
         self.modelJob = None
-        self.ui.modelInfoLabel.text = f"This model cannot be used: {error}"
+        self._deviceNote = f"The worker could not load it: {error}"
+        self.updateButtons()
 
     def onPlaceBox(self) -> None:
         parameters = self._parameterNode
@@ -419,14 +475,16 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = message
 
     def onExplained(self, results) -> None:
-        parameters = self._parameterNode
-        if parameters.outputMode is OutputMode.REPLACE:
-            self.logic.replacePrevious(results)
         self._finished(f"Done: {results[0].summary}")
+        if self._parameterNode.outputMode is OutputMode.REPLACE:
+            with slicer.util.tryWithErrorDisplay("Could not remove the previous result.", waitCursor=True):
+                self.logic.replacePrevious(results)
         self.listResults(shown=results[0])
 
     def listResults(self, shown=None) -> None:
         """Fill the result selector with the explanations in the scene and show ``shown`` (default the newest)."""
+        if self._parameterNode is None:
+            return
         self._results = self.logic.findResults()
         self.ui.resultTargetComboBox.blockSignals(True)
         self.ui.resultTargetComboBox.clear()
@@ -434,7 +492,9 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultTargetComboBox.blockSignals(False)
         if self._results:
             chosen = shown if shown in self._results else self._results[-1]
+            self.ui.resultTargetComboBox.blockSignals(True)
             self.ui.resultTargetComboBox.setCurrentIndex(self._results.index(chosen))
+            self.ui.resultTargetComboBox.blockSignals(False)
             self.showResult(chosen)
 
     def onResultChosen(self, index: int) -> None:
@@ -443,7 +503,7 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def showResult(self, result) -> None:
         """Add ``result``'s features over the views (the user's layers stay), its table below; Show 3D follows."""
-        if self._shown is not None and self._shown is not result:
+        if self._shown is not None and self._shown != result and _inScene(self._shown):
             self.logic.hideResults(self._shown)
         self._shown = result
         self.logic.showResults(result.inputVolume, result, outlines=self._parameterNode.outlineStyle)
@@ -498,9 +558,14 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not slicer.util.confirmOkCancelDisplay(installMessage(missing), windowTitle="SegShapExplain"):
             return False
         installDependencies(missing)
-        self._model = self._describedModel = None  # read the model again now that the worker can run
+        self._model = self._describedModel = self._missing = None  # read the model again: the worker can run
         self.updateButtons()
         return True
+
+
+def _inScene(result) -> bool:
+    """Whether a result's nodes are still in the scene (replaced or deleted ones are not)."""
+    return result.segments is not None and result.segments.GetScene() is not None
 
 
 class SegShapExplainTest(ScriptedLoadableModuleTest):

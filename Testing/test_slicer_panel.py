@@ -160,3 +160,9 @@ def test_the_request_carries_the_box_and_the_organs_chosen_in_the_scene(oblique_
     with pytest.raises(ValueError, match="apply to organ features only"):
         logic.explain(volume, str(DEMO.model), "white_matter", organSegmentationNode=organs)
     assert len(runner.requests) == 1
+
+
+def test_a_target_segmentation_needs_one_of_its_segments():
+    status = modelStatus(DEMO.model)
+    state = panelState(PanelInputs(hasVolume=True, model=status, target="white_matter", segmentMissing=True))
+    assert not state.explainEnabled and "a segment of the target segmentation" in state.explainToolTip

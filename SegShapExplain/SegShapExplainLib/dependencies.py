@@ -101,6 +101,7 @@ def installDependencies(missing: list[str]) -> None:
             raise RuntimeError("PyTorch could not be installed; pip's messages are in the Python console.")
     if any(item != "torch" for item in missing):
         _pipInstall(requirementsFile())
+    importlib.invalidate_caches()  # the finders cached the folders' contents before pip wrote into them
     still = missingPackages()
     if still:
         raise RuntimeError(

@@ -91,6 +91,8 @@ class PanelInputs:
     target : str
         The target class as chosen or typed.
     trustModel : bool
+    segmentMissing : bool
+        A target segmentation is chosen but none of its segments.
     running : bool
         A job (explanation or segmentation) is running.
     features : FeatureKind
@@ -108,6 +110,7 @@ class PanelInputs:
     model: ModelStatus
     target: str
     trustModel: bool = False
+    segmentMissing: bool = False
     running: bool = False
     features: FeatureKind = FeatureKind.SUPERVOXELS
     hasOrganSegmentation: bool = False
@@ -153,6 +156,8 @@ def panelState(inputs: PanelInputs) -> PanelState:
         missing.append("a target class")
     if inputs.model.needsTrust and not inputs.trustModel:
         missing.append("Trust for this MONAI bundle")
+    if inputs.segmentMissing:
+        missing.append("a segment of the target segmentation (or no target segmentation)")
     if running:
         tip = "Stop the run; the scene stays as it was."
     elif missing:
