@@ -112,7 +112,7 @@ def test_bad_input(name):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_requested_without_cuda():
-    with pytest.raises(ValueError, match="no CUDA device; use device='cpu'"):
+    with pytest.raises(ValueError, match="PyTorch sees none on this computer: choose the CPU"):
         _engine(device="cuda")
 
 

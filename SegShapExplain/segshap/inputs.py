@@ -317,5 +317,8 @@ def resolve_device(device) -> torch.device:
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.") from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but torch sees no CUDA device; use device='cpu'.")
+        raise ValueError(
+            f"A GPU ({device}) was asked for, but PyTorch sees none on this computer: choose the CPU or auto. If it "
+            "has an NVIDIA GPU, PyTorch may be a CPU-only build or too new for the GPU's driver."
+        )
     return resolved

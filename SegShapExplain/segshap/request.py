@@ -326,7 +326,7 @@ def halving_batch_on_oom(work: Callable[[int], object], batch_size: int) -> obje
                 torch.cuda.empty_cache()
             if batch_size <= 1:
                 raise OutOfMemory(
-                    "The GPU ran out of memory even with one window at a time; run on the CPU (device 'cpu'), or "
+                    "The GPU ran out of memory even with one window at a time; run on the CPU (device cpu), or "
                     "close what else uses the GPU and try again."
                 ) from None
             batch_size = max(1, batch_size // 2)
