@@ -163,6 +163,7 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.referenceSegmentSelector.currentNodeChanged.connect(self.onReferenceChanged)
         self.ui.referenceSegmentSelector.currentSegmentChanged.connect(self.onReferenceChanged)
         self.ui.modelFolderButton.clicked.connect(self.onChooseModelFolder)
+        self.ui.modelPathLineEdit.currentPathChanged.connect(self.onModelPathTyped)
         self.ui.explainButton.clicked.connect(self.onExplainOrCancel)
         self.ui.segmentWithModelButton.clicked.connect(self.onSegmentWithModel)
         self.ui.placeBoxButton.clicked.connect(self.onPlaceBox)
@@ -308,10 +309,18 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._deviceNote = f"The worker could not start: {error}"
         return status
 
+    def onModelPathTyped(self, text: str) -> None:
+        if self._parameterNode and pathlib.Path(text) != self._parameterNode.modelPath:
+            self._parameterNode.modelPath = pathlib.Path(text)
+
     def _showParameters(self) -> None:
-        """Show the target and the target segment the parameter node holds (a scene opened in place of another
-        brings its own); these two widgets are not bound by the parameter node wrapper."""
+        """Show the model, the target and the target segment the parameter node holds (a scene opened in place of
+        another brings its own). These widgets are not bound by the parameter node wrapper: it would write the path
+        back into the box at each key typed, moving the cursor to its end, and it cannot bind a free-text combo box
+        or a segment."""
         parameters = self._parameterNode
+        if pathlib.Path(self.ui.modelPathLineEdit.currentPath) != parameters.modelPath:
+            self.ui.modelPathLineEdit.currentPath = str(parameters.modelPath)
         if self.ui.targetComboBox.currentText != parameters.target:
             self.ui.targetComboBox.blockSignals(True)
             self.ui.targetComboBox.setCurrentText(parameters.target)

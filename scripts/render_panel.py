@@ -547,6 +547,9 @@ def fill(panel: QWidget, lib, report: dict | None, summary: str | None) -> None:
     bindParameters(panel, parameters, nodes, shownPath)
 
     model = panelRules.modelStatus(demo.model, [])
+    child(panel, "modelPathLineEdit").setCurrentPath(shownPath)  # _showParameters
+    # updateButtons: the model's line, before the worker has said where the model runs.
+    child(panel, "modelInfoLabel").setText(model.message)
     target = child(panel, "targetComboBox")
     target.setEditable(True)
     target.addItems(list(model.classes))
