@@ -252,7 +252,6 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 running=self.job is not None,
                 features=parameters.features,
                 hasOrganSegmentation=bool(parameters.organSegmentation),
-                hasRoi=bool(parameters.roi),
                 device=parameters.device,
                 autoSamples=parameters.autoSamples,
                 hasResult=self._shown is not None,

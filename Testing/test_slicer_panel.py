@@ -162,6 +162,16 @@ def test_the_request_carries_the_box_and_the_organs_chosen_in_the_scene(oblique_
     assert len(runner.requests) == 1
 
 
+def test_organs_from_a_segmentation_need_organ_features():
+    """The organs segmentation stays enabled (to be cleared) but holds Explain back when the features are not
+    organs: the worker would refuse the label map."""
+    status = modelStatus(DEMO.model)
+    base = dict(hasVolume=True, model=status, target="white_matter", hasOrganSegmentation=True)
+    stray = panelState(PanelInputs(**base))
+    assert not stray.explainEnabled and stray.organSegmentationEnabled and "organ features" in stray.explainToolTip
+    assert panelState(PanelInputs(**base, features=FeatureKind.ORGANS)).explainEnabled
+
+
 def test_a_target_segmentation_needs_one_of_its_segments():
     status = modelStatus(DEMO.model)
     state = panelState(PanelInputs(hasVolume=True, model=status, target="white_matter", segmentMissing=True))

@@ -586,7 +586,6 @@ def fill(panel: QWidget, lib, report: dict | None, summary: str | None) -> None:
             running=False,
             features=parameters["features"],
             hasOrganSegmentation=False,
-            hasRoi=True,
             device=parameters["device"],
             autoSamples=parameters["autoSamples"],
             hasResult=report is not None,

@@ -98,8 +98,6 @@ class PanelInputs:
     features : FeatureKind
     hasOrganSegmentation : bool
         A segmentation is chosen as the organs of organ features.
-    hasRoi : bool
-        A box (markups ROI) is chosen as the region to explain.
     device : Device
     autoSamples : bool
     hasResult : bool
@@ -114,7 +112,6 @@ class PanelInputs:
     running: bool = False
     features: FeatureKind = FeatureKind.SUPERVOXELS
     hasOrganSegmentation: bool = False
-    hasRoi: bool = False
     device: Device = Device.AUTO
     autoSamples: bool = True
     hasResult: bool = False
@@ -158,6 +155,9 @@ def panelState(inputs: PanelInputs) -> PanelState:
         missing.append("Trust for this MONAI bundle")
     if inputs.segmentMissing:
         missing.append("a segment of the target segmentation (or no target segmentation)")
+    organFeatures = inputs.features in (FeatureKind.ORGANS, FeatureKind.ORGAN_AWARE)
+    if inputs.hasOrganSegmentation and not organFeatures:
+        missing.append("organ features for the organs segmentation (or no organs segmentation)")
     if running:
         tip = "Stop the run; the scene stays as it was."
     elif missing:
@@ -172,7 +172,7 @@ def panelState(inputs: PanelInputs) -> PanelState:
         segmentEnabled=not running and modelReady,
         placeBoxEnabled=not running and inputs.hasVolume,
         trustVisible=inputs.model.needsTrust,
-        organSegmentationEnabled=inputs.features in (FeatureKind.ORGANS, FeatureKind.ORGAN_AWARE),
+        organSegmentationEnabled=organFeatures or inputs.hasOrganSegmentation,
         gpuIndexEnabled=inputs.device is Device.CUDA,
         nSamplesEnabled=not inputs.autoSamples,
         toleranceEnabled=inputs.autoSamples,
