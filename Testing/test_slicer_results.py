@@ -38,18 +38,16 @@ from SegShapExplainLib.results import (
     TABLE_COLUMNS,
     TARGET_ATTRIBUTE,
     ExplanationNodes,
-    findExplanations,
     hideInViews,
     importExplanation,
     importExplanations,
     isShown3D,
-    removeExplanation,
-    replaceExplanations,
     reportItems,
     setShow3D,
     showInSliceViews,
     targetRows,
 )
+from SegShapExplainLib.saved import findExplanations, removeExplanation, replaceExplanations
 from SegShapExplainLib.worker import SubprocessRunner, WorkerJob, workerCommand, workerEnvironment
 
 pytestmark = pytest.mark.slow

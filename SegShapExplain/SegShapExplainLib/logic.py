@@ -31,16 +31,15 @@ from .exchange import (
 )
 from .results import (
     ExplanationNodes,
-    findExplanations,
     hideInViews,
     importExplanations,
     importSegmentation,
     jumpToFeature,
-    replaceExplanations,
     setOutlineStyle,
     setShow3D,
     showInSliceViews,
 )
+from .saved import findExplanations, replaceExplanations
 from .settings import Device, ExplainSettings, FeatureKind, OutlineStyle, workerBatchSize
 from .worker import (
     JobCallbacks,
