@@ -26,7 +26,7 @@ import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
 # The anatomical letters, slice positions and colours shared with overview.png (standard library only).
-from segshap.palette import LETTER_RGB, UNPAINTED_FRACTION, direction_letter, position_text
+from segshap.palette import UNPAINTED_FRACTION, direction_letter, edge_letters, position_text
 
 from .exchange import readVolume
 from .results import ExplanationNodes, importExplanations, showInSliceViews
@@ -348,31 +348,6 @@ def panelOrigins(size: int, count: int = 4) -> list[tuple[int, int]]:
     return [(top, PANEL_GAP + index * (size + PANEL_GAP)) for index in range(count)]
 
 
-def _letterEdges(ax, letters: dict[str, str]) -> None:
-    """Write ``letters`` at the edges of a panel, in the colour overview.png uses, with a black rim."""
-    from matplotlib import patheffects
-
-    rim = [patheffects.withStroke(linewidth=2.5, foreground="black")]
-    for edge, (x, y, ha, va) in {
-        "left": (0.015, 0.5, "left", "center"),
-        "right": (0.985, 0.5, "right", "center"),
-        "top": (0.5, 0.985, "center", "top"),
-        "bottom": (0.5, 0.015, "center", "bottom"),
-    }.items():
-        ax.text(
-            x,
-            y,
-            letters[edge],
-            transform=ax.transAxes,
-            ha=ha,
-            va=va,
-            color=LETTER_RGB,
-            fontsize=11,
-            fontweight="bold",
-            path_effects=rim,
-        )
-
-
 def explanationPicture(
     image: str | os.PathLike,
     outputs: dict,
@@ -452,7 +427,7 @@ def explanationPicture(
         ax.set_axis_off()
         figure.text((column + size / 2) / width, 1 - (row - 4) / height, title, ha="center", va="bottom", fontsize=9)
         if letters is not None:
-            _letterEdges(ax, letters)
+            edge_letters(ax, letters)
     target = ", ".join(t["name"] for t in report["targets"])
     figure.text(
         0.5,

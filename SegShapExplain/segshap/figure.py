@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .inputs import bounding_box
-from .palette import LETTER_RGB, direction_letter, feature_color, feature_opacity, position_text
+from .palette import direction_letter, edge_letters, feature_color, feature_opacity, position_text
 
 __all__ = [
     "overview_figure",
@@ -201,32 +201,6 @@ def _panels(affine: np.ndarray) -> list[_Panel]:
     return panels
 
 
-def _edge_letters(ax, letters: dict[str, str]) -> None:
-    """Write the anatomical direction at each edge of a 2D panel (``letters``: ``left``, ``right``, ``top``,
-    ``bottom`` to R/L, A/P, S/I) in ``LETTER_RGB`` with a black rim, readable over any anatomy."""
-    from matplotlib import patheffects
-
-    rim = [patheffects.withStroke(linewidth=2.5, foreground="black")]
-    for edge, (x, y, ha, va) in {
-        "left": (0.015, 0.5, "left", "center"),
-        "right": (0.985, 0.5, "right", "center"),
-        "top": (0.5, 0.985, "center", "top"),
-        "bottom": (0.5, 0.015, "center", "bottom"),
-    }.items():
-        ax.text(
-            x,
-            y,
-            letters[edge],
-            transform=ax.transAxes,
-            ha=ha,
-            va=va,
-            color=LETTER_RGB,
-            fontsize=11,
-            fontweight="bold",
-            path_effects=rim,
-        )
-
-
 def _overlay(heat: np.ndarray, strongest: float) -> np.ndarray:
     """``(rows, columns, 4)`` RGBA of a heatmap slice: each feature in its colour at its opacity (``palette``)."""
     values, inverse = np.unique(heat, return_inverse=True)
@@ -322,7 +296,7 @@ def draw_overview(explanation, target_index: int = 0):
         ax.contour(x, y, box, levels=[0.5], colors="gold", linewidths=1.0, linestyles="dashed")
         ax.set_xlim(0.0, columns * width)
         ax.set_ylim(rows * height, 0.0)
-        _edge_letters(ax, panel.letters)
+        edge_letters(ax, panel.letters)
         ax.set_title(f"{panel.name}, {position_text(panel.normal_ras, centre_ras[panel.normal_ras])}")
         ax.set_axis_off()
     scale = ScalarMappable(Normalize(-strongest, strongest), _value_colour_map())

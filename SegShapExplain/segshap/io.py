@@ -5,13 +5,13 @@ Output folders are written all or nothing through :class:`segshap.staging.Staged
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from .geometry import Grid, transfer
+from .modelinfo import read_json  # the one reader of JSON files, standard library only
 
 __all__ = [
     "read_image",
@@ -301,28 +301,6 @@ def read_labels(
             "volume (in RAS). Was it drawn on another image, or saved without its geometry?"
         )
     return moved, names
-
-
-def read_json(path: str | os.PathLike, what: str) -> dict:
-    """The JSON object in ``path`` (``what`` names the file in errors: "model config file", "request file", ...).
-
-    Raises
-    ------
-    FileNotFoundError
-        When the file does not exist.
-    ValueError
-        When it is not valid JSON or holds something other than an object.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No such {what}: {path}.")
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"The {what} {path} is not valid JSON: {error}.") from None
-    if not isinstance(content, dict):
-        raise ValueError(f"The {what} {path} must hold a JSON object.")
-    return content
 
 
 def json_number(value) -> float | list | None:

@@ -29,6 +29,7 @@ __all__ = [
     "feature_opacity",
     "direction_letter",
     "position_text",
+    "edge_letters",
 ]
 
 NEGATIVE_RGB = (0.23, 0.30, 0.75)
@@ -78,3 +79,30 @@ def position_text(ras_axis: int, coordinate: float) -> str:
     """A slice's position along the RAS axis it is cut across, as 3D Slicer's RAS reads it: ``"S 12.0 mm"``,
     ``"I 12.0 mm"`` for -12, ``"L 3.5 mm"`` for R = -3.5."""
     return f"{direction_letter(ras_axis, 1.0 if coordinate >= 0 else -1.0)} {abs(coordinate):.1f} mm"
+
+
+def edge_letters(ax, letters: dict[str, str]) -> None:
+    """Write the anatomical direction at each edge of a 2D panel (``letters``: ``left``, ``right``, ``top``,
+    ``bottom`` to R/L, A/P, S/I) in ``LETTER_RGB`` with a black rim, readable over any anatomy. Both figures draw their
+    letters with it (matplotlib is imported here, when called: the module itself needs the standard library only)."""
+    from matplotlib import patheffects
+
+    rim = [patheffects.withStroke(linewidth=2.5, foreground="black")]
+    for edge, (x, y, ha, va) in {
+        "left": (0.015, 0.5, "left", "center"),
+        "right": (0.985, 0.5, "right", "center"),
+        "top": (0.5, 0.985, "center", "top"),
+        "bottom": (0.5, 0.015, "center", "bottom"),
+    }.items():
+        ax.text(
+            x,
+            y,
+            letters[edge],
+            transform=ax.transAxes,
+            ha=ha,
+            va=va,
+            color=LETTER_RGB,
+            fontsize=11,
+            fontweight="bold",
+            path_effects=rim,
+        )
