@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from segshap.cohort import COHORT_COLUMNS
-from segshap.figure import cohort_figure
+from segshap.cohort.figure import cohort_figure
 
 DEEP_RED = np.array([103, 0, 31])  # the ends of matplotlib's RdBu_r
 DEEP_BLUE = np.array([5, 48, 97])

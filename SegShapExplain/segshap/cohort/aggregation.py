@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..figure import cohort_figure
 from ..inputs import ArgumentError
 from ..io import json_number
 from ..staging import StagedOutput
+from .figure import cohort_figure
 
 __all__ = [
     "CohortResult",
