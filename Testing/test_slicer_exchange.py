@@ -22,14 +22,11 @@ from segshap.inputs import as_roi_mask
 from segshap.io import read_image, read_labels
 from segshap.request import _roi
 from SegShapExplainLib.exchange import (
-    createRoi,
-    createRoiAroundSegment,
     ensureSegmentationConverters,
     exportLabelmap,
-    exportRoi,
     exportVolume,
-    roiVoxels,
 )
+from SegShapExplainLib.region import createRoi, createRoiAroundSegment, exportRoi, roiVoxels
 
 
 def _ijk_to_ras(node) -> np.ndarray:

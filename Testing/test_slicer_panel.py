@@ -17,8 +17,9 @@ from segshap.geometry import Grid
 from segshap.io import read_image, read_labels
 from SegShapExplainLib import Device, ExplainSettings, FeatureKind, SegShapExplainLogic, SubprocessRunner, WorkerError
 from SegShapExplainLib.dependencies import missingPackages
-from SegShapExplainLib.exchange import ensureSegmentationConverters, roiVoxels
+from SegShapExplainLib.exchange import ensureSegmentationConverters
 from SegShapExplainLib.panel import PanelInputs, modelStatus, panelState
+from SegShapExplainLib.region import roiVoxels
 
 
 def test_a_fresh_install_lists_the_classes_and_lets_explain_install_the_packages():

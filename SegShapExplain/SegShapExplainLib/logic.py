@@ -20,15 +20,8 @@ from pathlib import Path
 
 import slicer
 
-from .exchange import (
-    checkScalarVolume,
-    createRoi,
-    createRoiAroundSegment,
-    exportLabelmap,
-    exportRoi,
-    exportSegment,
-    exportVolume,
-)
+from .exchange import checkScalarVolume, exportLabelmap, exportSegment, exportVolume
+from .region import createRoi, createRoiAroundSegment, exportRoi
 from .results import (
     ExplanationNodes,
     hideInViews,
