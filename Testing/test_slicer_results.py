@@ -28,6 +28,7 @@ from matplotlib.image import imread, imsave
 
 import segshap
 from SegShapExplainLib import OutlineStyle
+from SegShapExplainLib.display import hideInViews, isShown3D, setShow3D, showInSliceViews
 from SegShapExplainLib.exchange import ensureSegmentationConverters, exportVolume
 from SegShapExplainLib.results import (
     DIVERGING_COLOR_TAG,
@@ -38,13 +39,9 @@ from SegShapExplainLib.results import (
     TABLE_COLUMNS,
     TARGET_ATTRIBUTE,
     ExplanationNodes,
-    hideInViews,
     importExplanation,
     importExplanations,
-    isShown3D,
     reportItems,
-    setShow3D,
-    showInSliceViews,
     targetRows,
 )
 from SegShapExplainLib.saved import findExplanations, removeExplanation, replaceExplanations

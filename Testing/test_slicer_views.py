@@ -29,13 +29,12 @@ from scipy import ndimage
 import SegShapExplainLib
 from segshap.palette import UNPAINTED_FRACTION
 from SegShapExplainLib import OutlineStyle, SegShapExplainLogic
+from SegShapExplainLib.display import setOutlineStyle, showInSliceViews
 from SegShapExplainLib.results import (
     STRONGEST_ALPHA,
     featureColor,
     featureOpacity,
     importExplanation,
-    setOutlineStyle,
-    showInSliceViews,
 )
 from SegShapExplainLib.views import (
     PICTURE_SIZE,

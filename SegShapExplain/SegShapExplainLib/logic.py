@@ -20,18 +20,10 @@ from pathlib import Path
 
 import slicer
 
+from .display import hideInViews, jumpToFeature, setOutlineStyle, setShow3D, showInSliceViews
 from .exchange import checkScalarVolume, exportLabelmap, exportSegment, exportVolume
 from .region import createRoi, createRoiAroundSegment, exportRoi
-from .results import (
-    ExplanationNodes,
-    hideInViews,
-    importExplanations,
-    importSegmentation,
-    jumpToFeature,
-    setOutlineStyle,
-    setShow3D,
-    showInSliceViews,
-)
+from .results import ExplanationNodes, importExplanations, importSegmentation
 from .saved import findExplanations, replaceExplanations
 from .settings import Device, ExplainSettings, FeatureKind, OutlineStyle, workerBatchSize
 from .worker import (

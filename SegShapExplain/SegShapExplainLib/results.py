@@ -1,8 +1,7 @@
 """The worker's outputs as MRML nodes: heatmap, feature labelmap, value table, report, figures, volume rendering,
-subject hierarchy; finding them again in a saved scene, replacing and removing them.
+subject hierarchy (finding them again in a saved scene: :mod:`.saved`; showing them: :mod:`.display`).
 
-What the slice views show: the feature segments over whatever the views already show (the input as background
-only in a view without one; the user's background, foreground and label layers are left as they are): one segment
+What the slice views show: the feature segments over whatever the views already show (:mod:`.display`): one segment
 per feature, each filled in the colour of its sign (red supports the segmentation, blue works against it) at an
 opacity proportional to |value| (``segshap.palette``, the rule ``overview.png`` follows too: none under
 ``UNPAINTED_FRACTION`` of the strongest, ``STRONGEST_ALPHA`` for the strongest), so weak features let the anatomy
@@ -68,7 +67,7 @@ INPUTS_ATTRIBUTE = "SegShapExplain.Inputs"
 SUMMARY_ATTRIBUTE = "SegShapExplain.Summary"
 """On the report node and the value tables: the worker's summary line, when the caller gave it."""
 TRANSFORM_ATTRIBUTE = "SegShapExplain.TransformNodeID"
-"""On a value table: the input's parent transform, which :func:`jumpToFeature` applies to the centroids."""
+"""On a value table: the input's parent transform, which ``display.jumpToFeature`` applies to the centroids."""
 INPUT_REFERENCE = "SegShapExplainInput"
 """Node reference role from the report node to the explained volume (saved with the scene)."""
 
@@ -108,7 +107,7 @@ class ExplanationNodes:
     resultId : str
         The :data:`RESULT_ATTRIBUTE` of the result's nodes.
     outlineStyle : OutlineStyle
-        The outlines last set by :func:`setOutlineStyle`.
+        The outlines last set by ``display.setOutlineStyle``.
     """
 
     heatmap: object
@@ -391,8 +390,8 @@ def importExplanations(
         )
         for heatmap, segments, table, rendering, t in results
     ]
-    for nodes in explanations:
-        setOutlineStyle(nodes, OutlineStyle.TOP)
+    for nodes in explanations:  # OutlineStyle.TOP, the nodes' default
+        outlineFeatures(nodes.segments, set(nodes.topFeatures))
     return explanations
 
 
@@ -466,107 +465,20 @@ def placeInStudy(scene, inputVolume, folderName: str | None, nodes: list, added:
     return parent
 
 
-def jumpToFeature(tableNode, row: int) -> tuple[float, float, float]:
-    """Centre the slice views on the centroid of the feature in ``row`` of an explanation table; returns it
-    (world RAS, i.e. with the heatmap's parent transform applied)."""
-    table = tableNode.GetTable()
-    if not 0 <= row < table.GetNumberOfRows():
-        raise IndexError(f"The table {tableNode.GetName()!r} has {table.GetNumberOfRows()} rows; row {row} is none.")
-    point = [float(table.GetValueByName(row, axis).ToDouble()) for axis in ("R", "A", "S")]
-    transformId = tableNode.GetAttribute(TRANSFORM_ATTRIBUTE)
-    scene = tableNode.GetScene()
-    transform = scene.GetNodeByID(transformId) if transformId else None
-    if transform is not None:
-        toWorld = vtk.vtkGeneralTransform()
-        transform.GetTransformToWorld(toWorld)
-        point = list(toWorld.TransformPoint(point))
-    slicer.vtkMRMLSliceNode.JumpAllSlices(scene, *point, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
-    return tuple(point)
-
-
-def showInSliceViews(
-    scene, inputVolume, nodes: ExplanationNodes, opacity: float = 1.0, outlines: OutlineStyle = OutlineStyle.TOP
-) -> None:
-    """Add the feature segments (filled by value, ``opacity`` scaling every fill, with the chosen outlines) over
-    what every slice view shows. The views' background, foreground and label layers stay as they are, except that a
-    view without a background gets ``inputVolume`` (default the result's input volume). The segments of other
-    results are hidden in the slice views (one result at a time: they would cover each other)."""
-    inputVolume = inputVolume if inputVolume is not None else nodes.inputVolume
-    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
-        composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
-        background = composite.GetBackgroundVolumeID()
-        if inputVolume is not None and (not background or scene.GetNodeByID(background) is None):
-            composite.SetBackgroundVolumeID(inputVolume.GetID())
-    for other in _otherSegments(scene, nodes):
-        other.GetDisplayNode().SetVisibility2D(False)
-    display = nodes.segments.GetDisplayNode()
-    display.SetVisibility(True)
-    display.SetVisibility2D(True)
-    display.SetOpacity2DFill(opacity)
-    setOutlineStyle(nodes, outlines)
-
-
-def hideInViews(nodes: ExplanationNodes) -> None:
-    """Hide a result everywhere: its segments (slice and 3D views) and its volume rendering."""
-    nodes.segments.GetDisplayNode().SetVisibility(False)
-    if nodes.volumeRendering is not None:
-        nodes.volumeRendering.SetVisibility(False)
-
-
-def _otherSegments(scene, nodes: ExplanationNodes) -> list:
-    """The feature segmentations of the other results (and other targets) in the scene, with a display node."""
-    found = []
-    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
-        node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
-        if node is not nodes.segments and node.GetAttribute(ROLE_ATTRIBUTE) == "segments" and node.GetDisplayNode():
-            found.append(node)
-    return found
-
-
-def setOutlineStyle(nodes: ExplanationNodes, style: OutlineStyle) -> None:
-    """Outline the top features, all of them, or none (each in its own colour)."""
-    display = nodes.segments.GetDisplayNode()
-    shown = {OutlineStyle.TOP: set(nodes.topFeatures), OutlineStyle.NONE: set()}.get(style)
-    segments = nodes.segments.GetSegmentation()
-    for index in range(segments.GetNumberOfSegments()):
-        segmentId = segments.GetNthSegmentID(index)
-        feature = segments.GetSegment(segmentId).GetLabelValue()
+def outlineFeatures(segments, shown: set[int] | None) -> None:
+    """Outline, in the slice views, the segments of the features in ``shown`` (every feature for ``None``), each in
+    its own colour; the others lose their outline."""
+    display = segments.GetDisplayNode()
+    segmentation = segments.GetSegmentation()
+    for index in range(segmentation.GetNumberOfSegments()):
+        segmentId = segmentation.GetNthSegmentID(index)
+        feature = segmentation.GetSegment(segmentId).GetLabelValue()
         display.SetSegmentVisibility2DOutline(segmentId, shown is None or feature in shown)
-    nodes.outlineStyle = style
-
-
-def setShow3D(nodes: ExplanationNodes, visible: bool) -> None:
-    """Show or hide the top features in 3D: the heatmap's volume rendering when there is one, else the top
-    features' segments as surfaces (made on first use; the other segments stay hidden in 3D). The slice views are
-    left as they are."""
-    if nodes.volumeRendering is not None:
-        nodes.volumeRendering.SetVisibility(visible)
-        return
-    display = nodes.segments.GetDisplayNode()
-    if visible:
-        top = set(nodes.topFeatures)
-        segmentation = nodes.segments.GetSegmentation()
-        for index in range(segmentation.GetNumberOfSegments()):
-            segmentId = segmentation.GetNthSegmentID(index)
-            display.SetSegmentVisibility3D(segmentId, segmentation.GetSegment(segmentId).GetLabelValue() in top)
-        nodes.segments.CreateClosedSurfaceRepresentation()
-        if not display.GetVisibility():  # hidden everywhere: show it in 3D only
-            display.SetVisibility2D(False)
-            display.SetVisibility(True)
-    display.SetVisibility3D(visible)
-
-
-def isShown3D(nodes: ExplanationNodes) -> bool:
-    """Whether :func:`setShow3D` shows the result in 3D now."""
-    if nodes.volumeRendering is not None:
-        return bool(nodes.volumeRendering.GetVisibility())
-    display = nodes.segments.GetDisplayNode()
-    return bool(display.GetVisibility() and display.GetVisibility3D())
 
 
 def _featureSegments(scene, features, rows: list[dict], strongest: float, name: str, added: SceneAdditions):
     """One segment per feature, named with its value, filled in its sign's colour at an opacity growing with
-    |value|; shown in the slice views only (the 3D view has the volume rendering, or :func:`setShow3D`)."""
+    |value|; shown in the slice views only (the 3D view has the volume rendering, or ``display.setShow3D``)."""
     ensureSegmentationConverters()
     segmentation = added.addNew("vtkMRMLSegmentationNode", name)
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(features)

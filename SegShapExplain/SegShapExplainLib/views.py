@@ -28,8 +28,9 @@ from vtk.util.numpy_support import vtk_to_numpy
 # The anatomical letters, slice positions and colours shared with overview.png (standard library only).
 from segshap.palette import UNPAINTED_FRACTION, direction_letter, edge_letters, position_text
 
+from .display import showInSliceViews
 from .exchange import readVolume
-from .results import ExplanationNodes, importExplanations, showInSliceViews
+from .results import ExplanationNodes, importExplanations
 from .settings import OutlineStyle
 
 SLICE_VIEWS = {"Red": "Axial", "Yellow": "Sagittal", "Green": "Coronal"}
