@@ -24,6 +24,7 @@ _EXPORTS = {
     "Grid": "geometry",
     "PatchEngine": "engine",
     "ShapleyResult": "estimator",
+    "Update": "anytime",
     "kernel_shap": "estimator",
     "DEFAULT_CACHE_BYTES": "cache",
     "Tiling": "tiling",

@@ -317,22 +317,29 @@ def chain_shap(
     pairs: np.ndarray,
     border: bool,
     seed: int,
+    prior: np.ndarray | None = None,
 ) -> ShapleyResult:
     """Walk chains side by side in rounds until the budget, a limit or the tolerance stops them; then the
     (adjusted) estimate of :func:`chain_estimate`. ``pairs`` are the surrogate's interactions, ``border`` whether
-    sizes 1 and ``M - 1`` are enumerated first."""
+    sizes 1 and ``M - 1`` are enumerated first, ``prior`` coalitions evaluated before (the coarse level's), which
+    enter the surrogate's fit. The first rounds are small (2, 2, 4 chains, then :data:`_WALKS`), so that an
+    estimate with standard errors comes early."""
     m = evaluator.n_players
     evaluator.total = budget
     design = ChainDesign(m, border=border)
+    prior = np.zeros((0, m), dtype=bool) if prior is None else prior
     ends = np.zeros((2, m), dtype=bool)
     ends[1] = True
     first = np.concatenate([ends, design.border_coalitions()]) if design.border else ends
-    evaluator(first, force=True)
+    first = first[evaluator.unknown(first)]
+    if len(first):
+        evaluator(first, force=True)
+    evaluator.use_estimate(lambda adjust: _chain_solution(evaluator, design, pairs, seed, adjust, prior))
     reason = "budget"
     try:
         per_chain = 2 * (m - 1) - (4 if design.border else 0)
         while True:
-            walks = min(_WALKS, (budget - evaluator.done) // per_chain)
+            walks = min(_WALKS, max(2, len(design.permutations)), (budget - evaluator.done) // per_chain)
             if walks < 1:
                 break
             started = [design.new_unit(rng) for _ in range(walks)]
@@ -351,18 +358,22 @@ def chain_shap(
             for u in range(len(design.permutations) - walks, len(design.permutations)):
                 design.complete[u] = True
             n_complete = sum(design.complete)
+            if n_complete >= 2:
+                evaluator.milestone()
             if tolerance is not None and n_complete >= _TOLERANCE_CHAINS:
-                if converged(*_chain_solution(evaluator, design, pairs, seed, adjust=False)[:2], tolerance):
+                if converged(*_chain_solution(evaluator, design, pairs, seed, False, prior)[:2], tolerance):
                     reason = "tolerance"
                     break
     except LimitReached as stop:
         reason = stop.reason
-    values, stderr, adjusted = _chain_solution(evaluator, design, pairs, seed)
+    values, stderr, adjusted = _chain_solution(evaluator, design, pairs, seed, True, prior)
     evaluator.finish()
     return evaluator.result(values, stderr, exact=False, design="chains", reason=reason, adjusted=bool(adjusted.any()))
 
 
-def _chain_solution(evaluator: Evaluator, design: ChainDesign, pairs: np.ndarray, seed: int, adjust: bool = True):
+def _chain_solution(
+    evaluator: Evaluator, design: ChainDesign, pairs: np.ndarray, seed: int, adjust: bool, prior: np.ndarray
+):
     m = evaluator.n_players
     ends = evaluator.lookup(np.stack([np.zeros(m, bool), np.ones(m, bool)]))
     incomplete = [loop_coalitions(p) for p, done in zip(design.permutations, design.complete) if not done]
@@ -371,5 +382,6 @@ def _chain_solution(evaluator: Evaluator, design: ChainDesign, pairs: np.ndarray
         rows = rows[[row.tobytes() in evaluator.index for row in np.packbits(rows, axis=1)]]
     else:
         rows = np.zeros((0, m), dtype=bool)
+    rows = np.concatenate([prior, rows])
     extra = (rows, evaluator.lookup(rows) if len(rows) else np.zeros((0, ends.shape[1])))
     return chain_estimate(design, evaluator.lookup, ends, extra, pairs, seed, adjust)

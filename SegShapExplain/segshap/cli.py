@@ -23,8 +23,9 @@ from .cohort import COHORT_FEATURES, MissingDependency
 from .inputs import ArgumentError
 from .jobs import cohort_from_request, explain_and_save
 from .options import add_option_flags, options_from_flags
-from .reporting import Rate, engine_summary, logging_to, progress_text, summary
+from .reporting import engine_summary, logging_to, summary
 from .request import OutOfMemory, UsageError, demo_request
+from .terminal import BarLogHandler, ProgressBar
 from .version import __version__
 from .worker import EventWriter, argument_name, run_worker
 
@@ -54,27 +55,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-class _ProgressBar:
-    """A one-line bar with percentage and ETA on a terminal; a line per 10 % otherwise."""
-
-    def __init__(self, stream, unit: str | None = None) -> None:
-        self.stream, self.rate, self.last_tenth, self.unit = stream, Rate(), -1, unit
-        self.terminal = stream.isatty()
-
-    def __call__(self, done: int, total: int) -> None:
-        percent = 100.0 * done / max(total, 1)
-        text = progress_text(done, total, self.rate.eta(done, total), unit=self.unit)
-        if self.terminal:
-            filled = int(percent / 4)
-            self.stream.write(f"\r|{'#' * filled}{' ' * (25 - filled)}| {text}   ")
-            if done >= total:
-                self.stream.write("\n")
-        elif int(percent // 10) > self.last_tenth:
-            self.last_tenth = int(percent // 10)
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-
 def _explain_request(args: argparse.Namespace) -> dict:
     return {
         "image": args.image,
@@ -89,6 +69,7 @@ def _explain_request(args: argparse.Namespace) -> dict:
         "out": args.out,
         "options": options_from_flags(args),
         "slices": args.slices,
+        **_live_keys(args),
     }
 
 
@@ -96,21 +77,47 @@ def _demo_request(args: argparse.Namespace) -> dict:
     options = {"device": args.device}
     if args.n_features is not None:
         options["n_features"] = args.n_features
-    return demo_request(args.out, options)
+    return {**demo_request(args.out, options), **_live_keys(args)}
 
 
-def _stderr_log(quiet: bool) -> logging.Handler | None:
-    """The stage messages as ``segshap: ...`` lines on stderr, unless ``quiet``."""
+def _live_keys(args: argparse.Namespace) -> dict:
+    return {"update_every": args.update_every, "stop_when_stable": args.stop_when_stable}
+
+
+def _add_live_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--update-every",
+        dest="update_every",
+        type=float,
+        default=5.0,
+        help="seconds between the live estimates shown under the progress bar on a terminal (default 5)",
+    )
+    command.add_argument(
+        "--stop-when-stable",
+        dest="stop_when_stable",
+        type=int,
+        help="stop sampling once the top 10 features have not changed for N live estimates in a row, and keep that "
+        "estimate (default: off)",
+    )
+
+
+def _stderr_log(quiet: bool, bar: ProgressBar | None = None) -> logging.Handler | None:
+    """The stage messages as ``segshap: ...`` lines on stderr (above ``bar``), unless ``quiet``."""
     if quiet:
         return None
+    if bar is not None:
+        return BarLogHandler(bar)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("segshap: %(message)s"))
     return handler
 
 
 def _explain(request: dict, quiet: bool) -> int:
-    with logging_to(_stderr_log(quiet)) as log:
-        explanation, outputs = explain_and_save(request, None if quiet else _ProgressBar(sys.stderr), log)
+    bar = None if quiet else ProgressBar(sys.stderr)
+    # Live estimates whether or not a terminal shows them, so that the values do not depend on where output goes.
+    on_update = (lambda update: None) if bar is None else bar.show_update
+    with logging_to(_stderr_log(quiet, bar)) as log:
+        explanation, outputs = explain_and_save(request, bar, log, on_update)
         log.info("%s", engine_summary(explanation))
     print(f"Explained {', '.join(explanation.target_names)}: {summary(explanation)}")
     print(f"Outputs in {Path(request['out']).absolute()}:")
@@ -149,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write slices.png: the views as 3D Slicer draws them (needs slicer-core)",
     )
+    _add_live_arguments(command)
     command.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
     cohort = commands.add_parser("cohort", help="explain every case of a cohort on Ray and aggregate the values")
@@ -186,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="segshap-demo", help="output folder (default ./segshap-demo)")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     demo.add_argument("--n-features", dest="n_features", type=int, help="about how many supervoxels (default 100)")
+    _add_live_arguments(demo)
     demo.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     return parser
 
@@ -234,7 +243,7 @@ def _cohort(args: argparse.Namespace) -> int:
             "options": options_from_flags(args),
         }
         with logging_to(_stderr_log(args.quiet)):
-            progress = None if args.quiet else _ProgressBar(sys.stderr, unit="cases")
+            progress = None if args.quiet else ProgressBar(sys.stderr, unit="cases")
             result, _ = cohort_from_request(request, progress)
     print(result.summary)
     print(

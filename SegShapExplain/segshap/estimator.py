@@ -42,13 +42,17 @@ No coalition is ever evaluated twice.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import threading
 from collections.abc import Callable
 
 import numpy as np
 
+from .anytime import LiveUpdates, Update
 from .chains import chain_shap, loop_coalitions
+from .coarse import coarse_budget, explain_regions
 from .evaluation import STOP_REASONS, Evaluator, Limits, ShapleyResult, efficiency_error
 from .inputs import checked_choice, checked_integer, checked_number
 from .leverage import leverage_shap
@@ -124,6 +128,9 @@ def kernel_shap(
     max_forwards: float | None = None,
     max_seconds: float | None = None,
     interactions: np.ndarray | Callable[[], np.ndarray] | None = None,
+    on_update: Callable[[Update], bool | None] | None = None,
+    update_every: float = 5.0,
+    stop: threading.Event | None = None,
 ) -> ShapleyResult:
     """Shapley values of ``value_fn`` from at most ``budget`` evaluations.
 
@@ -164,6 +171,19 @@ def kernel_shap(
     interactions : np.ndarray or callable, optional
         ``(P, 2)`` feature pairs the chains' surrogate gives an interaction term (e.g. adjacent supervoxels), or a
         function returning them, called only if the chains run. Default: those of :func:`default_interactions`.
+        With live updates over many features, the coarse level merges regions along these pairs.
+    on_update : callable, optional
+        ``on_update(update)`` with an :class:`~segshap.anytime.Update`, the estimate as the result would hold it
+        if the run stopped then, every ``update_every`` seconds, first when the design has standard errors, and
+        last with the final values; on a thread of its own, so a slow callback does not hold up the sampling.
+        Returning ``False`` stops the sampling, and the result holds the estimate of the last update the callback
+        was given (``stop_reason`` ``"user"``). Over more than :data:`~segshap.coarse.COARSE_FROM` features the
+        first updates come from regions of features (:mod:`segshap.coarse`). See :mod:`segshap.anytime`.
+    update_every : float
+        Seconds between updates.
+    stop : threading.Event, optional
+        Set from any thread, it stops the sampling as ``on_update`` returning ``False`` does (with updates: the
+        result holds the last update's estimate).
 
     Returns
     -------
@@ -185,8 +205,34 @@ def kernel_shap(
         raise ValueError("max_forwards needs forward_cost=..., which says what a batch of coalitions costs.")
     limits = Limits(forward_cost, max_forwards, max_seconds)
     evaluator = Evaluator(value_fn, n_players, batch_size, progress, limits)
+    live = None
+    if on_update is not None or stop is not None:
+        every = checked_number(update_every, "update_every")
+        live = LiveUpdates(on_update if on_update is not None else (lambda update: None), every, stop)
+        live.attach(evaluator)
+    try:
+        result, regions = _sample(evaluator, budget, seed, tolerance, design, forward_cost, interactions, live)
+    except BaseException:
+        if live is not None:
+            live.abandon()
+        raise
+    if live is None:
+        return result
+    kept = live.kept()
+    if kept is not None:  # what the user saw is what the result holds
+        result = dataclasses.replace(result, values=kept.values, stderr=kept.stderr, adjusted=kept.adjusted)
+        regions = kept.regions
+    shape = (n_players, -1)
+    live.finish(result.values.reshape(shape), result.stderr.reshape(shape), result.adjusted, regions)
+    return dataclasses.replace(result, updates=tuple(live.records), regions=regions)
+
+
+def _sample(evaluator, budget, seed, tolerance, design, forward_cost, interactions, live):
+    """The estimate of the design asked for, after the coarse level where there is one; and the number of regions
+    when the run ended at that level (else ``None``)."""
+    n_players = evaluator.n_players
     if enumerates(n_players, budget):
-        return _exact(evaluator)
+        return _exact(evaluator), None
     rng = np.random.default_rng(seed)
     border, chains_fit = _chain_plan(n_players, budget)
     if design == "chains" and chains_fit < 1:
@@ -194,15 +240,38 @@ def kernel_shap(
             f"design='chains' needs a budget of at least {2 * n_players} coalitions for {n_players} features (one "
             f"chain), got {budget}; raise the budget or use design='leverage'."
         )
+    pairs = None
+    prior = None
+    per_chain = 2 * (n_players - 1) - (4 if border else 0)
+    spare = budget - 2 - (2 * n_players if border else 0) - chains_fit * per_chain if chains_fit else budget
+    first_look = coarse_budget(n_players, budget, spare) if live is not None else 0
+    if first_look:
+        pairs = _interaction_pairs(interactions, n_players, budget)
+        evaluator.total = budget
+        coarse = explain_regions(evaluator, pairs, first_look, seed)
+        if not coarse.finished:
+            evaluator.finish()
+            values, stderr = (
+                coarse.expand(a.reshape(coarse.n_regions, -1)) for a in (coarse.result.values, coarse.result.stderr)
+            )
+            stopped = evaluator.result(
+                values, stderr, False, "chains", coarse.result.stop_reason, coarse.result.adjusted
+            )
+            return stopped, coarse.n_regions
+        prior = np.concatenate(evaluator.coalitions)
+        prior = prior[prior.any(axis=1) & ~prior.all(axis=1)]  # the ends are the chains' own
     if design == "auto":
         design = _cheaper_design(forward_cost, n_players, budget, chains_fit, seed)
     if design == "chains":
-        if interactions is None:
-            pairs = default_interactions(n_players, budget)
-        else:
-            pairs = _as_pairs(interactions() if callable(interactions) else interactions, n_players)
-        return chain_shap(evaluator, budget, rng, tolerance, pairs, border, seed)
-    return leverage_shap(evaluator, budget, rng, tolerance, seed)
+        pairs = _interaction_pairs(interactions, n_players, budget) if pairs is None else pairs
+        return chain_shap(evaluator, budget, rng, tolerance, pairs, border, seed, prior), None
+    return leverage_shap(evaluator, budget, rng, tolerance, seed), None
+
+
+def _interaction_pairs(interactions, n_players: int, budget: int) -> np.ndarray:
+    if interactions is None:
+        return default_interactions(n_players, budget)
+    return _as_pairs(interactions() if callable(interactions) else interactions, n_players)
 
 
 def _chain_error_ratio(budget: int, n_players: int) -> float:

@@ -15,9 +15,10 @@ import numpy as np
 
 __all__ = ["ShapleyResult", "efficiency_error", "STOP_REASONS", "Evaluator", "Limits", "LimitReached", "converged"]
 
-STOP_REASONS = ("exact", "budget", "tolerance", "max_forwards", "max_seconds", "exhausted")
+STOP_REASONS = ("exact", "budget", "tolerance", "max_forwards", "max_seconds", "exhausted", "user")
 """Why sampling ended: every coalition evaluated; the coalition budget spent; the standard errors below the
-tolerance; the forward limit or the time limit reached; every coalition the design can draw drawn."""
+tolerance; the forward limit or the time limit reached; every coalition the design can draw drawn; the user
+stopped it and kept the estimate of the last update (:mod:`segshap.anytime`)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class ShapleyResult:
     adjusted : bool
         Whether the estimate was regression-adjusted by boosted trees (:mod:`segshap.adjustment`) for at least one
         target.
+    updates : tuple of dict
+        With live updates, what each one was (:meth:`segshap.anytime.Update.record`), the final one last.
+    regions : int or None
+        When the run ended at the coarse level (:mod:`segshap.coarse`): the number of regions whose values, shared
+        equally among their features, the values are.
     """
 
     values: np.ndarray
@@ -64,6 +70,8 @@ class ShapleyResult:
     stop_reason: str = "budget"
     forwards: float | None = None
     adjusted: bool = False
+    updates: tuple = ()
+    regions: int | None = None
 
     @property
     def efficiency_error(self) -> float:
@@ -117,11 +125,16 @@ def takes_retain(value_fn) -> bool:
 
 class Evaluator:
     """Calls the value function in batches within the limits, checks what it returns and keeps every coalition and
-    value (looked up by coalition, so that none is evaluated twice)."""
+    value (looked up by coalition, so that none is evaluated twice). With ``live`` (:class:`LiveUpdates`) it
+    stops before a batch once the user asked to (:class:`LimitReached` ``"user"``) and offers an update after each;
+    the designs say where their estimate comes from (:meth:`use_estimate`) and when it first has standard errors
+    (:meth:`milestone`)."""
 
-    def __init__(self, value_fn, n_players: int, batch_size: int, progress, limits: Limits) -> None:
+    def __init__(
+        self, value_fn, n_players: int, batch_size: int, progress, limits: Limits, live=None, expand=None
+    ) -> None:
         self.value_fn, self.n_players, self.batch_size, self.progress = value_fn, n_players, batch_size, progress
-        self.limits = limits
+        self.limits, self.live, self.expand = limits, live, expand
         self.retains = takes_retain(value_fn)
         self.coalitions: list[np.ndarray] = []
         self.values: list[np.ndarray] = []
@@ -137,6 +150,8 @@ class Evaluator:
         out = []
         for first in range(0, len(coalitions), self.batch_size):
             batch = coalitions[first : first + self.batch_size]
+            if self.live is not None and self.live.stopped and not force:
+                raise LimitReached("user")
             reason = self.limits.admit(batch, force)
             if reason is not None:
                 raise LimitReached(reason)
@@ -164,7 +179,20 @@ class Evaluator:
             self.done += len(batch)
             if self.progress is not None:
                 self.progress(self.done, self.total)
+            if self.live is not None:
+                self.live.checkpoint()
         return np.concatenate(out)
+
+    def use_estimate(self, estimate) -> None:
+        """Updates come from ``estimate(adjust) -> (values, stderr, adjusted)`` from now on (at the coarse level,
+        the regions' estimate, carried to the features by ``expand``)."""
+        if self.live is not None:
+            self.live.use(estimate, regions=None if self.expand is None else self.n_players, expand=self.expand)
+
+    def milestone(self) -> None:
+        """The design's estimate has just gained standard errors: the first update is due."""
+        if self.live is not None:
+            self.live.checkpoint(milestone=True)
 
     def unknown(self, coalitions: np.ndarray) -> np.ndarray:
         """Bool mask of the rows never evaluated, the first of any repeated row only."""

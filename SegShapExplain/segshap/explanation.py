@@ -16,7 +16,7 @@ from .faithfulness import Faithfulness
 from .io import json_number, write_image
 from .staging import StagedOutput
 
-__all__ = ["Explanation", "OUTPUT_FILES", "VOLUME_FORMATS", "output_files"]
+__all__ = ["Explanation", "OUTPUT_FILES", "VOLUME_FORMATS", "output_files", "paint"]
 
 OUTPUT_FILES = {
     "heatmap": "heatmap.nii.gz",
@@ -100,11 +100,7 @@ class Explanation:
     @property
     def heatmap(self) -> np.ndarray:
         """float32 volume, each voxel the value of its feature and 0 elsewhere; ``(T, X, Y, Z)`` for T targets."""
-        size = max(int(self.feature_map.max()), int(self.feature_ids.max(initial=0))) + 1
-        lookup = np.zeros((size,) + self.values.shape[1:], dtype=np.float32)
-        lookup[self.feature_ids] = self.values
-        heat = lookup[self.feature_map]
-        return np.moveaxis(heat, -1, 0) if heat.ndim == 4 else heat
+        return paint(self.values, self.feature_ids, self.feature_map)
 
     @property
     def warnings(self) -> list[str]:
@@ -115,21 +111,27 @@ class Explanation:
         stderr = np.asarray(self.stderr, dtype=np.float64)
         stop = self.stats.get("stop_reason")
         limit = {"max_seconds": "the time limit", "max_forwards": "the forward limit"}.get(stop)
+        stopped = {"user": "stopped by the user"}.get(stop, limit and f"stopped at {limit}")
         if not self.exact and np.isnan(stderr).any():
             found.append(
                 f"standard errors not estimated: {self.stats.get('evaluations', 0):,} samples are too few for "
                 f"{len(self.feature_ids)} features, so the values are rough"
                 + (f" (raise {limit} or the number of samples)" if limit else " (raise the number of samples)")
             )
-        elif limit is not None and not self.exact:
+        elif stopped is not None and not self.exact:
             spread = np.ptp(np.asarray(self.values, dtype=np.float64), axis=0)
             relative = float(np.max(np.max(stderr, axis=0) / np.where(spread > 0, spread, np.inf)))
             tolerance = self.settings.get("tolerance")
             if tolerance is not None and relative > tolerance:
                 found.append(
-                    f"stopped at {limit} before the values settled: the largest standard error is {relative:.0%} "
+                    f"{stopped} before the values settled: the largest standard error is {relative:.0%} "
                     "of the values' range"
                 )
+        if self.stats.get("level") == "regions":
+            found.append(
+                f"the values are those of {self.stats['regions']} regions of features, each shared equally among its "
+                "features: the run stopped before the features' own values were estimated"
+            )
         if self.stats.get("faithfulness_skipped"):
             found.append(f"faithfulness curves skipped: {self.stats['faithfulness_skipped']}")
         return found
@@ -249,6 +251,17 @@ class Explanation:
                         raise
                     _log.warning("slices.png not made: %s", error)
         return {name: Path(out_dir) / file for name, file in files.items()}
+
+
+def paint(values: np.ndarray, feature_ids: np.ndarray, feature_map: np.ndarray) -> np.ndarray:
+    """float32 volume on ``feature_map``'s grid, each voxel the value (``(M,)`` or ``(M, T)``) of its feature and 0
+    elsewhere; ``(T, X, Y, Z)`` for T targets."""
+    values = np.asarray(values)
+    size = max(int(feature_map.max(initial=0)), int(np.max(feature_ids, initial=0))) + 1
+    lookup = np.zeros((size,) + values.shape[1:], dtype=np.float32)
+    lookup[feature_ids] = values
+    heat = lookup[feature_map]
+    return np.moveaxis(heat, -1, 0) if heat.ndim == 4 else heat
 
 
 def output_files(volume_format: str = ".nii.gz") -> dict[str, str]:

@@ -12,17 +12,20 @@ import logging
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .anytime import Update
 from .cohort import COHORT_FEATURES, explain_cohort
 from .explanation import Explanation
 from .inference import predict
 from .inputs import resolve_device
 from .io import write_image
+from .live import StopRequest, stop_when_stable
 from .options import ExplainOptions
 from .processes import run_in_background
 from .request import (
@@ -42,11 +45,22 @@ _SEGMENT_OPTIONS = frozenset({"device", "batch_size"})
 
 
 def explain_and_save(
-    request: dict, progress: Callable[[int, int], None] | None, log: logging.Logger
+    request: dict,
+    progress: Callable[[int, int], None] | None,
+    log: logging.Logger,
+    on_update: Callable[[Update], bool | None] | None = None,
 ) -> tuple[Explanation, dict[str, str]]:
-    """Carry out an ``explain`` request: the explanation, and its output files by name (absolute paths)."""
+    """Carry out an ``explain`` request: the explanation, and its output files by name (absolute paths).
+
+    ``on_update`` gets the live estimates (:class:`segshap.Update`) every ``update_every`` seconds of the request;
+    its ``stop_file`` and SIGUSR1 stop the sampling and its ``stop_when_stable`` stops it once the top 10 hold
+    still (:mod:`segshap.live`), the run finishing with the last estimate given."""
     output_folder(request["out"])  # refused before the work, not after it
-    explanation = run_in_background(lambda: explain_request(request, progress))
+    if on_update is not None and request.get("stop_when_stable"):
+        on_update = stop_when_stable(on_update, request["stop_when_stable"])
+    stop = threading.Event()
+    with StopRequest(request.get("stop_file"), stop):
+        explanation = run_in_background(lambda: explain_request(request, progress, on_update, stop))
     log.info("Writing outputs to %s", request["out"])
     outputs = explanation.save(
         request["out"], volume_format=volume_format_of(request), slices=request.get("slices", False)

@@ -119,7 +119,11 @@ def leverage_shap(
     strata = [_Stratum(m, size, rng) for size in range(1, m // 2 + 1)]
     ends = np.zeros((2, m), dtype=bool)
     ends[1] = True
-    evaluator(ends, force=True)
+    ends = ends[evaluator.unknown(ends)]  # a coarse level (segshap.coarse) may have evaluated them
+    if len(ends):
+        evaluator(ends, force=True)
+    known = evaluator.done
+    evaluator.use_estimate(lambda adjust: _solve(evaluator, strata, adjust=adjust, seed=seed))
     reason = "budget"
     while True:
         room = min(evaluator.batch_size, budget - evaluator.done)
@@ -132,13 +136,16 @@ def leverage_shap(
         try:
             # The first batch always runs, so that there is an estimate to return.
             evaluator(
-                np.concatenate([np.concatenate([first, ~first]) for _, first in draws]), force=evaluator.done == 2
+                np.concatenate([np.concatenate([first, ~first]) for _, first in draws]),
+                force=evaluator.done == known,
             )
         except LimitReached as stop:
             for stratum, first in draws:
                 stratum.undraw(len(first))
             reason = stop.reason
             break
+        if evaluator.done - known >= min(budget, m):
+            evaluator.milestone()  # as many coalitions as unknowns: the regression's first standard errors
         if tolerance is not None and evaluator.done >= min(budget, 4 * m):
             if converged(*_solve(evaluator, strata)[:2], tolerance):
                 reason = "tolerance"

@@ -13,15 +13,17 @@ import dataclasses
 import logging
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
+from .anytime import Update
 from .engine import PatchEngine
 from .estimator import AUTO_TOLERANCE, auto_budget, kernel_shap
-from .explanation import Explanation
+from .explanation import Explanation, paint
 from .faithfulness import CURVE_POINTS, Faithfulness, curve_steps, faithfulness_coalitions, faithfulness_curves
 from .features import feature_organs
 from .game import explanation_game
@@ -50,6 +52,9 @@ def explain(
     organ_names: dict[int, str] | None = None,
     affine: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
+    on_update: Callable[[Update], bool | None] | None = None,
+    update_every: float = 5.0,
+    stop: threading.Event | None = None,
     options: ExplainOptions | None = None,
     **option_values,
 ) -> Explanation:
@@ -85,6 +90,18 @@ def explain(
         ``progress(done, total)`` in window forwards, what takes the time, the faithfulness curves included:
         ``total`` is ``max_forwards`` when given, else the forwards the remaining coalitions (and the curves'
         share) would take at the pace so far.
+    on_update : callable, optional
+        ``on_update(update)`` with a :class:`segshap.Update` while the values are estimated: the estimate as the
+        result would hold it if the run stopped then (``update.heatmap()`` on the image's grid, ``update.seconds``
+        since this call), every ``update_every`` seconds, first as soon as there are standard errors (over more
+        than 500 features, first from a few dozen regions of them), last with the final values. It runs on a
+        thread of its own: a slow callback does not hold up the run. Returning ``False`` stops the sampling; the run
+        then finishes as usual (faithfulness, everything else) with the estimate of that update
+        (``stats["stop_reason"] == "user"``). ``stats["updates"]`` lists the updates.
+    update_every : float
+        Seconds between updates.
+    stop : threading.Event, optional
+        Set from any thread, it stops the sampling as ``on_update`` returning ``False`` does.
     options : ExplainOptions, optional
         The options as one object (default: every default).
     **option_values
@@ -119,6 +136,8 @@ def explain(
         budget, tolerance = options.nsamples, options.tolerance
     curve_share = FAITHFULNESS_SHARE if options.faithfulness else 0.0
     _log.info("Estimating the Shapley value of each of %d features (up to %s samples)", m, f"{budget:,}")
+    feature_map = np.where(np.isin(game.feature_map, engine.feature_ids), game.feature_map, 0).astype(np.int32)
+    image_feature_map = game.prepared.to_image_grid(feature_map)
     forwards_before = engine.stats["patch_forwards"]
     estimation_started = time.perf_counter()
     report = None if progress is None else _ForwardProgress(progress, engine, options.max_forwards, curve_share)
@@ -135,9 +154,13 @@ def explain(
         max_forwards=None if options.max_forwards is None else options.max_forwards / (1 + curve_share),
         max_seconds=_estimation_seconds(options.max_seconds, curve_share, estimation_started - started),
         interactions=lambda: adjacent_pairs(game.feature_map, engine.feature_ids),
+        on_update=None if on_update is None else _on_image_grid(on_update, game, image_feature_map, affine, started),
+        update_every=update_every,
+        stop=stop,
     )
     forwards = engine.stats["patch_forwards"] - forwards_before
     estimation_seconds = time.perf_counter() - estimation_started
+    set_up = round(estimation_started - started, 3)
     curves, skipped = (), None
     if options.faithfulness:
         allowed = FAITHFULNESS_SHARE * forwards
@@ -157,9 +180,7 @@ def explain(
     if report is not None:
         report.finish()
 
-    feature_map = np.where(np.isin(game.feature_map, engine.feature_ids), game.feature_map, 0).astype(np.int32)
     organ_labels = feature_organs(feature_map, game.labelmap)[engine.feature_ids] if game.organ_features else None
-    image_feature_map = game.prepared.to_image_grid(feature_map)
     hidden = np.setdiff1d(engine.feature_ids, image_feature_map)
     if hidden.size:
         _log.warning(
@@ -179,6 +200,9 @@ def explain(
         "design": result.design,
         "tree_adjusted": result.adjusted,
         "stop_reason": result.stop_reason,
+        "level": "features" if result.regions is None else "regions",
+        "regions": result.regions,
+        "updates": [{**record, "seconds": record["seconds"] + set_up} for record in result.updates],
         "estimation_forwards": forwards,
         "forwards_per_coalition": forwards / max(result.n_evaluations, 1),
         "estimation_seconds": estimation_seconds,
@@ -212,6 +236,34 @@ def explain(
         model_affine=game.prepared.grid.affine,
         faithfulness=curves,
     )
+
+
+def _on_image_grid(
+    on_update: Callable[[Update], bool | None], game, image_feature_map: np.ndarray, affine, started: float
+) -> Callable[[Update], bool | None]:
+    """``on_update`` given the updates as :func:`explain` describes them: one value per feature for a single
+    target, the features' ids, the heatmap on the image's grid (and its affine), the seconds since the call."""
+    ids = game.engine.feature_ids.copy()
+    affine = None if affine is None else np.asarray(affine, dtype=np.float64)
+
+    def relay(update: Update) -> bool | None:
+        values, stderr = update.values, update.stderr
+        if game.single:
+            values, stderr = values[:, 0], stderr[:, 0]
+        seconds = time.perf_counter() - started
+        return on_update(
+            dataclasses.replace(
+                update,
+                values=values,
+                stderr=stderr,
+                seconds=seconds,
+                feature_ids=ids,
+                affine=affine,
+                painter=lambda shown: paint(shown, ids, image_feature_map),
+            )
+        )
+
+    return relay
 
 
 def _settings(game, tolerance: float | None) -> dict:

@@ -12,7 +12,16 @@ import time
 
 from .explanation import Explanation
 
-__all__ = ["Rate", "about", "engine_summary", "format_duration", "logging_to", "progress_text", "summary"]
+__all__ = [
+    "Rate",
+    "about",
+    "engine_summary",
+    "format_duration",
+    "logging_to",
+    "progress_text",
+    "summary",
+    "update_text",
+]
 
 
 class Rate:
@@ -85,6 +94,24 @@ def progress_text(done: int, total: int, eta: float | None, *, unit: str | None 
     return f"{done:,} of {total:,} {unit}, {left}"
 
 
+def update_text(update) -> str:
+    """How settled a live estimate (:class:`segshap.Update`) is, in the user's words: ``"first look from 32
+    regions of the features, 3 % of the budget"``, ``"top 10 unchanged for 3 updates, 41 % of the budget"``,
+    ``"top 10: 2 new since the last update, ..."``, ``"final values"``."""
+    if update.final:
+        return "final values" if update.level == "features" else f"final values, of {update.regions} regions"
+    if update.stable_updates:
+        plural = "s" if update.stable_updates > 1 else ""
+        state = f"top 10 unchanged for {update.stable_updates} update{plural}"
+    elif update.number == 1:
+        state = "first estimate"
+    else:
+        state = f"top 10: {update.top_changed} new since the last update"
+    if update.level == "regions":
+        state = f"first look from {update.regions} regions of the features: {state}"
+    return f"{state}, {update.fraction:.0%} of the budget"
+
+
 _ENDINGS = {
     "exact": "exact: every coalition evaluated",
     "tolerance": "settled: largest standard error under {tolerance:.0%} of the values' range",
@@ -92,6 +119,7 @@ _ENDINGS = {
     "exhausted": "every sample the design can draw used",
     "max_seconds": "stopped at the time limit after {n:,} of {budget:,} samples",
     "max_forwards": "stopped at the forward limit after {n:,} of {budget:,} samples",
+    "user": "stopped by the user after {n:,} of {budget:,} samples",
 }
 """How an estimation ended (:data:`segshap.evaluation.STOP_REASONS`), in words."""
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import numbers
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .anytime import Update
 from .explanation import Explanation
 from .features import ORGAN_FEATURES
 from .geometry import Grid
@@ -61,10 +63,16 @@ REQUEST_KEYS = (
     "address",
     "gpus_per_case",
     "resume",
+    "update_every",
+    "live_folder",
+    "stop_file",
+    "stop_when_stable",
 )
 """Keys of a request file (``labelmap``: the organ label map of organ features, a ``.seg.nrrd`` naming its organs;
 default the model's prediction; ``options``: :class:`~segshap.options.ExplainOptions` by name; ``manifest``,
-``address``, ``gpus_per_case`` and ``resume``: a cohort's, as :func:`segshap.explain_cohort` takes them)."""
+``address``, ``gpus_per_case`` and ``resume``: a cohort's, as :func:`segshap.explain_cohort` takes them;
+``update_every``, ``live_folder``, ``stop_file`` and ``stop_when_stable``: an explanation's live estimates, as
+:mod:`segshap.live` describes them)."""
 TASKS = ("explain", "segment", "describe", "cohort")
 """What a request can ask for: an explanation, the model's segmentation of the image, the model itself, or the
 explanations of a cohort (:func:`cohort_from_request`)."""
@@ -78,7 +86,19 @@ REQUIRED_KEYS = {
 
 _COHORT_KEYS = frozenset({"manifest", "address", "gpus_per_case", "resume"})
 _CASE_KEYS = frozenset({"image", "reference", "reference_segment", "roi", "labelmap"})
-_PATH_KEYS = ("image", "model", "model_config", "reference", "reference_segment", "labelmap", "out", "manifest")
+_LIVE_KEYS = frozenset({"update_every", "live_folder", "stop_file", "stop_when_stable"})
+_PATH_KEYS = (
+    "image",
+    "model",
+    "model_config",
+    "reference",
+    "reference_segment",
+    "labelmap",
+    "out",
+    "manifest",
+    "live_folder",
+    "stop_file",
+)
 
 
 class UsageError(Exception):
@@ -115,6 +135,13 @@ def read_request(path: str | Path) -> dict:
     if misplaced:
         where = "each case's come from the manifest" if task == "cohort" else "they are a cohort's"
         raise UsageError(f"The request {path} (task {task}) cannot take {sorted(misplaced)}: {where}.")
+    live = set(request) & _LIVE_KEYS
+    if live and task != "explain":
+        raise UsageError(f"The request {path} (task {task}) cannot take {sorted(live)}: they are an explanation's.")
+    if request.get("update_every") is not None and request.get("live_folder") is None:
+        raise UsageError(
+            f"The request {path} asks for live estimates (update_every) but names no live_folder for their heatmaps."
+        )
     _check_values(request)
     return request
 
@@ -127,6 +154,12 @@ def _check_values(request: dict) -> None:
     for key in ("trust_model", "resume"):
         if request.get(key) is not None and not isinstance(request[key], bool):
             raise ArgumentError(key, f"{{argument}} must be true or false, got {request[key]!r}.")
+    every = request.get("update_every")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, numbers.Real) or not every > 0):
+        raise ArgumentError("update_every", f"{{argument}} must be a number of seconds > 0, got {every!r}.")
+    stable = request.get("stop_when_stable")
+    if stable is not None and (isinstance(stable, bool) or not isinstance(stable, int) or stable < 1):
+        raise ArgumentError("stop_when_stable", f"{{argument}} must be a whole number of updates >= 1, got {stable!r}.")
     if request.get("address") is not None and not isinstance(request["address"], str):
         raise ArgumentError("address", f"{{argument}} must be a string, got {request['address']!r}.")
     gpus = request.get("gpus_per_case")
@@ -272,9 +305,15 @@ def _reference(path, segment: str | None, targets: dict[int, str], image_grid: G
     return np.array([0, *targets], dtype=np.int64)[labels]
 
 
-def explain_request(request: dict, progress: Callable[[int, int], None] | None = None) -> Explanation:
-    """Load a request's image, model, files and options and explain; on a GPU that runs out of memory, again
-    with fewer windows per batch (:func:`halving_batch_on_oom`)."""
+def explain_request(
+    request: dict,
+    progress: Callable[[int, int], None] | None = None,
+    on_update: Callable[[Update], bool | None] | None = None,
+    stop: threading.Event | None = None,
+) -> Explanation:
+    """Load a request's image, model, files and options and explain (with ``on_update`` every ``update_every``
+    seconds of the request, 5 by default, and ``stop``, as :func:`segshap.explain` takes them); on a GPU that runs
+    out of memory, again with fewer windows per batch (:func:`halving_batch_on_oom`)."""
     image, affine, model, options = load_inputs(request)
     targets = request_targets(request["target"])
     single = len(targets) == 1 and not isinstance(request["target"], list)
@@ -298,7 +337,15 @@ def explain_request(request: dict, progress: Callable[[int, int], None] | None =
     target = targets[0] if single else targets
     return halving_batch_on_oom(
         lambda batch: explain(
-            model, image, target=target, progress=progress, options=options.replace(batch_size=batch), **given
+            model,
+            image,
+            target=target,
+            progress=progress,
+            on_update=on_update,
+            update_every=request.get("update_every") or 5.0,
+            stop=stop,
+            options=options.replace(batch_size=batch),
+            **given,
         ),
         options.batch_size,
     )

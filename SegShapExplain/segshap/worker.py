@@ -4,7 +4,8 @@ The worker carries out one request file (:mod:`segshap.request`, :mod:`segshap.j
 ``docs/cli.md``) and reports on its real stdout, one JSON object per line: ``{"event": "log", "level",
 "message"}`` for stage messages, ``{"event": "progress", "done", "total", "eta_s", "eta", "text"}`` while it
 computes (``text``: the line to show, in the user's words; a cohort counts cases, and reports each as it ends:
-``{"event": "case", "case_id", "failed"}``, ``failed`` the reason or ``null``), then ``{"event": "done", ...}``
+``{"event": "case", "case_id", "failed"}``, ``failed`` the reason or ``null``), with ``update_every`` an
+``{"event": "estimate", ...}`` per live estimate (:func:`segshap.live.estimate_event`), then ``{"event": "done", ...}``
 with the task's fields, or ``{"event": "error", "message"}`` (with ``"reason": "out_of_memory"`` when the GPU ran
 out). Everything else it prints goes to stderr. It ends when the process that launched it is gone
 (:func:`exit_with_parent`).
@@ -19,7 +20,9 @@ import signal
 import threading
 import time
 
+from .anytime import Update
 from .jobs import cohort_from_request, describe, explain_and_save, segment
+from .live import estimate_event, write_heatmaps
 from .processes import process_alive
 from .reporting import Rate, engine_summary, format_duration, logging_to, progress_text, summary
 from .request import read_request
@@ -92,7 +95,13 @@ def run_worker(request_path: str, events: EventWriter, parent_pid: int | None = 
                 lambda case_id, reason: events.emit("case", case_id=case_id, failed=reason),
             )
         else:
-            explanation, outputs = explain_and_save(request, events.progress, log)
+            on_update = None
+            if request.get("update_every") is not None:
+
+                def on_update(update: Update) -> None:
+                    events.emit("estimate", **estimate_event(update, write_heatmaps(update, request["live_folder"])))
+
+            explanation, outputs = explain_and_save(request, events.progress, log, on_update)
             log.info("%s", engine_summary(explanation))
             fields = {"outputs": outputs, "summary": summary(explanation), "warnings": explanation.warnings}
     events.emit("done", **fields)
