@@ -22,7 +22,10 @@ from segshap import kernel_shap
 from segshap.anytime import TOP_COUNT, Update
 from segshap.coarse import COARSE_FROM
 from segshap.hierarchy import merge_tree, regions
+from segshap.inputs import ArgumentError
 from segshap.io import read_image
+from segshap.live import stop_when_stable
+from segshap.request import UsageError, read_request
 from segshap.terminal import ProgressBar
 
 
@@ -295,3 +298,35 @@ def test_the_worker_streams_estimates_and_a_stop_request_keeps_the_last(mni_nift
     final_heat, _ = read_image(estimates[-1]["heatmap"])
     np.testing.assert_allclose(final_heat, read_image(events[-1]["outputs"]["heatmap"])[0], atol=1e-6)
     assert np.allclose(affine, read_image(events[-1]["outputs"]["heatmap"])[1])
+
+
+def test_stop_when_stable_keeps_the_first_estimate_whose_top_ten_held_still():
+    game, _ = nonlinear(24, seed=5)
+    given: list[Update] = []
+    result = kernel_shap(
+        _paced(game, 0.01), 24, 20000, seed=0, batch_size=16, design="chains",
+        on_update=stop_when_stable(given.append, 2), update_every=0.05,
+    )  # fmt: skip
+    assert result.stop_reason == "user" and result.n_evaluations < 20000
+    kept = given[-2]
+    assert kept.stable_updates == 2 and all(u.stable_updates < 2 for u in given[:-2])
+    np.testing.assert_array_equal(result.values, kept.values)
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"update_every": 2.0}, "names no live_folder"),
+        ({"update_every": 0, "live_folder": "live"}, "update_every"),
+        ({"stop_when_stable": 0}, "stop_when_stable"),
+        ({"task": "segment", "stop_file": "stop"}, "an explanation's"),
+    ],
+)
+def test_a_request_with_bad_live_keys_is_refused_before_anything_loads(tmp_path, extra, fragment):
+    request = {"image": "image.nii.gz", "model": "model.pt", "target": 1, "out": str(tmp_path / "out"), **extra}
+    if request.get("task") == "segment":
+        request.pop("target")
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(request))
+    with pytest.raises((UsageError, ArgumentError), match=fragment):
+        read_request(path)
