@@ -18,6 +18,7 @@ from helpers.games import nonlinear
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+import segshap
 from segshap import kernel_shap
 from segshap.anytime import TOP_COUNT, Update
 from segshap.coarse import COARSE_FROM
@@ -330,3 +331,24 @@ def test_a_request_with_bad_live_keys_is_refused_before_anything_loads(tmp_path,
     path.write_text(json.dumps(request))
     with pytest.raises((UsageError, ArgumentError), match=fragment):
         read_request(path)
+
+
+def test_explain_hands_updates_on_the_image_grid(mni_nifti, scripted_model):
+    _, voxels, affine = mni_nifti
+    updates: list[Update] = []
+    explanation = segshap.explain(
+        str(scripted_model), voxels, target="tissue_b", roi=((40, 52), (50, 62), (40, 52)), affine=affine,
+        features="grid", n_features=27, nsamples=400, design="chains", faithfulness=False, device="cpu",
+        on_update=updates.append, update_every=0.05,
+    )  # fmt: skip
+    last = updates[-1]
+    assert last.final and len(updates) >= 2
+    np.testing.assert_array_equal(last.values, explanation.values)
+    np.testing.assert_array_equal(last.feature_ids, explanation.feature_ids)
+    np.testing.assert_array_equal(last.heatmap(), explanation.heatmap)
+    np.testing.assert_allclose(last.affine, affine)
+    assert updates[0].heatmap().shape == voxels.shape
+    # Seconds since the call, the set-up included, as the report lists them.
+    recorded = [record["seconds"] for record in explanation.stats["updates"]]
+    np.testing.assert_allclose(recorded, [u.seconds for u in updates], atol=2e-3)
+    assert 0 < updates[0].seconds <= explanation.stats["seconds"]

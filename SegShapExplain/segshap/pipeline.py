@@ -140,6 +140,7 @@ def explain(
     image_feature_map = game.prepared.to_image_grid(feature_map)
     forwards_before = engine.stats["patch_forwards"]
     estimation_started = time.perf_counter()
+    set_up = estimation_started - started
     report = None if progress is None else _ForwardProgress(progress, engine, options.max_forwards, curve_share)
     result = kernel_shap(
         engine.evaluate,
@@ -154,13 +155,12 @@ def explain(
         max_forwards=None if options.max_forwards is None else options.max_forwards / (1 + curve_share),
         max_seconds=_estimation_seconds(options.max_seconds, curve_share, estimation_started - started),
         interactions=lambda: adjacent_pairs(game.feature_map, engine.feature_ids),
-        on_update=None if on_update is None else _on_image_grid(on_update, game, image_feature_map, affine, started),
+        on_update=None if on_update is None else _on_image_grid(on_update, game, image_feature_map, affine, set_up),
         update_every=update_every,
         stop=stop,
     )
     forwards = engine.stats["patch_forwards"] - forwards_before
     estimation_seconds = time.perf_counter() - estimation_started
-    set_up = round(estimation_started - started, 3)
     curves, skipped = (), None
     if options.faithfulness:
         allowed = FAITHFULNESS_SHARE * forwards
@@ -202,7 +202,7 @@ def explain(
         "stop_reason": result.stop_reason,
         "level": "features" if result.regions is None else "regions",
         "regions": result.regions,
-        "updates": [{**record, "seconds": record["seconds"] + set_up} for record in result.updates],
+        "updates": [{**record, "seconds": round(record["seconds"] + set_up, 3)} for record in result.updates],
         "estimation_forwards": forwards,
         "forwards_per_coalition": forwards / max(result.n_evaluations, 1),
         "estimation_seconds": estimation_seconds,
@@ -239,10 +239,11 @@ def explain(
 
 
 def _on_image_grid(
-    on_update: Callable[[Update], bool | None], game, image_feature_map: np.ndarray, affine, started: float
+    on_update: Callable[[Update], bool | None], game, image_feature_map: np.ndarray, affine, set_up: float
 ) -> Callable[[Update], bool | None]:
     """``on_update`` given the updates as :func:`explain` describes them: one value per feature for a single
-    target, the features' ids, the heatmap on the image's grid (and its affine), the seconds since the call."""
+    target, the features' ids, the heatmap on the image's grid (and its affine), the seconds since the call (the
+    set-up's ``set_up`` seconds added to the sampling's)."""
     ids = game.engine.feature_ids.copy()
     affine = None if affine is None else np.asarray(affine, dtype=np.float64)
 
@@ -250,13 +251,12 @@ def _on_image_grid(
         values, stderr = update.values, update.stderr
         if game.single:
             values, stderr = values[:, 0], stderr[:, 0]
-        seconds = time.perf_counter() - started
         return on_update(
             dataclasses.replace(
                 update,
                 values=values,
                 stderr=stderr,
-                seconds=seconds,
+                seconds=update.seconds + set_up,
                 feature_ids=ids,
                 affine=affine,
                 painter=lambda shown: paint(shown, ids, image_feature_map),
