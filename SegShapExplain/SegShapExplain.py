@@ -38,7 +38,7 @@ from SegShapExplainLib import (
     WorkerError,
 )
 from SegShapExplainLib.dependencies import installDependencies, installMessage, missingPackages, torchGpuMessage
-from SegShapExplainLib.panel import PanelInputs, modelStatus, panelState
+from SegShapExplainLib.panel import STOPPING_STATUS, PanelInputs, liveStatus, modelStatus, panelState
 from SegShapExplainLib.resources import HELP_TEXT, demoCase, demoSampleData, resourcesFolder
 from SegShapExplainLib.worker import slicerRunner
 
@@ -165,6 +165,7 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelFolderButton.clicked.connect(self.onChooseModelFolder)
         self.ui.modelPathLineEdit.currentPathChanged.connect(self.onModelPathTyped)
         self.ui.explainButton.clicked.connect(self.onExplainOrCancel)
+        self.ui.stopAndKeepButton.clicked.connect(self.onStopAndKeep)
         self.ui.segmentWithModelButton.clicked.connect(self.onSegmentWithModel)
         self.ui.placeBoxButton.clicked.connect(self.onPlaceBox)
         self.ui.show3DButton.toggled.connect(self.onShow3D)
@@ -255,11 +256,16 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 device=parameters.device,
                 autoSamples=parameters.autoSamples,
                 hasResult=self._shown is not None,
+                hasEstimate=self.job is not None and self.job.estimate is not None,
+                stopping=self.job is not None and self.job.stopping,
             )
         )
         self.ui.explainButton.text = state.explainText
         self.ui.explainButton.enabled = state.explainEnabled
         self.ui.explainButton.toolTip = state.explainToolTip
+        self.ui.stopAndKeepButton.visible = state.stopVisible
+        self.ui.stopAndKeepButton.enabled = state.stopEnabled
+        self.ui.stopAndKeepButton.toolTip = state.stopToolTip
         self.ui.segmentWithModelButton.enabled = state.segmentEnabled
         self.ui.placeBoxButton.enabled = state.placeBoxEnabled
         self.ui.trustModelCheckBox.visible = state.trustVisible
@@ -408,6 +414,12 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._retry = self.startExplanation
             self.startExplanation()
 
+    def onStopAndKeep(self) -> None:
+        if self.job is not None:
+            self.job.stopAndKeep()
+            self.ui.statusLabel.text = STOPPING_STATUS
+            self.updateButtons()
+
     def startExplanation(self) -> None:
         parameters = self._parameterNode
         reference = parameters.referenceSegmentation
@@ -424,6 +436,7 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             callbacks=JobCallbacks(
                 onProgress=self.onProgress,
                 onLog=self.onStage,
+                onEstimate=self.onEstimate,
                 onDone=self.onExplained,
                 onError=self.onFailed,
                 onCancelled=self.onCancelled,
@@ -481,6 +494,11 @@ class SegShapExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onStage(self, message: str) -> None:
         self.ui.statusLabel.text = message
+
+    def onEstimate(self, fields: dict) -> None:
+        """The logic has shown the estimate in the views; the status line says what it is."""
+        self.ui.statusLabel.text = liveStatus(fields)
+        self.updateButtons()
 
     def onExplained(self, results) -> None:
         self._finished(f"Done: {results[0].summary}")

@@ -18,8 +18,9 @@ from segshap.io import read_image, read_labels
 from SegShapExplainLib import Device, ExplainSettings, FeatureKind, SegShapExplainLogic, SubprocessRunner, WorkerError
 from SegShapExplainLib.dependencies import missingPackages
 from SegShapExplainLib.exchange import ensureSegmentationConverters
-from SegShapExplainLib.panel import PanelInputs, modelStatus, panelState
+from SegShapExplainLib.panel import STOP_TOOLTIP, STOPPING_STATUS, PanelInputs, liveStatus, modelStatus, panelState
 from SegShapExplainLib.region import roiVoxels
+from SegShapExplainLib.resources import resourcesFolder
 
 
 def test_a_fresh_install_lists_the_classes_and_lets_explain_install_the_packages():
@@ -177,3 +178,48 @@ def test_a_target_segmentation_needs_one_of_its_segments():
     status = modelStatus(DEMO.model)
     state = panelState(PanelInputs(hasVolume=True, model=status, target="white_matter", segmentMissing=True))
     assert not state.explainEnabled and "a segment of the target segmentation" in state.explainToolTip
+
+
+def test_stop_and_keep_shows_once_an_explanation_has_an_estimate_and_is_pressed_once():
+    status = modelStatus(DEMO.model)
+    base = dict(hasVolume=True, model=status, target="white_matter")
+    idle = panelState(PanelInputs(**base, hasEstimate=True))  # an estimate left from a run that ended
+    starting = panelState(PanelInputs(**base, running=True))
+    assert not idle.stopVisible and not starting.stopVisible and not starting.stopEnabled
+    live = panelState(PanelInputs(**base, running=True, hasEstimate=True))
+    assert live.stopVisible and live.stopEnabled and live.stopToolTip == STOP_TOOLTIP
+    assert live.explainText == "Cancel" and "discard" in live.explainToolTip and "Stop and keep" in live.explainToolTip
+    stopping = panelState(PanelInputs(**base, running=True, hasEstimate=True, stopping=True))
+    assert stopping.stopVisible and not stopping.stopEnabled and stopping.stopToolTip == STOPPING_STATUS
+    assert stopping.explainEnabled  # Cancel still ends it at once
+
+
+def test_the_stop_and_keep_button_sits_beside_explain_hidden_until_there_is_an_estimate():
+    import xml.etree.ElementTree as ElementTree
+
+    root = ElementTree.parse(resourcesFolder() / "UI" / "SegShapExplain.ui").getroot()
+    (row,) = [layout for layout in root.iter("layout") if layout.get("name") == "explainLayout"]
+    buttons = [widget.get("name") for widget in row.iter("widget")]
+    assert buttons == ["explainButton", "stopAndKeepButton"]
+    button = next(widget for widget in row.iter("widget") if widget.get("name") == "stopAndKeepButton")
+    properties = {prop.get("name"): prop for prop in button.findall("property")}
+    assert properties["toolTip"].findtext("string") == STOP_TOOLTIP  # the panel's rule sets the same text
+    assert properties["visible"].findtext("bool") == "false"
+
+
+def test_the_status_line_of_a_live_estimate_names_the_update_and_says_the_engine_s_words():
+    fields = {
+        "update": 3,
+        "level": "features",
+        "regions": None,
+        "coalitions": 1234,
+        "seconds": 12.3,
+        "text": "top 10 unchanged for 3 updates, 41 % of the budget",
+        "final": False,
+    }
+    assert liveStatus(fields) == "Estimate 3 (1,234 samples, 12 s): top 10 unchanged for 3 updates, 41 % of the budget."
+    coarse = fields | {"update": 1, "level": "regions", "regions": 32, "text": "first look from 32 regions"}
+    assert liveStatus(coarse) == "Coarse estimate 1 (1,234 samples, 12 s): first look from 32 regions."
+    final = fields | {"update": 7, "text": "final values", "final": True}
+    assert liveStatus(final) == "Final estimate (1,234 samples, 12 s): final values; finishing the result..."
+    assert liveStatus({"update": 2}) == "Estimate 2."  # fields the engine may leave out

@@ -1,7 +1,7 @@
 """What a clinician sees: a real explanation shown by the Lib's ``showResults`` and rendered by 3D Slicer's own
 slice and 3D view code (slicer-core, offscreen through Mesa's EGL), checked pixel by pixel: the colours and
 opacities of ``segshap.palette`` (weak features leave the anatomy readable), the screen directions, the outlines,
-the 3D view, and the orientation letters and marker of ``slices.png``.
+the 3D view, and the orientation letters and marker of ``slices.png``; and the live estimate shown while a run samples.
 
 The features are drawn by Slicer's segmentation displayable manager, through OpenGL. Where no EGL can be had, the
 slice pixels come from the slice logic's blended layers (the same pixels without OpenGL, but without the
@@ -27,9 +27,11 @@ from matplotlib.image import imread
 from scipy import ndimage
 
 import SegShapExplainLib
+from segshap.io import write_image
 from segshap.palette import UNPAINTED_FRACTION
 from SegShapExplainLib import OutlineStyle, SegShapExplainLogic
 from SegShapExplainLib.display import setOutlineStyle, showInSliceViews
+from SegShapExplainLib.live import LIVE_OPACITY, LiveOverlay, liveColor
 from SegShapExplainLib.results import (
     STRONGEST_ALPHA,
     featureColor,
@@ -370,3 +372,58 @@ def test_the_3d_view_shows_only_the_top_features_without_warnings(shown, egl, tm
     assert np.abs(results["without top"] - results["nothing"]).max() <= 1
     log = messages.read_text() if messages.exists() else ""
     assert "Warning" not in log and "ERROR" not in log, log
+
+
+def test_the_live_estimate_shows_over_the_anatomy_and_follows_each_update(shown, oblique_t1, tmp_path):
+    """Two estimates as the worker writes them: a rough one in which the strongest feature is not found yet, then
+    the final values. Each is painted over the anatomy in the heatmap's colours at half opacity (the anatomy
+    untouched where the value is 0 or too weak to paint), the second in the same node, and the views are as they
+    were once the overlay is gone."""
+    scene, views, volume, nodes, _ = shown
+    _, affine = oblique_t1
+    rows = _rows(nodes)
+    top = max(rows, key=lambda i: abs(rows[i]["value"]))
+    final = slicer.util.arrayFromVolume(nodes.heatmap).transpose(2, 1, 0)  # i, j, k: on the input's grid
+    ids = slicer.util.arrayFromVolume(nodes.features).transpose(2, 1, 0)
+    rough = np.where(ids == top, 0.0, 0.5 * final).astype(np.float32)
+    estimates = {}
+    for name, heat in (("first", rough), ("last", final)):
+        write_image(tmp_path / f"{name}.nrrd", heat, affine)
+        estimates[name] = (tmp_path / f"{name}.nrrd", float(np.abs(heat).max()))
+    _through(views, volume, rows[top])
+    _hide(scene, volume)
+    plain = {name: views.renderSlice(name).astype(float) for name in SLICE_VIEWS}
+    overlay = LiveOverlay(scene, volume, "live estimate")
+    shown_values, painted = {}, {}
+    for estimate, (path, strongest) in estimates.items():
+        overlay.update({"heatmap": str(path)})
+        for name in SLICE_VIEWS:
+            values = views.sliceLayerValues(name, "Foreground")  # the estimate under each pixel
+            after = views.renderSlice(name).astype(float)
+            zero = values == 0
+            assert zero.any() and (~zero).any(), name
+            np.testing.assert_array_equal(after[zero], plain[name][zero], err_msg=f"{estimate}, {name}")
+            rgba = np.array([liveColor(v / strongest) for v in values.ravel()]).reshape(values.shape + (4,))
+            alpha = LIVE_OPACITY * rgba[..., 3:]
+            expected = alpha * rgba[..., :3] * 255 + (1 - alpha) * plain[name]
+            # The colour table has 255 entries over the window: a colour is off by at most 1/127 of the way from
+            # white, and one entry either side of the unpainted fraction may fall the other way.
+            clear = np.abs(np.abs(values) / strongest - UNPAINTED_FRACTION) > 0.01
+            np.testing.assert_allclose(after[clear], expected[clear], atol=3, err_msg=f"{estimate}, {name}")
+            assert (rgba[..., 3][clear] > 0).any(), f"{estimate}, {name}: nothing painted"
+            shown_values[estimate, name], painted[estimate, name] = values, after
+    # The strongest feature appears with the last estimate: tinted red or blue where the first left the anatomy.
+    sign = np.sign(rows[top]["value"])
+    found = 0
+    for name in SLICE_VIEWS:
+        where = shown_values["last", name] == np.float32(rows[top]["value"])
+        assert (shown_values["first", name][where] == 0).all()
+        np.testing.assert_array_equal(painted["first", name][where], plain[name][where])
+        found += int(where.sum())
+        change = painted["last", name][where] - plain[name][where]
+        channel = 0 if sign > 0 else 2
+        assert (change[:, channel] > change[:, 1] + 20).all(), name
+    assert found > 0, "the strongest feature shows in no slice view through its centroid"
+    overlay.remove()
+    for name in SLICE_VIEWS:
+        np.testing.assert_array_equal(views.renderSlice(name), plain[name], err_msg=name)

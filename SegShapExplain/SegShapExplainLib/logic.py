@@ -6,7 +6,8 @@ Usable from 3D Slicer's Python console in one call::
     nodes = SegShapExplainLogic(slicer.mrmlScene).explain(volumeNode, "/models/model.pt", "liver")
 
 Every method with ``Async`` in its name returns a :class:`WorkerJob` at once; its callbacks run on the thread
-that calls ``job.poll()`` (the panel polls from a timer). The blocking methods poll until the job ends.
+that calls ``job.poll()`` (the panel polls from a timer). The blocking methods poll until the job ends;
+``explainAsync`` also shows the estimates as they come (:mod:`.live`) and can stop early (``job.stopAndKeep()``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import slicer
 
 from .display import hideInViews, jumpToFeature, setOutlineStyle, setShow3D, showInSliceViews
 from .exchange import checkScalarVolume, exportLabelmap, exportSegment, exportVolume
+from .live import LIVE_UPDATE_SECONDS, LiveOverlay
 from .region import createRoi, createRoiAroundSegment, exportRoi
 from .results import ExplanationNodes, importExplanations, importSegmentation
 from .saved import findExplanations, replaceExplanations
@@ -195,6 +197,7 @@ class SegShapExplainLogic:
             organSegmentationNode=organSegmentationNode,
             trustModel=trustModel,
             callbacks=JobCallbacks(onProgress=onProgress, onLog=onLog),
+            liveUpdateSeconds=None,  # blocking: the views are not redrawn meanwhile
         ).wait()
 
     def explainAsync(
@@ -210,9 +213,15 @@ class SegShapExplainLogic:
         organSegmentationNode=None,
         trustModel: bool = False,
         callbacks: JobCallbacks | None = None,
+        liveUpdateSeconds: float | None = LIVE_UPDATE_SECONDS,
     ) -> WorkerJob:
         """Start :meth:`explain` in the background; its result (a list of ``ExplanationNodes``, one per target) goes
-        to ``onDone``."""
+        to ``onDone``.
+
+        Every ``liveUpdateSeconds`` (``None`` or 0: never) the worker sends its estimate so far: the slice views show
+        it over the volume (:class:`~SegShapExplainLib.live.LiveOverlay`, gone when the job ends) and ``onEstimate``
+        gets the event's fields; ``job.stopAndKeep()`` ends the sampling, keeping that estimate (a whole result).
+        """
         settings = settings or ExplainSettings()
         checkScalarVolume(volumeNode)
         if organSegmentationNode is not None and settings.features not in (FeatureKind.ORGANS, FeatureKind.ORGAN_AWARE):
@@ -247,6 +256,10 @@ class SegShapExplainLogic:
             if organSegmentationNode is not None:
                 organs = exportLabelmap(organSegmentationNode, volumeNode, folder / "organs.seg.nrrd")
                 request["labelmap"] = str(organs.path)
+            if liveUpdateSeconds:
+                request["update_every"] = float(liveUpdateSeconds)
+                request["live_folder"] = str(folder / "live")  # the worker makes it
+                request["stop_file"] = str(folder / "stop")  # made by job.stopAndKeep()
             return request
 
         # What "the previous result of the same inputs" means to the output selector: same model, target and segment.
@@ -254,18 +267,21 @@ class SegShapExplainLogic:
             [str(modelPath), str(target), segmentationNode.GetID() if segmentationNode else None, segmentId]
         )
 
-        def finish(fields: dict) -> list[ExplanationNodes]:
-            return importExplanations(
-                self.scene,
-                fields["outputs"],
-                volumeNode,
-                baseName,
-                self.volumeRenderingLogic,
-                inputs=inputs,
-                summary=fields.get("summary"),
-            )
+        live = LiveOverlay(self.scene, volumeNode, f"{baseName} (live estimate)")
 
-        return self._start(prepare, finish, callbacks)
+        def finish(fields: dict) -> list[ExplanationNodes]:
+            with live.replacedBy():
+                return importExplanations(
+                    self.scene,
+                    fields["outputs"],
+                    volumeNode,
+                    baseName,
+                    self.volumeRenderingLogic,
+                    inputs=inputs,
+                    summary=fields.get("summary"),
+                )
+
+        return self._start(prepare, finish, live.jobCallbacks(callbacks))
 
     @staticmethod
     def resultName(volumeNode, target: str | int, settings: ExplainSettings) -> str:
@@ -430,4 +446,4 @@ class SegShapExplainLogic:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return WorkerJob(process, finish, callbacks, workFolder=folder)
+        return WorkerJob(process, finish, callbacks, workFolder=folder, stopFile=request.get("stop_file"))

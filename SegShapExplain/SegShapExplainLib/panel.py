@@ -1,4 +1,5 @@
-"""The panel's rules, without Qt: what the model's files say, what each button allows and which message shows.
+"""The panel's rules, without Qt: what the model's files say, what each button allows and which message shows
+(also while an explanation runs: :func:`liveStatus`).
 
 ``SegShapExplain.py`` only binds widgets: it gathers what the widgets hold into :class:`PanelInputs`, asks
 :func:`panelState` what to show, and applies the :class:`PanelState`. Every rule is here, where tests reach it
@@ -17,6 +18,11 @@ from segshap.modelinfo import read_model_info
 from .settings import Device, FeatureKind
 
 FORMAT_NAMES = {"torchscript": "TorchScript", "monai_bundle": "MONAI bundle", "nnunet": "nnU-Net"}
+STOP_TOOLTIP = (
+    "Stop sampling now and keep the estimate: the run finishes as usual (faithfulness check, every output) with "
+    "the latest values the worker sent. Cancel keeps nothing."
+)
+STOPPING_STATUS = "Stopping: finishing with the current estimate..."
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,10 @@ class PanelInputs:
     autoSamples : bool
     hasResult : bool
         A result is shown (Show 3D and the result selector apply to it).
+    hasEstimate : bool
+        The running explanation has sent its first live estimate.
+    stopping : bool
+        Stop and keep was pressed: the run is finishing with its estimate.
     """
 
     hasVolume: bool
@@ -115,6 +125,8 @@ class PanelInputs:
     device: Device = Device.AUTO
     autoSamples: bool = True
     hasResult: bool = False
+    hasEstimate: bool = False
+    stopping: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,9 @@ class PanelState:
     toleranceEnabled: bool
     show3DEnabled: bool
     modelMessage: str
+    stopVisible: bool
+    stopEnabled: bool
+    stopToolTip: str
 
 
 def panelState(inputs: PanelInputs) -> PanelState:
@@ -141,7 +156,8 @@ def panelState(inputs: PanelInputs) -> PanelState:
     Explain (Cancel while a job runs) needs a volume, a usable model, a target and, for a MONAI bundle, Trust; its
     tooltip says what is missing. Segment with the model needs a volume and a usable model. Organs from a
     segmentation apply to organ features only; the GPU number to the CUDA device; the number of samples when it is
-    not automatic, the tolerance when it is.
+    not automatic, the tolerance when it is. Stop and keep shows while an explanation runs once its first estimate
+    is in (there is something to keep), and is pressed once.
     """
     running = inputs.running
     missing = []
@@ -158,7 +174,9 @@ def panelState(inputs: PanelInputs) -> PanelState:
     organFeatures = inputs.features in (FeatureKind.ORGANS, FeatureKind.ORGAN_AWARE)
     if inputs.hasOrganSegmentation and not organFeatures:
         missing.append("organ features for the organs segmentation (or no organs segmentation)")
-    if running:
+    if running and inputs.hasEstimate:
+        tip = "Stop the run and discard its estimate; the scene stays as it was (Stop and keep keeps it)."
+    elif running:
         tip = "Stop the run; the scene stays as it was."
     elif missing:
         tip = "Choose " + ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "") + missing[-1] + "."
@@ -178,4 +196,32 @@ def panelState(inputs: PanelInputs) -> PanelState:
         toleranceEnabled=inputs.autoSamples,
         show3DEnabled=inputs.hasResult and not running,
         modelMessage=inputs.model.message,
+        stopVisible=running and inputs.hasEstimate,
+        stopEnabled=running and inputs.hasEstimate and not inputs.stopping,
+        stopToolTip=STOPPING_STATUS if inputs.stopping else STOP_TOOLTIP,
     )
+
+
+def liveStatus(fields: dict) -> str:
+    """The status line while an explanation samples, from its latest ``estimate`` event: which update (coarse while
+    the engine still estimates regions of features), the samples and seconds it rests on, then the engine's own words
+    on how settled it is (``text``, which names the regions and the share of the budget).
+
+    E.g. ``"Estimate 4 (1,234 samples, 12 s): top 10 unchanged for 3 updates, 41 % of the budget."``; the final one
+    says that the result is being finished (faithfulness check, outputs).
+    """
+    if fields.get("final"):
+        name = "Final estimate"
+    else:
+        coarse = "Coarse estimate" if fields.get("level") == "regions" else "Estimate"
+        name = f"{coarse} {fields.get('update', '')}".rstrip()
+    counts = []
+    if fields.get("coalitions") is not None:
+        counts.append(f"{int(fields['coalitions']):,} samples")
+    if fields.get("seconds") is not None:
+        counts.append(f"{float(fields['seconds']):.0f} s")
+    line = name + (f" ({', '.join(counts)})" if counts else "")
+    text = str(fields.get("text") or "").strip().rstrip(".")
+    if fields.get("final"):
+        return line + (f": {text}; " if text else ": ") + "finishing the result..."
+    return line + (f": {text}." if text else ".")

@@ -355,7 +355,7 @@ def importExplanations(
             _mark(heatmap, "heatmap", resultId, t)
             heatmap.SetAndObserveTransformNodeID(transformId)
             heatmap.CreateDefaultDisplayNodes()
-            _showDiverging(heatmap.GetDisplayNode(), color, strongest)
+            showDiverging(heatmap.GetDisplayNode(), color, strongest)
             segments = _featureSegments(scene, features, rows, strongest, f"{names[t]} segments", added)
             _mark(segments, "segments", resultId, t)
             segments.SetAndObserveTransformNodeID(transformId)
@@ -626,8 +626,8 @@ def _divergingColorNode(scene, added: SceneAdditions):
     return color
 
 
-def _showDiverging(display, color, strongest: float) -> None:
-    """Diverging colours with a window symmetric around 0 reaching the strongest |value|; no smoothing."""
+def showDiverging(display, color, strongest: float) -> None:
+    """``color`` over a window symmetric around 0 reaching the strongest |value|, no smoothing (also live.py's)."""
     half = strongest if strongest > 0 else 1.0
     display.SetAndObserveColorNodeID(color.GetID())
     display.AutoWindowLevelOff()

@@ -1,10 +1,10 @@
 """The background worker: starting ``segshap worker`` in its own process, reading its events, stopping it.
 
 The worker protocol (``docs/cli.md``, "Worker protocol"): one JSON object per line on stdout (``progress``, ``log``,
-``done``, ``error``); any other line is the worker's own stderr text, kept to explain a crash. Nothing here imports
-Qt or the engine's computing parts: a *runner* starts the process and hands its lines over, and a
-:class:`WorkerJob` turns them into callbacks on the thread that calls :meth:`WorkerJob.poll` (3D Slicer's main
-thread, from a timer).
+``estimate``, ``done``, ``error``); any other line is the worker's own stderr text, kept to explain a crash.
+Nothing here imports Qt or the engine's computing parts: a *runner* starts the process and hands its lines over, and
+a :class:`WorkerJob` turns them into callbacks on the thread that calls :meth:`WorkerJob.poll` (3D Slicer's main
+thread, from a timer). An explanation can also be stopped early, keeping its estimate (:meth:`WorkerJob.stopAndKeep`).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ class WorkerCancelled(RuntimeError):
 
 @dataclass(frozen=True)
 class WorkerEvent:
-    """One line of the worker protocol: ``kind`` is ``progress``, ``log``, ``done``, ``error`` or ``output``
-    (a line that is not an event: the worker's stderr)."""
+    """One line of the worker protocol: ``kind`` is ``progress``, ``log``, ``estimate``, ``done``, ``error`` or
+    ``output`` (a line that is not an event: the worker's stderr)."""
 
     kind: str
     fields: dict = field(default_factory=dict)
@@ -254,11 +254,14 @@ class JobCallbacks:
     """What a :class:`WorkerJob` calls, all on the thread that polls it.
 
     ``onDone`` gets the job's result, ``onError`` the exception (:class:`WorkerError`, its subclass
-    :class:`OutOfMemoryError`, or an error of the import), ``onCancelled`` nothing.
+    :class:`OutOfMemoryError`, or an error of the import), ``onCancelled`` nothing. ``onEstimate`` gets the fields
+    of the newest ``estimate`` event of each poll (an explanation with live updates: ``update``, ``values``,
+    ``top``, ``heatmap``, ``text``...; ``docs/cli.md``); older ones of the same poll are skipped, being out of date.
     """
 
     onProgress: Callable[[Progress], None] | None = None
     onLog: Callable[[str], None] | None = None
+    onEstimate: Callable[[dict], None] | None = None
     onDone: Callable[[object], None] | None = None
     onError: Callable[[BaseException], None] | None = None
     onCancelled: Callable[[], None] | None = None
@@ -277,6 +280,15 @@ class WorkerJob:
     callbacks : JobCallbacks
     workFolder : Path, optional
         A temporary folder the job owns (inputs and outputs); removed when the job ends in any way.
+    stopFile : path, optional
+        The request's ``stop_file``: the worker stops sampling once a file is there (:meth:`stopAndKeep`).
+
+    Attributes
+    ----------
+    estimate : dict or None
+        The fields of the last ``estimate`` event handed to ``onEstimate`` (``None`` before the first).
+    stopping : bool
+        :meth:`stopAndKeep` was called: the worker is finishing with its latest estimate.
     """
 
     def __init__(
@@ -285,16 +297,20 @@ class WorkerJob:
         finish: Callable[[dict], object],
         callbacks: JobCallbacks | None = None,
         workFolder: Path | None = None,
+        stopFile: str | os.PathLike | None = None,
     ) -> None:
         self.process = process
         self.finish = finish
         self.callbacks = callbacks or JobCallbacks()
         self.workFolder = workFolder
+        self.stopFile = Path(stopFile) if stopFile is not None else None
         self.result: object = None
         self.error: BaseException | None = None
         self.cancelled = False
         self.finished = False
+        self.stopping = False
         self.progress: Progress | None = None
+        self.estimate: dict | None = None
         self.stage = "Starting"
         self._doneFields: dict | None = None
         self._errorEvent: dict | None = None
@@ -304,13 +320,13 @@ class WorkerJob:
         """Handle what the worker wrote since the last call; returns ``True`` once the job has ended."""
         if self.finished:
             return True
-        for line in self.process.takeLines():
-            self._handle(parseEvent(line))
+        lines = self.process.takeLines()
         code = self.process.returnCode()
+        if code is not None:
+            lines += self.process.takeLines()  # what it wrote just before it exited
+        self._handleLines(lines)
         if code is None:
             return False
-        for line in self.process.takeLines():
-            self._handle(parseEvent(line))
         self._end(code)
         return True
 
@@ -338,6 +354,39 @@ class WorkerJob:
         self._cleanUp()
         if self.callbacks.onCancelled:
             self.callbacks.onCancelled()
+
+    def stopAndKeep(self) -> None:
+        """Ask the worker to stop sampling and finish with the latest estimate it delivered: it runs the
+        faithfulness check, writes every output and reports ``done``, so the job ends as usual (``onDone``). Unlike
+        :meth:`cancel`, which ends the worker at once and keeps nothing. Does nothing once the job has ended.
+
+        Raises
+        ------
+        ValueError
+            The job has no stop file (only an explanation with live updates has one).
+        """
+        if self.stopFile is None:
+            raise ValueError("Only an explanation with live updates can stop and keep its estimate; cancel this job.")
+        if self.finished:
+            return
+        # The protocol's signal (docs/cli.md): a file appearing at the request's stop_file, which works on every OS.
+        self.stopFile.touch()
+        self.stopping = True
+
+    def _handleLines(self, lines: list[str]) -> None:
+        """Handle a poll's lines in order, handing over only the newest estimate (after the other events): an
+        older one is out of date, and showing it would only make the views flicker."""
+        newest = None
+        for line in lines:
+            event = parseEvent(line)
+            if event.kind == "estimate":
+                newest = event.fields
+            else:
+                self._handle(event)
+        if newest is not None:
+            self.estimate = newest
+            if self.callbacks.onEstimate:
+                self.callbacks.onEstimate(newest)
 
     def _handle(self, event: WorkerEvent) -> None:
         if event.kind == "progress":
