@@ -20,7 +20,7 @@ from scipy.sparse.csgraph import connected_components
 
 import segshap
 from segshap import kernel_shap
-from segshap.anytime import TOP_COUNT, Update
+from segshap.anytime import TOP_COUNT, Stop, Update
 from segshap.coarse import COARSE_FROM
 from segshap.hierarchy import merge_tree, regions
 from segshap.inputs import ArgumentError
@@ -352,3 +352,21 @@ def test_explain_hands_updates_on_the_image_grid(mni_nifti, scripted_model):
     recorded = [record["seconds"] for record in explanation.stats["updates"]]
     np.testing.assert_allclose(recorded, [u.seconds for u in updates], atol=2e-3)
     assert 0 < updates[0].seconds <= explanation.stats["seconds"]
+
+
+def test_a_stop_may_name_the_update_to_keep():
+    game, _ = nonlinear(20, seed=6)
+    stop = Stop()
+    given: list[Update] = []
+
+    def on_update(update: Update) -> None:
+        given.append(update)
+        if update.number == 3:  # a viewer still shows update 2 when the user presses stop
+            stop.request(keep=2)
+
+    result = kernel_shap(
+        _paced(game, 0.02), 20, 4000, seed=0, batch_size=16, on_update=on_update, update_every=0.2, stop=stop
+    )
+    assert result.stop_reason == "user" and given[-1].final
+    np.testing.assert_array_equal(result.values, given[1].values)
+    assert not np.array_equal(given[2].values, given[1].values)

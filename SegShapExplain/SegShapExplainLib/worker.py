@@ -356,7 +356,7 @@ class WorkerJob:
             self.callbacks.onCancelled()
 
     def stopAndKeep(self) -> None:
-        """Ask the worker to stop sampling and finish with the latest estimate it delivered: it runs the
+        """Ask the worker to stop sampling and finish with the estimate on show (:attr:`estimate`): it runs the
         faithfulness check, writes every output and reports ``done``, so the job ends as usual (``onDone``). Unlike
         :meth:`cancel`, which ends the worker at once and keeps nothing. Does nothing once the job has ended.
 
@@ -369,8 +369,12 @@ class WorkerJob:
             raise ValueError("Only an explanation with live updates can stop and keep its estimate; cancel this job.")
         if self.finished:
             return
-        # The protocol's signal (docs/cli.md): a file appearing at the request's stop_file, which works on every OS.
-        self.stopFile.touch()
+        # The protocol's signal (docs/cli.md): a file appearing at the request's stop_file, which works on every OS,
+        # holding the number of the estimate on show, which the worker keeps even if a newer one is on its way.
+        shown = "" if self.estimate is None else str(self.estimate.get("update", ""))
+        partial = self.stopFile.with_name(self.stopFile.name + ".partial")
+        partial.write_text(shown)
+        os.replace(partial, self.stopFile)
         self.stopping = True
 
     def _handleLines(self, lines: list[str]) -> None:

@@ -9,7 +9,8 @@ replace the one waiting and only the latest is delivered.
 
 Stopping: the callback returns ``False``, or the run's ``stop`` event is set from any thread (the worker's stop
 request). Sampling then stops before its next batch and the run finishes with the estimate of the last update the
-callback was given, so that what the user saw is what the result holds.
+callback was given, so that what the user saw is what the result holds; a :class:`Stop` may name an earlier update
+to keep (the one a viewer was showing when the user pressed stop, while a newer one was on its way).
 
 Making an update costs an estimate (a regression, sometimes boosted trees); updates are put off while their cost
 so far exceeds :data:`UPDATE_SHARE` of the time elapsed, and an update tries the boosted-tree adjustment only when
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Update", "LiveUpdates", "UPDATE_SHARE", "TOP_COUNT", "top_features"]
+__all__ = ["Update", "LiveUpdates", "Stop", "UPDATE_SHARE", "TOP_COUNT", "top_features"]
 
 UPDATE_SHARE = 0.05
 """The most of the elapsed time that making updates may take (the live view's whole overhead)."""
@@ -135,6 +136,23 @@ def _top_sets(values: np.ndarray) -> list[set[int]]:
     return [set(top_features(columns[:, t]).tolist()) for t in range(columns.shape[1])]
 
 
+class Stop(threading.Event):
+    """A stop event that may name the update to keep: :meth:`request` with the number of the update a viewer showed
+    (one of the last :data:`KEPT_UPDATES` given to the callback; else the last one is kept)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keep: int | None = None
+
+    def request(self, keep: int | None = None) -> None:
+        self.keep = keep
+        self.set()
+
+
+KEPT_UPDATES = 8
+"""Updates given to the callback that a :class:`Stop` may still name."""
+
+
 Estimate = Callable[[bool], tuple[np.ndarray, np.ndarray, np.ndarray]]
 """``estimate(adjust) -> (values (M, T), stderr (M, T), adjusted (T,))``: a design's estimate from what it has."""
 
@@ -235,8 +253,12 @@ class LiveUpdates:
         self.courier.close(deliver=False)
 
     def kept(self) -> Update | None:
-        """The update the run finishes with when the user stopped it: the last one the callback was given."""
-        return self.courier.handed if self.stopped else None
+        """The update the run finishes with when the user stopped it: the one the :class:`Stop` names, else the
+        last one the callback was given."""
+        if not self.stopped:
+            return None
+        wanted = getattr(self.stop, "keep", None)
+        return self.courier.history.get(wanted, self.courier.handed)
 
     def _post(self, values, stderr, adjusted: bool, final: bool, **context) -> None:
         evaluator = self.evaluator
@@ -285,6 +307,7 @@ class _Courier:
         self.callback, self.stop = callback, stop
         self.pending: Update | None = None
         self.handed: Update | None = None
+        self.history: dict[int, Update] = {}
         self.error: BaseException | None = None
         self.closed = False
         self.condition = threading.Condition()
@@ -323,6 +346,8 @@ class _Courier:
                     continue  # the run finishes with what the callback was last given
                 if not update.final:
                     self.handed = update
+                    self.history[update.number] = update
+                    self.history.pop(update.number - KEPT_UPDATES, None)
             try:
                 answer = self.callback(update)
             except BaseException as error:  # handed to the sampling thread, which raises it

@@ -12,14 +12,13 @@ import logging
 import re
 import shutil
 import subprocess
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .anytime import Update
+from .anytime import Stop, Update
 from .cohort import COHORT_FEATURES, explain_cohort
 from .explanation import Explanation
 from .inference import predict
@@ -58,7 +57,7 @@ def explain_and_save(
     output_folder(request["out"])  # refused before the work, not after it
     if on_update is not None and request.get("stop_when_stable"):
         on_update = stop_when_stable(on_update, request["stop_when_stable"])
-    stop = threading.Event()
+    stop = Stop()
     with StopRequest(request.get("stop_file"), stop):
         explanation = run_in_background(lambda: explain_request(request, progress, on_update, stop))
     log.info("Writing outputs to %s", request["out"])

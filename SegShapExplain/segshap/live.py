@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .anytime import Update
+from .anytime import Stop, Update
 from .io import json_number, write_image
 from .reporting import update_text
 
@@ -93,10 +93,11 @@ def _numbers(array: np.ndarray):
 
 
 class StopRequest:
-    """Sets ``stop`` when a file appears at ``path`` (checked every ``poll_s`` seconds) or, on POSIX in the main
-    thread, when the process gets SIGUSR1; a context manager, which stops watching on exit."""
+    """Requests ``stop`` when a file appears at ``path`` (checked every ``poll_s`` seconds; a file holding an
+    update's number keeps that update, the one a viewer was showing) or, on POSIX in the main thread, when the
+    process gets SIGUSR1; a context manager, which stops watching on exit."""
 
-    def __init__(self, path: str | os.PathLike | None, stop: threading.Event, poll_s: float = 0.2) -> None:
+    def __init__(self, path: str | os.PathLike | None, stop: Stop, poll_s: float = 0.2) -> None:
         self.path, self.stop, self.poll_s = (None if path is None else Path(path)), stop, poll_s
         self.ended = threading.Event()
         self.signal_handled = False
@@ -118,5 +119,6 @@ class StopRequest:
     def _watch(self) -> None:
         while not self.ended.wait(self.poll_s):
             if self.path.exists():
-                self.stop.set()
+                text = self.path.read_text().strip()
+                self.stop.request(int(text) if text.isdigit() else None)
                 return
