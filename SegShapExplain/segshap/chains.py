@@ -366,7 +366,9 @@ def chain_shap(
                     break
     except LimitReached as stop:
         reason = stop.reason
-    values, stderr, adjusted = _chain_solution(evaluator, design, pairs, seed, True, prior)
+    values, stderr, adjusted = evaluator.final_estimate(
+        lambda: _chain_solution(evaluator, design, pairs, seed, True, prior)
+    )
     evaluator.finish()
     return evaluator.result(values, stderr, exact=False, design="chains", reason=reason, adjusted=bool(adjusted.any()))
 

@@ -189,6 +189,16 @@ class Evaluator:
         if self.live is not None:
             self.live.use(estimate, regions=None if self.expand is None else self.n_players, expand=self.expand)
 
+    def final_estimate(self, compute):
+        """The design's final ``(values, stderr, adjusted)``: ``compute()``, unless the user stopped the run with an
+        update to keep, whose estimate it is then (the result holds what was shown; nothing left to compute)."""
+        kept = None if self.live is None or self.expand is not None else self.live.kept()
+        if kept is None:
+            return compute()
+        shape = (self.n_players, -1)
+        adjusted = np.full(np.reshape(kept.values, shape).shape[1], kept.adjusted)
+        return np.reshape(kept.values, shape), np.reshape(kept.stderr, shape), adjusted
+
     def milestone(self) -> None:
         """The design's estimate has just gained standard errors: the first update is due."""
         if self.live is not None:

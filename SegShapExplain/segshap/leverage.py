@@ -150,7 +150,7 @@ def leverage_shap(
             if converged(*_solve(evaluator, strata)[:2], tolerance):
                 reason = "tolerance"
                 break
-    values, stderr, adjusted = _solve(evaluator, strata, adjust=True, seed=seed)
+    values, stderr, adjusted = evaluator.final_estimate(lambda: _solve(evaluator, strata, adjust=True, seed=seed))
     evaluator.finish()
     return evaluator.result(
         values, stderr, exact=False, design="leverage", reason=reason, adjusted=bool(adjusted.any())
