@@ -100,14 +100,25 @@ def shap_kernel_explainer(
     """``shap.KernelExplainer(l1_reg=False)`` in the shap environment (``benchmarks/references/shap_bridge.py``) on a
     game that lives in this process: ``evaluate`` maps ``(n, m)`` bool coalitions to ``(n,)`` or ``(n, T)`` values.
     Returns shap's estimate ``(m, T)``, the coalitions it asked for and their values, and the wall seconds."""
+    return _shap_bridge([m, nsamples, seed], m, evaluate)
+
+
+def shap_partition_explainer(
+    m: int, max_evals: int, seed: int, linkage: np.ndarray, evaluate
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``shap.PartitionExplainer`` (Owen values over the hierarchy ``linkage``, a SciPy linkage matrix over the
+    ``m`` features) with ``max_evals`` evaluations, in the shap environment, on a game that lives in this process;
+    ``evaluate`` and the returns as for :func:`shap_kernel_explainer`."""
+    with tempfile.TemporaryDirectory(prefix="segshap-bench-") as folder:
+        path = Path(folder) / "linkage.npy"
+        np.save(path, np.asarray(linkage, dtype=np.float64))
+        return _shap_bridge([m, max_evals, seed, path], m, evaluate)
+
+
+def _shap_bridge(arguments: list, m: int, evaluate) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Run ``shap_bridge.py`` with ``arguments``, answering each batch of coalitions it asks for with ``evaluate``."""
     process = subprocess.Popen(
-        [
-            str(REFERENCE_PYTHON),
-            str(ROOT / "benchmarks" / "references" / "shap_bridge.py"),
-            str(m),
-            str(nsamples),
-            str(seed),
-        ],
+        [str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / "references" / "shap_bridge.py"), *map(str, arguments)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -2,6 +2,7 @@
 
     python benchmarks/run.py --mode quick --check   # about 10 minutes on 2 CPU cores (CI runs it, then the tests)
     python benchmarks/run.py --mode full       # the numbers in BENCHMARKS.md
+    python benchmarks/run.py --mode full --suites anytime   # a suite outside the default run, into anytime.json
 
 Each suite writes its section of BENCHMARKS.md (between ``<!-- bench:SUITE:begin/end -->`` markers), its plots
 into ``docs/``, and all raw numbers, with the machine they ran on, into a JSON file.
@@ -20,9 +21,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import MODES, ROOT, log, machine, machine_line, reference_available, write_section  # noqa: E402
-from suites import accuracy, efficiency, faithfulness, speed  # noqa: E402
+from suites import accuracy, anytime, efficiency, faithfulness, speed  # noqa: E402
 
 SUITES = {"speed": speed, "accuracy": accuracy, "efficiency": efficiency, "faithfulness": faithfulness}
+"""The suites a run runs unless told otherwise (CI's quick run among them)."""
+SEPARATE = {"anytime": anytime}
+"""Suites run only when named (``--suites anytime``, ``bash scripts/bench.sh --anytime``): they take long, and each
+keeps its raw numbers in a file of its own (:func:`results_file`)."""
 
 
 def _commit() -> str:
@@ -33,7 +38,7 @@ def _commit() -> str:
 def render(results: dict, markdown: Path, docs: Path) -> None:
     """Write each suite's section of ``markdown`` and its plot into ``docs`` from its raw numbers."""
     docs.mkdir(parents=True, exist_ok=True)
-    for name, suite in SUITES.items():
+    for name, suite in {**SUITES, **SEPARATE}.items():
         if name not in results:
             continue
         result = results[name]
@@ -77,10 +82,26 @@ def check(results: dict) -> list[str]:
     return problems
 
 
+def results_file(mode: str, suites: list[str]) -> Path:
+    """Where a run's raw numbers go by default: ``benchmarks/results/MODE.json``; a suite of :data:`SEPARATE` run on
+    its own keeps its own file (``anytime.json``; ``anytime-quick.json`` in quick mode), so that it never replaces the
+    default run's numbers."""
+    folder = ROOT / "benchmarks" / "results"
+    if len(suites) == 1 and suites[0] in SEPARATE:
+        return folder / (f"{suites[0]}.json" if mode == "full" else f"{suites[0]}-{mode}.json")
+    return folder / f"{mode}.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=MODES, default="quick")
-    parser.add_argument("--suites", nargs="+", choices=list(SUITES), default=list(SUITES))
+    parser.add_argument(
+        "--suites",
+        nargs="+",
+        choices=list(SUITES) + list(SEPARATE),
+        default=list(SUITES),
+        help=f"default: {' '.join(SUITES)} ({', '.join(SEPARATE)} only when named)",
+    )
     parser.add_argument(
         "--cases",
         nargs="+",
@@ -106,12 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     results = dict(header)
     for name in args.suites:
         started = time.perf_counter()
-        result = speed.run(args.mode, tuple(args.cases)) if name == "speed" else SUITES[name].run(args.mode)
+        suite = {**SUITES, **SEPARATE}[name]
+        result = speed.run(args.mode, tuple(args.cases)) if name == "speed" else suite.run(args.mode)
         result["seconds"] = time.perf_counter() - started
         results[name] = result
         render({**header, name: result}, Path(args.markdown), Path(args.docs))
         log(f"{name}: done in {result['seconds']:.0f} s")
-    out = Path(args.json or ROOT / "benchmarks" / "results" / f"{args.mode}.json")
+    out = Path(args.json) if args.json else results_file(args.mode, args.suites)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=float))
     log(f"raw numbers: {out}")
