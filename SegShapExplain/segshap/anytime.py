@@ -29,7 +29,8 @@ import numpy as np
 __all__ = ["Update", "LiveUpdates", "Stop", "UPDATE_SHARE", "TOP_COUNT", "top_features"]
 
 UPDATE_SHARE = 0.05
-"""The most of the elapsed time that making updates may take (the live view's whole overhead)."""
+"""The share of the elapsed time that making updates is held to (the live view's whole overhead): checked before
+each update, so the first, and one that costs more than the room left, overshoot it."""
 
 TOP_COUNT = 10
 """How many of the largest values :attr:`Update.top_changed` and :attr:`Update.stable_updates` follow."""
