@@ -30,10 +30,10 @@ import segshap
 from SegShapExplainLib import OutlineStyle
 from SegShapExplainLib.display import hideInViews, isShown3D, setShow3D, showInSliceViews
 from SegShapExplainLib.exchange import ensureSegmentationConverters, exportVolume
+from SegShapExplainLib.report import REPORT_COLUMNS, reportItems, targetRows
 from SegShapExplainLib.results import (
     DIVERGING_COLOR_TAG,
     INPUTS_ATTRIBUTE,
-    REPORT_COLUMNS,
     RESULT_ATTRIBUTE,
     ROLE_ATTRIBUTE,
     TABLE_COLUMNS,
@@ -41,8 +41,6 @@ from SegShapExplainLib.results import (
     ExplanationNodes,
     importExplanation,
     importExplanations,
-    reportItems,
-    targetRows,
 )
 from SegShapExplainLib.saved import findExplanations, removeExplanation, replaceExplanations
 from SegShapExplainLib.worker import SubprocessRunner, WorkerJob, workerCommand, workerEnvironment

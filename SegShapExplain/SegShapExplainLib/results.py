@@ -1,5 +1,6 @@
 """The worker's outputs as MRML nodes: heatmap, feature labelmap, value table, report, figures, volume rendering,
-subject hierarchy (finding them again in a saved scene: :mod:`.saved`; showing them: :mod:`.display`).
+subject hierarchy (finding them again in a saved scene: :mod:`.saved`; showing them: :mod:`.display`; the report
+read in words: :mod:`.report`).
 
 What the slice views show: the feature segments over whatever the views already show (:mod:`.display`): one segment
 per feature, each filled in the colour of its sign (red supports the segmentation, blue works against it) at an
@@ -45,6 +46,7 @@ from segshap.palette import feature_color as featureColor
 from segshap.palette import feature_opacity as featureOpacity
 
 from .exchange import ensureSegmentationConverters, readVolume
+from .report import fillReportTable, reportSummary, targetRows
 from .settings import OutlineStyle
 
 DIVERGING_COLOR_NAME = "SegShapExplain diverging"
@@ -52,9 +54,7 @@ DIVERGING_COLOR_TAG = "SegShapExplainDiverging"
 TOP_FEATURES = 10
 """The top features (by |value|) that are outlined and shown in 3D: this many, or all when there are fewer."""
 TABLE_COLUMNS = ("Feature", "Value", "Std. error", "Voxels", "Organ", "R", "A", "S")
-REPORT_COLUMNS = ("Item", "Value")
-"""The columns of a result's report table: one row per item of ``explanation.json`` (settings, versions, values,
-faithfulness, warnings, statistics), in words."""
+"""The columns of a target's value table: one row per feature."""
 ROLE_ATTRIBUTE = "SegShapExplain.Role"
 """What a node is in its result: ``heatmap``, ``features``, ``segments``, ``table``, ``report``, ``reportTable``,
 ``overview`` or ``slices``."""
@@ -99,7 +99,7 @@ class ExplanationNodes:
     reportNode : vtkMRMLTextNode
         The worker's ``explanation.json``, as it wrote it; shared by the targets of a result.
     reportTable : vtkMRMLTableNode or None
-        The report in words, one row per item (``REPORT_COLUMNS``); shared.
+        The report in words, one row per item (``report.REPORT_COLUMNS``); shared.
     overview, slices : vtkMRMLVectorVolumeNode or None
         ``overview.png`` and ``slices.png`` (RGB, one slice), when the worker made them; shared.
     targetIndex : int
@@ -187,43 +187,6 @@ def topFeatureIds(rows: list[dict], count: int = TOP_FEATURES) -> list[int]:
     """The ids of the ``count`` rows of largest |value| that are not 0, strongest first."""
     ranked = sorted((row for row in rows if row["value"] != 0), key=lambda row: -abs(row["value"]))
     return [row["id"] for row in ranked[:count]]
-
-
-def targetRows(report: dict, target: int = 0) -> list[dict]:
-    """The feature rows of ``explanation.json`` for its ``target``-th target: with several targets each row holds
-    a list of values and of standard errors; the rows returned hold this target's (the report is not changed)."""
-    return [_forTarget(row, target) for row in report["features"]]
-
-
-def _forTarget(row: dict, target: int) -> dict:
-    if not isinstance(row["value"], list):
-        return row
-    stderr = row["stderr"]
-    return {**row, "value": row["value"][target], "stderr": stderr[target] if isinstance(stderr, list) else stderr}
-
-
-def _perTarget(entry, target: int):
-    """A report entry of one target: the ``target``-th of a list, the entry itself otherwise."""
-    return entry[target] if isinstance(entry, list) else entry
-
-
-def reportSummary(report: dict, target: int = 0) -> str:
-    """One line on a result made from its report: features, samples, seconds, faithfulness, warnings."""
-    stats = report.get("stats") or {}
-    parts = [f"{len(report['features'])} features"]
-    if "evaluations" in stats:
-        parts[0] += f" from {stats['evaluations']:,} samples"
-    seconds = stats.get("seconds", stats.get("total_seconds"))
-    if seconds is not None:
-        parts[0] += f" in {seconds:.0f}s"
-    curves = _perTarget(report.get("faithfulness"), target)
-    if curves:
-        parts.append(
-            f"deletion AUC {curves['deletion_auc']:.3g} (random order {curves['random_deletion_auc']:.3g}), "
-            f"insertion AUC {curves['insertion_auc']:.3g} (random {curves['random_insertion_auc']:.3g})"
-        )
-    parts.extend(report.get("warnings") or [])
-    return "; ".join(parts)
 
 
 class SceneAdditions:
@@ -340,7 +303,7 @@ def importExplanations(
             reportNode.SetAttribute(SUMMARY_ATTRIBUTE, summary)
         reportTable = added.addNew("vtkMRMLTableNode", f"{baseName} report")
         _mark(reportTable, "reportTable", resultId)
-        _fillReportTable(reportTable, report, summary)
+        fillReportTable(reportTable, report, summary)
         shared = [features, reportNode, reportTable]
         for role, picture in pictures.items():
             added.add(picture)
@@ -545,63 +508,6 @@ def _readPicture(path: str | Path, name: str):
     node.SetKToRASDirection(0, 0, 1)
     node.SetAndObserveImageData(image)
     return node
-
-
-def reportItems(report: dict, summary: str | None = None) -> list[tuple[str, str]]:
-    """``explanation.json`` in words, one ``(item, value)`` per entry: targets, base and full value, efficiency
-    error, faithfulness AUCs (per target with several), warnings, settings, versions and statistics."""
-    targets = [target["name"] for target in report["targets"]]
-    items = [("targets", ", ".join(targets))]
-    if summary:
-        items.append(("summary", summary))
-    for t, target in enumerate(targets):
-        prefix = f"{target}: " if len(targets) > 1 else ""
-        base, full = _perTarget(report.get("base_value"), t), _perTarget(report.get("full_value"), t)
-        items += [(f"{prefix}base value (every feature off)", _words(base)), (f"{prefix}full value", _words(full))]
-        curves = _perTarget(report.get("faithfulness"), t)
-        for key in ("deletion_auc", "random_deletion_auc", "insertion_auc", "random_insertion_auc"):
-            if curves:
-                items.append((f"{prefix}{key.replace('_', ' ').replace('auc', 'AUC')}", _words(curves.get(key))))
-    items += [
-        ("efficiency error", _words(report.get("efficiency_error"))),
-        ("exact", _words(report.get("exact"))),
-    ]
-    warnings = report.get("warnings") or []
-    items += [(f"warning {i + 1}", text) for i, text in enumerate(warnings)] or [("warnings", "none")]
-    for group, entries in (("setting", report.get("settings")), ("version", report.get("versions"))):
-        items += [(f"{group}: {key}", _words(value)) for key, value in (entries or {}).items()]
-    items += [
-        (f"statistic: {key}", _words(value))
-        for key, value in (report.get("stats") or {}).items()
-        if not isinstance(value, (dict, list))
-    ]
-    return items
-
-
-def _words(value) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, str):
-        return value
-    return json.dumps(value)
-
-
-def _fillReportTable(table, report: dict, summary: str | None) -> None:
-    items = reportItems(report, summary)
-    for column, name in enumerate(REPORT_COLUMNS):
-        array = vtk.vtkStringArray()
-        array.SetName(name)
-        array.SetNumberOfValues(len(items))
-        for index, item in enumerate(items):
-            array.SetValue(index, item[column])
-        table.AddColumn(array)
-    table.SetColumnDescription("Item", "an entry of the worker's explanation.json (kept whole in the report node)")
-    table.SetUseColumnTitleAsColumnHeader(True)
-    table.SetLocked(True)
 
 
 def _divergingColorNode(scene, added: SceneAdditions):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from .report import targetRows
 from .results import (
     INPUT_REFERENCE,
     INPUTS_ATTRIBUTE,
@@ -16,7 +17,6 @@ from .results import (
     ROLE_ATTRIBUTE,
     TARGET_ATTRIBUTE,
     ExplanationNodes,
-    targetRows,
     topFeatureIds,
 )
 from .settings import OutlineStyle
