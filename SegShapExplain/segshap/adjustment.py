@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .evaluation import t_scaled
 from .surrogate import BoostedTrees, fit_boosted_trees
 
 __all__ = ["tree_adjusted", "ADJUST_CELLS"]
@@ -59,7 +60,8 @@ def tree_adjusted(
     Returns
     -------
     values, stderr : np.ndarray
-        ``(M, T)``, each target's chosen estimate and its standard errors.
+        ``(M, T)``, each target's chosen estimate and its standard errors (the jackknife's scaled for its
+        ``groups - 1`` degrees of freedom, :func:`segshap.evaluation.t_scaled`).
     taken : np.ndarray
         ``(T,)`` bool: where an adjusted estimate was chosen (always, where the plain standard errors are NaN, not
         estimated, and the adjusted estimate's variance is finite).
@@ -76,7 +78,7 @@ def tree_adjusted(
         variance = (groups - 1) / groups * ((left_out - left_out.mean(axis=0)) ** 2).sum(axis=0)
         better = variance.sum(axis=0) < best_variance
         values = np.where(better, adjusted, values)
-        stderr = np.where(better, np.sqrt(variance), stderr)
+        stderr = np.where(better, t_scaled(np.sqrt(variance), groups - 1), stderr)
         best_variance = np.where(better, variance.sum(axis=0), best_variance)
         taken |= better
     return values, stderr, taken

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .adjustment import ADJUST_CELLS, tree_adjusted
-from .evaluation import Evaluator, LimitReached, ShapleyResult, converged
+from .evaluation import Evaluator, LimitReached, ShapleyResult, converged, t_scaled
 from .surrogate import fit_surrogate
 
 __all__ = ["ChainDesign", "loop_coalitions", "chain_estimate", "chain_shap"]
@@ -294,7 +294,7 @@ def _border_terms(surrogate, known, design, m) -> np.ndarray:
 
 def _combine(perm: np.ndarray, ht: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per target, the mix ``lam * perm + (1 - lam) * ht`` of two unbiased per-unit estimates with the smallest
-    summed variance across units; its mean and standard error."""
+    summed variance across units; its mean and standard error (scaled for ``units - 1`` degrees of freedom)."""
     n, m, t = perm.shape
     if n < 2:
         return 0.5 * (perm + ht).mean(axis=0), np.full((m, t), np.nan)
@@ -306,7 +306,7 @@ def _combine(perm: np.ndarray, ht: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     denominator = var_p + var_h - 2 * cov
     lam = np.clip(np.divide(var_h - cov, denominator, out=np.full(t, 0.5), where=denominator > 0), 0.0, 1.0)
     mixed = lam * perm + (1 - lam) * ht
-    return mixed.mean(axis=0), mixed.std(axis=0, ddof=1) / np.sqrt(n)
+    return mixed.mean(axis=0), t_scaled(mixed.std(axis=0, ddof=1) / np.sqrt(n), n - 1)
 
 
 def chain_shap(

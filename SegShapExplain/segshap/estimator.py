@@ -43,6 +43,7 @@ No coalition is ever evaluated twice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import threading
@@ -169,8 +170,9 @@ def kernel_shap(
     max_seconds : float, optional
         Stop before a batch that, at the pace so far, would end after this many seconds.
     interactions : np.ndarray or callable, optional
-        ``(P, 2)`` feature pairs the chains' surrogate gives an interaction term (e.g. adjacent supervoxels), or a
-        function returning them, called only if the chains run. Default: those of :func:`default_interactions`.
+        ``(P, 2)`` feature pairs the surrogates give an interaction term (e.g. adjacent supervoxels), or a function
+        returning them, called only if a surrogate is fitted (the chains, or Leverage SHAP's MSR adjustment). Default:
+        the chains take those of :func:`default_interactions`, the MSR adjustment every pair of up to 60 features.
         With live updates over many features, the coarse level merges regions along these pairs.
     on_update : callable, optional
         ``on_update(update)`` with an :class:`~segshap.anytime.Update`, the estimate as the result would hold it
@@ -265,7 +267,23 @@ def _sample(evaluator, budget, seed, tolerance, design, forward_cost, interactio
     if design == "chains":
         pairs = _interaction_pairs(interactions, n_players, budget) if pairs is None else pairs
         return chain_shap(evaluator, budget, rng, tolerance, pairs, border, seed, prior), None
-    return leverage_shap(evaluator, budget, rng, tolerance, seed), None
+    surrogate_pairs = functools.cache(lambda: _surrogate_pairs(interactions, n_players))
+    return leverage_shap(evaluator, budget, rng, tolerance, seed, surrogate_pairs), None
+
+
+_ALL_PAIRS_UP_TO = 60
+"""Up to this many features the MSR adjustment's surrogate has a term for every pair of features (at most 1,770
+terms), unless ``interactions`` name the pairs."""
+
+
+def _surrogate_pairs(interactions, n_players: int) -> np.ndarray:
+    """The feature pairs of the MSR adjustment's surrogate: those given, else every pair of up to
+    :data:`_ALL_PAIRS_UP_TO` features, else none."""
+    if interactions is not None:
+        return _as_pairs(interactions() if callable(interactions) else interactions, n_players)
+    if n_players > _ALL_PAIRS_UP_TO:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.array(list(itertools.combinations(range(n_players), 2)), dtype=np.int64).reshape(-1, 2)
 
 
 def _interaction_pairs(interactions, n_players: int, budget: int) -> np.ndarray:

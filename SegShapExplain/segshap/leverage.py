@@ -8,11 +8,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections.abc import Callable
 
 import numpy as np
 
 from .adjustment import ADJUST_CELLS, tree_adjusted
-from .evaluation import Evaluator, LimitReached, ShapleyResult, converged
+from .evaluation import Evaluator, LimitReached, ShapleyResult, converged, t_scaled
+from .msr import StratifiedPairs, msr_adjusted
 
 __all__ = ["leverage_shap"]
 
@@ -110,10 +112,17 @@ def _allocate(strata: list[_Stratum], pairs: int) -> list[int]:
 
 
 def leverage_shap(
-    evaluator: Evaluator, budget: int, rng: np.random.Generator, tolerance: float | None, seed: int
+    evaluator: Evaluator,
+    budget: int,
+    rng: np.random.Generator,
+    tolerance: float | None,
+    seed: int,
+    interactions: Callable[[], np.ndarray],
 ) -> ShapleyResult:
     """Sample pairs in rounds, each size to the same number per size, until the budget, a limit or the tolerance
-    stops it; then the (adjusted) regression estimate."""
+    stops it; then the (adjusted) regression estimate. ``interactions()`` gives the feature pairs the second-order
+    surrogate of the MSR adjustment (:mod:`segshap.msr`) has a term for; it is called only when that surrogate is
+    fitted."""
     m = evaluator.n_players
     evaluator.total = budget
     strata = [_Stratum(m, size, rng) for size in range(1, m // 2 + 1)]
@@ -123,7 +132,7 @@ def leverage_shap(
     if len(ends):
         evaluator(ends, force=True)
     known = evaluator.done
-    evaluator.use_estimate(lambda adjust: _solve(evaluator, strata, adjust=adjust, seed=seed))
+    evaluator.use_estimate(lambda adjust: _solve(evaluator, strata, adjust, seed, interactions))
     reason = "budget"
     while True:
         room = min(evaluator.batch_size, budget - evaluator.done)
@@ -150,7 +159,7 @@ def leverage_shap(
             if converged(*_solve(evaluator, strata)[:2], tolerance):
                 reason = "tolerance"
                 break
-    values, stderr, adjusted = evaluator.final_estimate(lambda: _solve(evaluator, strata, adjust=True, seed=seed))
+    values, stderr, adjusted = evaluator.final_estimate(lambda: _solve(evaluator, strata, True, seed, interactions))
     evaluator.finish()
     return evaluator.result(
         values, stderr, exact=False, design="leverage", reason=reason, adjusted=bool(adjusted.any())
@@ -158,11 +167,16 @@ def leverage_shap(
 
 
 def _solve(
-    evaluator: Evaluator, strata: list[_Stratum], adjust: bool = False, seed: int = 0
+    evaluator: Evaluator,
+    strata: list[_Stratum],
+    adjust: bool = False,
+    seed: int = 0,
+    interactions: Callable[[], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Leverage SHAP's estimate and standard errors (:class:`_KernelRegression`), and with ``adjust`` the
-    regression-adjusted estimate (:func:`_tree_adjusted`) for each target where its error is expected to be smaller.
-    The third array says, per target, whether the adjusted estimate was taken."""
+    regression-adjusted estimates, by boosted trees (:func:`_tree_adjusted`) and by a second-order surrogate with
+    the MSR residual (:func:`_msr_adjusted`), each target keeping the one with the smallest summed variance. The
+    third array says, per target, whether an adjusted estimate was taken."""
     m = evaluator.n_players
     ends = evaluator.lookup(np.stack([np.zeros(m, bool), np.ones(m, bool)]))
     regression = _KernelRegression(strata, m)
@@ -174,7 +188,29 @@ def _solve(
     taken = np.zeros(ends.shape[1], bool)
     if adjust and regression.adjustable:
         phi, stderr, taken = _tree_adjusted(regression, values, ends, phi, stderr, seed)
+        phi, stderr, taken = _msr_adjusted(regression, values, ends, (phi, stderr, taken), interactions, seed)
     return phi, stderr, taken
+
+
+def _msr_adjusted(regression: _KernelRegression, values, ends, current, interactions, seed: int):
+    """The cross-fitted regression-adjusted MSR estimate (:func:`segshap.msr.msr_adjusted`) where its summed
+    variance is below that of ``current`` ``(values, stderr, taken)``."""
+    phi, stderr, taken = current
+    firsts, first_values, second_values = [], [], []
+    start = 0
+    for stratum in regression.strata:
+        n = stratum.count
+        firsts.append(np.concatenate(stratum.drawn))
+        first_values.append(values[start : start + n])
+        second_values.append(values[start + n : start + 2 * n])
+        start += 2 * n
+    pairs = StratifiedPairs(firsts, [s.size for s in regression.strata], [s.population for s in regression.strata])
+    terms = np.zeros((0, 2), dtype=np.int64) if interactions is None else interactions()
+    adjusted = msr_adjusted(pairs, first_values, second_values, ends, terms, seed)
+    if adjusted is None:
+        return current
+    better = (adjusted[1] ** 2).sum(axis=0) < np.where(np.isfinite(stderr), stderr**2, np.inf).sum(axis=0)
+    return np.where(better, adjusted[0], phi), np.where(better, adjusted[1], stderr), taken | better
 
 
 _ADJUST_FOLDS = 5
@@ -260,6 +296,7 @@ class _KernelRegression:
         residual = (target - self.scaled @ beta) / np.clip(1.0 - leverage, 1e-3, None)[:, None]
         variance = np.zeros_like(phi)
         start = 0
+        sampled = [stratum for stratum in self.strata if stratum.count < stratum.population]
         for stratum in self.strata:
             rows = slice(start, start + 2 * stratum.count)
             start += 2 * stratum.count
@@ -272,7 +309,7 @@ class _KernelRegression:
                 contribution = gain[rows] * residual[rows, t : t + 1]
                 per_pair = contribution[: stratum.count] + contribution[stratum.count :]
                 variance[:, t] += remaining * stratum.count * per_pair.var(axis=0, ddof=1)
-        return np.sqrt(variance)
+        return t_scaled(np.sqrt(variance), sum(stratum.count for stratum in sampled) - len(sampled))
 
 
 def _tree_adjusted(regression: _KernelRegression, values, ends, phi, stderr, seed: int):

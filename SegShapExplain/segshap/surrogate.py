@@ -65,6 +65,25 @@ class Surrogate:
         np.add.at(phi, self.pairs[:, 1], self.interaction / 2)
         return phi
 
+    def size_term(self, size: int) -> np.ndarray:
+        """``(M, T)``: the part of the exact Shapley values that coalitions of one size ``1 <= size <= M - 1`` hold.
+
+        The Shapley value is a sum over sizes, ``phi_i = (v(N) - v(empty)) / M + sum_s T_s,i`` with
+        ``T_s,i = E_{|S| = s}[g(S) (1[i in S] / s - 1[i not in S] / (M - s))]`` (``S`` uniform among the
+        coalitions of size ``s``). For a second-order ``g`` it is closed-form: a main effect ``beta_j`` gives feature
+        ``j`` ``1 / M`` and every other feature ``-1 / (M (M - 1))``; an interaction ``beta_jk`` gives ``j`` and ``k``
+        ``(s - 1) / (M (M - 1))`` and every other feature ``-2 (s - 1) / (M (M - 1) (M - 2))``.
+        """
+        m = self.main.shape[0]
+        main = (self.main - (self.main.sum(axis=0) - self.main) / (m - 1)) / m
+        touching = np.zeros_like(self.main)
+        np.add.at(touching, self.pairs[:, 0], self.interaction)
+        np.add.at(touching, self.pairs[:, 1], self.interaction)
+        pair = (size - 1) / (m * (m - 1)) * touching
+        if m > 2:
+            pair -= 2 * (size - 1) / (m * (m - 1) * (m - 2)) * (self.interaction.sum(axis=0) - touching)
+        return main + pair
+
 
 _PAIR_CHUNK = 2048
 """Interaction columns formed at a time, so that no temporary is as large as the design itself."""
