@@ -155,18 +155,28 @@ def write_section(markdown: Path, name: str, text: str) -> None:
 
 
 @contextlib.contextmanager
-def plain_estimates():
-    """Inside the block, ``segshap.kernel_shap`` returns its designs' plain estimates: the boosted-tree adjustment
-    is switched off (its size limits set to 0), as in the paper's scheme."""
+def plain_estimates(surrogate: bool = True):
+    """Inside the block, ``segshap.kernel_shap`` returns its designs' plain estimates: the regression adjustments
+    (boosted trees, and Leverage SHAP's MSR) are switched off (their size limits set to 0), as in the paper's
+    scheme. With ``surrogate=False`` the chains also lose their cross-fitted second-order surrogate (it is fitted
+    as zero): their unadjusted estimate, antithetic permutation sampling mixed with the per-size estimate."""
     import segshap.chains
     import segshap.leverage
+    from segshap.surrogate import Surrogate
 
-    saved = segshap.leverage.ADJUST_CELLS, segshap.chains.ADJUST_CELLS
+    def zero_surrogate(coalitions, values, pairs=None):
+        t = np.asarray(values).reshape(len(coalitions), -1).shape[1]
+        m = coalitions.shape[1]
+        return Surrogate(np.zeros(t), np.zeros((m, t)), np.zeros((0, 2), np.int64), np.zeros((0, t)))
+
+    saved = segshap.leverage.ADJUST_CELLS, segshap.chains.ADJUST_CELLS, segshap.chains.fit_surrogate
     segshap.leverage.ADJUST_CELLS = segshap.chains.ADJUST_CELLS = 0
+    if not surrogate:
+        segshap.chains.fit_surrogate = zero_surrogate
     try:
         yield
     finally:
-        segshap.leverage.ADJUST_CELLS, segshap.chains.ADJUST_CELLS = saved
+        segshap.leverage.ADJUST_CELLS, segshap.chains.ADJUST_CELLS, segshap.chains.fit_surrogate = saved
 
 
 def pyplot():

@@ -12,6 +12,10 @@ Runs in the reference environment (``.venv-ref``, Python >= 3.12, see ``scripts/
   - ``regression_msr``: ``shapiq.RegressionMSR`` (regression-adjusted Monte Carlo, Witter, Liu and Musco 2025)
     with its default proxy, ``xgboost.XGBRegressor`` with default settings, on one thread (built here: without
     xgboost shapiq would fall back, with only a warning, to LightGBM or a single decision tree);
+  - ``regression_msr_linear``: the same with shapiq's ``"linear"`` proxy (its sampler is then Leverage SHAP's);
+  - ``proxy_shap``: ``shapiq.ProxySHAP`` for first-order Shapley values with the XGBoost proxy and its MSR residual
+    adjustment (``adjustment=True``);
+  - ``odd_shap``: ``shapiq.OddSHAP`` (Fumagalli et al. 2026), default settings (its budget floor is 10);
   - ``leverage_shap``: ``shapiq.LeverageSHAP`` (Musco and Witter 2025; paired, per-size counts fixed);
   - ``permutation``: ``shapiq.PermutationSamplingSV`` (ApproShapley);
   - ``kernel_shap``: ``shapiq.KernelSHAP`` (Lundberg and Lee 2017; shapiq's sampler), not run unless asked.
@@ -53,8 +57,24 @@ def _regression_msr(m: int, seed: int) -> shapiq.RegressionMSR:
     return shapiq.RegressionMSR(m, "SV", proxy_model=XGBRegressor(random_state=seed, n_jobs=1), random_state=seed)
 
 
+def _proxy_shap(m: int, seed: int) -> shapiq.ProxySHAP:
+    from xgboost import XGBRegressor
+
+    return shapiq.ProxySHAP(
+        m,
+        max_order=1,
+        index="SV",
+        proxy_model=XGBRegressor(random_state=seed, n_jobs=1),
+        adjustment=True,
+        random_state=seed,
+    )
+
+
 METHODS = {
     "regression_msr": _regression_msr,
+    "regression_msr_linear": lambda m, seed: shapiq.RegressionMSR(m, "SV", proxy_model="linear", random_state=seed),
+    "proxy_shap": _proxy_shap,
+    "odd_shap": lambda m, seed: shapiq.OddSHAP(m, random_state=seed),
     "leverage_shap": lambda m, seed: shapiq.LeverageSHAP(m, random_state=seed),
     "permutation": lambda m, seed: shapiq.PermutationSamplingSV(m, random_state=seed),
     "kernel_shap": lambda m, seed: shapiq.KernelSHAP(m, random_state=seed),
@@ -124,7 +144,7 @@ def main(folder: str) -> None:
                 answer["distinct"][method][key].append(distinct)
                 answer["reported"][method][key].append(reported)
     answer["versions"] = {"shapiq": shapiq.__version__, "python": platform.python_version()}
-    if "regression_msr" in methods:
+    if any(method in methods for method in ("regression_msr", "proxy_shap")):
         import xgboost
 
         answer["versions"]["xgboost"] = xgboost.__version__

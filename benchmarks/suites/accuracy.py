@@ -1,18 +1,23 @@
-"""Accuracy per evaluation: Shapley estimators against the exact values of real models' games.
+"""Accuracy per evaluation: Shapley estimators against the exact values of real models' games, per game family.
 
 The games are the exactly enumerated real-model games committed in ``benchmarks/results/games/``
-(:mod:`real_games`: the demo model and a second trained model on the demo MRI, SLIC supervoxels, M = 11..14, two
-targets each). Every estimator queries the same table of all ``2**M`` coalition values, at budgets of 4M ... 16M
-coalitions, over several seeds:
+(:mod:`real_games`, M = 10..16), in families that the estimator was not tuned on besides the one it was: near-additive
+soft Dice of the demo-trained models, thresholded values (hard Dice, false positives), small targets at a window
+border with features straddling them, and a model the project did not train. Every estimator queries the same table
+of all ``2**M`` coalition values, at budgets of 4M ... 16M coalitions, over several seeds:
 
-* ours: ``segshap.kernel_shap`` with ``design="auto"`` (without a cost function it is Leverage SHAP with the tree
-  adjustment), ``design="chains"``, and ``design="leverage"`` with the adjustment switched off (the plain Leverage
-  SHAP regression, the paper's estimator with Leverage SHAP sampling);
-* shap: ``shap.KernelExplainer(l1_reg=False)``; shapiq 1.8: ``RegressionMSR``, ``LeverageSHAP`` and
-  ``PermutationSamplingSV`` (both in ``.venv-ref``, see ``shapiq_reference.py``);
+* ours: ``segshap.kernel_shap`` with ``design="auto"`` (without a cost function it is Leverage SHAP with its
+  regression adjustments), ``design="chains"`` as it runs and unadjusted (no surrogate: antithetic permutation
+  sampling mixed with the per-size estimate), and ``design="leverage"`` with the adjustments switched off (plain
+  Leverage SHAP regression);
+* shap: ``shap.KernelExplainer(l1_reg=False)``; shapiq: ``RegressionMSR`` (XGBoost and linear proxies),
+  ``ProxySHAP`` (XGBoost, MSR adjustment), ``OddSHAP``, ``LeverageSHAP`` and ``PermutationSamplingSV`` (both in
+  ``.venv-ref``, see ``shapiq_reference.py``);
 * captum: ``captum.attr.KernelShap`` with one feature per input and all samples in one batch.
 
-The error is ``||estimate - exact|| / ||exact||`` (relative L2) per target, averaged over targets, seeds and games.
+The error is ``||estimate - exact|| / ||exact||`` (relative L2) per target, averaged over targets, seeds and the
+family's games. The coverage of our standard errors is the share of (feature, target, seed) whose error is within
+1.645 standard errors (nominal 90 %).
 """
 
 from __future__ import annotations
@@ -27,33 +32,47 @@ from common import log, plain_estimates, pyplot, reference_available, run_refere
 import segshap
 
 SETTINGS = {
-    "quick": {"games": 2, "seeds": 3, "multipliers": (4, 8, 16)},
-    "full": {"games": None, "seeds": 10, "multipliers": (4, 8, 12, 16)},
+    "quick": {"games_per_family": 1, "seeds": 2, "multipliers": (4, 8, 16)},
+    "full": {"games_per_family": None, "seeds": 4, "multipliers": (4, 8, 16)},
 }
-OURS = ("ours_auto", "ours_chains", "ours_leverage_plain")
-SHAPIQ = ("regression_msr", "leverage_shap", "permutation")
+OURS = ("ours_auto", "ours_chains", "ours_chains_unadjusted", "ours_leverage_plain")
+SHAPIQ = ("regression_msr", "regression_msr_linear", "proxy_shap", "odd_shap", "leverage_shap", "permutation")
 LABELS = {
     "ours_auto": "ours (auto)",
     "ours_chains": "ours (chains)",
+    "ours_chains_unadjusted": "chains, unadjusted",
     "ours_leverage_plain": "Leverage SHAP, plain",
     "shap": "shap",
-    "regression_msr": "shapiq RegressionMSR",
+    "regression_msr": "shapiq RegressionMSR (XGBoost)",
+    "regression_msr_linear": "shapiq RegressionMSR (linear)",
+    "proxy_shap": "shapiq ProxySHAP",
+    "odd_shap": "shapiq OddSHAP",
     "leverage_shap": "shapiq LeverageSHAP",
     "permutation": "shapiq permutation",
     "captum": "captum",
 }
+TARGETS = {"auto_vs_best_shapiq": 1.0, "auto_vs_shap_at_8m": 0.5, "chains_adjusted_vs_unadjusted_at_8m": 0.7}
+COVERAGE = (0.85, 0.95)
 
 
 def _lookup(values: np.ndarray, coalitions: np.ndarray) -> np.ndarray:
     return values[coalitions.astype(np.int64) @ (1 << np.arange(coalitions.shape[1]))]
 
 
-def ours(method: str, values: np.ndarray, budget: int, seed: int) -> tuple[np.ndarray, int]:
+def ours(method: str, values: np.ndarray, budget: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Our estimate ``(M, T)``, its standard errors and the evaluations."""
     m = int(np.log2(len(values)))
-    design = {"ours_auto": "auto", "ours_chains": "chains", "ours_leverage_plain": "leverage"}[method]
-    with plain_estimates() if method == "ours_leverage_plain" else contextlib.nullcontext():
+    design = {"ours_auto": "auto", "ours_leverage_plain": "leverage"}.get(method, "chains")
+    plain = {"ours_leverage_plain": plain_estimates(), "ours_chains_unadjusted": plain_estimates(surrogate=False)}
+    with plain.get(method, contextlib.nullcontext()):
         result = segshap.kernel_shap(lambda c: _lookup(values, c), m, budget, seed=seed, design=design)
-    return result.values, result.n_evaluations
+    return result.values.reshape(m, -1), result.stderr.reshape(m, -1), result.n_evaluations
+
+
+def coverage(estimate: np.ndarray, stderr: np.ndarray, exact: np.ndarray) -> float:
+    """Share of entries whose error is within 1.645 standard errors (NaN standard errors count as missed)."""
+    with np.errstate(invalid="ignore"):
+        return float(np.mean(np.abs(estimate - exact) <= 1.645 * stderr))
 
 
 def captum_kernel_shap(evaluate, m: int, budget: int, seed: int) -> tuple[np.ndarray, int]:
@@ -123,9 +142,19 @@ def _references(values: np.ndarray, exact: np.ndarray, budgets: list[int], seeds
     return out
 
 
+def _chosen_games(games_per_family: int | None) -> list[dict]:
+    chosen, seen = [], {}
+    for game in load_games():
+        family = game["family"]
+        seen[family] = seen.get(family, 0) + 1
+        if games_per_family is None or seen[family] <= games_per_family:
+            chosen.append(game)
+    return chosen
+
+
 def run(mode: str) -> dict:
     settings = SETTINGS[mode]
-    games = load_games()[: settings["games"]]
+    games = _chosen_games(settings["games_per_family"])
     seeds = list(range(settings["seeds"]))
     multipliers = list(settings["multipliers"])
     results = []
@@ -140,8 +169,9 @@ def run(mode: str) -> dict:
             for budget in budgets:
                 runs = [ours(name, values, budget, seed) for seed in seeds]
                 methods[name][budget] = {
-                    "errors": [relative_error(e, exact) for e, _ in runs],
-                    "evaluations": [int(n) for _, n in runs],
+                    "errors": [relative_error(e, exact) for e, _, _ in runs],
+                    "coverage": [coverage(e, se, exact) for e, se, _ in runs],
+                    "evaluations": [int(n) for _, _, n in runs],
                 }
         methods["captum"] = {}
         for budget in budgets:
@@ -157,7 +187,7 @@ def run(mode: str) -> dict:
         else:
             log("accuracy: .venv-ref is missing; run scripts/reference_env.sh to include shap and shapiq")
         log(
-            f"accuracy/{game['name']}: "
+            f"accuracy/{game['name']} ({game['family']}): "
             + ", ".join(
                 f"{name} {np.mean(methods[name][8 * m]['errors']):.3f}" for name in methods if 8 * m in methods[name]
             )
@@ -165,6 +195,7 @@ def run(mode: str) -> dict:
         results.append(
             {
                 "name": game["name"],
+                "family": game["family"],
                 "features": m,
                 "info": game["info"],
                 "methods": {name: {str(b): entry for b, entry in per.items()} for name, per in methods.items()},
@@ -172,6 +203,7 @@ def run(mode: str) -> dict:
         )
     return {
         "games": results,
+        "families": list(dict.fromkeys(g["family"] for g in results)),
         "multipliers": multipliers,
         "seeds": len(seeds),
         "reference_versions": versions,
@@ -179,60 +211,118 @@ def run(mode: str) -> dict:
     }
 
 
-def mean_errors(result: dict) -> dict[str, list[float]]:
-    """Per method, the relative error at each budget multiple, averaged over seeds and games."""
+def mean_errors(result: dict, family: str | None = None, key: str = "errors") -> dict[str, list[float]]:
+    """Per method, the mean of ``key`` (relative errors, or our coverage) at each budget multiple, over seeds and the
+    games of ``family`` (all games by default)."""
+    games = [g for g in result["games"] if family is None or g["family"] == family]
     out = {}
     for name in result["methods"]:
         rows = []
         for k in result["multipliers"]:
             per_game = [
-                np.mean(g["methods"][name][str(k * g["features"])]["errors"])
-                for g in result["games"]
-                if name in g["methods"]
+                np.mean(g["methods"][name][str(k * g["features"])][key])
+                for g in games
+                if name in g["methods"] and key in g["methods"][name][str(k * g["features"])]
             ]
-            rows.append(float(np.mean(per_game)))
-        out[name] = rows
+            if per_game:
+                rows.append(float(np.mean(per_game)))
+        if len(rows) == len(result["multipliers"]):
+            out[name] = rows
     return out
 
 
+def targets(result: dict) -> list[dict]:
+    """Each family's targets of the accuracy suite at each budget, with the measured ratio and whether it is met."""
+    checks = []
+    multipliers = result["multipliers"]
+    for family in result["families"]:
+        errors = mean_errors(result, family)
+        cover = mean_errors(result, family, "coverage")
+        shapiq = [n for n in SHAPIQ if n in errors]
+        for i, k in enumerate(multipliers):
+            if shapiq:
+                best = min(errors[n][i] for n in shapiq)
+                ratio = errors["ours_auto"][i] / best
+                checks.append(
+                    {
+                        "family": family,
+                        "budget": k,
+                        "target": "auto / best shapiq",
+                        "value": ratio,
+                        "met": ratio <= TARGETS["auto_vs_best_shapiq"],
+                    }
+                )
+            if k == 8 and "shap" in errors:
+                ratio = errors["ours_auto"][i] / errors["shap"][i]
+                checks.append(
+                    {
+                        "family": family,
+                        "budget": k,
+                        "target": "auto / shap",
+                        "value": ratio,
+                        "met": ratio <= TARGETS["auto_vs_shap_at_8m"],
+                    }
+                )
+            if k == 8:
+                ratio = errors["ours_chains"][i] / errors["ours_chains_unadjusted"][i]
+                checks.append(
+                    {
+                        "family": family,
+                        "budget": k,
+                        "target": "chains / unadjusted",
+                        "value": ratio,
+                        "met": ratio <= TARGETS["chains_adjusted_vs_unadjusted_at_8m"],
+                    }
+                )
+            for name in ("ours_auto", "ours_chains"):
+                value = cover[name][i]
+                checks.append(
+                    {
+                        "family": family,
+                        "budget": k,
+                        "target": f"coverage {LABELS[name]}",
+                        "value": value,
+                        "met": COVERAGE[0] <= value <= COVERAGE[1],
+                    }
+                )
+    return checks
+
+
 def markdown(result: dict, plot_path: str | None) -> str:
-    errors = mean_errors(result)
-    names = [n for n in LABELS if n in errors]
-    best_shapiq = [
-        min(errors[n][i] for n in SHAPIQ if n in errors) if any(n in errors for n in SHAPIQ) else None
-        for i in range(len(result["multipliers"]))
-    ]
-    rows = []
-    for i, k in enumerate(result["multipliers"]):
-        row = [f"{k}M"] + [f"{errors[n][i]:.4f}" for n in names]
-        if "shap" in errors:
-            row.append(f"{errors['ours_auto'][i] / errors['shap'][i]:.2f}")
-        if best_shapiq[i] is not None:
-            row.append(f"{errors['ours_auto'][i] / best_shapiq[i]:.2f}")
-        rows.append(row)
-    header = ["budget"] + [LABELS[n] for n in names]
-    header += ["auto / shap"] if "shap" in errors else []
-    header += ["auto / best shapiq"] if any(b is not None for b in best_shapiq) else []
-    games = ", ".join(f"`{g['name']}` (M = {g['features']})" for g in result["games"])
-    per_game_rows = []
-    middle = result["multipliers"][len(result["multipliers"]) // 2]
-    for g in result["games"]:
-        budget = str(middle * g["features"])
-        per_game_rows.append(
-            [g["name"]] + [f"{np.mean(g['methods'][n][budget]['errors']):.4f}" for n in names if n in g["methods"]]
-        )
+    multipliers = result["multipliers"]
     text = [
-        f"Games: {games}; each an exactly enumerated table of a real model's values on the demo MRI "
-        "(`benchmarks/cases/real_games.py`), queried by every estimator. Relative L2 error against the exact values, "
-        f"mean over both targets, {result['seeds']} seeds and the games; budgets in multiples of each game's M "
-        "(coalitions, the empty and full ones included).",
-        "",
-        table(header, rows),
-        "",
-        f"Per game at {middle}M:",
-        "",
-        table(["game"] + [LABELS[n] for n in names], per_game_rows),
+        "Exactly enumerated tables of real models' values (`benchmarks/cases/real_games.py`), queried by every "
+        "estimator; relative L2 error against the exact values, mean over both targets, "
+        f"{result['seeds']} seeds and the family's games; budgets in multiples of each game's M (coalitions, the "
+        "empty and full ones included). Coverage: share of values within 1.645 of our standard errors (nominal 90 %).",
     ]
+    for family in result["families"]:
+        errors = mean_errors(result, family)
+        cover = mean_errors(result, family, "coverage")
+        names = [n for n in LABELS if n in errors]
+        games = ", ".join(f"`{g['name']}` (M = {g['features']})" for g in result["games"] if g["family"] == family)
+        rows = []
+        for i, k in enumerate(multipliers):
+            row = [f"{k}M"] + [f"{errors[n][i]:.4f}" for n in names]
+            row += [f"{cover['ours_auto'][i]:.2f}", f"{cover['ours_chains'][i]:.2f}"]
+            rows.append(row)
+        header = ["budget"] + [LABELS[n] for n in names] + ["coverage auto", "coverage chains"]
+        text += ["", f"**{family}**: {games}.", "", table(header, rows)]
+    checks = targets(result)
+    if checks:
+        rows = [
+            [c["family"], f"{c['budget']}M", c["target"], f"{c['value']:.2f}", "met" if c["met"] else "**missed**"]
+            for c in checks
+        ]
+        missed = sum(not c["met"] for c in checks)
+        text += [
+            "",
+            f"Targets (auto at or below the best shapiq method at every budget, at most 0.5x shap at 8M, adjusted "
+            f"chains at most 0.7x unadjusted at 8M, coverage {COVERAGE[0]:.2f}-{COVERAGE[1]:.2f}): "
+            f"{len(checks) - missed} of {len(checks)} met.",
+            "",
+            table(["family", "budget", "target", "measured", ""], rows),
+        ]
     if result.get("reference_versions"):
         text += [
             "",
@@ -244,31 +334,34 @@ def markdown(result: dict, plot_path: str | None) -> str:
             "shap and shapiq were not run: their environment (`.venv-ref`, `scripts/reference_env.sh`) is missing.",
         ]
     if plot_path:
-        text += ["", f"![Error against coalitions]({plot_path})"]
+        text += ["", f"![Error against coalitions, per family]({plot_path})"]
     return "\n".join(text)
 
 
 def plot(result: dict, path) -> None:
     plt = pyplot()
 
-    errors = mean_errors(result)
     styles = {
         "ours_auto": "o-",
         "ours_chains": "o--",
-        "ours_leverage_plain": "o:",
+        "ours_chains_unadjusted": "o:",
         "shap": "s--",
         "regression_msr": "D-",
-        "leverage_shap": "D:",
-        "permutation": "D--",
-        "captum": "^:",
+        "regression_msr_linear": "D--",
+        "proxy_shap": "v-",
+        "odd_shap": "v--",
+        "permutation": "D:",
     }
-    figure, axes = plt.subplots(figsize=(6, 4.2))
-    for name, style in styles.items():
-        if name in errors:
-            axes.loglog(result["multipliers"], errors[name], style, label=LABELS[name])
-    axes.set_xlabel("coalitions evaluated / M")
-    axes.set_ylabel("relative L2 error vs exact")
-    axes.set_title(f"Shapley estimators on {len(result['games'])} real-model games")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7)
+    families = result["families"]
+    figure, axes = plt.subplots(1, len(families), figsize=(3.6 * len(families), 3.8), squeeze=False)
+    for axis, family in zip(axes[0], families):
+        errors = mean_errors(result, family)
+        for name, style in styles.items():
+            if name in errors:
+                axis.loglog(result["multipliers"], errors[name], style, label=LABELS[name])
+        axis.set_xlabel("coalitions evaluated / M")
+        axis.set_title(family)
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("relative L2 error vs exact")
+    axes[0][-1].legend(fontsize=6)
     save_figure(figure, path)
