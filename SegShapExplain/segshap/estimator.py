@@ -28,6 +28,13 @@ least-squares problem (Lundberg & Lee, 2017) under the efficiency constraint ``s
   smaller summed variance, with that estimate's standard errors (``ShapleyResult.adjusted`` says whether any
   target took it). The jackknife overstates variance on average, so the choice leans to the plain estimate. It
   is tried while (coalitions) x M stays below about 4e5, where fitting stays within seconds.
+* Leverage SHAP also tries **regression-adjusted Monte Carlo** (:mod:`segshap.msr`): a second-order surrogate's
+  exact Shapley values per coalition size, plus the cross-fitted, unbiased MSR estimate of its residual from the
+  sampled pairs; a target keeps it where its variance is the smallest of the three (plain, trees, MSR). It wins
+  where thresholds or high-order interactions leave the kernel regression a large residual (hard Dice, false
+  positives: BENCHMARKS.md, accuracy by family).
+* Standard errors are scaled for the degrees of freedom they rest on (:func:`segshap.evaluation.t_scaled`), so
+  that ``+-1.645`` of them aims at 90 % coverage also with few chains.
 * ``design="auto"`` takes the chains when at least one fits the budget and the ``forward_cost`` function says that a
   chain's coalitions are cheap enough to make up for their error per coalition. At equal coalitions that error,
   measured against Leverage SHAP's (both adjusted), depends on the budget in multiples of ``M`` and on ``M`` (see

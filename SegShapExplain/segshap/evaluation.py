@@ -58,8 +58,8 @@ class ShapleyResult:
     forwards : float or None
         The model forwards the evaluations ran, by the ``forward_cost`` function given, else ``None``.
     adjusted : bool
-        Whether the estimate was regression-adjusted by boosted trees (:mod:`segshap.adjustment`) for at least one
-        target.
+        Whether the estimate was regression-adjusted, by boosted trees (:mod:`segshap.adjustment`) or, for Leverage
+        SHAP, by the MSR estimate of a surrogate's residual (:mod:`segshap.msr`), for at least one target.
     updates : tuple of dict
         With live updates, what each one was (:meth:`segshap.anytime.Update.record`), the final one last.
     regions : int or None
