@@ -156,7 +156,7 @@ def chain_estimate(
     walks = _Walks(design, units, loops, loop_values, ends, known)
     values, stderr = _combine(*walks.unit_estimates(list(zip(halves, surrogates))))
     if adjust and n_units >= _ADJUST_UNITS and (sum(len(c) for c in loops) + len(known[0])) * m <= ADJUST_CELLS:
-        values, stderr, taken = _tree_adjusted(walks, values, stderr, seed)
+        values, stderr, taken, _ = _tree_adjusted(walks, values, stderr, seed)
     return values + ((full - empty) - values.sum(axis=0)) / m, stderr, taken
 
 

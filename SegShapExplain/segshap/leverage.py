@@ -187,14 +187,14 @@ def _solve(
     phi, stderr = regression.fit(values, ends, errors=True)
     taken = np.zeros(ends.shape[1], bool)
     if adjust and regression.adjustable:
-        phi, stderr, taken = _tree_adjusted(regression, values, ends, phi, stderr, seed)
-        phi, stderr, taken = _msr_adjusted(regression, values, ends, (phi, stderr, taken), interactions, seed)
+        phi, stderr, taken, variance = _tree_adjusted(regression, values, ends, phi, stderr, seed)
+        phi, stderr, taken = _msr_adjusted(regression, values, ends, (phi, stderr, taken), variance, interactions, seed)
     return phi, stderr, taken
 
 
-def _msr_adjusted(regression: _KernelRegression, values, ends, current, interactions, seed: int):
+def _msr_adjusted(regression: _KernelRegression, values, ends, current, variance, interactions, seed: int):
     """The cross-fitted regression-adjusted MSR estimate (:func:`segshap.msr.msr_adjusted`) where its summed
-    variance is below that of ``current`` ``(values, stderr, taken)``."""
+    variance is below ``variance``, that of ``current`` ``(values, stderr, taken)``."""
     phi, stderr, taken = current
     firsts, first_values, second_values = [], [], []
     start = 0
@@ -209,7 +209,7 @@ def _msr_adjusted(regression: _KernelRegression, values, ends, current, interact
     adjusted = msr_adjusted(pairs, first_values, second_values, ends, terms, seed)
     if adjusted is None:
         return current
-    better = (adjusted[1] ** 2).sum(axis=0) < np.where(np.isfinite(stderr), stderr**2, np.inf).sum(axis=0)
+    better = (adjusted[1] ** 2).sum(axis=0) < variance
     return np.where(better, adjusted[0], phi), np.where(better, adjusted[1], stderr), taken | better
 
 
