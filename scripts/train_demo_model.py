@@ -361,7 +361,7 @@ class PatchSampler:
         # Re-derive the coordinates exactly as grid_sample will see them.
         self._check_footprint((grid.flip(-1) + 1.0) / 2.0 * torch.from_numpy(self.shape - 1).float())
         patches = F.grid_sample(self.volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        patches = patches.reshape(4, batch_size, 1, *PATCH_SIZE)
+        patches = patches.reshape(self.volume.shape[1], batch_size, 1, *PATCH_SIZE)  # the image, then each class
         labels = patches[1:].argmax(dim=0)
         return self._augment_intensity(patches[0]), labels
 

@@ -44,7 +44,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see scripts/train_demo_mo
 import monai  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from monai.networks.nets import SegResNet  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -96,24 +95,6 @@ def template_1p5mm() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return raw.astype(np.float32), tissue, affine
 
 
-class Sampler(demo.PatchSampler):
-    """The demo's sampler for any number of class maps (the demo's :meth:`sample` assumes three)."""
-
-    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        size = demo.PATCH_SIZE
-        positions = []
-        for _ in range(batch_size):
-            matrix, centre = self._draw_geometry()
-            positions.append(centre + self.offsets @ matrix.T)
-        voxel = torch.from_numpy(np.stack(positions)).float()
-        norm = 2.0 * voxel / torch.from_numpy(self.shape - 1).float() - 1.0
-        grid = norm.flip(-1).reshape(1, batch_size * size[0], *size[1:], 3)
-        self._check_footprint((grid.flip(-1) + 1.0) / 2.0 * torch.from_numpy(self.shape - 1).float())
-        patches = F.grid_sample(self.volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        patches = patches.reshape(self.volume.shape[1], batch_size, 1, *size)
-        return self._augment_intensity(patches[0]), patches[1:].argmax(dim=0)
-
-
 def build_model() -> SegResNet:
     return SegResNet(spatial_dims=3, in_channels=1, out_channels=len(CLASS_NAMES), **SEGRESNET)
 
@@ -146,7 +127,7 @@ def main() -> None:
     model = build_model()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"SegResNet {SEGRESNET}: {n_params} parameters", flush=True)
-    sampler = Sampler(raw, tissue, HELD_OUT_SLICES, rng, generator)
+    sampler = demo.PatchSampler(raw, tissue, HELD_OUT_SLICES, rng, generator)
     seconds = demo.train(model, sampler, args.steps, args.batch_size, args.lr)
 
     path = args.out / f"{NAME}.pt"
