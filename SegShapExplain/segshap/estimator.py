@@ -290,7 +290,7 @@ def _surrogate_pairs(interactions, n_players: int) -> np.ndarray:
         return _as_pairs(interactions() if callable(interactions) else interactions, n_players)
     if n_players > _ALL_PAIRS_UP_TO:
         return np.zeros((0, 2), dtype=np.int64)
-    return np.array(list(itertools.combinations(range(n_players), 2)), dtype=np.int64).reshape(-1, 2)
+    return _every_pair(n_players)
 
 
 def _interaction_pairs(interactions, n_players: int, budget: int) -> np.ndarray:
@@ -328,6 +328,10 @@ def default_interactions(n_players: int, budget: int) -> np.ndarray:
     budget, else none (give the pairs that matter, such as adjacent supervoxels, through ``interactions``)."""
     if n_players * (n_players - 1) // 2 > budget // 4:
         return np.zeros((0, 2), dtype=np.int64)
+    return _every_pair(n_players)
+
+
+def _every_pair(n_players: int) -> np.ndarray:
     return np.array(list(itertools.combinations(range(n_players), 2)), dtype=np.int64).reshape(-1, 2)
 
 
