@@ -1,4 +1,6 @@
-"""The segshap command line, run as users run it: a real process, real files, real signals."""
+"""The segshap command line, run as users run it: a real process, real files, real signals. Refusals of bad input,
+which happen before any work, run the same entry point in this process (a new process only adds its start-up,
+about 2 s each); one of each kind still runs as a process."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import nrrd
 import numpy as np
 import pytest
 
+from segshap import cli
 from segshap.io import read_image, write_image, write_segmentation
 
 ROI = "40:52,50:62,40:52"
@@ -23,6 +26,18 @@ def segshap(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "segshap.cli", *args], capture_output=True, text=True, timeout=600, **kwargs
     )
+
+
+def segshap_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The command's entry point run in this process (``segshap.cli.main``, which puts back the signal handlers and
+    stdout it takes); its exit code and what it wrote, as :func:`segshap` gives them."""
+    capsys.readouterr()
+    try:
+        code = cli.main(list(args))
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["segshap", *args], code, out, err)
 
 
 @pytest.fixture
@@ -84,7 +99,7 @@ def test_explain_writes_the_outputs_and_says_where(job, tmp_path):
     ],
 )
 @pytest.mark.slow
-def test_bad_input_gives_one_line_and_exit_code_2(job, tmp_path, change, fragment):
+def test_bad_input_gives_one_line_and_exit_code_2(job, tmp_path, capsys, change, fragment):
     (tmp_path / "broken.nii.gz").write_text("this is not an image")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
@@ -92,7 +107,9 @@ def test_bad_input_gives_one_line_and_exit_code_2(job, tmp_path, change, fragmen
     change(args, tmp_path)
     if "--target" not in args:
         args += ["--target", "1"]
-    done = segshap("explain", *args, "--device", "cpu", "--quiet")
+    # The first refusal as a process, the others in this one.
+    run = segshap if fragment == "No such image file" else lambda *a: segshap_here(capsys, *a)
+    done = run("explain", *args, "--device", "cpu", "--quiet")
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("segshap: error: ") and fragment in lines[0], done.stderr
@@ -228,8 +245,9 @@ def test_worker_takes_nrrd_and_a_named_slicer_segment_as_the_slicer_module_sends
         ({"roi": "1:2:x"}, "\"roi\" '1:2:x' is not a box"),
     ],
 )
-def test_worker_errors_are_one_event_and_exit_code_2(job, tmp_path, extra, fragment):
-    done = segshap("worker", "--request", str(_request(tmp_path, job, **extra)))
+def test_worker_errors_are_one_event_and_exit_code_2(job, tmp_path, capsys, extra, fragment):
+    run = segshap if extra == {"target": "nerve"} else lambda *a: segshap_here(capsys, *a)
+    done = run("worker", "--request", str(_request(tmp_path, job, **extra)))
     assert done.returncode == 2
     events = [json.loads(line) for line in done.stdout.splitlines()]
     assert events[-1]["event"] == "error" and fragment in events[-1]["message"]

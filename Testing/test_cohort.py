@@ -50,7 +50,9 @@ def manifest(tmp_path_factory) -> Path:
     return path
 
 
-def test_a_cohort_is_explained_aggregated_and_resumed(manifest, tmp_path):
+def test_a_cohort_is_explained_aggregated_and_resumed(manifest, tmp_path, monkeypatch):
+    # A cluster that is gone, as `ray start` can leave behind: without an address the run starts its own instance.
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{_free_port()}")
     out = tmp_path / "cohort"
     seen = []
     result = segshap.explain_cohort(
@@ -145,41 +147,18 @@ def test_the_command_line_reports_every_bad_manifest_row_before_anything_runs(tm
     assert not (tmp_path / "out").exists()
 
 
-def test_aggregate_only_rebuilds_the_tables_and_label_maps_make_the_organs_named_as_in_their_file(
-    manifest, tmp_path, monkeypatch
-):
-    # A cluster that is gone, as `ray start` can leave behind: without an address the run starts its own instance.
-    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{_free_port()}")
-    out = tmp_path / "cohort"
-    image, affine = read_image(DEMO.image)
-    write_image(tmp_path / "one_organ.nii.gz", (image > 0).astype(np.uint8), affine)  # named by the model's classes
-    halves = (image > 0) * np.where(np.arange(image.shape[0])[:, None, None] < 46, 1, 2)
-    write_segmentation(tmp_path / "halves.seg.nrrd", halves, affine, {1: "right_half", 2: "left_half"})
-    result = explain_cohort(
-        manifest,
-        DEMO.model,
-        targets="white_matter",
-        out=out,
-        labelmaps={"noisy": tmp_path / "one_organ.nii.gz", "demo": tmp_path / "halves.seg.nrrd"},
-        **OPTIONS,
-    )
-    organs = result.table.groupby("case_id")["organ"].agg(set)
-    assert organs["noisy"] == {"gray_matter"} and organs["demo"] == {"right_half", "left_half"}
-    (out / "cohort.csv").unlink()
-    done = _segshap("cohort", "--aggregate-only", "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    assert "2 case(s) explained, 1 failed: lost: ValueError: The reference" in done.stdout
-    assert (out / "cohort.csv").read_text() == result.table.to_csv(index=False)
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def test_a_cohort_joins_a_running_cluster_and_leaves_it_running(manifest, tmp_path):
+def test_a_cohort_joins_a_running_cluster_and_label_maps_name_its_organs_as_their_files_do(manifest, tmp_path):
     port, log = _free_port(), tmp_path / "head.log"
+    image, affine = read_image(DEMO.image)
+    write_image(tmp_path / "one_organ.nii.gz", (image > 0).astype(np.uint8), affine)  # named by the model's classes
+    halves = (image > 0) * np.where(np.arange(image.shape[0])[:, None, None] < 46, 1, 2)
+    write_segmentation(tmp_path / "halves.seg.nrrd", halves, affine, {1: "right_half", 2: "left_half"})
     # Its own temporary folder (short: Ray's socket paths must fit 107 bytes), so that the address file Ray leaves
     # behind is nobody else's business.
     ray_temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
@@ -197,7 +176,13 @@ def test_a_cohort_joins_a_running_cluster_and_leaves_it_running(manifest, tmp_pa
             assert head.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
         result = explain_cohort(
-            manifest, DEMO.model, targets="white_matter", out=tmp_path / "out", address=f"127.0.0.1:{port}", **OPTIONS
+            manifest,
+            DEMO.model,
+            targets="white_matter",
+            out=tmp_path / "out",
+            address=f"127.0.0.1:{port}",
+            labelmaps={"noisy": tmp_path / "one_organ.nii.gz", "demo": tmp_path / "halves.seg.nrrd"},
+            **OPTIONS,
         )
         assert list(result.failed) == ["lost"] and set(result.table["case_id"]) == {"demo", "noisy"}
         assert head.poll() is None  # the cluster runs on after the cohort
@@ -207,6 +192,15 @@ def test_a_cohort_joins_a_running_cluster_and_leaves_it_running(manifest, tmp_pa
         head.send_signal(signal.SIGTERM)
         head.wait(timeout=60)
         shutil.rmtree(ray_temp, ignore_errors=True)
+    organs = result.table.groupby("case_id")["organ"].agg(set)
+    assert organs["noisy"] == {"gray_matter"} and organs["demo"] == {"right_half", "left_half"}
+    # --aggregate-only rebuilds the tables from the cases' folders, without Ray.
+    out = tmp_path / "out"
+    (out / "cohort.csv").unlink()
+    done = _segshap("cohort", "--aggregate-only", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "2 case(s) explained, 1 failed: lost: ValueError: The reference" in done.stdout
+    assert (out / "cohort.csv").read_text() == result.table.to_csv(index=False)
 
 
 def _case_workers() -> list[int]:
@@ -265,13 +259,10 @@ def quick_and_slow(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    "signum, loaded", [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["SIGTERM", "SIGINT-twice-loaded"]
-)
-def test_an_interrupted_cohort_keeps_complete_cases_and_no_partial_one(quick_and_slow, tmp_path, signum, loaded):
-    """Stopped while a case is half-written: the complete case stays, nothing else; also when two busy processes
-    slow the shutdown down (where a worker killed after the run's wait once left its half-written case behind)
-    and a second Ctrl-C comes during it."""
+def test_an_interrupted_cohort_keeps_complete_cases_and_no_partial_one(quick_and_slow, tmp_path):
+    """Stopped by SIGTERM while a case is half-written: the complete case stays, nothing else; also when two busy
+    processes slow the shutdown down (where a worker killed after the run's wait once left its half-written case
+    behind) and a Ctrl-C comes during it (both signals share one handler; the first decides the exit status)."""
     out = tmp_path / "cohort"
     busy = []
     try:
@@ -284,14 +275,12 @@ def test_an_interrupted_cohort_keeps_complete_cases_and_no_partial_one(quick_and
             if line.startswith("segshap: Cohort:") and line.rstrip().endswith("done"):
                 break
         assert line.startswith("segshap: Cohort: quick done"), line
-        if loaded:
-            busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(2)]
-            time.sleep(1.0)
+        busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(2)]
+        time.sleep(1.0)
         sent = time.monotonic()
-        process.send_signal(signum)
-        if loaded:
-            time.sleep(0.3)
-            process.send_signal(signum)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
         process.wait(timeout=120)
     finally:
         for other in busy:
@@ -299,7 +288,7 @@ def test_an_interrupted_cohort_keeps_complete_cases_and_no_partial_one(quick_and
             other.wait()
     assert time.monotonic() - sent < 30.0  # seconds, not the minute the slow case would take
     rest = process.stderr.read()
-    assert process.returncode == 128 + signum, rest
+    assert process.returncode == 128 + signal.SIGTERM, rest
     assert "the complete cases are kept in" in rest and "internal error" not in rest
     assert [p.name for p in (out / "cases").iterdir()] == ["quick"] and (out / "cases/quick/explanation.json").is_file()
     assert sorted(p.name for p in out.iterdir()) == ["cases"]  # no staging folder, no tables of a partial run
