@@ -82,6 +82,39 @@ def test_a_single_target_gives_flat_values_and_the_budget_is_kept(tmp_path):
     np.testing.assert_allclose(answer["estimates"]["leverage_shap"]["20"][0], phi, atol=1e-9)
 
 
+@pytest.mark.slow
+def test_a_game_that_lives_in_this_process_gets_the_estimates_its_table_gets(tmp_path, monkeypatch):
+    """Games too large to tabulate stay in the benchmark's process and answer the references' questions
+    (``references/remote.py``): shapiq and shap must then estimate exactly what they estimate from the table."""
+    sys.path.insert(0, str(SCRIPT.parents[1]))
+    import common
+
+    monkeypatch.setattr(common, "REFERENCE_PYTHON", reference_python())
+    table = np.stack([closed_form_game(4)[0], np.sin(closed_form_game(5)[0])], 1)
+    bits = 1 << np.arange(M)
+    asked = []
+
+    def evaluate(rows: np.ndarray) -> np.ndarray:
+        asked.append(rows.astype(np.int64) @ bits)
+        return table[asked[-1]]
+
+    payload = {"budgets": [30], "seeds": [0, 1], "methods": ["leverage_shap", "regression_msr_linear", "permutation"]}
+    tabulated = common.run_reference("shapiq_reference.py", payload, {"table": table})
+    remote = common.run_reference("shapiq_reference.py", {**payload, "players": M}, {}, evaluate)
+    for method in payload["methods"]:
+        np.testing.assert_allclose(remote["estimates"][method]["30"], tabulated["estimates"][method]["30"], atol=1e-12)
+        assert remote["evaluations"][method] == tabulated["evaluations"][method]
+    every = np.concatenate(asked)
+    assert len(every) == len(np.unique(every))  # each coalition asked for once, for both targets
+
+    payload = {"budgets": [30], "seeds": [0]}
+    per_target = [common.run_reference("shap_kernel.py", payload, {"table": table[:, k]}) for k in range(2)]
+    remote = common.run_reference("shap_kernel.py", {**payload, "players": M}, {}, evaluate)
+    expected = np.stack([np.array(answer["estimates"]["30"][0]) for answer in per_target], 1)
+    np.testing.assert_allclose(np.array(remote["estimates"]["30"][0]).reshape(M, 2), expected, atol=1e-9)
+    assert remote["evaluations"] == per_target[0]["evaluations"]
+
+
 def test_shapiq_never_enters_this_environment():
     # Like shap (see test_estimator.py), shapiq lives in .venv-ref only: it needs Python >= 3.12 and brings its own
     # scientific stack; the engine never imports it.

@@ -77,21 +77,47 @@ def reference_available() -> bool:
     return REFERENCE_PYTHON.exists()
 
 
-def run_reference(script: str, payload: dict, arrays: dict[str, np.ndarray]) -> dict:
+def run_reference(script: str, payload: dict, arrays: dict[str, np.ndarray], evaluate=None) -> dict:
     """Run ``benchmarks/references/<script>`` in the shap environment (``.venv-ref``) on a JSON payload and NumPy
     arrays; returns its JSON answer. shap never enters this process (its ``slicer`` package would shadow
-    slicer-core's)."""
+    slicer-core's). Without ``evaluate`` the script reads its game from the arrays (a table of every coalition's
+    value) and prints its answer; with it (``(n, M)`` bool coalitions to ``(n,)`` or ``(n, T)`` values) the game
+    lives here and the script asks for values line by line (``references/remote.py``)."""
     with tempfile.TemporaryDirectory(prefix="segshap-bench-") as folder:
         np.savez(Path(folder) / "arrays.npz", **arrays)
         (Path(folder) / "payload.json").write_text(json.dumps(payload))
-        done = subprocess.run(
-            [str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / "references" / script), folder],
-            capture_output=True,
-            text=True,
-        )
+        command = [str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / "references" / script), folder]
+        if evaluate is not None:
+            answer, _, _ = answer_coalitions(command, evaluate)
+            return answer
+        done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{script} failed in {REFERENCE_PYTHON}:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout)
+
+
+def answer_coalitions(command: list[str], evaluate) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Run ``command`` (a reference script speaking ``references/remote.py``'s protocol), answering each batch of
+    coalitions it asks for with ``evaluate``; returns its answer, the coalitions it asked for and their values."""
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    asked, answered, answer = [], [], None
+    for line in process.stdout:
+        message = json.loads(line)
+        if message.pop("done", False):
+            answer = message
+            break
+        coalitions = np.array(message["rows"], bool)
+        values = np.asarray(evaluate(coalitions))
+        asked.append(coalitions)
+        answered.append(values)
+        process.stdin.write(json.dumps({"values": values.tolist()}) + "\n")
+        process.stdin.flush()
+    process.wait()
+    if process.returncode != 0 or answer is None:
+        raise RuntimeError(f"{Path(command[1]).name} failed in {command[0]}; run it by hand to see why")
+    if not asked:
+        return answer, np.zeros((0, 0), bool), np.zeros(0)
+    return answer, np.concatenate(asked), np.concatenate(answered)
 
 
 def shap_kernel_explainer(
@@ -117,30 +143,11 @@ def shap_partition_explainer(
 
 def _shap_bridge(arguments: list, m: int, evaluate) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Run ``shap_bridge.py`` with ``arguments``, answering each batch of coalitions it asks for with ``evaluate``."""
-    process = subprocess.Popen(
-        [str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / "references" / "shap_bridge.py"), *map(str, arguments)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     started = time.perf_counter()
-    asked, answered, estimate = [], [], None
-    for line in process.stdout:
-        message = json.loads(line)
-        if message.get("done"):
-            estimate = np.array(message["shap_values"]).reshape(m, -1)
-            break
-        coalitions = np.array(message["rows"], bool)
-        values = np.asarray(evaluate(coalitions))
-        asked.append(coalitions)
-        answered.append(values)
-        process.stdin.write(json.dumps({"values": values.tolist()}) + "\n")
-        process.stdin.flush()
+    command = [str(REFERENCE_PYTHON), str(ROOT / "benchmarks" / "references" / "shap_bridge.py"), *map(str, arguments)]
+    answer, asked, answered = answer_coalitions(command, evaluate)
     seconds = time.perf_counter() - started
-    process.wait()
-    if process.returncode != 0 or estimate is None:
-        raise RuntimeError("the shap bridge failed; run it by hand to see why")
-    return estimate, np.concatenate(asked), np.concatenate(answered), seconds
+    return np.array(answer["shap_values"]).reshape(m, -1), asked, answered, seconds
 
 
 def write_section(markdown: Path, name: str, text: str) -> None:

@@ -319,30 +319,14 @@ def _box_mask(box, shape) -> np.ndarray:
     return mask
 
 
-def _find_game(model, image, affine, spec: dict, reference: np.ndarray | None):
-    """The game whose feature count, searched from ``spec['n_features']`` down then up, gives M in range."""
-    import segshap
-
-    low, high = M_RANGE
-    start = spec["n_features"]
+def find_game(make, start: int, m_range: tuple[int, int], name: str):
+    """The game ``make(n)`` whose feature count ``n``, searched from ``start`` down then up, gives M in
+    ``m_range``; returns it, that ``n`` and every M tried."""
+    low, high = m_range
     tried = {}
     for candidates in (range(start, 1, -1), range(start + 1, 4 * start)):
         for n in candidates:
-            game = segshap.explanation_game(
-                model,
-                image,
-                target=list(TARGETS),
-                reference=reference,
-                **({"foreground": _box_mask(spec["feature_box"], image.shape)} if "feature_box" in spec else {}),
-                roi=spec["roi"],
-                features=spec.get("features", "slic"),
-                n_features=n,
-                value=spec["value"],
-                baseline="mean",
-                device="cpu",
-                affine=affine,
-                **spec.get("engine", {}),
-            )
+            game = make(n)
             tried[n] = game.n_players
             if low <= game.n_players <= high:
                 return game, n, tried
@@ -350,8 +334,26 @@ def _find_game(model, image, affine, spec: dict, reference: np.ndarray | None):
                 break  # below the range going down: fewer features will not help; search upward
             if n > start and game.n_players > high:
                 break  # above the range going up
-    raise RuntimeError(
-        f"{spec['name']}: no {spec.get('features', 'slic')} feature count gives M in {M_RANGE} (tried {tried})."
+    raise RuntimeError(f"{name}: no feature count gives M in {m_range} (tried {tried}).")
+
+
+def _explanation_game(spec: dict, n_features: int, model, image, affine, reference):
+    import segshap
+
+    return segshap.explanation_game(
+        model,
+        image,
+        target=list(TARGETS),
+        reference=reference,
+        **({"foreground": _box_mask(spec["feature_box"], image.shape)} if "feature_box" in spec else {}),
+        roi=spec["roi"],
+        features=spec.get("features", "slic"),
+        n_features=n_features,
+        value=spec["value"],
+        baseline="mean",
+        device="cpu",
+        affine=affine,
+        **spec.get("engine", {}),
     )
 
 
@@ -360,7 +362,9 @@ def build(spec: dict, model, image, affine) -> dict:
     from segshap.estimator import shapley_from_enumeration
 
     reference = _reference(spec, model, image, affine)
-    game, asked, tried = _find_game(model, image, affine, spec, reference)
+    game, asked, tried = find_game(
+        lambda n: _explanation_game(spec, n, model, image, affine, reference), spec["n_features"], M_RANGE, spec["name"]
+    )
     engine = game.engine
     m = game.n_players
     in_roi = [int((mask & game.roi).sum()) for mask in game.masks]
@@ -448,7 +452,7 @@ def check(game: dict) -> dict:
     }
 
 
-def _machine() -> dict:
+def machine() -> dict:
     import platform
 
     import torch
@@ -536,7 +540,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     image, affine = read_image(DEMO_IMAGE)
     models = {}
-    machine = _machine()
+    machine_record = machine()
     failed = []
     for spec in chosen:
         if spec["model"] not in models:
@@ -551,7 +555,7 @@ def main(argv: list[str] | None = None) -> None:
             _log(f"{spec['name']}: FAILED, not written: {error}")
             failed.append(spec["name"])
             continue
-        game["info"]["machine"] = machine
+        game["info"]["machine"] = machine_record
         game["info"]["check"] = numbers
         path = write(game)
         write_index()

@@ -6,25 +6,23 @@ torch, so each batch of coalitions shap wants evaluated is written to stdout as 
 ``{"rows": [[0, 1, ...], ...]}`` and the values are read back from stdin as ``{"values": [...]}``. Arguments: the
 number of features, ``nsamples`` (``max_evals`` for the partition explainer), the seed, and for the partition
 explainer the path of a ``.npy`` SciPy linkage matrix over the features (the hierarchy of its Owen values). The last
-line written is ``{"done": true, "shap_values": [...], "seconds": ...}``.
+line written is ``{"done": true, "shap_values": [...], "seconds": ...}`` (the protocol of ``remote.py``).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
 
 import numpy as np
 import shap
+from remote import ask, finish
 
 
 def main(m: int, nsamples: int, seed: int, linkage: str | None = None) -> None:
     def game(x: np.ndarray) -> np.ndarray:
-        sys.stdout.write(json.dumps({"rows": (x > 0.5).astype(int).tolist()}) + "\n")
-        sys.stdout.flush()
-        return np.asarray(json.loads(sys.stdin.readline())["values"], dtype=np.float64)
+        return ask(x > 0.5)
 
     # With nsamples below the number of features shap warns that the regression is underdetermined; expected here,
     # where only the time per coalition is measured.
@@ -41,16 +39,7 @@ def main(m: int, nsamples: int, seed: int, linkage: str | None = None) -> None:
         # (shap.maskers.Partition takes an array in place of a distance metric's name).
         masker = shap.maskers.Partition(background, clustering=np.load(linkage))
         values = shap.PartitionExplainer(game, masker)(point, max_evals=nsamples, silent=True).values
-    sys.stdout.write(
-        json.dumps(
-            {
-                "done": True,
-                "shap_values": np.asarray(values).reshape(-1).tolist(),
-                "seconds": time.perf_counter() - started,
-            }
-        )
-        + "\n"
-    )
+    finish({"shap_values": np.asarray(values).reshape(-1).tolist(), "seconds": time.perf_counter() - started})
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Runs in the shap environment (``.venv-ref``), started by ``benchmarks/common.run_reference``: argument 1 is a
 folder with ``payload.json`` (``budgets``, ``seeds``) and ``arrays.npz`` (``table``: the value of every coalition,
 indexed by the coalition's bits, feature i = bit i). Prints ``{"estimates": {budget: [values per seed]},
-"evaluations": {budget: [coalitions the explainer evaluated, per seed]}}``.
+"evaluations": {budget: [coalitions the explainer evaluated, per seed]}}``. Without a table the game lives in the
+process that started this one: ``payload.json`` gives ``players`` (M), the values (of every target: then each
+estimate is ``(M, T)``, flattened) are asked for with ``remote.py``'s protocol and the answer is its last line.
 """
 
 from __future__ import annotations
@@ -14,18 +16,29 @@ from pathlib import Path
 
 import numpy as np
 import shap
+from remote import RemoteValues, finish
 
 
 def main(folder: str) -> None:
     payload = json.loads((Path(folder) / "payload.json").read_text())
-    table = np.load(Path(folder) / "arrays.npz")["table"]
-    m = int(np.log2(len(table)))
-    weights = 1 << np.arange(m)
+    arrays = np.load(Path(folder) / "arrays.npz")
+    remote = "table" not in arrays
+    if remote:
+        m = int(payload["players"])
+        lookup = RemoteValues(m)
+    else:
+        table = arrays["table"]
+        m = int(np.log2(len(table)))
+        weights = 1 << np.arange(m)
+
+        def lookup(coalitions: np.ndarray) -> np.ndarray:
+            return table[coalitions.astype(np.int64) @ weights]
+
     evaluated = [0]
 
     def game(x: np.ndarray) -> np.ndarray:
         evaluated[0] += len(x)
-        return table[(x > 0.5).astype(np.int64) @ weights]
+        return lookup(x > 0.5)
 
     # With an all-zeros background and an all-ones input, shap's masked inputs are the coalitions themselves.
     explainer = shap.KernelExplainer(game, np.zeros((1, m)))
@@ -38,7 +51,11 @@ def main(folder: str) -> None:
             values = explainer.shap_values(np.ones((1, m)), nsamples=int(budget), l1_reg=False, silent=True)
             estimates[budget].append(np.asarray(values).reshape(-1).tolist())
             evaluations[budget].append(evaluated[0])
-    json.dump({"estimates": estimates, "evaluations": evaluations}, sys.stdout)
+    answer = {"estimates": estimates, "evaluations": evaluations}
+    if remote:
+        finish(answer)
+    else:
+        json.dump(answer, sys.stdout)
 
 
 if __name__ == "__main__":

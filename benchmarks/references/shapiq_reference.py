@@ -6,7 +6,9 @@ Runs in the reference environment (``.venv-ref``, Python >= 3.12, see ``scripts/
 
 - ``arrays.npz``: ``table``, shape ``(2**M,)`` or ``(2**M, T)``: row ``k`` is the value of the coalition that holds
   feature ``i`` iff bit ``i`` of ``k`` is set (the raw value: nothing is subtracted, the empty coalition's
-  included).
+  included). Without a table the game lives in the process that started this one (games too large to tabulate):
+  ``payload.json`` then gives ``players`` (M, at most 62), values are asked for with ``remote.py``'s protocol, each
+  coalition once for all targets, and the answer is that protocol's last line.
 - ``payload.json``: ``budgets`` (ints), ``seeds`` (ints), optionally ``methods`` (default: the first three):
 
   - ``regression_msr``: ``shapiq.RegressionMSR`` (regression-adjusted Monte Carlo, Witter, Liu and Musco 2025)
@@ -22,8 +24,8 @@ Runs in the reference environment (``.venv-ref``, Python >= 3.12, see ``scripts/
 
 Each (method, budget, seed) runs one approximator with ``random_state=seed`` per target (shapiq games are
 scalar-valued) on a ``shapiq.Game`` with ``normalize=False`` whose value function looks coalitions up in the
-table. The Shapley values are read as the first-order entries ``(i,)`` of the returned ``InteractionValues``
-(its ``()`` entry is the baseline ``v(empty)``, not a Shapley value).
+table (or asks for them). The Shapley values are read as the first-order entries ``(i,)`` of the returned
+``InteractionValues`` (its ``()`` entry is the baseline ``v(empty)``, not a Shapley value).
 
 Prints JSON ``{"estimates": {method: {str(budget): [per seed: M values, or M lists of T]}}, "evaluations":
 {...: [rows the approximator passed to the game, per seed]}, "distinct": {...: [distinct coalitions among them]},
@@ -47,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import shapiq
+from remote import RemoteValues, finish
 
 
 def _regression_msr(m: int, seed: int) -> shapiq.RegressionMSR:
@@ -82,51 +85,65 @@ METHODS = {
 DEFAULT_METHODS = ["regression_msr", "leverage_shap", "permutation"]
 
 
-class TableGame(shapiq.Game):
-    """A game whose values are looked up in a table indexed by the coalition's bits; records every lookup."""
+class RecordingGame(shapiq.Game):
+    """One target of a game whose values come from ``values`` (``(n, M)`` bool coalitions to ``(n, T)``); records
+    every coalition asked for, as its index (bit ``i`` set iff feature ``i`` is kept)."""
 
-    def __init__(self, column: np.ndarray) -> None:
-        self.column = np.asarray(column, dtype=np.float64)
-        m = int(len(self.column)).bit_length() - 1
-        self.bits = 1 << np.arange(m, dtype=np.int64)
+    def __init__(self, n_players: int, values, target: int) -> None:
+        self.values, self.target = values, target
+        self.bits = 1 << np.arange(n_players, dtype=np.int64)
         self.rows: list[np.ndarray] = []
         # normalize=False: shapiq would otherwise subtract v(empty) from every value (it does not change Shapley
         # values, which are differences, but the game must stay the raw one).
-        super().__init__(n_players=m, normalize=False)
+        super().__init__(n_players=n_players, normalize=False)
 
     def value_function(self, coalitions: np.ndarray) -> np.ndarray:
-        index = np.asarray(coalitions, dtype=bool).reshape(-1, len(self.bits)).astype(np.int64) @ self.bits
-        self.rows.append(index)
-        return self.column[index]
+        coalitions = np.asarray(coalitions, dtype=bool).reshape(-1, len(self.bits))
+        self.rows.append(coalitions.astype(np.int64) @ self.bits)
+        return self.values(coalitions)[:, self.target]
 
 
-def estimate(method: str, table: np.ndarray, budget: int, seed: int) -> tuple[np.ndarray, int, int, int]:
+def table_values(table: np.ndarray):
+    """The value function of a table ``(2**M, T)``: ``(n, M)`` bool coalitions to ``(n, T)`` values."""
+    bits = 1 << np.arange(int(np.log2(len(table))), dtype=np.int64)
+    return lambda coalitions: table[coalitions.astype(np.int64) @ bits]
+
+
+def estimate(method: str, values, m: int, t: int, budget: int, seed: int) -> tuple[np.ndarray, int, int, int]:
     """Shapley values ``(M, T)``, rows evaluated, distinct coalitions among them, shapiq's reported budget."""
-    m = int(np.log2(table.shape[0]))
-    values, rows, reported = [], [], []
-    for t in range(table.shape[1]):
-        game = TableGame(table[:, t])
+    estimates, rows, reported = [], [], []
+    for target in range(t):
+        game = RecordingGame(m, values, target)
         with warnings.catch_warnings():
             # The sampler warns when the budget reaches the number of coalitions; that is expected here.
             warnings.filterwarnings("ignore", message="Not all budget is required")
             warnings.filterwarnings("ignore", message="Sampling might be inefficient")
             result = METHODS[method](m, seed).approximate(int(budget), game)
-        values.append([result[(i,)] for i in range(m)])
+        estimates.append([result[(i,)] for i in range(m)])
         rows.append(np.concatenate(game.rows) if game.rows else np.zeros(0, np.int64))
         reported.append(int(result.estimation_budget))
     if all(np.array_equal(r, rows[0]) for r in rows):
         rows, reported = rows[:1], reported[:1]
     every = np.concatenate(rows)
-    return np.array(values).T, len(every), len(np.unique(every)), max(reported)
+    return np.array(estimates).T, len(every), len(np.unique(every)), max(reported)
 
 
 def main(folder: str) -> None:
     payload = json.loads((Path(folder) / "payload.json").read_text())
-    table = np.load(Path(folder) / "arrays.npz")["table"]
-    single = table.ndim == 1
-    table = table.reshape(len(table), -1).astype(np.float64)
-    if len(table) < 2 or len(table) & (len(table) - 1):
-        raise ValueError(f"table must have 2**M rows (M >= 1), not {len(table)}")
+    arrays = np.load(Path(folder) / "arrays.npz")
+    remote = "table" not in arrays
+    if remote:
+        m = int(payload["players"])
+        values = RemoteValues(m)
+        t = values(np.zeros((1, m), bool)).shape[1]
+        single = False
+    else:
+        table = arrays["table"]
+        single = table.ndim == 1
+        table = table.reshape(len(table), -1).astype(np.float64)
+        if len(table) < 2 or len(table) & (len(table) - 1):
+            raise ValueError(f"table must have 2**M rows (M >= 1), not {len(table)}")
+        m, t, values = int(np.log2(len(table))), table.shape[1], table_values(table)
     methods = payload.get("methods") or DEFAULT_METHODS
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -138,8 +155,8 @@ def main(folder: str) -> None:
             for name in answer:
                 answer[name][method][key] = []
             for seed in payload["seeds"]:
-                values, evaluations, distinct, reported = estimate(method, table, int(budget), int(seed))
-                answer["estimates"][method][key].append((values[:, 0] if single else values).tolist())
+                phi, evaluations, distinct, reported = estimate(method, values, m, t, int(budget), int(seed))
+                answer["estimates"][method][key].append((phi[:, 0] if single else phi).tolist())
                 answer["evaluations"][method][key].append(evaluations)
                 answer["distinct"][method][key].append(distinct)
                 answer["reported"][method][key].append(reported)
@@ -148,7 +165,10 @@ def main(folder: str) -> None:
         import xgboost
 
         answer["versions"]["xgboost"] = xgboost.__version__
-    json.dump(answer, sys.stdout)
+    if remote:
+        finish(answer)
+    else:
+        json.dump(answer, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,11 @@ The games are the exactly enumerated real-model games committed in ``benchmarks/
 (:mod:`real_games`, M = 10..16), in families that the estimator was not tuned on besides the one it was: near-additive
 soft Dice of the demo-trained models, thresholded values (hard Dice, false positives), small targets at a window
 border with features straddling them, and a model the project did not train. Every estimator queries the same table
-of all ``2**M`` coalition values, at budgets of 4M ... 16M coalitions, over several seeds:
+of all ``2**M`` coalition values. A fifth family, ``many_features`` (:mod:`large_games`, M = 30..60), is too large
+to tabulate: its games are rebuilt and every estimator evaluates them through the engine (shap and shapiq ask this
+process for values, ``references/remote.py``), and the exact values are replaced by a reference from a large
+independent run of plain permutation sampling, whose own relative standard error is reported beside the errors
+(it is part of them). Budgets are 4M ... 16M coalitions, over several seeds:
 
 * ours: ``segshap.kernel_shap`` with ``design="auto"`` (without a cost function it is Leverage SHAP with its
   regression adjustments), ``design="chains"`` as it runs and unadjusted (no surrogate: antithetic permutation
@@ -17,7 +21,7 @@ of all ``2**M`` coalition values, at budgets of 4M ... 16M coalitions, over seve
 
 The error is ``||estimate - exact|| / ||exact||`` (relative L2) per target, averaged over targets, seeds and the
 family's games. The coverage of our standard errors is the share of (feature, target, seed) whose error is within
-1.645 standard errors (nominal 90 %).
+1.645 standard errors (nominal 90 %; against a sampled reference, 1.645 times the root of both variances).
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import contextlib
 
 import numpy as np
 import torch
-from cases.real_games import load_games
-from common import log, plain_estimates, pyplot, reference_available, run_reference, save_figure, table
+from cases import large_games
+from cases.real_games import MODELS, load_games
+from common import DEMO_IMAGE, log, plain_estimates, pyplot, reference_available, run_reference, save_figure, table
 
 import segshap
+from segshap.io import read_image
 
 SETTINGS = {
     "quick": {"games_per_family": 1, "seeds": 2, "multipliers": (4, 8, 16)},
@@ -59,20 +65,24 @@ def _lookup(values: np.ndarray, coalitions: np.ndarray) -> np.ndarray:
     return values[coalitions.astype(np.int64) @ (1 << np.arange(coalitions.shape[1]))]
 
 
-def ours(method: str, values: np.ndarray, budget: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Our estimate ``(M, T)``, its standard errors and the evaluations."""
-    m = int(np.log2(len(values)))
+def ours(method: str, evaluate, m: int, budget: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Our estimate ``(M, T)`` of the game ``evaluate`` (``(n, M)`` bool coalitions to ``(n, T)`` values), its
+    standard errors and the evaluations."""
     design = {"ours_auto": "auto", "ours_leverage_plain": "leverage"}.get(method, "chains")
     plain = {"ours_leverage_plain": plain_estimates(), "ours_chains_unadjusted": plain_estimates(surrogate=False)}
     with plain.get(method, contextlib.nullcontext()):
-        result = segshap.kernel_shap(lambda c: _lookup(values, c), m, budget, seed=seed, design=design)
+        result = segshap.kernel_shap(evaluate, m, budget, seed=seed, design=design)
     return result.values.reshape(m, -1), result.stderr.reshape(m, -1), result.n_evaluations
 
 
-def coverage(estimate: np.ndarray, stderr: np.ndarray, exact: np.ndarray) -> float:
-    """Share of entries whose error is within 1.645 standard errors (NaN standard errors count as missed)."""
+def coverage(
+    estimate: np.ndarray, stderr: np.ndarray, exact: np.ndarray, exact_stderr: np.ndarray | None = None
+) -> float:
+    """Share of entries whose error is within 1.645 standard errors (NaN standard errors count as missed); against a
+    sampled reference with standard errors ``exact_stderr``, within 1.645 times the root of both variances."""
+    spread = stderr if exact_stderr is None else np.sqrt(stderr**2 + exact_stderr**2)
     with np.errstate(invalid="ignore"):
-        return float(np.mean(np.abs(estimate - exact) <= 1.645 * stderr))
+        return float(np.mean(np.abs(estimate - exact) <= 1.645 * spread))
 
 
 def captum_kernel_shap(evaluate, m: int, budget: int, seed: int) -> tuple[np.ndarray, int]:
@@ -110,26 +120,35 @@ def relative_error(estimate: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(np.linalg.norm(estimate - exact, axis=0) / np.linalg.norm(exact, axis=0)))
 
 
-def _references(values: np.ndarray, exact: np.ndarray, budgets: list[int], seeds: list[int]) -> dict:
-    """shap's and shapiq's errors and evaluations on one game, per method and budget."""
+def _references(game: dict, budgets: list[int], seeds: list[int]) -> dict:
+    """shap's and shapiq's errors and evaluations on one game, per method and budget. A tabulated game goes to
+    them as its table (shap one target at a time); a large one stays here and answers their questions."""
+    exact = game["exact"]
     m, t = exact.shape
-    out: dict[str, dict] = {}
-    per_target = [
-        run_reference("shap_kernel.py", {"budgets": budgets, "seeds": seeds}, {"table": values[:, k]}) for k in range(t)
-    ]
-    out["shap"] = {}
-    for budget in budgets:
-        estimates = [
-            np.stack([np.array(answer["estimates"][str(budget)][s]) for answer in per_target], 1)
-            for s in range(len(seeds))
-        ]
-        out["shap"][budget] = {
-            "errors": [relative_error(e, exact) for e in estimates],
-            "evaluations": per_target[0]["evaluations"][str(budget)],
+    payload = {"budgets": budgets, "seeds": seeds}
+    if game["table"] is None:
+        payload["players"] = m
+        answer = run_reference("shap_kernel.py", payload, {}, game["evaluate"])
+        shap_estimates = {b: [np.array(e).reshape(m, t) for e in answer["estimates"][str(b)]] for b in budgets}
+        shap_evaluations = answer["evaluations"]
+    else:
+        per_target = [run_reference("shap_kernel.py", payload, {"table": game["table"][:, k]}) for k in range(t)]
+        shap_estimates = {
+            b: [np.stack([np.array(a["estimates"][str(b)][s]) for a in per_target], 1) for s in range(len(seeds))]
+            for b in budgets
         }
-    answer = run_reference(
-        "shapiq_reference.py", {"budgets": budgets, "seeds": seeds, "methods": list(SHAPIQ)}, {"table": values}
-    )
+        shap_evaluations = per_target[0]["evaluations"]
+    out: dict[str, dict] = {"shap": {}}
+    for budget in budgets:
+        out["shap"][budget] = {
+            "errors": [relative_error(e, exact) for e in shap_estimates[budget]],
+            "evaluations": shap_evaluations[str(budget)],
+        }
+    payload = {**payload, "methods": list(SHAPIQ)}
+    if game["table"] is None:
+        answer = run_reference("shapiq_reference.py", payload, {}, game["evaluate"])
+    else:
+        answer = run_reference("shapiq_reference.py", payload, {"table": game["table"]})
     for method in SHAPIQ:
         out[method] = {}
         for budget in budgets:
@@ -142,9 +161,37 @@ def _references(values: np.ndarray, exact: np.ndarray, budgets: list[int], seeds
     return out
 
 
+def _tabulated(game: dict) -> dict:
+    """A tabulated game as the suite runs it: its value function looks the table up; the exact values are known."""
+    values = game["values"]
+    return {
+        **game,
+        "evaluate": lambda coalitions: _lookup(values, coalitions),
+        "table": values,
+        "exact_stderr": None,
+    }
+
+
+def _sampled(entry: dict, models: dict, image: np.ndarray, affine: np.ndarray) -> dict:
+    """A large game as the suite runs it: rebuilt, evaluated by the engine, scored against its sampled reference."""
+    key = entry["info"]["model"]
+    if key not in models:
+        models[key] = segshap.load_model(MODELS[key], device="cpu")
+    live = large_games.live_game(entry, models[key], image, affine)
+    return {
+        **entry,
+        "evaluate": live.engine.evaluate,
+        "table": None,
+        "exact": entry["reference"],
+        "exact_stderr": entry["reference_stderr"],
+    }
+
+
 def _chosen_games(games_per_family: int | None) -> list[dict]:
+    """The tabulated games and the large games' committed references, at most ``games_per_family`` of each
+    family."""
     chosen, seen = [], {}
-    for game in load_games():
+    for game in load_games() + large_games.load_games():
         family = game["family"]
         seen[family] = seen.get(family, 0) + 1
         if games_per_family is None or seen[family] <= games_per_family:
@@ -154,34 +201,41 @@ def _chosen_games(games_per_family: int | None) -> list[dict]:
 
 def run(mode: str) -> dict:
     settings = SETTINGS[mode]
-    games = _chosen_games(settings["games_per_family"])
     seeds = list(range(settings["seeds"]))
     multipliers = list(settings["multipliers"])
     results = []
     versions = None
-    for game in games:
-        values, exact = game["values"], game["exact"]
+    models: dict = {}
+    image = affine = None
+    for chosen in _chosen_games(settings["games_per_family"]):
+        if "values" in chosen:
+            game = _tabulated(chosen)
+        else:
+            if image is None:
+                image, affine = read_image(DEMO_IMAGE)
+            game = _sampled(chosen, models, image, affine)
+        exact, exact_stderr, evaluate = game["exact"], game["exact_stderr"], game["evaluate"]
         m = exact.shape[0]
         budgets = [k * m for k in multipliers]
         methods: dict[str, dict] = {}
         for name in OURS:
             methods[name] = {}
             for budget in budgets:
-                runs = [ours(name, values, budget, seed) for seed in seeds]
+                runs = [ours(name, evaluate, m, budget, seed) for seed in seeds]
                 methods[name][budget] = {
                     "errors": [relative_error(e, exact) for e, _, _ in runs],
-                    "coverage": [coverage(e, se, exact) for e, se, _ in runs],
+                    "coverage": [coverage(e, se, exact, exact_stderr) for e, se, _ in runs],
                     "evaluations": [int(n) for _, _, n in runs],
                 }
         methods["captum"] = {}
         for budget in budgets:
-            runs = [captum_kernel_shap(lambda c, values=values: _lookup(values, c), m, budget, seed) for seed in seeds]
+            runs = [captum_kernel_shap(evaluate, m, budget, seed) for seed in seeds]
             methods["captum"][budget] = {
                 "errors": [relative_error(e, exact) for e, _ in runs],
                 "evaluations": [int(n) for _, n in runs],
             }
         if reference_available():
-            references = _references(values, exact, budgets, seeds)
+            references = _references(game, budgets, seeds)
             versions = references.pop("versions")
             methods.update(references)
         else:
@@ -192,15 +246,19 @@ def run(mode: str) -> dict:
                 f"{name} {np.mean(methods[name][8 * m]['errors']):.3f}" for name in methods if 8 * m in methods[name]
             )
         )
-        results.append(
-            {
-                "name": game["name"],
-                "family": game["family"],
-                "features": m,
-                "info": game["info"],
-                "methods": {name: {str(b): entry for b, entry in per.items()} for name, per in methods.items()},
+        entry = {
+            "name": game["name"],
+            "family": game["family"],
+            "features": m,
+            "info": game["info"],
+            "methods": {name: {str(b): per_budget for b, per_budget in per.items()} for name, per in methods.items()},
+        }
+        if exact_stderr is not None:
+            entry["reference"] = {
+                "permutations": game["info"]["permutations"],
+                "relative_se": float(np.mean(np.linalg.norm(exact_stderr, axis=0) / np.linalg.norm(exact, axis=0))),
             }
-        )
+        results.append(entry)
     return {
         "games": results,
         "families": list(dict.fromkeys(g["family"] for g in results)),
@@ -300,7 +358,17 @@ def markdown(result: dict, plot_path: str | None) -> str:
         errors = mean_errors(result, family)
         cover = mean_errors(result, family, "coverage")
         names = [n for n in LABELS if n in errors]
-        games = ", ".join(f"`{g['name']}` (M = {g['features']})" for g in result["games"] if g["family"] == family)
+        members = [g for g in result["games"] if g["family"] == family]
+        games = ", ".join(f"`{g['name']}` (M = {g['features']})" for g in members)
+        sampled = [g["reference"] for g in members if "reference" in g]
+        if sampled:
+            games += (
+                ". Reference: plain permutation sampling, "
+                + ", ".join(f"{r['permutations']} permutations" for r in sampled)
+                + ", relative standard error "
+                + ", ".join(f"{r['relative_se']:.4f}" for r in sampled)
+                + " (part of every error shown: the exact values would score about that)"
+            )
         rows = []
         for i, k in enumerate(multipliers):
             row = [f"{k}M"] + [f"{errors[n][i]:.4f}" for n in names]

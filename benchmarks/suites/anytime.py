@@ -346,7 +346,7 @@ def run(mode: str) -> dict:
             reference = np.array(ref["values"])
             if reference.shape != final.shape:
                 raise RuntimeError(f"the efficiency reference holds {reference.shape} values, the run {final.shape}")
-            source = {"kind": "efficiency", "runs": ref["runs"], "multiple": ref["multiple"], "se": ref["relative_se"]}
+            source = {"kind": "efficiency", "permutations": ref["permutations"], "se": ref["relative_se"]}
         else:
             reference, source = final, {"kind": "final"}
         first = updates[0]["values"] if updates else None

@@ -19,10 +19,10 @@ Methods:
   the engine's values (identical to full-volume inference), one full-volume inference per coalition (all the
   volume's windows) and its seconds timed with :func:`segshap.predict`, times the coalitions.
 
-Reference values: the mean of independent runs of the cross-fitted chains without the adjustment (unbiased, see
-``Testing/test_designs.py``) at a high budget; their standard error (spread / sqrt(runs)) is reported next to the
+Reference values: plain permutation sampling with many permutations (``benchmarks/references/permutation.py``), an
+estimator that shares no code with the designs under test; its standard error (relative L2) is reported next to the
 smallest error plotted. They are kept in ``benchmarks/results/efficiency_reference.json`` with a fingerprint of
-the game (model, image, features, targets), and recomputed when the game changes.
+the game (model, image, features, targets, permutations), and recomputed when the game changes.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from common import (
     shap_kernel_explainer,
     table,
 )
+from references.permutation import permutation_shapley
 
 import segshap
 from segshap.io import read_image
@@ -58,20 +59,19 @@ SETTINGS = {
         "multipliers": (2, 4, 8),
         "ours_multipliers": (2, 4, 8, 16),
         "seeds": 2,
-        "reference_runs": 3,
-        "reference_multiple": 24,
+        "reference_permutations": 300,
     },
     "full": {
         "n_features": 165,
         "multipliers": (2, 4, 8),
         "ours_multipliers": (2, 4, 8, 16),
         "seeds": 2,
-        "reference_runs": 10,
-        "reference_multiple": 32,
+        "reference_permutations": 500,
     },
 }
 """``multipliers``: budgets (in coalitions, multiples of M) of every method; ``ours_multipliers``: those of ours'
-``auto`` and ``chains``, whose forwards at 16M still fall among the paper's scheme's."""
+``auto`` and ``chains``, whose forwards at 16M still fall among the paper's scheme's; ``reference_permutations``: the
+reference's permutations."""
 TARGETS = ("white_matter", "gray_matter")
 METHODS = ("ours_auto", "ours_chains", "ours_leverage", "paper_leverage", "paper_shap", "shap", "captum")
 LABELS = {
@@ -84,6 +84,8 @@ LABELS = {
     "captum": "captum, full-volume inference",
 }
 REFERENCE_FILE = ROOT / "benchmarks" / "results" / "efficiency_reference.json"
+SEED = 20261207
+"""The reference permutations' seed (the runs under test use seeds 0, 1, ...)."""
 
 
 def _game(inputs: dict, n_features: int):
@@ -145,7 +147,7 @@ def _fingerprint(game, settings: dict) -> str:
     for path in (DEMO_MODEL, DEMO_IMAGE):
         digest.update(path.read_bytes())
     digest.update(np.ascontiguousarray(game.feature_map).tobytes())
-    digest.update(json.dumps([TARGETS, DEMO_ROI, settings["reference_runs"], settings["reference_multiple"]]).encode())
+    digest.update(json.dumps([TARGETS, DEMO_ROI, "permutation", settings["reference_permutations"]]).encode())
     return digest.hexdigest()
 
 
@@ -156,23 +158,20 @@ def reference(inputs: dict, settings: dict, mode: str, probe) -> dict:
     if stored.get(mode, {}).get("fingerprint") == fingerprint:
         log(f"efficiency: reference values from {REFERENCE_FILE.name} (fingerprint matches)")
         return stored[mode]
-    n, m = settings["n_features"], probe.n_players
-    runs = []
-    with plain_estimates():
-        for k in range(settings["reference_runs"]):
-            result, forwards, seconds, _ = _estimate(inputs, n, settings["reference_multiple"] * m, 1000 + k, "chains")
-            runs.append(result.values)
-            log(
-                f"efficiency: reference run {k + 1}: {result.n_evaluations} coalitions, {forwards} forwards, "
-                f"{seconds:.0f} s"
-            )
-    runs = np.array(runs)
-    mean = runs.mean(axis=0)
-    se = runs.std(axis=0, ddof=1) / np.sqrt(len(runs))
+    game = _game(inputs, settings["n_features"])
+    before = game.engine.stats["patch_forwards"]
+    started = time.perf_counter()
+    mean, se = permutation_shapley(game.engine.evaluate, game.n_players, settings["reference_permutations"], SEED)
+    seconds = time.perf_counter() - started
+    forwards = game.engine.stats["patch_forwards"] - before
+    log(f"efficiency: reference, {settings['reference_permutations']} permutations: {forwards} fw, {seconds:.0f} s")
     stored[mode] = {
         "fingerprint": fingerprint,
-        "runs": len(runs),
-        "multiple": settings["reference_multiple"],
+        "method": "plain permutation sampling",
+        "permutations": settings["reference_permutations"],
+        "seed": SEED,
+        "seconds": round(seconds, 1),
+        "forwards": int(forwards),
         "relative_se": float(np.mean(np.linalg.norm(se, axis=0) / np.linalg.norm(mean, axis=0))),
         "values": mean.tolist(),
         "made_by": "benchmarks/suites/efficiency.py reference()",
@@ -289,7 +288,7 @@ def run(mode: str) -> dict:
         "windows_per_feature": per_feature,
         "full_inference_s": full_inference,
         "targets": list(TARGETS),
-        "reference": {key: ref[key] for key in ("runs", "multiple", "relative_se", "values")},
+        "reference": {key: ref[key] for key in ("method", "permutations", "relative_se", "values")},
         "multipliers": sorted(set(settings["multipliers"]) | set(settings["ours_multipliers"])),
         "seeds": settings["seeds"],
         "runs": {name: rows for name, rows in runs.items() if rows},
@@ -374,9 +373,9 @@ def markdown(result: dict, plot_path: str | None) -> str:
         f"over {result['features']} SLIC supervoxels that can change a value ({result['n_features_asked']} asked); "
         f"{result['windows']} of the volume's {result['windows_total']} windows touch the ROI and a supervoxel "
         f"changes {result['windows_per_feature']:.1f} of them on average; one full-volume inference took "
-        f"{result['full_inference_s']:.2f} s. Each of ours' runs builds the game afresh. Reference: the mean of "
-        f"{result['reference']['runs']} runs of the plain cross-fitted chains at {result['reference']['multiple']}M "
-        f"coalitions, relative standard error {result['reference']['relative_se']:.4f}. Cells: relative L2 error "
+        f"{result['full_inference_s']:.2f} s. Each of ours' runs builds the game afresh. Reference: plain "
+        f"permutation sampling over {result['reference']['permutations']} permutations (independent of the designs "
+        f"under test), relative standard error {result['reference']['relative_se']:.4f}. Cells: relative L2 error "
         f"against the reference (mean over both targets and {result['seeds']} seeds), the window forwards of the "
         "estimation and its seconds (for the paper's scheme, shap and captum: counted and timed as the module's "
         "docstring says).",
