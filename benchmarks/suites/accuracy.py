@@ -350,7 +350,9 @@ def markdown(result: dict, plot_path: str | None) -> str:
     multipliers = result["multipliers"]
     text = [
         "Exactly enumerated tables of real models' values (`benchmarks/cases/real_games.py`), queried by every "
-        "estimator; relative L2 error against the exact values, mean over both targets, "
+        "estimator, and games too large to tabulate (`many_features`, `benchmarks/cases/large_games.py`: M = 30-60, "
+        "evaluated through the engine by every estimator, scored against plain permutation sampling); relative L2 "
+        "error against the exact (or reference) values, mean over both targets, "
         f"{result['seeds']} seeds and the family's games; budgets in multiples of each game's M (coalitions, the "
         "empty and full ones included). Coverage: share of values within 1.645 of our standard errors (nominal 90 %).",
     ]
@@ -360,14 +362,16 @@ def markdown(result: dict, plot_path: str | None) -> str:
         names = [n for n in LABELS if n in errors]
         members = [g for g in result["games"] if g["family"] == family]
         games = ", ".join(f"`{g['name']}` (M = {g['features']})" for g in members)
-        sampled = [g["reference"] for g in members if "reference" in g]
+        sampled = [g for g in members if "reference" in g]
         if sampled:
             games += (
-                ". Reference: plain permutation sampling, "
-                + ", ".join(f"{r['permutations']} permutations" for r in sampled)
-                + ", relative standard error "
-                + ", ".join(f"{r['relative_se']:.4f}" for r in sampled)
-                + " (part of every error shown: the exact values would score about that)"
+                ". References: plain permutation sampling ("
+                + "; ".join(
+                    f"`{g['name']}`: {g['reference']['permutations']} permutations, relative standard error "
+                    f"{g['reference']['relative_se']:.4f}"
+                    for g in sampled
+                )
+                + "), part of every error shown: the exact values would score about that"
             )
         rows = []
         for i, k in enumerate(multipliers):
