@@ -35,14 +35,15 @@ least-squares problem (Lundberg & Lee, 2017) under the efficiency constraint ``s
   positives: BENCHMARKS.md, accuracy by family).
 * Standard errors are scaled for the degrees of freedom they rest on (:func:`segshap.evaluation.t_scaled`), so
   that ``+-1.645`` of them aims at 90 % coverage also with few chains.
-* ``design="auto"`` takes the chains when at least one fits the budget and the ``forward_cost`` function says that a
-  chain's coalitions are cheap enough to make up for their error per coalition. At equal coalitions that error,
+* ``design="auto"`` takes the chains when at least one fits the budget and their coalitions, as the ``forward_cost``
+  function prices them, are cheap enough to make up for their error per coalition. At equal coalitions that error,
   measured against Leverage SHAP's (both adjusted), depends on the budget in multiples of ``M`` and on ``M`` (see
   :data:`_CHAIN_ERROR_RATIOS`): far lower at ``2M``, where Leverage SHAP's regression has barely more rows than
-  unknowns, and 1.6-2.5 times as high from ``8M`` on, less with more features. With errors falling as one over
-  the square root of the coalitions, the chains win when a chain coalition costs less than ``1 / ratio**2`` of a
+  unknowns, and 1-2 times as high from ``4M`` on, less with more features. With errors falling as one over the
+  square root of the coalitions, the chains win when a chain coalition costs less than ``1 / ratio**2`` of a
   sampled one (as with an engine that reruns only the windows a step changes). Without ``forward_cost`` every
-  coalition costs the same, and Leverage SHAP is taken.
+  coalition costs the same: the chains are taken where their error per coalition is the lower (``ratio < 1``:
+  about ``2M``, and up to ``4M`` with a hundred features or more).
 
 No coalition is ever evaluated twice.
 """
@@ -100,20 +101,21 @@ def auto_budget(n_players: int) -> int:
 
 
 _CHAIN_ERROR_RATIOS = {
-    12: ((2.0, 0.2), (4.0, 1.3), (8.0, 2.5), (12.0, 2.5), (16.0, 2.4)),
-    135: ((2.0, 0.04), (4.0, 1.2), (8.0, 1.6), (16.0, 1.75), (30.0, 1.8)),
+    12: ((2.0, 0.2), (4.0, 1.25), (8.0, 1.8), (16.0, 1.95)),
+    52: ((2.0, 0.05), (4.0, 1.0), (8.0, 1.3), (16.0, 1.45)),
+    146: ((2.0, 0.05), (4.0, 0.6), (8.0, 1.05)),
 }
 """Per number of features ``M``: ``(budget / M, error of the chains / error of Leverage SHAP)`` at equal
-coalitions, both with the tree adjustment, as measured (mean relative L2 errors unless said otherwise).
+coalitions, both adjusted as they run, as measured (mean relative L2 errors; BENCHMARKS.md, 2026-12-07).
 
-* ``M = 12``: the six real-model games of ``benchmarks/cases/real_games.py`` (M = 11-14, 10 seeds). With few features
-  Leverage SHAP soon enumerates the smallest sizes whole, which the chains cannot use, so the ratio is high.
-* ``M = 135``: the efficiency suite's full case (2 seeds per budget; at 16M from the errors pooled over the
-  suite's run, ratio 1.45 on its own, and a separate run with other seeds, 2.3 on its own), where Leverage SHAP's
-  regression at 2M is unstable (errors of 0.5-3); at 30M, a whole-structure target (gray matter of the demo MRI,
-  M = 74, the default budget), where no reference values exist and the ratio is that of the largest standard error
-  relative to the values' range.
-* The efficiency suite's quick case (M = 33) measured 0.18, 1.6 and 2.1-2.4 at 2M, 4M and 8M, in between.
+* ``M = 12``: the 17 exactly enumerated games of the accuracy suite (M = 11-14, four families, 4 seeds), the mean
+  of the families' ratios (4M: 1.02-1.48, 8M: 1.48-2.19, 16M: 1.73-2.17); at 2M from an earlier run on six of them
+  (Leverage SHAP's regression is unstable there). With few features Leverage SHAP soon enumerates the smallest
+  sizes whole, which the chains cannot use, so the ratio is high.
+* ``M = 52``: the accuracy suite's ``many_features`` games (M = 44 and 60, against plain permutation sampling);
+  at 2M, 4 seeds outside the suite: 0.003 and 0.12 (Leverage SHAP's errors were 111 and 2.5).
+* ``M = 146``: the efficiency suite's full case (2 seeds per budget, against plain permutation sampling), where
+  Leverage SHAP's regression at 2M errs by 1.6. Its quick case (M = 41) measured about 0.8 at 4M and 1.2 at 8M.
 
 Interpolated in log(budget / M) within a row, constant beyond its ends, then in log M between the rows (constant
 outside them)."""
@@ -311,9 +313,12 @@ def _chain_error_ratio(budget: int, n_players: int) -> float:
 
 def _cheaper_design(forward_cost, n_players: int, budget: int, chains_fit: int, seed: int) -> str:
     """The design with the lower expected error per forward: the chains if one fits and a chain's coalitions, as
-    ``forward_cost`` prices them now, are cheap enough to make up for their error per coalition at this budget."""
-    if forward_cost is None or chains_fit < 1:
+    ``forward_cost`` prices them now, are cheap enough to make up for their error per coalition at this budget;
+    without ``forward_cost``, if their error per coalition is the lower."""
+    if chains_fit < 1:
         return "leverage"
+    if forward_cost is None:
+        return "chains" if _chain_error_ratio(budget, n_players) < 1.0 else "leverage"
     rng = np.random.default_rng([seed, 1])
     steps = min(n_players - 1, _COST_PROBE)
     chain = loop_coalitions(rng.permutation(n_players))[:steps]

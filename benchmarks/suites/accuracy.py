@@ -11,7 +11,8 @@ independent run of plain permutation sampling, whose own relative standard error
 (it is part of them). Budgets are 4M ... 16M coalitions, over several seeds:
 
 * ours: ``segshap.kernel_shap`` with ``design="auto"`` (without a cost function it is Leverage SHAP with its
-  regression adjustments), ``design="chains"`` as it runs and unadjusted (no surrogate: antithetic permutation
+  regression adjustments, except where the chains err less per coalition: with 60 features at 4M),
+  ``design="chains"`` as it runs and unadjusted (no surrogate: antithetic permutation
   sampling mixed with the per-size estimate), and ``design="leverage"`` with the adjustments switched off (plain
   Leverage SHAP regression);
 * shap: ``shap.KernelExplainer(l1_reg=False)``; shapiq: ``RegressionMSR`` (XGBoost and linear proxies),
