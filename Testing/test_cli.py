@@ -16,7 +16,7 @@ import nrrd
 import numpy as np
 import pytest
 
-from segshap import cli
+from segshap import cli, worker
 from segshap.io import read_image, write_image, write_segmentation
 
 ROI = "40:52,50:62,40:52"
@@ -28,9 +28,11 @@ def segshap(*args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
-def segshap_here(capsys, *args: str) -> subprocess.CompletedProcess:
+def segshap_here(capsys, monkeypatch, *args: str) -> subprocess.CompletedProcess:
     """The command's entry point run in this process (``segshap.cli.main``, which puts back the signal handlers and
-    stdout it takes); its exit code and what it wrote, as :func:`segshap` gives them."""
+    stdout it takes); its exit code and what it wrote, as :func:`segshap` gives them. The worker's watch on its
+    parent, a thread that ends the process when the parent goes, is left out: here the process is pytest."""
+    monkeypatch.setattr(worker, "exit_with_parent", lambda parent_pid=None: None)
     capsys.readouterr()
     try:
         code = cli.main(list(args))
@@ -99,7 +101,7 @@ def test_explain_writes_the_outputs_and_says_where(job, tmp_path):
     ],
 )
 @pytest.mark.slow
-def test_bad_input_gives_one_line_and_exit_code_2(job, tmp_path, capsys, change, fragment):
+def test_bad_input_gives_one_line_and_exit_code_2(job, tmp_path, capsys, monkeypatch, change, fragment):
     (tmp_path / "broken.nii.gz").write_text("this is not an image")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
@@ -108,7 +110,7 @@ def test_bad_input_gives_one_line_and_exit_code_2(job, tmp_path, capsys, change,
     if "--target" not in args:
         args += ["--target", "1"]
     # The first refusal as a process, the others in this one.
-    run = segshap if fragment == "No such image file" else lambda *a: segshap_here(capsys, *a)
+    run = segshap if fragment == "No such image file" else lambda *a: segshap_here(capsys, monkeypatch, *a)
     done = run("explain", *args, "--device", "cpu", "--quiet")
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
@@ -245,8 +247,8 @@ def test_worker_takes_nrrd_and_a_named_slicer_segment_as_the_slicer_module_sends
         ({"roi": "1:2:x"}, "\"roi\" '1:2:x' is not a box"),
     ],
 )
-def test_worker_errors_are_one_event_and_exit_code_2(job, tmp_path, capsys, extra, fragment):
-    run = segshap if extra == {"target": "nerve"} else lambda *a: segshap_here(capsys, *a)
+def test_worker_errors_are_one_event_and_exit_code_2(job, tmp_path, capsys, monkeypatch, extra, fragment):
+    run = segshap if extra == {"target": "nerve"} else lambda *a: segshap_here(capsys, monkeypatch, *a)
     done = run("worker", "--request", str(_request(tmp_path, job, **extra)))
     assert done.returncode == 2
     events = [json.loads(line) for line in done.stdout.splitlines()]

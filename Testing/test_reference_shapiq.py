@@ -86,7 +86,7 @@ def test_a_single_target_gives_flat_values_and_the_budget_is_kept(tmp_path):
 def test_a_game_that_lives_in_this_process_gets_the_estimates_its_table_gets(tmp_path, monkeypatch):
     """Games too large to tabulate stay in the benchmark's process and answer the references' questions
     (``references/remote.py``): shapiq and shap must then estimate exactly what they estimate from the table."""
-    sys.path.insert(0, str(SCRIPT.parents[1]))
+    monkeypatch.syspath_prepend(str(SCRIPT.parents[1]))
     import common
 
     monkeypatch.setattr(common, "REFERENCE_PYTHON", reference_python())

@@ -101,20 +101,25 @@ def answer_coalitions(command: list[str], evaluate) -> tuple[dict, np.ndarray, n
     coalitions it asks for with ``evaluate``; returns its answer, the coalitions it asked for and their values."""
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     asked, answered, answer = [], [], None
-    for line in process.stdout:
-        message = json.loads(line)
-        if message.pop("done", False):
-            answer = message
-            break
-        coalitions = np.array(message["rows"], bool)
-        values = np.asarray(evaluate(coalitions))
-        asked.append(coalitions)
-        answered.append(values)
-        process.stdin.write(json.dumps({"values": values.tolist()}) + "\n")
-        process.stdin.flush()
-    process.wait()
+    try:
+        for line in process.stdout:
+            message = json.loads(line)
+            if message.pop("done", False):
+                answer = message
+                break
+            coalitions = np.array(message["rows"], bool)
+            values = np.asarray(evaluate(coalitions))
+            asked.append(coalitions)
+            answered.append(values)
+            process.stdin.write(json.dumps({"values": values.tolist()}) + "\n")
+            process.stdin.flush()
+        process.wait()
+    finally:
+        if process.poll() is None:  # this side failed: the script would wait for an answer forever
+            process.kill()
+            process.wait()
     if process.returncode != 0 or answer is None:
-        raise RuntimeError(f"{Path(command[1]).name} failed in {command[0]}; run it by hand to see why")
+        raise RuntimeError(f"{Path(command[1]).name} failed in {command[0]} (its messages are above, on stderr)")
     if not asked:
         return answer, np.zeros((0, 0), bool), np.zeros(0)
     return answer, np.concatenate(asked), np.concatenate(answered)

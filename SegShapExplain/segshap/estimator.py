@@ -39,11 +39,11 @@ least-squares problem (Lundberg & Lee, 2017) under the efficiency constraint ``s
   function prices them, are cheap enough to make up for their error per coalition. At equal coalitions that error,
   measured against Leverage SHAP's (both adjusted), depends on the budget in multiples of ``M`` and on ``M`` (see
   :data:`_CHAIN_ERROR_RATIOS`): far lower at ``2M``, where Leverage SHAP's regression has barely more rows than
-  unknowns, and 1-2 times as high from ``4M`` on, less with more features. With errors falling as one over the
-  square root of the coalitions, the chains win when a chain coalition costs less than ``1 / ratio**2`` of a
-  sampled one (as with an engine that reruns only the windows a step changes). Without ``forward_cost`` every
+  unknowns, and up to about twice as high from ``8M`` on, less with more features. With errors falling as one
+  over the square root of the coalitions, the chains win when a chain coalition costs less than ``1 / ratio**2`` of
+  a sampled one (as with an engine that reruns only the windows a step changes). Without ``forward_cost`` every
   coalition costs the same: the chains are taken where their error per coalition is the lower (``ratio < 1``:
-  about ``2M``, and up to ``4M`` with a hundred features or more).
+  budgets below about ``3.4M`` with a dozen features, ``4.5M`` with 60 and ``7.4M`` with 146 or more).
 
 No coalition is ever evaluated twice.
 """
@@ -103,7 +103,7 @@ def auto_budget(n_players: int) -> int:
 _CHAIN_ERROR_RATIOS = {
     12: ((2.0, 0.2), (4.0, 1.25), (8.0, 1.8), (16.0, 1.95)),
     52: ((2.0, 0.05), (4.0, 1.0), (8.0, 1.3), (16.0, 1.45)),
-    146: ((2.0, 0.05), (4.0, 0.6), (8.0, 1.05)),
+    146: ((2.0, 0.05), (4.0, 0.6), (8.0, 1.05), (16.0, 1.75), (30.0, 1.8)),
 }
 """Per number of features ``M``: ``(budget / M, error of the chains / error of Leverage SHAP)`` at equal
 coalitions, both adjusted as they run, as measured (mean relative L2 errors; BENCHMARKS.md, 2026-12-07).
@@ -115,7 +115,10 @@ coalitions, both adjusted as they run, as measured (mean relative L2 errors; BEN
 * ``M = 52``: the accuracy suite's ``many_features`` games (M = 44 and 60, against plain permutation sampling);
   at 2M, 4 seeds outside the suite: 0.003 and 0.12 (Leverage SHAP's errors were 111 and 2.5).
 * ``M = 146``: the efficiency suite's full case (2 seeds per budget, against plain permutation sampling), where
-  Leverage SHAP's regression at 2M errs by 1.6. Its quick case (M = 41) measured about 0.8 at 4M and 1.2 at 8M.
+  Leverage SHAP's regression at 2M errs by 1.6; it runs Leverage SHAP up to 8M only, so 16M and 30M keep an
+  earlier measurement (2026-12-01, M = 135, against the mean of runs of the chains: at 16M from the errors pooled
+  over that run; at 30M a whole-structure target of 74 features, the ratio of the largest standard errors). Its
+  quick case (M = 41) measured about 0.8 at 4M and 1.2 at 8M.
 
 Interpolated in log(budget / M) within a row, constant beyond its ends, then in log M between the rows (constant
 outside them)."""

@@ -189,14 +189,21 @@ def load_games(folder: str | Path = FOLDER) -> list[dict]:
 
 def live_game(entry: dict, model, image, affine):
     """The game of a committed reference, rebuilt; raises if its features are not the committed ones (then the
-    reference belongs to another game: rebuild it)."""
+    reference belongs to another game: rebuild it) or its empty and full coalitions' values differ (another model)."""
     spec = {**_spec(entry["name"]), **{key: entry["info"][key] for key in ("roi", "value")}}
     game = _explanation_game(spec, entry["info"]["n_features_asked"], model, image, affine)
+    rebuild = f"rebuild the reference with `.venv/bin/python benchmarks/cases/large_games.py {entry['name']}`"
     if game.engine.feature_ids.tolist() != entry["info"]["feature_ids"]:
         raise RuntimeError(
             f"{entry['name']}: the rebuilt game has other features than its committed reference (M = "
-            f"{game.n_players}, not {entry['info']['M']}); rebuild the reference with "
-            f"`.venv/bin/python benchmarks/cases/large_games.py {entry['name']}`."
+            f"{game.n_players}, not {entry['info']['M']}); {rebuild}."
+        )
+    m = game.n_players
+    ends = np.asarray(game.engine.evaluate(np.array([np.zeros(m, bool), np.ones(m, bool)])), dtype=np.float64)
+    if not np.allclose(ends, [entry["info"]["v_empty"], entry["info"]["v_full"]], rtol=1e-5, atol=1e-7):
+        raise RuntimeError(
+            f"{entry['name']}: the rebuilt game's values of the empty and full coalitions differ from the committed "
+            f"reference's (the model or image changed?); {rebuild}."
         )
     return game
 

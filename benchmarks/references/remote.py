@@ -13,18 +13,27 @@ import sys
 
 import numpy as np
 
+_PROTOCOL = sys.stdout
+"""The protocol's stream: stdout as this module found it. :func:`own_stdout` sends everything else printed (the
+libraries' logs and warnings) to stderr, where it cannot break a line of the protocol."""
+
+
+def own_stdout() -> None:
+    """Keep stdout for the protocol: whatever else is printed from now on goes to stderr."""
+    sys.stdout = sys.stderr
+
 
 def ask(rows: np.ndarray) -> np.ndarray:
     """The values of the coalitions ``rows`` (``(n, M)``, true where a feature is kept): ``(n,)`` or ``(n, T)``."""
-    sys.stdout.write(json.dumps({"rows": np.asarray(rows, dtype=bool).astype(int).tolist()}) + "\n")
-    sys.stdout.flush()
+    _PROTOCOL.write(json.dumps({"rows": np.asarray(rows, dtype=bool).astype(int).tolist()}) + "\n")
+    _PROTOCOL.flush()
     return np.asarray(json.loads(sys.stdin.readline())["values"], dtype=np.float64)
 
 
 def finish(answer: dict) -> None:
     """Write the script's answer as the protocol's last line."""
-    sys.stdout.write(json.dumps({"done": True, **answer}) + "\n")
-    sys.stdout.flush()
+    _PROTOCOL.write(json.dumps({"done": True, **answer}) + "\n")
+    _PROTOCOL.flush()
 
 
 class RemoteValues:

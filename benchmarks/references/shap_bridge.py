@@ -17,10 +17,12 @@ import warnings
 
 import numpy as np
 import shap
-from remote import ask, finish
+from remote import ask, finish, own_stdout
 
 
 def main(m: int, nsamples: int, seed: int, linkage: str | None = None) -> None:
+    own_stdout()
+
     def game(x: np.ndarray) -> np.ndarray:
         return ask(x > 0.5)
 

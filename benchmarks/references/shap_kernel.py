@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import shap
-from remote import RemoteValues, finish
+from remote import RemoteValues, finish, own_stdout
 
 
 def main(folder: str) -> None:
@@ -24,6 +24,7 @@ def main(folder: str) -> None:
     arrays = np.load(Path(folder) / "arrays.npz")
     remote = "table" not in arrays
     if remote:
+        own_stdout()
         m = int(payload["players"])
         lookup = RemoteValues(m)
     else:

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import shapiq
-from remote import RemoteValues, finish
+from remote import RemoteValues, finish, own_stdout
 
 
 def _regression_msr(m: int, seed: int) -> shapiq.RegressionMSR:
@@ -133,6 +133,7 @@ def main(folder: str) -> None:
     arrays = np.load(Path(folder) / "arrays.npz")
     remote = "table" not in arrays
     if remote:
+        own_stdout()
         m = int(payload["players"])
         values = RemoteValues(m)
         t = values(np.zeros((1, m), bool)).shape[1]
