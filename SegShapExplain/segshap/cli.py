@@ -263,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = sys.stderr  # the protocol owns stdout: anything else printed goes to stderr
 
     def interrupt(signum, frame):
+        # A second Ctrl-C while the run winds down (a cohort's Ray shutdown takes seconds) must not interrupt the
+        # cancellation itself: from the first signal on, the process only finishes stopping.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         raise _Cancelled(signum)
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
