@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: com
 from common import DEMO_IMAGE  # noqa: E402
 from references.permutation import permutation_shapley  # noqa: E402
 
-from cases.real_games import GAMES_DIR, MODELS, ROOT, TARGETS, find_game, machine  # noqa: E402
+from cases.real_games import GAMES_DIR, MODELS, ROOT, TARGETS, find_game, machine, spec_game  # noqa: E402
 
 FAMILY = "many_features"
 M_RANGE = (30, 60)
@@ -73,29 +73,12 @@ def _spec(name: str) -> dict:
     raise KeyError(f"Unknown large game {name!r}; known: {[s['name'] for s in GAMES]}")
 
 
-def _explanation_game(spec: dict, n_features: int, model, image, affine):
-    import segshap
-
-    return segshap.explanation_game(
-        model,
-        image,
-        target=list(TARGETS),
-        roi=spec["roi"],
-        features="slic",
-        n_features=n_features,
-        value=spec["value"],
-        baseline="mean",
-        device="cpu",
-        affine=affine,
-    )
-
-
 def build(spec: dict, model, image, affine) -> dict:
     """Find the game (M in range), run the permutation reference, and describe both."""
     import segshap
 
     game, asked, tried = find_game(
-        lambda n: _explanation_game(spec, n, model, image, affine), spec["n_features"], M_RANGE, spec["name"]
+        lambda n: spec_game(spec, n, model, image, affine), spec["n_features"], M_RANGE, spec["name"]
     )
     engine = game.engine
     m = game.n_players
@@ -191,7 +174,7 @@ def live_game(entry: dict, model, image, affine):
     """The game of a committed reference, rebuilt; raises if its features are not the committed ones (then the
     reference belongs to another game: rebuild it) or its empty and full coalitions' values differ (another model)."""
     spec = {**_spec(entry["name"]), **{key: entry["info"][key] for key in ("roi", "value")}}
-    game = _explanation_game(spec, entry["info"]["n_features_asked"], model, image, affine)
+    game = spec_game(spec, entry["info"]["n_features_asked"], model, image, affine)
     rebuild = f"rebuild the reference with `.venv/bin/python benchmarks/cases/large_games.py {entry['name']}`"
     if game.engine.feature_ids.tolist() != entry["info"]["feature_ids"]:
         raise RuntimeError(

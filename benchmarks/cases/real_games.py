@@ -337,7 +337,9 @@ def find_game(make, start: int, m_range: tuple[int, int], name: str):
     raise RuntimeError(f"{name}: no feature count gives M in {m_range} (tried {tried}).")
 
 
-def _explanation_game(spec: dict, n_features: int, model, image, affine, reference):
+def spec_game(spec: dict, n_features: int, model, image, affine, reference: np.ndarray | None = None):
+    """The game a spec describes (model, ROI, features and their optional box, value) with ``n_features`` asked:
+    both targets, the image mean as baseline, on the CPU."""
     import segshap
 
     return segshap.explanation_game(
@@ -363,7 +365,7 @@ def build(spec: dict, model, image, affine) -> dict:
 
     reference = _reference(spec, model, image, affine)
     game, asked, tried = find_game(
-        lambda n: _explanation_game(spec, n, model, image, affine, reference), spec["n_features"], M_RANGE, spec["name"]
+        lambda n: spec_game(spec, n, model, image, affine, reference), spec["n_features"], M_RANGE, spec["name"]
     )
     engine = game.engine
     m = game.n_players

@@ -1,4 +1,5 @@
-"""Coalition values from the process that started this one: the line protocol of the reference scripts.
+"""The game of a reference script: a table of every coalition's value, or values asked of the process that started
+it (the line protocol below).
 
 A reference script (shap, shapiq; they run in ``.venv-ref``, where the project's engine and its torch are not) asks
 for the values of a batch of coalitions by writing one JSON line ``{"rows": [[0, 1, ...], ...]}`` to stdout and
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -60,3 +64,44 @@ class RemoteValues:
             values = ask(np.array(list(new.values()))).reshape(len(new), -1)
             self.known.update(zip(new, values))
         return np.stack([self.known[key] for key in keys])
+
+
+@dataclass
+class ReferenceGame:
+    """What a reference script reads from its folder: ``payload.json``, and the game of ``arrays.npz``."""
+
+    payload: dict
+    n_players: int
+    values: Callable[[np.ndarray], np.ndarray]
+    """``(n, M)`` bool coalitions to ``(n, T)`` values."""
+    single: bool
+    """The table was one column: the script answers with flat estimates."""
+    remote: bool
+    """No table: values are asked for with the line protocol, which then carries the answer too."""
+
+    def reply(self, answer: dict) -> None:
+        """The script's answer: the protocol's last line, or the JSON on stdout."""
+        if self.remote:
+            finish(answer)
+        else:
+            json.dump(answer, sys.stdout)
+
+
+def open_game(folder: str | Path) -> ReferenceGame:
+    """The game in ``folder``: ``arrays.npz``'s ``table`` (``(2**M,)`` or ``(2**M, T)``, row ``k`` the coalition that
+    keeps feature ``i`` iff bit ``i`` of ``k`` is set), or, without one, a game of ``payload.json``'s ``players``
+    features whose values the starting process gives (stdout is then kept for the protocol)."""
+    payload = json.loads((Path(folder) / "payload.json").read_text())
+    arrays = np.load(Path(folder) / "arrays.npz")
+    if "table" not in arrays.files:
+        own_stdout()
+        m = int(payload["players"])
+        return ReferenceGame(payload, m, RemoteValues(m), single=False, remote=True)
+    table = arrays["table"]
+    if len(table) < 2 or len(table) & (len(table) - 1):
+        raise ValueError(f"table must have 2**M rows (M >= 1), not {len(table)}")
+    single = table.ndim == 1
+    table = table.reshape(len(table), -1).astype(np.float64)
+    m = int(np.log2(len(table)))
+    bits = 1 << np.arange(m, dtype=np.int64)
+    return ReferenceGame(payload, m, lambda rows: table[rows.astype(np.int64) @ bits], single=single, remote=False)

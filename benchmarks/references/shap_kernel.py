@@ -10,36 +10,22 @@ estimate is ``(M, T)``, flattened) are asked for with ``remote.py``'s protocol a
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import shap
-from remote import RemoteValues, finish, own_stdout
+from remote import open_game
 
 
 def main(folder: str) -> None:
-    payload = json.loads((Path(folder) / "payload.json").read_text())
-    arrays = np.load(Path(folder) / "arrays.npz")
-    remote = "table" not in arrays
-    if remote:
-        own_stdout()
-        m = int(payload["players"])
-        lookup = RemoteValues(m)
-    else:
-        table = arrays["table"]
-        m = int(np.log2(len(table)))
-        weights = 1 << np.arange(m)
-
-        def lookup(coalitions: np.ndarray) -> np.ndarray:
-            return table[coalitions.astype(np.int64) @ weights]
-
+    source = open_game(folder)
+    payload, m = source.payload, source.n_players
     evaluated = [0]
 
     def game(x: np.ndarray) -> np.ndarray:
         evaluated[0] += len(x)
-        return lookup(x > 0.5)
+        values = source.values(x > 0.5)
+        return values[:, 0] if source.single else values
 
     # With an all-zeros background and an all-ones input, shap's masked inputs are the coalitions themselves.
     explainer = shap.KernelExplainer(game, np.zeros((1, m)))
@@ -52,11 +38,7 @@ def main(folder: str) -> None:
             values = explainer.shap_values(np.ones((1, m)), nsamples=int(budget), l1_reg=False, silent=True)
             estimates[budget].append(np.asarray(values).reshape(-1).tolist())
             evaluations[budget].append(evaluated[0])
-    answer = {"estimates": estimates, "evaluations": evaluations}
-    if remote:
-        finish(answer)
-    else:
-        json.dump(answer, sys.stdout)
+    source.reply({"estimates": estimates, "evaluations": evaluations})
 
 
 if __name__ == "__main__":

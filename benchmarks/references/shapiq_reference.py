@@ -41,15 +41,13 @@ more than 2**M rows if B is, and below ``B = M + 1`` no permutation at all: ever
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import shapiq
-from remote import RemoteValues, finish, own_stdout
+from remote import open_game
 
 
 def _regression_msr(m: int, seed: int) -> shapiq.RegressionMSR:
@@ -103,12 +101,6 @@ class RecordingGame(shapiq.Game):
         return self.values(coalitions)[:, self.target]
 
 
-def table_values(table: np.ndarray):
-    """The value function of a table ``(2**M, T)``: ``(n, M)`` bool coalitions to ``(n, T)`` values."""
-    bits = 1 << np.arange(int(np.log2(len(table))), dtype=np.int64)
-    return lambda coalitions: table[coalitions.astype(np.int64) @ bits]
-
-
 def estimate(method: str, values, m: int, t: int, budget: int, seed: int) -> tuple[np.ndarray, int, int, int]:
     """Shapley values ``(M, T)``, rows evaluated, distinct coalitions among them, shapiq's reported budget."""
     estimates, rows, reported = [], [], []
@@ -129,22 +121,9 @@ def estimate(method: str, values, m: int, t: int, budget: int, seed: int) -> tup
 
 
 def main(folder: str) -> None:
-    payload = json.loads((Path(folder) / "payload.json").read_text())
-    arrays = np.load(Path(folder) / "arrays.npz")
-    remote = "table" not in arrays
-    if remote:
-        own_stdout()
-        m = int(payload["players"])
-        values = RemoteValues(m)
-        t = values(np.zeros((1, m), bool)).shape[1]
-        single = False
-    else:
-        table = arrays["table"]
-        single = table.ndim == 1
-        table = table.reshape(len(table), -1).astype(np.float64)
-        if len(table) < 2 or len(table) & (len(table) - 1):
-            raise ValueError(f"table must have 2**M rows (M >= 1), not {len(table)}")
-        m, t, values = int(np.log2(len(table))), table.shape[1], table_values(table)
+    game = open_game(folder)
+    payload, m, values = game.payload, game.n_players, game.values
+    t = values(np.zeros((1, m), bool)).shape[1]
     methods = payload.get("methods") or DEFAULT_METHODS
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -157,7 +136,7 @@ def main(folder: str) -> None:
                 answer[name][method][key] = []
             for seed in payload["seeds"]:
                 phi, evaluations, distinct, reported = estimate(method, values, m, t, int(budget), int(seed))
-                answer["estimates"][method][key].append((phi[:, 0] if single else phi).tolist())
+                answer["estimates"][method][key].append((phi[:, 0] if game.single else phi).tolist())
                 answer["evaluations"][method][key].append(evaluations)
                 answer["distinct"][method][key].append(distinct)
                 answer["reported"][method][key].append(reported)
@@ -166,10 +145,7 @@ def main(folder: str) -> None:
         import xgboost
 
         answer["versions"]["xgboost"] = xgboost.__version__
-    if remote:
-        finish(answer)
-    else:
-        json.dump(answer, sys.stdout)
+    game.reply(answer)
 
 
 if __name__ == "__main__":
