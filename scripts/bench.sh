@@ -2,6 +2,7 @@
 # Sets up .venv (and .venv-ref, shap's environment) if needed, then runs the benchmarks:
 #   bash scripts/bench.sh [--quick|--full] [run.py options]   speed, accuracy... against peers (benchmarks/run.py)
 #   bash scripts/bench.sh --engine [options]                  naive vs ROI + all-on cache vs PatchEngine
+#   bash scripts/bench.sh --pace [options]                    the engine's own time per window forward and coalition
 #   bash scripts/bench.sh --autocast [options]                how far bf16 autocast moves values
 #   bash scripts/bench.sh --cohort [options]                  a cohort on Ray vs a loop of segshap explain
 #   bash scripts/bench.sh --anytime [--mode quick] [options]  live updates: how soon they show the final values, their
@@ -12,6 +13,7 @@ source "$root/scripts/env.sh"
 cd "$root"
 case "${1:-}" in
     --engine) shift; exec python benchmarks/suites/engine.py "$@" ;;
+    --pace) shift; exec python benchmarks/suites/pace.py "$@" ;;
     --autocast) shift; exec python benchmarks/suites/autocast.py "$@" ;;
     --cohort) shift; exec python benchmarks/suites/cohort.py "$@" ;;
     # GOMP_SPINCOUNT as scripts/test.sh sets it: without it torch's OpenMP threads wait out a busy core's time slices,
