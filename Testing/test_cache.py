@@ -1,4 +1,5 @@
-"""The window cache: least recently used entries go first, pinned and held entries never."""
+"""The window cache: least recently used entries leave the device first, pinned and held entries never; evicted
+entries wait in the host level and come back with the same contents."""
 
 from __future__ import annotations
 
@@ -7,79 +8,103 @@ import torch
 
 from segshap.cache import PatchCache
 
+LIKE = (torch.Size([10]), torch.float32)
+SLOT = 40  # bytes of one entry
 
-def _tensor(n_floats: int, fill: float = 0.0) -> torch.Tensor:
-    return torch.full((n_floats,), fill)
+
+def _store(cache: PatchCache, state: bytes, fill: float, window: int = 0, pinned: bool = False) -> int:
+    """Store an entry as the engine does: inside a held block, which ends (and enforces the budget) unless one is
+    open already."""
+    if cache._held is None and not pinned:
+        with cache.held():
+            return _store(cache, state, fill, window)
+    slot = cache.store(window, state, LIKE, pinned=pinned)
+    cache.slab(window)[slot] = fill
+    return slot
+
+
+def _read(cache: PatchCache, state: bytes, window: int = 0) -> float | None:
+    if cache._held is None:
+        with cache.held():
+            return _read(cache, state, window)
+    slot = int(cache.find(window, [state])[0])
+    return None if slot < 0 else float(cache.slab(window)[slot][0])
 
 
 def test_least_recently_used_entries_are_evicted_first():
-    cache = PatchCache(budget_bytes=3 * 40)
-    for key in "abc":
-        cache.put(key, _tensor(10))
-    assert cache.get("a") is not None  # "a" is now the most recently used
-    cache.put("d", _tensor(10))
-    assert cache.get("b") is None
-    assert all(cache.get(key) is not None for key in "acd")
-    assert cache.evictions == 1 and cache.nbytes == 3 * 40
+    cache = PatchCache(budget_bytes=3 * SLOT)
+    for fill, state in enumerate([b"a", b"b", b"c"]):
+        _store(cache, state, fill)
+    assert _read(cache, b"a") == 0.0  # "a" is now the most recently used
+    _store(cache, b"d", 3.0)
+    assert _read(cache, b"b") is None
+    assert [_read(cache, s) for s in (b"a", b"c", b"d")] == [0.0, 2.0, 3.0]
+    assert cache.evictions == 1 and cache.nbytes == 3 * SLOT
 
 
-def test_pinned_entries_stay_whatever_the_budget():
+def test_pinned_entries_stay_whatever_the_budget_and_keys_are_stored_once():
     cache = PatchCache(budget_bytes=0)
-    cache.put("on", _tensor(100), pinned=True)
-    cache.put("x", _tensor(1))
-    assert cache.get("on") is not None and cache.get("x") is None
-    assert len(cache) == 1 and cache.nbytes == 400
+    _store(cache, b"on", 1.0, pinned=True)
+    _store(cache, b"x", 2.0)
+    assert _read(cache, b"on") == 1.0 and _read(cache, b"x") is None
+    assert len(cache) == 1 and cache.nbytes == SLOT
+    with pytest.raises(ValueError, match="already holds"):
+        cache.store(0, b"on", LIKE, pinned=True)
+    with pytest.raises(RuntimeError, match="inside a held"):
+        cache.store(0, b"y", LIKE)
 
 
-def test_replacing_an_entry_keeps_the_byte_count():
-    cache = PatchCache(budget_bytes=1000)
-    cache.put("a", _tensor(10))
-    cache.put("a", _tensor(20))
-    assert cache.nbytes == 80 and len(cache) == 1
-    cache.put("a", _tensor(5), pinned=True)
-    assert cache.nbytes == 20 and len(cache) == 1
-
-
-def test_stored_entries_are_copies_in_reused_slots():
-    cache = PatchCache(budget_bytes=2 * 40)
-    source = _tensor(10, 1.0)
-    stored = cache.put("a", source)
-    source.fill_(2.0)
-    assert torch.equal(cache.get("a"), _tensor(10, 1.0)) and stored.data_ptr() != source.data_ptr()
-    cache.put("b", _tensor(10, 3.0))
+def test_windows_have_their_own_slabs_and_slots_are_reused():
+    cache = PatchCache(budget_bytes=2 * SLOT)
+    _store(cache, b"a", 1.0, window=0)
+    _store(cache, b"a", 2.0, window=1)
+    assert _read(cache, b"a", window=0) == 1.0 and _read(cache, b"a", window=1) == 2.0
     reserved = cache.reserved_bytes
-    for i in range(20):  # far more entries than fit: their slots are reused, nothing more is allocated
-        cache.put(("c", i), _tensor(10, float(i)))
-        assert torch.equal(cache.get(("c", i)), _tensor(10, float(i)))
-    assert cache.reserved_bytes == reserved == 2 * 40 and cache.evictions == 20
+    for i in range(50):  # far more entries than fit: their slots are reused, nothing more is allocated
+        _store(cache, bytes([i]), float(i), window=1)
+        assert _read(cache, bytes([i]), window=1) == float(i)
+    assert cache.reserved_bytes == reserved and cache.evictions == 50
 
 
-def test_held_entries_stay_valid_beyond_the_budget_until_the_block_ends():
-    cache = PatchCache(budget_bytes=40)
-    cache.put("old", _tensor(10, 9.0))
+def test_held_entries_stay_beyond_the_budget_until_the_block_ends():
+    cache = PatchCache(budget_bytes=SLOT)
+    _store(cache, b"old", 9.0)
     with cache.held():
-        first = cache.put("a", _tensor(10, 1.0))  # evicts "old", which was not held
-        second = cache.put("b", _tensor(10, 2.0))  # over the budget: "a" is held, so it stays
-        third = cache.put("c", _tensor(10, 3.0))
-        assert cache.get("old") is None and cache.nbytes == 3 * 40
-        assert [float(t[0]) for t in (first, second, third)] == [1.0, 2.0, 3.0]
-    assert cache.nbytes == 40 and cache.get("c") is not None and cache.get("a") is None
-    after = cache.put("d", _tensor(10, 4.0))  # reuses a slot released at the block's end
-    assert float(after[0]) == 4.0 and cache.reserved_bytes == 3 * 40
-
-
-def test_an_entry_replaced_while_held_keeps_its_contents_until_the_block_ends():
-    cache = PatchCache(budget_bytes=0)
-    with cache.held():
-        first = cache.put("a", _tensor(10, 1.0))
-        cache.put("a", _tensor(10, 2.0))
-        cache.put("b", _tensor(10, 3.0))
-        assert float(first[0]) == 1.0
+        slots = [_store(cache, state, fill) for fill, state in enumerate([b"a", b"b", b"c"], start=1)]
+        assert _read(cache, b"old") is None and cache.nbytes == 3 * SLOT  # "old" was not held
+        assert len(set(slots)) == 3 and [float(cache.slab(0)[s][0]) for s in slots] == [1.0, 2.0, 3.0]
+    assert cache.nbytes == SLOT and _read(cache, b"c") == 3.0 and _read(cache, b"a") is None
     with pytest.raises(RuntimeError, match="nested"):
         with cache.held(), cache.held():
             pass
 
 
-def test_negative_budget():
+def test_retained_entries_survive_eviction_until_released():
+    cache = PatchCache(budget_bytes=SLOT)
+    _store(cache, b"keep", 1.0)
+    cache.retain({(0, b"keep")})
+    _store(cache, b"new", 2.0)
+    assert _read(cache, b"keep") == 1.0 and _read(cache, b"new") is None
+    cache.retain(set())
+    _store(cache, b"newer", 3.0)
+    assert _read(cache, b"keep") is None and _read(cache, b"newer") == 3.0
+
+
+def test_evicted_entries_come_back_from_the_host_level_with_the_same_contents():
+    cache = PatchCache(budget_bytes=SLOT, host_bytes=2 * SLOT)
+    for fill, state in enumerate([b"a", b"b", b"c", b"d"]):
+        _store(cache, state, fill + 0.5)
+    # "d" on the device, "b" and "c" on the host, "a" dropped (the host level holds two).
+    assert cache.host_entries == 2 and (0, b"a") not in cache
+    assert all((0, s) in cache for s in (b"b", b"c", b"d"))
+    assert _read(cache, b"b") == 1.5  # copied back, "d" moves to the host, making room
+    assert cache.host_hits == 1 and cache.host_entries == 2 and len(cache) == 1
+    assert [_read(cache, s) for s in (b"c", b"d", b"b")] == [2.5, 3.5, 1.5]
+    assert cache.host_hits == 4 and _read(cache, b"a") is None
+
+
+def test_negative_budgets():
     with pytest.raises(ValueError, match="cache_bytes= must be a non-negative integer"):
         PatchCache(-1)
+    with pytest.raises(ValueError, match="host_cache_bytes= must be a non-negative integer"):
+        PatchCache(0, host_bytes=-1)

@@ -241,3 +241,47 @@ def test_a_chain_step_runs_only_the_windows_of_the_feature_it_switches(setting):
         engine.feature_windows[int(np.flatnonzero(two[0])[-1])].tolist()
     )
     assert engine.stats["patch_forwards"] - before == len(touched)
+
+
+def test_the_host_level_returns_evicted_outputs_with_the_same_values(setting):
+    """With no device budget, outputs evicted from the device wait in the host level: asking again runs nothing
+    and gives the same values, bit for bit; without the host level they run again."""
+    image, reference, features = setting
+    options = dict(reference=reference, patch_size=PATCH, cache_bytes=0)
+    two_levels = segshap.PatchEngine(small_unet(), image, features, host_cache_bytes=2**30, **options)
+    coalitions = np.random.default_rng(4).random((10, two_levels.n_players)) < 0.5
+    set_up = two_levels.stats["patch_forwards"]
+    first = two_levels.evaluate(coalitions)
+    forwards = two_levels.stats["patch_forwards"]
+    assert two_levels.stats["cache_evictions"] > 0 and two_levels.stats["cache_host_entries"] > 0
+    again = two_levels.evaluate(coalitions[::-1])[::-1]
+    assert two_levels.stats["patch_forwards"] == forwards and two_levels.stats["cache_host_hits"] > 0
+    np.testing.assert_array_equal(again, first)
+    one_level = segshap.PatchEngine(small_unet(), image, features, **options)
+    np.testing.assert_array_equal(one_level.evaluate(coalitions), first)
+    one_level.evaluate(coalitions)
+    assert one_level.stats["patch_forwards"] - set_up == 2 * (forwards - set_up)
+    assert one_level.stats["cache_host_hits"] == 0
+
+
+@pytest.mark.slow
+def test_chains_give_the_same_estimates_however_their_steps_are_batched(setting):
+    """The chains walk side by side so that a forward batch fills; how many steps go to the engine per call and
+    how many windows per forward change the order of evaluation only: the same seed gives the same estimates."""
+    image, reference, features = setting
+    model = PerSample(small_unet())  # window outputs that do not depend on what else is in the batch
+    results = []
+    for rows, windows in ((8, 1), (512, 16)):
+        engine = segshap.PatchEngine(model, image, features, reference=reference, patch_size=PATCH, batch_size=windows)
+        result = segshap.kernel_shap(
+            engine.evaluate, engine.n_players, 4 * engine.n_players, seed=3, design="chains", batch_size=rows
+        )
+        results.append((result, engine.stats))
+    (first, first_stats), *others = results
+    for result, stats in others:
+        assert result.n_evaluations == first.n_evaluations
+        assert stats["patch_forwards"] == first_stats["patch_forwards"]
+        # Values may differ in the last bits of their float64 sums (torch splits reductions by batch shape).
+        np.testing.assert_allclose(result.values, first.values, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(result.stderr, first.stderr, rtol=1e-6, atol=1e-10)
+    assert results[-1][1]["forward_batches"] < results[0][1]["forward_batches"]

@@ -18,7 +18,7 @@ import torch
 from .cache import LeastRecentlyUsed
 from .tiling import Box, box_slices
 
-__all__ = ["Cell", "cut_cells", "WindowLookup", "CellStatistics", "shift_box", "intersect_boxes"]
+__all__ = ["Cell", "cut_cells", "WindowLookup", "CellStatistics", "distinct_rows", "shift_box", "intersect_boxes"]
 
 MEMO_ENTRIES = 2**18
 """Cells whose value statistics are remembered (least recently used forgotten first); a few hundred MB at most."""
@@ -98,17 +98,30 @@ class WindowLookup:
 
     Attributes
     ----------
-    outputs : list of torch.Tensor
-        Per distinct input, the window's weighted output on the region (``None`` until it has been run).
-    input_of_row : np.ndarray
-        ``(n,)`` per coalition of the batch, the position of its input among the distinct ones.
     states : list of bytes
         Per distinct input, the packed on/off states of the features that change the window: its cache key.
+    ids : np.ndarray
+        ``(d,)`` per distinct input, an integer the engine gives each ``(window, states)`` once and for all.
+    slots : np.ndarray
+        ``(d,)`` per distinct input, the slot of the window's weighted output on the region in the cache's slab
+        (``-1`` until it has been run).
+    input_of_row : np.ndarray
+        ``(n,)`` per coalition of the batch, the position of its input among the distinct ones.
     """
 
-    outputs: list
-    input_of_row: np.ndarray
     states: list[bytes]
+    ids: np.ndarray
+    slots: np.ndarray
+    input_of_row: np.ndarray
+
+
+def distinct_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct rows of a 2-D array, the first row holding each, and each row's position among them: one
+    sort of the rows as opaque byte strings (much faster than ``np.unique(axis=0)``)."""
+    array = np.ascontiguousarray(array)
+    as_bytes = array.view(np.dtype((np.void, array.dtype.itemsize * array.shape[1]))).ravel()
+    _, first, inverse = np.unique(as_bytes, return_index=True, return_inverse=True)
+    return array[first], first, inverse.reshape(-1)
 
 
 class CellStatistics:
@@ -130,26 +143,33 @@ class CellStatistics:
         self,
         lookups: list[WindowLookup],
         n_rows: int,
-        compute: Callable[[Cell, list[tuple[int, ...]]], torch.Tensor],
+        compute: Callable[[Cell, np.ndarray], torch.Tensor],
         n_targets: int,
     ) -> torch.Tensor:
         """``(n, T, 4)`` float64: per coalition, the statistics of every cell, summed.
 
-        ``compute(cell, inputs)`` gives ``(u, T, 4)`` statistics of the cell for ``u`` tuples of its windows'
-        input positions (see :attr:`WindowLookup.input_of_row`); it is called only for combinations not
-        remembered.
+        ``compute(cell, rows)`` gives ``(u, T, 4)`` statistics of the cell for the coalitions ``rows`` (indices into
+        the batch), on the device; it is called only for combinations of the cell's windows' inputs not
+        remembered, once per combination, and their statistics come to the host in one transfer.
         """
-        total = torch.zeros((n_rows, n_targets, 4), dtype=torch.float64)
+        plans, fresh = [], []
         for index, cell in enumerate(self.cells):
-            rows = list(zip(*(lookups[w].input_of_row.tolist() for w in cell.windows))) or [()] * n_rows
-            keys = [(index, *(lookups[w].states[k] for w, k in zip(cell.windows, inputs))) for inputs in rows]
-            missing: dict = {}
-            for key, inputs in zip(keys, rows):
-                if self._memo.get(key) is None:
-                    missing.setdefault(key, inputs)
+            ids = np.stack([lookups[w].ids[lookups[w].input_of_row] for w in cell.windows], axis=1)
+            combos, first, inverse = distinct_rows(ids)
+            keys = [(index, *combo) for combo in combos.tolist()]
+            missing = [position for position, key in enumerate(keys) if self._memo.get(key) is None]
             if missing:
-                for key, statistics in zip(missing, compute(cell, list(missing.values())).cpu()):
-                    self._memo[key] = statistics
-            total += torch.stack([self._memo[key] for key in keys])
-            self._memo.forget_oldest(self.max_entries)
+                fresh.append((keys, missing, compute(cell, first[missing])))
+            plans.append((keys, inverse))
+        if fresh:
+            statistics = (
+                torch.cat([computed for _, _, computed in fresh]).cpu().split([len(missing) for _, missing, _ in fresh])
+            )
+            for (keys, missing, _), computed in zip(fresh, statistics):
+                for position, row in zip(missing, computed):
+                    self._memo[keys[position]] = row
+        total = torch.zeros((n_rows, n_targets, 4), dtype=torch.float64)
+        for keys, inverse in plans:
+            total += torch.stack([self._memo[key] for key in keys])[torch.from_numpy(inverse)]
+        self._memo.forget_oldest(self.max_entries)
         return total

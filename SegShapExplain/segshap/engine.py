@@ -43,8 +43,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .cache import DEFAULT_CACHE_BYTES, PatchCache
-from .cells import Cell, CellStatistics, WindowLookup, cut_cells
+from .cache import DEFAULT_CACHE_BYTES, DEFAULT_HOST_CACHE_BYTES, PatchCache
+from .cells import Cell, CellStatistics, WindowLookup, cut_cells, distinct_rows
 from .inference import DEFAULT_BATCH_SIZE, predict_labels, require_predicted
 from .inputs import (
     DEFAULT_MARGIN,
@@ -115,9 +115,14 @@ class PatchEngine:
         (``tile_step_size = 1 - overlap``) and its Gaussian fusion summed in float16, as its predictor runs a
         preprocessed image.
     cache_bytes : int
-        Budget for cached window outputs; the all-on and all-off states are kept beyond it. Within the budget a
-        window input is never run twice. The outputs one batch of coalitions needs are held beyond it while the
-        batch is blended (at most 1 GiB: larger batches are split), so memory peaks at about the budget plus that.
+        Budget for cached window outputs on ``device``; the all-on and all-off states are kept beyond it. Within
+        the budget a window input is never run twice. The outputs one batch of coalitions needs are held beyond it
+        while the batch is blended (at most 1 GiB: larger batches are split), and a window's slab of outputs grows
+        by a quarter when full, so device memory peaks at about 1.25 times the budget plus that.
+    host_cache_bytes : int, optional
+        Budget of the cache's second level in host memory: outputs evicted from the device move there and are
+        copied back when asked for again (no forward). ``None``: :data:`~segshap.cache.DEFAULT_HOST_CACHE_BYTES`
+        on a GPU, 0 on the CPU (where the device is the host: give the memory to ``cache_bytes``).
     autocast_dtype : torch.dtype, optional
         Run the model under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``). Faster, not exact.
     **tiling_settings
@@ -171,17 +176,26 @@ class PatchEngine:
         batch_size: int = DEFAULT_BATCH_SIZE,
         tiling: str | TilingSpec = "monai",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        host_cache_bytes: int | None = None,
         autocast_dtype: torch.dtype | None = None,
         **tiling_settings,
     ) -> None:
         started = time.perf_counter()
-        self._stats = {"coalitions": 0, "patch_forwards": 0, "cache_hits": 0, "total_seconds": 0.0}
+        self._stats = {
+            "coalitions": 0,
+            "patch_forwards": 0,
+            "forward_batches": 0,
+            "cache_hits": 0,
+            "total_seconds": 0.0,
+        }
         self._device = resolve_device(device)
         self.value = checked_choice(value, "value", VALUE_NAMES)
         self.batch_size = checked_integer(batch_size, "batch_size")
         self.tiling_spec = TilingSpec.resolve(tiling, **tiling_settings)
         self._network = Network(model, self._device, autocast_dtype, self.tiling_spec.folds)
-        self._cache = PatchCache(cache_bytes)
+        if host_cache_bytes is None:
+            host_cache_bytes = DEFAULT_HOST_CACHE_BYTES if self._device.type == "cuda" else 0
+        self._cache = PatchCache(cache_bytes, host_cache_bytes, self._device)
 
         given_ndim = np.ndim(image)
         image = as_image(image)
@@ -201,11 +215,10 @@ class PatchEngine:
         self._window_boxes = support.window_boxes
         self._window_columns = support.window_columns
         self._feature_window_positions = support.feature_window_positions
-        self._columns = torch.from_numpy(support.columns).to(self._device)
-        self._image = torch.from_numpy(support.image).to(self._device)
-        self._baseline = torch.as_tensor(support.baseline, dtype=torch.float32, device=self._device)
+        self._state_ids: list[dict[bytes, int]] = [{} for _ in self.windows]
         self._region_shape = tuple(b - a for a, b in support.region)
         self._in_window = support.in_window
+        self._set_window_inputs(support)
         cells = cut_cells(
             support.region, support.run_boxes, support.roi_padded, self._importance, self.tiling.accumulation_dtype
         )
@@ -236,8 +249,8 @@ class PatchEngine:
         if masks is None:
             lookups = self._fetch(np.ones((1, self.n_players), dtype=bool))
             for cell in cells:
-                inputs = [tuple(int(lookups[w].input_of_row[0]) for w in cell.windows)]
-                predicted = class_probabilities(self._cell_logits(cell, inputs, lookups)).argmax(dim=1)[0]
+                logits = self._cell_logits(cell, np.zeros(1, np.int64), lookups)
+                predicted = class_probabilities(logits).argmax(dim=1)[0]
                 cell.reference = torch.stack([predicted == t for t in self.targets])
         else:
             padded_masks = torch.from_numpy(self.tiling.pad(masks, False)).to(self._device)
@@ -278,6 +291,9 @@ class PatchEngine:
             "cache_bytes": self._cache.nbytes,
             "cache_reserved_bytes": self._cache.reserved_bytes,
             "cache_evictions": self._cache.evictions,
+            "cache_host_entries": self._cache.host_entries,
+            "cache_host_reserved_bytes": self._cache.host_reserved_bytes,
+            "cache_host_hits": self._cache.host_hits,
         }
 
     @property
@@ -298,11 +314,8 @@ class PatchEngine:
         coalitions = self._checked(coalitions)
         cost = 0
         for window, columns in enumerate(self._window_columns):
-            if columns.size:
-                states = np.unique(np.packbits(coalitions[:, columns], axis=1), axis=0)
-                cost += sum((window, row.tobytes()) not in self._cache for row in states)
-            else:
-                cost += (window, b"") not in self._cache
+            states = self._distinct_states(coalitions, columns)[0]
+            cost += sum((window, state) not in self._cache for state in states)
         return int(cost)
 
     def evaluate(self, coalitions: np.ndarray, retain: np.ndarray | None = None) -> np.ndarray:
@@ -358,16 +371,44 @@ class PatchEngine:
 
     # ------------------------------------------------------------------ evaluation
 
-    def _cell_logits(self, cell: Cell, inputs: list[tuple[int, ...]], lookups: list[WindowLookup]) -> torch.Tensor:
-        """``(u, K, V)`` blended logits at a cell's ROI voxels, one row per tuple of its windows' input positions."""
+    def _set_window_inputs(self, support) -> None:
+        """Per run window: views of the image and the baseline in its box, and the coalition column of each of
+        its voxels, flattened: the input of a batch row is one gather and one ``lerp``. The columns take 8 bytes per
+        voxel of every run window (int64 indices gather fastest), about 8 times the cropped image's memory."""
+        image = torch.from_numpy(support.image).to(self._device)
+        baseline = torch.as_tensor(support.baseline, dtype=torch.float32, device=self._device)
+        columns = torch.from_numpy(support.columns).to(self._device, torch.int64)
+        self._window_image, self._window_baseline, self._window_voxel_columns = [], [], []
+        for box in self._window_boxes:
+            inside = (slice(None), *box_slices(box))
+            self._window_image.append(image[inside])
+            self._window_baseline.append(baseline.expand_as(image[inside]) if baseline.ndim == 0 else baseline[inside])
+            self._window_voxel_columns.append(columns[inside[1:]].reshape(-1))
+        self._patch_shape = tuple(b - a for a, b in self._window_boxes[0])
+        self._in_window_channels = [(slice(None), *in_window) for in_window in self._in_window]
+        self._window_weight = [self._importance[in_window] for in_window in self._in_window]
+
+    @staticmethod
+    def _distinct_states(coalitions: np.ndarray, columns: np.ndarray) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+        """A window's distinct inputs among ``coalitions``: the packed states of its ``columns``, the first row
+        giving each, and each row's position among them."""
+        if not columns.size:
+            return [b""], np.zeros(1, np.int64), np.zeros(len(coalitions), np.int64)
+        distinct, first, inverse = distinct_rows(np.packbits(coalitions[:, columns], axis=1))
+        return [row.tobytes() for row in distinct], first, inverse
+
+    def _cell_logits(self, cell: Cell, rows: np.ndarray, lookups: list[WindowLookup]) -> torch.Tensor:
+        """``(u, K, V)`` blended logits at a cell's ROI voxels for the coalitions ``rows`` of the batch: per covering
+        window, in blending order, one gather of the rows' outputs from its slab, added."""
         blended = torch.zeros(
-            (len(inputs), self._network.n_outputs, *cell.shape),
+            (len(rows), self._network.n_outputs, *cell.shape),
             dtype=self.tiling.accumulation_dtype,
             device=self._device,
         )
-        for row, positions in enumerate(inputs):
-            for window, in_entry, position in zip(cell.windows, cell.in_entry, positions):
-                blended[row] += lookups[window].outputs[position][(slice(None), *in_entry)]
+        for window, in_entry in zip(cell.windows, cell.in_entry):
+            lookup = lookups[window]
+            slots = torch.from_numpy(lookup.slots[lookup.input_of_row[rows]]).to(self._device)
+            blended += self._cache.slab(window)[(slice(None), slice(None), *in_entry)].index_select(0, slots)
         return self.tiling.fuse(cell.at_roi(blended.flatten(2)), cell.weight, channel_axis=1)
 
     @torch.inference_mode()
@@ -385,57 +426,53 @@ class PatchEngine:
         statistics = self._cell_statistics.summed(
             lookups,
             len(coalitions),
-            lambda cell, inputs: segment_statistics(
-                self._cell_logits(cell, inputs, lookups), self.targets, cell.reference
-            ),
+            lambda cell, rows: segment_statistics(self._cell_logits(cell, rows, lookups), self.targets, cell.reference),
             len(self.targets),
         )
         return values_from_statistics(statistics, self._reference_size, self._roi_size, self.value)
 
     def _fetch(self, coalitions: np.ndarray, pin: bool = False) -> list[WindowLookup]:
-        """Per window: the outputs its distinct inputs need (running the misses) and each row's input among them."""
-        lookups, misses = [], {}
+        """Per window: its distinct inputs among ``coalitions``, their slots in the cache (running the misses) and
+        each row's input among them."""
+        lookups, misses = [], []
         for window, columns in enumerate(self._window_columns):
-            if columns.size:
-                packed = np.packbits(coalitions[:, columns], axis=1)
-                unique, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
-                states = [row.tobytes() for row in unique]
-            else:
-                first, inverse, states = np.zeros(1, np.int64), np.zeros(len(coalitions), np.int64), [b""]
-            outputs = []
-            for state, row in zip(states, first):
-                key = (window, state)
-                output = self._cache.get(key)
-                if output is None:
-                    misses.setdefault(key, (int(row), len(outputs)))
-                outputs.append(output)
-            lookups.append(WindowLookup(outputs, inverse.reshape(-1), states))
+            states, first, inverse = self._distinct_states(coalitions, columns)
+            known = self._state_ids[window]
+            ids = np.array([known.setdefault(state, len(known)) for state in states], dtype=np.int64)
+            lookup = WindowLookup(states, ids, self._cache.find(window, states), inverse)
+            missing = np.flatnonzero(lookup.slots < 0)
+            misses.extend((window, position, int(first[position])) for position in missing.tolist())
+            lookups.append(lookup)
             if not pin:
-                self._stats["cache_hits"] += len(coalitions) - sum(1 for state in states if (window, state) in misses)
+                self._stats["cache_hits"] += len(coalitions) - missing.size
         if misses:
-            self._run(coalitions, list(misses.items()), lookups, pin)
+            self._run(coalitions, misses, lookups, pin)
         return lookups
 
     def _run(self, coalitions: np.ndarray, misses: list, lookups: list[WindowLookup], pin: bool) -> None:
-        """Run the missing windows ``batch_size`` at a time; cache their weighted outputs and fill ``lookups``.
+        """Run the missing windows ``batch_size`` at a time; store their weighted outputs on the region in the
+        cache's slabs and their slots in ``lookups``.
 
-        ``misses`` holds ``((window, states), (row, position))``: a coalition row that needs the key, and the
-        position of the key's input among its window's.
+        ``misses`` holds ``(window, position, row)``: the position of a missing input among its window's distinct
+        ones, and a coalition row that gives it. A row's input is ``lerp(baseline, image, kept)`` with ``kept`` 0 or
+        1 per voxel, which is exactly the image or the baseline there.
         """
-        keep = torch.ones((len(coalitions), self.n_players + 1), dtype=torch.bool, device=self._device)
-        keep[:, : self.n_players] = torch.from_numpy(coalitions).to(self._device)
+        kept = torch.ones((len(coalitions), self.n_players + 1), dtype=torch.float32, device=self._device)
+        kept[:, : self.n_players] = torch.from_numpy(coalitions).to(self._device)
+        channels = self._window_image[0].shape[0]
         for first in range(0, len(misses), self.batch_size):
             batch = misses[first : first + self.batch_size]
-            inputs = []
-            for (window, _), (row, _) in batch:
-                box = (slice(None), *box_slices(self._window_boxes[window]))
-                kept = keep[row][self._columns[box[1:]]]
-                baseline = self._baseline if self._baseline.ndim == 0 else self._baseline[box]
-                inputs.append(torch.where(kept, self._image[box], baseline))
-            out = self._network(torch.stack(inputs))
+            inputs = torch.empty((len(batch), channels, *self._patch_shape), device=self._device)
+            for into, (window, _, row) in zip(inputs, batch):
+                mask = kept[row].index_select(0, self._window_voxel_columns[window]).view(self._patch_shape)
+                torch.lerp(self._window_baseline[window], self._window_image[window], mask, out=into)
+            out = self._network(inputs)
             self._stats["patch_forwards"] += len(batch)
-            for window_out, (key, (_, position)) in zip(out, batch):
-                window = key[0]
-                in_window = self._in_window[window]
-                weighted = window_out[(slice(None), *in_window)] * self._importance[in_window]
-                lookups[window].outputs[position] = self._cache.put(key, weighted, pinned=pin)
+            self._stats["forward_batches"] += 1
+            for window_out, (window, position, _) in zip(out, batch):
+                output = window_out[self._in_window_channels[window]]
+                weight = self._window_weight[window]
+                like = (output.shape, torch.promote_types(output.dtype, weight.dtype))
+                slot = self._cache.store(window, lookups[window].states[position], like, pinned=pin)
+                torch.mul(output, weight, out=self._cache.slab(window)[slot])
+                lookups[window].slots[position] = slot

@@ -151,15 +151,16 @@ def perturb(image, features, feature_ids, coalition, baseline):
     return np.where(off, np.float32(baseline), image).astype(np.float32)
 
 
-def naive_values(model, image, features, reference, engine, coalitions, baseline, batch_size, device):
-    """Full-volume MONAI sliding-window inference per coalition, soft Dice on the engine's ROI."""
+def naive_values(model, image, features, reference, engine, coalitions, baseline, batch_size, device, patch=PATCH):
+    """Full-volume MONAI sliding-window inference per coalition (``patch``-sized windows), soft Dice on the
+    engine's ROI."""
     roi = np.zeros(image.shape, bool)
     roi[tuple(slice(a, b) for a, b in engine.roi_box)] = True
     values = []
     for coalition in coalitions:
         x = torch.from_numpy(perturb(image, features, engine.feature_ids, coalition, baseline))[None, None]
         with torch.inference_mode():
-            logits = sliding_window_inference(x.to(device), PATCH, batch_size, model, overlap=OVERLAP, mode="gaussian")
+            logits = sliding_window_inference(x.to(device), patch, batch_size, model, overlap=OVERLAP, mode="gaussian")
         p = torch.softmax(logits, 1)[0, 1].cpu().numpy()[roi].astype(np.float64)
         r = reference[roi]
         values.append(2 * (p * r).sum() / (p.sum() + r.sum()))
