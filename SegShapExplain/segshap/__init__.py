@@ -27,6 +27,7 @@ _EXPORTS = {
     "Update": "anytime",
     "kernel_shap": "estimator",
     "DEFAULT_CACHE_BYTES": "cache",
+    "DEFAULT_HOST_CACHE_BYTES": "cache",
     "Tiling": "tiling",
     "TilingSpec": "tiling",
     "monai_tiling": "tiling",
