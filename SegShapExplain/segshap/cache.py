@@ -179,10 +179,12 @@ class PatchCache:
 
     @property
     def host_entries(self) -> int:
+        """Entries on the host level."""
         return len(self._host_entries)
 
     @property
     def host_reserved_bytes(self) -> int:
+        """Bytes allocated on the host level: every slab, its slots used or free."""
         return self._host.reserved_bytes
 
     def slab(self, window: int) -> torch.Tensor:

@@ -61,7 +61,7 @@ from .inputs import (
     roi_around,
 )
 from .network import Network
-from .support import crop_to_support
+from .support import WindowInputs, crop_to_support
 from .tiling import Box, TilingSpec, box_slices
 from .values import VALUE_NAMES, class_probabilities, segment_statistics, values_from_statistics
 
@@ -212,13 +212,14 @@ class PatchEngine:
         self.roi_box: Box = bounding_box(roi_mask)
         self.windows: np.ndarray = support.windows
         self.feature_ids: np.ndarray = support.feature_ids
-        self._window_boxes = support.window_boxes
         self._window_columns = support.window_columns
         self._feature_window_positions = support.feature_window_positions
         self._state_ids: list[dict[bytes, int]] = [{} for _ in self.windows]
         self._region_shape = tuple(b - a for a, b in support.region)
         self._in_window = support.in_window
-        self._set_window_inputs(support)
+        self._inputs = WindowInputs(support, self._device)
+        self._in_window_channels = [(slice(None), *in_window) for in_window in self._in_window]
+        self._window_weight = [self._importance[in_window] for in_window in self._in_window]
         cells = cut_cells(
             support.region, support.run_boxes, support.roi_padded, self._importance, self.tiling.accumulation_dtype
         )
@@ -371,23 +372,6 @@ class PatchEngine:
 
     # ------------------------------------------------------------------ evaluation
 
-    def _set_window_inputs(self, support) -> None:
-        """Per run window: views of the image and the baseline in its box, and the coalition column of each of
-        its voxels, flattened: the input of a batch row is one gather and one ``lerp``. The columns take 8 bytes per
-        voxel of every run window (int64 indices gather fastest), about 8 times the cropped image's memory."""
-        image = torch.from_numpy(support.image).to(self._device)
-        baseline = torch.as_tensor(support.baseline, dtype=torch.float32, device=self._device)
-        columns = torch.from_numpy(support.columns).to(self._device, torch.int64)
-        self._window_image, self._window_baseline, self._window_voxel_columns = [], [], []
-        for box in self._window_boxes:
-            inside = (slice(None), *box_slices(box))
-            self._window_image.append(image[inside])
-            self._window_baseline.append(baseline.expand_as(image[inside]) if baseline.ndim == 0 else baseline[inside])
-            self._window_voxel_columns.append(columns[inside[1:]].reshape(-1))
-        self._patch_shape = tuple(b - a for a, b in self._window_boxes[0])
-        self._in_window_channels = [(slice(None), *in_window) for in_window in self._in_window]
-        self._window_weight = [self._importance[in_window] for in_window in self._in_window]
-
     @staticmethod
     def _distinct_states(coalitions: np.ndarray, columns: np.ndarray) -> tuple[list[bytes], np.ndarray, np.ndarray]:
         """A window's distinct inputs among ``coalitions``: the packed states of its ``columns``, the first row
@@ -454,18 +438,15 @@ class PatchEngine:
         cache's slabs and their slots in ``lookups``.
 
         ``misses`` holds ``(window, position, row)``: the position of a missing input among its window's distinct
-        ones, and a coalition row that gives it. A row's input is ``lerp(baseline, image, kept)`` with ``kept`` 0 or
-        1 per voxel, which is exactly the image or the baseline there.
+        ones, and a coalition row that gives it (its input is built by :class:`~segshap.support.WindowInputs`).
         """
         kept = torch.ones((len(coalitions), self.n_players + 1), dtype=torch.float32, device=self._device)
         kept[:, : self.n_players] = torch.from_numpy(coalitions).to(self._device)
-        channels = self._window_image[0].shape[0]
         for first in range(0, len(misses), self.batch_size):
             batch = misses[first : first + self.batch_size]
-            inputs = torch.empty((len(batch), channels, *self._patch_shape), device=self._device)
+            inputs = torch.empty((len(batch), *self._inputs.shape), device=self._device)
             for into, (window, _, row) in zip(inputs, batch):
-                mask = kept[row].index_select(0, self._window_voxel_columns[window]).view(self._patch_shape)
-                torch.lerp(self._window_baseline[window], self._window_image[window], mask, out=into)
+                self._inputs.fill(into, window, kept[row])
             out = self._network(inputs)
             self._stats["patch_forwards"] += len(batch)
             self._stats["forward_batches"] += 1
