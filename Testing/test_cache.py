@@ -18,7 +18,7 @@ def _store(cache: PatchCache, state: bytes, fill: float, window: int = 0, pinned
     if cache._held is None and not pinned:
         with cache.held():
             return _store(cache, state, fill, window)
-    slot = cache.store(window, state, LIKE, pinned=pinned)
+    slot = int(cache.store(window, [state], LIKE, pinned=pinned)[0])
     cache.slab(window)[slot] = fill
     return slot
 
@@ -49,9 +49,9 @@ def test_pinned_entries_stay_whatever_the_budget_and_keys_are_stored_once():
     assert _read(cache, b"on") == 1.0 and _read(cache, b"x") is None
     assert len(cache) == 1 and cache.nbytes == SLOT
     with pytest.raises(ValueError, match="already holds"):
-        cache.store(0, b"on", LIKE, pinned=True)
+        cache.store(0, [b"on"], LIKE, pinned=True)
     with pytest.raises(RuntimeError, match="inside a held"):
-        cache.store(0, b"y", LIKE)
+        cache.store(0, [b"y"], LIKE)
 
 
 def test_windows_have_their_own_slabs_and_slots_are_reused():
@@ -108,3 +108,18 @@ def test_negative_budgets():
         PatchCache(-1)
     with pytest.raises(ValueError, match="host_cache_bytes= must be a non-negative integer"):
         PatchCache(0, host_bytes=-1)
+
+
+def test_several_entries_are_stored_at_once_in_ascending_slots_evicting_enough_for_all():
+    cache = PatchCache(budget_bytes=4 * SLOT)
+    with cache.held():
+        slots = cache.store(0, [b"a", b"b", b"c"], LIKE)
+        cache.slab(0)[slots] = torch.tensor([[0.0], [1.0], [2.0]])
+    assert slots.tolist() == list(range(slots[0], slots[0] + 3))
+    with cache.held():
+        more = cache.store(0, [b"d", b"e"], LIKE)
+        cache.slab(0)[more] = torch.tensor([[3.0], [4.0]])
+    assert cache.evictions == 1 and _read(cache, b"a") is None
+    assert [_read(cache, s) for s in (b"b", b"c", b"d", b"e")] == [1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(ValueError, match="already holds"), cache.held():
+        cache.store(0, [b"f", b"d"], LIKE)

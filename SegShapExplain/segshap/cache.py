@@ -230,35 +230,41 @@ class PatchCache:
                 slots[position] = slot
         return slots
 
-    def store(self, window: int, state: bytes, like: tuple[torch.Size, torch.dtype], pinned: bool = False) -> int:
-        """A device slot for a new entry ``(window, state)`` whose tensor has shape and dtype ``like``; the caller
-        writes the output into ``slab(window)[slot]``. Evicts least recently used entries beyond the budget.
+    def store(
+        self, window: int, states: Sequence[bytes], like: tuple[torch.Size, torch.dtype], pinned: bool = False
+    ) -> np.ndarray:
+        """Device slots for new entries ``(window, state)`` of each of ``states``, whose tensors have shape and dtype
+        ``like``; the caller writes the outputs into ``slab(window)[slots]``. Evicts least recently used entries
+        beyond the budget. Slots taken from a fresh part of the slab come in ascending order, one after another.
 
-        An unpinned entry is stored inside a :meth:`held` block, so that its slot stays its own while the caller
-        fills and reads it; the budget holds again when the block ends."""
-        key = (window, state)
-        if key in self:
-            raise ValueError(f"The cache already holds {key!r}.")
+        Unpinned entries are stored inside a :meth:`held` block, so that their slots stay their own while the
+        caller fills and reads them; the budget holds again when the block ends."""
+        keys = [(window, state) for state in states]
+        for key in keys:
+            if key in self:
+                raise ValueError(f"The cache already holds {key!r}.")
         if not pinned and self._held is None:
-            raise RuntimeError("PatchCache.store() of an unpinned entry must run inside a held() block.")
+            raise RuntimeError("PatchCache.store() of unpinned entries must run inside a held() block.")
         self._like.setdefault(window, like)
         slot_bytes = self._slot_bytes.setdefault(window, like[1].itemsize * like[0].numel())
+        if not pinned:
+            self._evict(room_for=slot_bytes * len(keys))  # first, so that evicted entries' slots can take them
+        entries = self._pinned if pinned else self._entries
+        slots = np.empty(len(keys), dtype=np.int64)
+        for position, key in enumerate(keys):
+            slots[position] = entries[key] = self._device.take(window, like)
         if pinned:
-            slot = self._pinned[key] = self._device.take(window, like)
-            self.pinned_bytes += slot_bytes
-            return slot
-        self._evict(room_for=slot_bytes)  # first, so that an evicted entry's slot can take it
-        slot = self._entries[key] = self._device.take(window, like)
-        self.unpinned_bytes += slot_bytes
-        if self._held is not None:
-            self._held.add(key)
-        return slot
+            self.pinned_bytes += slot_bytes * len(keys)
+        else:
+            self.unpinned_bytes += slot_bytes * len(keys)
+            self._held.update(keys)
+        return slots
 
     def _bring_back(self, key: tuple) -> int:
         window = key[0]
         host_slot = self._host_entries.pop(key)
         self.host_used_bytes -= self._slot_bytes[window]
-        slot = self.store(window, key[1], self._like[window])
+        slot = int(self.store(window, [key[1]], self._like[window])[0])
         self.slab(window)[slot].copy_(self._host.slabs[window][host_slot], non_blocking=True)
         self._host.give_back(window, host_slot)
         self.host_hits += 1

@@ -143,31 +143,29 @@ class CellStatistics:
         self,
         lookups: list[WindowLookup],
         n_rows: int,
-        compute: Callable[[Cell, np.ndarray], torch.Tensor],
+        compute: Callable[[list[tuple[Cell, np.ndarray]]], torch.Tensor],
         n_targets: int,
     ) -> torch.Tensor:
         """``(n, T, 4)`` float64: per coalition, the statistics of every cell, summed.
 
-        ``compute(cell, rows)`` gives ``(u, T, 4)`` statistics of the cell for the coalitions ``rows`` (indices into
-        the batch), on the device; it is called only for combinations of the cell's windows' inputs not
-        remembered, once per combination, and their statistics come to the host in one transfer.
+        ``compute(requests)`` gives, for requests ``(cell, rows)`` (rows: indices into the batch), the ``(u, T, 4)``
+        statistics of each cell for its rows, stacked in order on the device; it is called once, with the
+        combinations of each cell's windows' inputs not remembered, one row per combination, and their statistics
+        come to the host in one transfer.
         """
-        plans, fresh = [], []
+        plans, requests, fresh = [], [], []
         for index, cell in enumerate(self.cells):
             ids = np.stack([lookups[w].ids[lookups[w].input_of_row] for w in cell.windows], axis=1)
             combos, first, inverse = distinct_rows(ids)
             keys = [(index, *combo) for combo in combos.tolist()]
             missing = [position for position, key in enumerate(keys) if self._memo.get(key) is None]
             if missing:
-                fresh.append((keys, missing, compute(cell, first[missing])))
+                requests.append((cell, first[missing]))
+                fresh.extend(keys[position] for position in missing)
             plans.append((keys, inverse))
-        if fresh:
-            statistics = (
-                torch.cat([computed for _, _, computed in fresh]).cpu().split([len(missing) for _, missing, _ in fresh])
-            )
-            for (keys, missing, _), computed in zip(fresh, statistics):
-                for position, row in zip(missing, computed):
-                    self._memo[keys[position]] = row
+        if requests:
+            for key, row in zip(fresh, compute(requests).cpu()):
+                self._memo[key] = row
         total = torch.zeros((n_rows, n_targets, 4), dtype=torch.float64)
         for keys, inverse in plans:
             total += torch.stack([self._memo[key] for key in keys])[torch.from_numpy(inverse)]

@@ -38,7 +38,7 @@ key
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -249,9 +249,9 @@ class PatchEngine:
         prediction on the unperturbed image), and refuse a target with no voxel inside the ROI."""
         if masks is None:
             lookups = self._fetch(np.ones((1, self.n_players), dtype=bool))
-            for cell in cells:
-                logits = self._cell_logits(cell, np.zeros(1, np.int64), lookups)
-                predicted = class_probabilities(logits).argmax(dim=1)[0]
+            requests = [(cell, np.zeros(1, np.int64)) for cell in cells]
+            for cell, logits in zip(cells, self._cell_logits(requests, lookups)):
+                predicted = class_probabilities(logits).max(dim=1).indices[0]
                 cell.reference = torch.stack([predicted == t for t in self.targets])
         else:
             padded_masks = torch.from_numpy(self.tiling.pad(masks, False)).to(self._device)
@@ -381,19 +381,34 @@ class PatchEngine:
         distinct, first, inverse = distinct_rows(np.packbits(coalitions[:, columns], axis=1))
         return [row.tobytes() for row in distinct], first, inverse
 
-    def _cell_logits(self, cell: Cell, rows: np.ndarray, lookups: list[WindowLookup]) -> torch.Tensor:
-        """``(u, K, V)`` blended logits at a cell's ROI voxels for the coalitions ``rows`` of the batch: per covering
-        window, in blending order, one gather of the rows' outputs from its slab, added."""
-        blended = torch.zeros(
-            (len(rows), self._network.n_outputs, *cell.shape),
-            dtype=self.tiling.accumulation_dtype,
-            device=self._device,
+    def _cell_logits(
+        self, requests: list[tuple[Cell, np.ndarray]], lookups: list[WindowLookup]
+    ) -> Iterator[torch.Tensor]:
+        """Per request ``(cell, rows)``, the ``(u, K, V)`` blended logits at the cell's ROI voxels for the coalitions
+        ``rows`` of the batch: per covering window, in blending order, one gather of the rows' outputs from its
+        slab, added (the first gather is the sum so far: adding it to zeros would change nothing). The slots of
+        all requests go to the device in one copy."""
+        slots = [lookups[w].slots[lookups[w].input_of_row[rows]] for cell, rows in requests for w in cell.windows]
+        slots = iter(torch.from_numpy(np.concatenate(slots)).to(self._device).split([len(s) for s in slots]))
+        for cell, _ in requests:
+            blended = None
+            for window, in_entry in zip(cell.windows, cell.in_entry):
+                gathered = self._cache.slab(window)[(slice(None), slice(None), *in_entry)].index_select(0, next(slots))
+                if blended is None:
+                    blended = gathered.to(self.tiling.accumulation_dtype)
+                else:
+                    blended += gathered
+            yield self.tiling.fuse(cell.at_roi(blended.flatten(2)), cell.weight, channel_axis=1)
+
+    def _cell_statistics_of(self, requests: list[tuple[Cell, np.ndarray]], lookups: list[WindowLookup]) -> torch.Tensor:
+        """``(u, T, 4)`` value statistics of the requests ``(cell, rows)``, stacked in order."""
+        logits = self._cell_logits(requests, lookups)
+        return torch.cat(
+            [
+                segment_statistics(cell_logits, self.targets, cell.reference)
+                for (cell, _), cell_logits in zip(requests, logits)
+            ]
         )
-        for window, in_entry in zip(cell.windows, cell.in_entry):
-            lookup = lookups[window]
-            slots = torch.from_numpy(lookup.slots[lookup.input_of_row[rows]]).to(self._device)
-            blended += self._cache.slab(window)[(slice(None), slice(None), *in_entry)].index_select(0, slots)
-        return self.tiling.fuse(cell.at_roi(blended.flatten(2)), cell.weight, channel_axis=1)
 
     @torch.inference_mode()
     def _values(self, coalitions: np.ndarray, retain: np.ndarray, retained: set) -> torch.Tensor:
@@ -408,10 +423,7 @@ class PatchEngine:
             retained.update((w, lookup.states[int(lookup.input_of_row[row])]) for w, lookup in enumerate(lookups))
         self._cache.retain(retained, keep_previous=True)
         statistics = self._cell_statistics.summed(
-            lookups,
-            len(coalitions),
-            lambda cell, rows: segment_statistics(self._cell_logits(cell, rows, lookups), self.targets, cell.reference),
-            len(self.targets),
+            lookups, len(coalitions), lambda requests: self._cell_statistics_of(requests, lookups), len(self.targets)
         )
         return values_from_statistics(statistics, self._reference_size, self._roi_size, self.value)
 
@@ -425,7 +437,8 @@ class PatchEngine:
             ids = np.array([known.setdefault(state, len(known)) for state in states], dtype=np.int64)
             lookup = WindowLookup(states, ids, self._cache.find(window, states), inverse)
             missing = np.flatnonzero(lookup.slots < 0)
-            misses.extend((window, position, int(first[position])) for position in missing.tolist())
+            if missing.size:
+                misses.append((window, missing, first[missing]))
             lookups.append(lookup)
             if not pin:
                 self._stats["cache_hits"] += len(coalitions) - missing.size
@@ -437,23 +450,40 @@ class PatchEngine:
         """Run the missing windows ``batch_size`` at a time; store their weighted outputs on the region in the
         cache's slabs and their slots in ``lookups``.
 
-        ``misses`` holds ``(window, position, row)``: the position of a missing input among its window's distinct
-        ones, and a coalition row that gives it (its input is built by :class:`~segshap.support.WindowInputs`).
+        ``misses`` holds, per window with missing inputs, ``(window, positions, rows)``: the positions of its missing
+        inputs among its distinct ones, and coalition rows that give them. A batch's windows come in runs of the
+        same window, each built, stored and weighted by a few tensor operations.
         """
-        kept = torch.ones((len(coalitions), self.n_players + 1), dtype=torch.float32, device=self._device)
-        kept[:, : self.n_players] = torch.from_numpy(coalitions).to(self._device)
-        for first in range(0, len(misses), self.batch_size):
-            batch = misses[first : first + self.batch_size]
-            inputs = torch.empty((len(batch), *self._inputs.shape), device=self._device)
-            for into, (window, _, row) in zip(inputs, batch):
-                self._inputs.fill(into, window, kept[row])
+        windows = [window for window, positions, _ in misses for _ in range(positions.size)]
+        positions = np.concatenate([positions for _, positions, _ in misses])
+        rows = np.concatenate([rows for *_, rows in misses])
+        kept = torch.ones((rows.size, self.n_players + 1), dtype=torch.float32, device=self._device)
+        kept[:, : self.n_players] = torch.from_numpy(coalitions[rows]).to(self._device)
+        for first in range(0, len(windows), self.batch_size):
+            stop = min(first + self.batch_size, len(windows))
+            starts = [i for i in range(first, stop) if i == first or windows[i] != windows[i - 1]]
+            runs = [(windows[a], a, b) for a, b in zip(starts, [*starts[1:], stop])]
+            inputs = torch.empty((stop - first, *self._inputs.shape), device=self._device)
+            for window, a, b in runs:
+                self._inputs.fill(inputs[a - first : b - first], window, kept[a:b])
             out = self._network(inputs)
-            self._stats["patch_forwards"] += len(batch)
+            self._stats["patch_forwards"] += stop - first
             self._stats["forward_batches"] += 1
-            for window_out, (window, position, _) in zip(out, batch):
-                output = window_out[self._in_window_channels[window]]
-                weight = self._window_weight[window]
-                like = (output.shape, torch.promote_types(output.dtype, weight.dtype))
-                slot = self._cache.store(window, lookups[window].states[position], like, pinned=pin)
-                torch.mul(output, weight, out=self._cache.slab(window)[slot])
-                lookups[window].slots[position] = slot
+            for window, a, b in runs:
+                self._store(window, out[a - first : b - first], positions[a:b], lookups[window], pin)
+
+    def _store(self, window: int, out: torch.Tensor, positions: np.ndarray, lookup: WindowLookup, pin: bool) -> None:
+        """Weight the outputs ``out`` of one window's missing inputs (at ``positions`` among its distinct ones) on
+        the region, straight into new slots of its slab."""
+        output = out[(slice(None), *self._in_window_channels[window])]
+        weight = self._window_weight[window]
+        like = (output.shape[1:], torch.promote_types(output.dtype, weight.dtype))
+        slots = self._cache.store(window, [lookup.states[p] for p in positions.tolist()], like, pinned=pin)
+        slab = self._cache.slab(window)
+        listed = slots.tolist()
+        if listed == list(range(listed[0], listed[0] + len(listed))):
+            torch.mul(output, weight, out=slab[listed[0] : listed[0] + len(listed)])
+        else:
+            for one, slot in zip(output, listed):
+                torch.mul(one, weight, out=slab[slot])
+        lookup.slots[positions] = slots

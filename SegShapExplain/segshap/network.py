@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import torch
@@ -43,7 +44,8 @@ class Network:
     n_outputs, n_classes : int or None
         Output channels, and classes (``n_outputs / folds``): known after the first call.
     forward_seconds : float
-        Seconds spent in the model so far.
+        Seconds spent in the model so far. On a GPU the model is timed by CUDA events and not waited for after
+        each batch; reading this waits for the batches still running.
     """
 
     def __init__(
@@ -66,7 +68,14 @@ class Network:
         self.model, self.device, self.autocast_dtype, self.folds = model, device, autocast_dtype, folds
         self.n_outputs: int | None = None
         self.n_classes: int | None = None
-        self.forward_seconds = 0.0
+        self._seconds = 0.0
+        self._timing: deque[tuple[torch.cuda.Event, torch.cuda.Event]] = deque()
+
+    @property
+    def forward_seconds(self) -> float:
+        """Seconds spent in the model so far (on a GPU: its kernels' time, waiting for those still running)."""
+        self._count_timed(wait=True)
+        return self._seconds
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """float32 logits of a batch of windows; the first call also checks what the model returns."""
@@ -75,16 +84,31 @@ class Network:
             if self.autocast_dtype is not None
             else contextlib.nullcontext()
         )
+        # On a GPU the model is timed by events on its stream: the host goes on without waiting for it.
+        timed_on_device = self.device.type == "cuda"
+        if timed_on_device:
+            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            events[0].record()
         started = time.perf_counter()
         with torch.inference_mode(), autocast:
             if self.n_outputs is None:
                 out = self._probe(batch)
             else:
                 out = self.model(batch)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.forward_seconds += time.perf_counter() - started
+        if timed_on_device:
+            events[1].record()
+            self._timing.append(events)
+            self._count_timed(wait=False)
+        else:
+            self._seconds += time.perf_counter() - started
         return out.float()
+
+    def _count_timed(self, wait: bool) -> None:
+        """Add the time of the timed batches that have finished (all of them, waiting, when ``wait``)."""
+        while self._timing and (wait or self._timing[0][1].query()):
+            start, end = self._timing.popleft()
+            end.synchronize()
+            self._seconds += start.elapsed_time(end) / 1e3
 
     def check_targets(self, targets: Sequence[int]) -> None:
         """Refuse target classes the model has no output for (one output channel: classes 0 and 1)."""

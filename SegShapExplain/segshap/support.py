@@ -116,8 +116,9 @@ class WindowInputs:
         """``(C, *patch_size)``: every window input's shape."""
 
     def fill(self, into: torch.Tensor, window: int, kept: torch.Tensor) -> None:
-        """Write the input of run window ``window`` (a position among the run windows) into ``into``, for the
-        coalition whose ``(M + 1,)`` float ``kept`` is 1 for its kept features and for the last column (voxels of
-        no feature), 0 elsewhere."""
-        mask = kept.index_select(0, self._columns[window]).view(self.shape[1:])
-        torch.lerp(self._baseline[window], self._image[window], mask, out=into)
+        """Write the inputs of run window ``window`` (a position among the run windows) into ``into``, ``(k, C,
+        *patch_size)``, for ``k`` coalitions whose ``(k, M + 1)`` float ``kept`` is 1 for their kept features and
+        for the last column (voxels of no feature), 0 elsewhere."""
+        columns = self._columns[window]
+        masks = torch.gather(kept, 1, columns.expand(len(kept), columns.numel()))
+        torch.lerp(self._baseline[window], self._image[window], masks.view(len(kept), 1, *self.shape[1:]), out=into)

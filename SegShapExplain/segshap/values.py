@@ -58,9 +58,9 @@ def segment_statistics(logits: torch.Tensor, targets: Sequence[int], reference: 
     """
     probabilities = class_probabilities(logits)
     target_index = torch.as_tensor(list(targets), device=logits.device)
-    p = probabilities[:, target_index]
-    # argmax over a middle axis is an order of magnitude slower than over the last one (same first-index ties).
-    winner = probabilities.transpose(1, 2).contiguous().argmax(dim=2)
+    p = probabilities.index_select(1, target_index)
+    # The first most probable class, as argmax gives it; max's indices come several times faster than argmax's.
+    winner = probabilities.max(dim=1).indices
     predicted = winner[:, None, :] == target_index[None, :, None]
     # p·R is exact in float32 (R is 0 or 1); the sums accumulate in float64.
     return torch.stack(
