@@ -5,6 +5,7 @@ about 2 s each); one of each kind still runs as a process."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -517,3 +518,22 @@ def test_a_reference_outside_the_image_is_said_not_to_overlap(mni_nifti, scripte
     )
     assert done.returncode != 0 and "does not overlap the image" in done.stderr, done.stderr
     assert "empty" not in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("script", "user_setting", "expected"),
+    [
+        ("import segshap.cli", None, ["10000"]),
+        ("import segshap.cli", "77", ["77"]),
+        # a library import leaves the environment alone, and once torch is loaded the setting would come too late
+        ("import segshap.engine; print(os.environ.get('GOMP_SPINCOUNT')); import segshap.cli", None, ["None", "None"]),
+    ],
+)
+def test_the_command_chooses_its_openmp_spin_before_torch_loads_unless_the_user_did(script, user_setting, expected):
+    env = {key: value for key, value in os.environ.items() if key not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    if user_setting is not None:
+        env["GOMP_SPINCOUNT"] = user_setting
+    code = f"import os; {script}; print(os.environ.get('GOMP_SPINCOUNT'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == expected

@@ -6,7 +6,8 @@ while the main thread waits for it, so SIGINT and SIGTERM are handled within a f
 model runs; outputs are written through
 :class:`segshap.staging.StagedOutput`, so an interrupted or failed run leaves the output folder as it was. Bad input
 (a missing file, an unreadable image, an unknown target, a bad option) ends with one ``segshap: error: ...`` line
-(the worker: one ``error`` event) and exit code 2.
+(the worker: one ``error`` event) and exit code 2. Importing it first chooses the process's CPU threading
+(:mod:`segshap.threads`).
 """
 
 from __future__ import annotations
@@ -19,15 +20,20 @@ import sys
 import traceback
 from pathlib import Path
 
-from .cohort import COHORT_FEATURES, MissingDependency
-from .inputs import ArgumentError
-from .jobs import cohort_from_request, explain_and_save
-from .options import add_option_flags, options_from_flags
-from .reporting import engine_summary, logging_to, summary
-from .request import OutOfMemory, UsageError, demo_request
-from .terminal import BarLogHandler, ProgressBar
-from .version import __version__
-from .worker import EventWriter, argument_name, run_worker
+from .threads import choose_cpu_threading
+
+# Before any import that loads torch, whose OpenMP runtime reads its settings as it loads.
+choose_cpu_threading()
+
+from .cohort import COHORT_FEATURES, MissingDependency  # noqa: E402
+from .inputs import ArgumentError  # noqa: E402
+from .jobs import cohort_from_request, explain_and_save  # noqa: E402
+from .options import add_option_flags, options_from_flags  # noqa: E402
+from .reporting import engine_summary, logging_to, summary  # noqa: E402
+from .request import OutOfMemory, UsageError, demo_request  # noqa: E402
+from .terminal import BarLogHandler, ProgressBar  # noqa: E402
+from .version import __version__  # noqa: E402
+from .worker import EventWriter, argument_name, run_worker  # noqa: E402
 
 __all__ = ["main"]
 
