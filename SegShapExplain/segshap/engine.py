@@ -456,16 +456,18 @@ class PatchEngine:
         """
         windows = [window for window, positions, _ in misses for _ in range(positions.size)]
         positions = np.concatenate([positions for _, positions, _ in misses])
-        rows = np.concatenate([rows for *_, rows in misses])
-        kept = torch.ones((rows.size, self.n_players + 1), dtype=torch.float32, device=self._device)
-        kept[:, : self.n_players] = torch.from_numpy(coalitions[rows]).to(self._device)
+        rows = torch.from_numpy(np.concatenate([rows for *_, rows in misses])).to(self._device)
+        # Per coalition, not per miss: misses can outnumber coalitions many times over, and M can be thousands.
+        kept = torch.ones((len(coalitions), self.n_players + 1), dtype=torch.float32, device=self._device)
+        kept[:, : self.n_players] = torch.from_numpy(coalitions).to(self._device)
         for first in range(0, len(windows), self.batch_size):
             stop = min(first + self.batch_size, len(windows))
             starts = [i for i in range(first, stop) if i == first or windows[i] != windows[i - 1]]
             runs = [(windows[a], a, b) for a, b in zip(starts, [*starts[1:], stop])]
             inputs = torch.empty((stop - first, *self._inputs.shape), device=self._device)
+            kept_rows = kept.index_select(0, rows[first:stop])
             for window, a, b in runs:
-                self._inputs.fill(inputs[a - first : b - first], window, kept[a:b])
+                self._inputs.fill(inputs[a - first : b - first], window, kept_rows[a - first : b - first])
             out = self._network(inputs)
             self._stats["patch_forwards"] += stop - first
             self._stats["forward_batches"] += 1
