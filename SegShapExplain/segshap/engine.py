@@ -460,11 +460,13 @@ class PatchEngine:
         # Per coalition, not per miss: misses can outnumber coalitions many times over, and M can be thousands.
         kept = torch.ones((len(coalitions), self.n_players + 1), dtype=torch.float32, device=self._device)
         kept[:, : self.n_players] = torch.from_numpy(coalitions).to(self._device)
+        # One buffer for every batch's inputs: allocated per batch, its pages were touched anew each time.
+        buffer = torch.empty((min(self.batch_size, len(windows)), *self._inputs.shape), device=self._device)
         for first in range(0, len(windows), self.batch_size):
             stop = min(first + self.batch_size, len(windows))
             starts = [i for i in range(first, stop) if i == first or windows[i] != windows[i - 1]]
             runs = [(windows[a], a, b) for a, b in zip(starts, [*starts[1:], stop])]
-            inputs = torch.empty((stop - first, *self._inputs.shape), device=self._device)
+            inputs = buffer[: stop - first]
             kept_rows = kept.index_select(0, rows[first:stop])
             for window, a, b in runs:
                 self._inputs.fill(inputs[a - first : b - first], window, kept_rows[a - first : b - first])
