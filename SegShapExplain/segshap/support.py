@@ -92,9 +92,10 @@ class WindowInputs:
     """The perturbed input of any run window for any coalition, built on the device from the support.
 
     Per window it keeps views of the image and the baseline in its box and the coalition column of each of its
-    voxels, flattened: an input is one gather of those columns into a 0/1 mask and one ``lerp(baseline, image,
-    mask)``, which is exactly the image or the baseline at every voxel. The columns take 8 bytes per voxel of
-    every run window (int64 indices gather fastest), about 8 times the cropped image's memory.
+    voxels, flattened: the inputs of a window for several coalitions are one gather of those columns into 0/1
+    masks and one ``lerp(baseline, image, masks)``, which is exactly the image or the baseline at every voxel.
+    The columns take 8 bytes per voxel of every run window (int64 indices gather fastest), about 8 times the
+    cropped image's memory.
 
     Parameters
     ----------
